@@ -1,0 +1,51 @@
+# rtopt-lab: two commands on a fresh machine with only python3.
+#   make demo   set up .venv, then run the main job
+#   make test   set up .venv, then run the whole test suite
+# Set-up is incremental: .venv/.installed is rebuilt only when pyproject.toml changes.
+# uv is used when it can be installed into the venv (about ten times faster), else pip.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+EXTRAS ?= dev
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint format bench clean help setup
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	@if $(PY) -m pip install -q --disable-pip-version-check uv >/dev/null 2>&1 && $(VENV)/bin/uv --version >/dev/null 2>&1; then \
+	  echo "installing with uv"; \
+	  $(VENV)/bin/uv pip install --python $(PY) -q -e '.[$(EXTRAS)]'; \
+	else \
+	  echo "uv unavailable: installing with pip"; \
+	  $(PY) -m pip install -q --disable-pip-version-check -e '.[$(EXTRAS)]'; \
+	fi
+	@touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install the project (skipped when up to date)
+
+demo: $(STAMP)  ## the main job: simulate a decision log, validate it and print its summary
+	$(PY) -m rtopt_lab.cli demo
+
+test: $(STAMP)  ## the whole test suite, slow tests included
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff over the package, tests and benchmarks
+	$(VENV)/bin/ruff check rtopt_lab tests benchmarks
+
+format: $(STAMP)  ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix rtopt_lab tests benchmarks
+	$(VENV)/bin/ruff format rtopt_lab tests benchmarks
+
+bench: $(STAMP)  ## every benchmark, quick mode
+	@for b in benchmarks/[a-z]*.py; do m=$$(basename $$b .py); echo "== $$m"; $(PY) -m benchmarks.$$m --quick || exit 1; done
+
+clean:  ## remove the venv, caches and generated data (keeps data/sample)
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info runs
