@@ -183,7 +183,7 @@ class LLMTaskSimulator:
     >>> sim = LLMTaskSimulator()
     >>> log = sim.simulate_log(1_000, logging_policy="uniform", seed=7)
     >>> exact = sim.policy_value(log, sim.logging_action_dist(log, "uniform"))
-    >>> abs(log["reward"].mean() - exact) < 0.05
+    >>> bool(abs(log["reward"].mean() - exact) < 0.05)
     True
     """
 
@@ -375,8 +375,7 @@ class LLMTaskSimulator:
         if policy == "epsilon":
             if not 0 < epsilon <= 1:
                 raise ValueError(f"`epsilon` must be in (0, 1]; got {epsilon!r}")
-            tasks = (contexts["task_type"].to_numpy() if isinstance(contexts, pa.Table)
-                     else contexts["task_type"].to_numpy())
+            tasks = np.asarray(contexts["task_type"].to_numpy(), dtype=object)
             dist = np.full((n, k), epsilon / k)
             dist[np.arange(n), self.catalog.baseline_arms(tasks)] += 1 - epsilon
             return dist

@@ -1,0 +1,188 @@
+"""The ``rtopt`` command.
+
+    rtopt simulate --n 100000 --logging-policy epsilon --seed 1 --out data/log
+    rtopt log validate data/log
+    rtopt log summary data/log
+    rtopt demo
+
+Every subcommand has ``--help``. Exit status: 0 on success, 1 when a check finds a problem
+(for example quarantined rows), 2 on bad arguments or unusable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {s!r}")
+    return v
+
+
+def _probability(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {s!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {s!r}")
+    return v
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rtopt",
+        description="rtopt-lab: tune LLM generation parameters with contextual bandits, "
+                    "judge candidates offline, promote them safely.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `rtopt COMMAND --help` for the options of a command.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser(
+        "simulate", help="write a simulated decision log (exact propensities)",
+        description="Simulate LLM tasks answered under a logging policy and write the decision "
+                    "log. OUT is a log directory (appended to in batches, one Parquet file per "
+                    "batch) or a single .parquet file.")
+    s.add_argument("--n", type=_positive_int, required=True, help="number of decisions")
+    s.add_argument("--logging-policy", choices=("uniform", "epsilon", "softmax"), default="epsilon",
+                   help="uniform: every arm alike; epsilon: the production arm with probability "
+                        "1-epsilon, else uniform; softmax: exp(q/tau) over the exact expected "
+                        "reward (default: %(default)s)")
+    s.add_argument("--epsilon", type=_probability, default=0.2,
+                   help="exploration share of the epsilon policy (default: %(default)s)")
+    s.add_argument("--tau", type=float, default=0.05, help="softmax temperature (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    s.add_argument("--out", type=Path, required=True, help="log directory or .parquet file")
+    s.add_argument("--batch-rows", type=_positive_int, default=65_536,
+                   help="rows per written batch (default: %(default)s)")
+    s.add_argument("--arms", type=Path, default=None, help="YAML arm grid (default: the 48-arm grid)")
+    s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    s.set_defaults(func=_cmd_simulate)
+
+    lg = sub.add_parser("log", help="inspect decision logs",
+                        description="Validate or summarise a decision log (a directory or a .parquet file).")
+    lsub = lg.add_subparsers(dest="log_command", metavar="ACTION", required=True)
+    v = lsub.add_parser(
+        "validate", help="count valid and quarantined rows, by reason",
+        description="Check every row of a decision log: propensity in (0, 1], finite reward, "
+                    "known arm, required columns and types. Quarantined rows are written with "
+                    "their reason. Exit status 1 when any row is quarantined, 2 when no row is valid.")
+    v.add_argument("path", type=Path, help="log directory or .parquet file")
+    v.add_argument("--arms", type=Path, default=None,
+                   help="YAML arm grid whose arm ids are the known arms (default: the 48-arm grid)")
+    v.add_argument("--any-arm", action="store_true", help="do not check arm ids against a catalog")
+    v.add_argument("--quarantine", type=Path, default=None,
+                   help="where to write quarantined rows (default: beside the log)")
+    v.set_defaults(func=_cmd_validate)
+    sm = lsub.add_parser("summary", help="rows, reward, quality, latency and arms per task type",
+                         description="Print a per-task-type summary of the valid rows of a decision log.")
+    sm.add_argument("path", type=Path, help="log directory or .parquet file")
+    sm.set_defaults(func=_cmd_summary)
+
+    d = sub.add_parser("demo", help="the main job: simulate, validate and summarise a log",
+                       description="Simulate a decision log under the epsilon-greedy production "
+                                   "policy into data/demo-log, validate it and print its summary "
+                                   "with the simulator's exact policy values.")
+    d.add_argument("--n", type=_positive_int, default=200_000, help="decisions (default: %(default)s)")
+    d.add_argument("--seed", type=int, default=20261125, help="random seed (default: %(default)s)")
+    d.add_argument("--out", type=Path, default=Path("data/demo-log"), help="log directory (default: %(default)s)")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def _catalog(path: Path | None):
+    from rtopt_lab.arms import ArmCatalog
+
+    return ArmCatalog.from_grid() if path is None else ArmCatalog.from_yaml(path)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from rtopt_lab.logstore import write_log
+    from rtopt_lab.simulate import LLMTaskSimulator
+
+    sim = LLMTaskSimulator(catalog=_catalog(args.arms))
+    chunks = sim.iter_log(args.n, logging_policy=args.logging_policy, seed=args.seed,
+                          epsilon=args.epsilon, tau=args.tau, chunk_rows=args.batch_rows)
+    res = write_log(chunks, args.out, total_rows=args.n, progress=not args.no_progress,
+                    known_arms=sim.catalog.arm_ids)
+    print(f"wrote {res.rows_written:,} decisions to {args.out} "
+          f"({res.files} file(s); {res.rows_quarantined:,} quarantined)")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from rtopt_lab.logstore import validate_path
+
+    known = None if args.any_arm else _catalog(args.arms).arm_ids
+    rep = validate_path(args.path, known_arms=known, quarantine_path=args.quarantine)
+    print(f"{args.path}: {rep.rows:,} rows, {rep.valid_rows:,} valid, {rep.quarantined_rows:,} quarantined")
+    for reason, count in sorted(rep.reasons.items(), key=lambda kv: -kv[1]):
+        print(f"  {count:>10,}  {reason}")
+    if rep.quarantined_rows:
+        print(f"quarantined rows written to {rep.quarantine_path}")
+        return 1
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from rtopt_lab.logstore import read_log
+    from rtopt_lab.summary import summarize_log
+
+    res = read_log(args.path)
+    print(summarize_log(res.table).to_string())
+    if res.rows_quarantined:
+        print(f"({res.rows_quarantined:,} invalid rows left out; run `rtopt log validate {args.path}`)")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+    import time
+
+    from rtopt_lab.logstore import LogStore, validate_path, write_log
+    from rtopt_lab.simulate import LLMTaskSimulator
+    from rtopt_lab.summary import ground_truth_table, summarize_log
+
+    t0 = time.perf_counter()
+    sim = LLMTaskSimulator()
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    print(f"1/3 simulating {args.n:,} decisions under the epsilon-greedy production policy -> {args.out}")
+    write_log(sim.iter_log(args.n, logging_policy="epsilon", seed=args.seed), args.out,
+              total_rows=args.n, progress=True, known_arms=sim.catalog.arm_ids)
+    print("2/3 validating")
+    rep = validate_path(args.out, known_arms=sim.catalog.arm_ids)
+    print(f"    {rep.rows:,} rows, {rep.valid_rows:,} valid, {rep.quarantined_rows:,} quarantined")
+    print("3/3 summarising\n")
+    table = LogStore(args.out).read().table
+    print(summarize_log(table).to_string())
+    print("\nExact policy values on these contexts (simulator ground truth, reward units):")
+    print(ground_truth_table(sim, table).to_string())
+    print(f"\ndone in {time.perf_counter() - t0:.1f} s. Next: `rtopt log validate {args.out}`, "
+          f"`rtopt simulate --help`.")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rtopt`` console script."""
+    args = _build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"rtopt: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
