@@ -672,12 +672,23 @@ def _ensure_dir(path: Path) -> None:
 
 def _atomic_write(table: pa.Table, final: Path, tmp_dir: Path) -> None:
     """Write ``table`` to ``final`` so that readers see no file or the whole durable file."""
+    with _atomic_file(final, tmp_dir) as fh:
+        pq.write_table(table, fh, compression="zstd", row_group_size=_ROW_GROUP)
+
+
+@contextlib.contextmanager
+def _atomic_file(final: Path, tmp_dir: Path) -> Iterator[Any]:
+    """Open a temporary file; on success fsync it, rename it to ``final``, fsync the dir.
+
+    On any error (or a kill) ``final`` is untouched and the temporary file is removed
+    (or left under ``tmp_dir``, which readers ignore).
+    """
     _ensure_dir(tmp_dir)
     _ensure_dir(final.parent)
     tmp = tmp_dir / f"{final.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         with open(tmp, "xb") as fh:
-            pq.write_table(table, fh, compression="zstd", row_group_size=_ROW_GROUP)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
@@ -1090,12 +1101,10 @@ def write_log(batches: Iterable[Sequence[LoggedDecision] | pd.DataFrame | pa.Tab
     try:
         if p.suffix == ".parquet":
             qparts: list[pa.Table] = []
-            tmp = p.parent / "_tmp" / f"{p.name}.{uuid.uuid4().hex[:8]}.tmp"
-            _ensure_dir(tmp.parent)
-            try:
-                with open(tmp, "xb") as fh, pq.ParquetWriter(fh, LOG_SCHEMA, compression="zstd") as w:
-                    for offset_batch in batches:
-                        checked = _validate(offset_batch, arms, source=str(p), row_offset=written + quarantined)
+            with _atomic_file(p, p.parent / "_tmp") as fh:
+                with pq.ParquetWriter(fh, LOG_SCHEMA, compression="zstd") as w:
+                    for batch in batches:
+                        checked = _validate(batch, arms, source=str(p), row_offset=written + quarantined)
                         if checked.valid.num_rows:
                             w.write_table(checked.valid, row_group_size=_ROW_GROUP)
                         written += checked.valid.num_rows
@@ -1105,17 +1114,8 @@ def write_log(batches: Iterable[Sequence[LoggedDecision] | pd.DataFrame | pa.Tab
                             qparts.append(checked.quarantine)
                         if bar is not None:
                             bar.update(checked.valid.num_rows + checked.quarantine.num_rows)
-                    w.close()
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, p)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                raise
             with contextlib.suppress(OSError):
-                tmp.parent.rmdir()
-            _fsync_dir(p.parent)
+                (p.parent / "_tmp").rmdir()
             files = 1
             if qparts:
                 q = p.with_name(p.name + ".quarantine.parquet")
