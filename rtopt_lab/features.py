@@ -132,6 +132,11 @@ class FeatureSpec:
             + tuple(f"ind_hash={b}" for b in range(self.indicator_buckets))
         )
 
+    def task_indices(self, X: np.ndarray) -> np.ndarray:
+        """Task index of every row of context vectors X (``len(task_types)`` for others)."""
+        o = self._o_task
+        return np.asarray(X)[:, o:o + len(self.task_types) + 1].argmax(axis=1)
+
     def task_index(self, task_type: str) -> int:
         """Position of ``task_type`` in ``task_types``, or ``len(task_types)`` for others."""
         try:

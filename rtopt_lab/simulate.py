@@ -391,6 +391,20 @@ class LLMTaskSimulator:
         t = self._sample(self._ctx(contexts), np.asarray(arms, dtype=np.int64), np.random.default_rng(seed))
         return pa.table(t).to_pandas()
 
+    def sample_reward_matrix(self, contexts: pd.DataFrame | pa.Table, *,
+                             seed: int | np.random.Generator | None = None) -> np.ndarray:
+        """One independent reward draw for every (context, arm), shape (n, K).
+
+        The full-information table behind a bandit simulation: an online learner that
+        plays arm a on context i observes ``R[i, a]`` and nothing else.
+        """
+        ctx = self._ctx(contexts)
+        n, k = len(ctx.task), len(self.catalog)
+        rep = _Ctx(*(np.repeat(getattr(ctx, f), k) for f in ("task", "tier", "complexity", "model",
+                                                              "prompt_tokens")))
+        arms = np.tile(np.arange(k), n)
+        return self._sample(rep, arms, np.random.default_rng(seed))["reward"].reshape(n, k)
+
     def _sample(self, ctx: _Ctx, arms: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         qm, log_l, prompt, base_ms, per_tok, m = self._model(ctx, arms)
         n = len(arms)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING as _MISSING
@@ -40,6 +41,9 @@ MAX_NAME_LENGTH = 128
 MAX_INDICATORS = 64
 #: Version of the request / decision-log schema written by this package.
 SCHEMA_VERSION = 1
+
+
+_CONTROL = re.compile(r"[\x00-\x1f]")
 
 
 # --------------------------------------------------------------------------- checks
@@ -102,7 +106,7 @@ def _name(name: str, value: Any, *, max_length: int = MAX_NAME_LENGTH) -> str:
             f"`{name}` must have at most {max_length} characters; got {len(value)} "
             f"({value[:20]!r}...)"
         )
-    if any(ord(c) < 32 for c in value):
+    if _CONTROL.search(value):
         raise ValueError(f"`{name}` must not contain control characters; got {value!r}")
     return value
 
@@ -547,4 +551,5 @@ class SelectionResult:
             raise _fail_type("params", "a ParameterSet", self.params)
         _set(self, "propensity", _real("propensity", self.propensity, 0.0, 1.0, lo_open=True))
         _set(self, "policy_version", _name("policy_version", self.policy_version))
-        _set(self, "scores", tuple(float(s) for s in self.scores))
+        _set(self, "scores", tuple(float(s) for s in self.scores) if not hasattr(self.scores, "tolist")
+             else tuple(self.scores.astype(float).tolist()))

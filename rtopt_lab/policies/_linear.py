@@ -1,0 +1,332 @@
+"""Bayesian ridge regression of reward on context-arm features: the shared engine of the
+linear policies (LinUCB, Thompson sampling, epsilon-greedy and softmax over a model).
+
+Two feature maps, as in Li et al. (2010):
+
+- ``disjoint``: one ridge regression per arm on the context vector x (d features),
+  :math:`E[r \\mid x, a] = \\theta_a^\\top x`;
+- ``shared``: one ridge regression on the joint features
+  :math:`\\phi(x, a) = \\tilde z_a \\otimes x`, where :math:`\\tilde z_a = (1, z_a)` are the
+  arm features of :meth:`ArmCatalog.arm_features` (temperature, its square, top_p, log
+  max_tokens, ...). What is learned about temperature 0.6 then informs 0.7.
+
+The sufficient statistics are sums, so they merge across chunks and partitions:
+:math:`A = \\Lambda_0 + \\sum_i w_i \\phi_i \\phi_i^\\top` (a diagonal prior precision,
+:math:`\\lambda I` by default), :math:`b = \\sum_i w_i r_i \\phi_i`.
+:math:`A^{-1}` is kept up to date by Sherman-Morrison for single rows, and recomputed from
+A for batches and every ``_REFRESH`` single updates (bounding floating-point drift).
+
+Scores of n contexts against all K arms use two matrix products whatever the mode:
+the posterior mean :math:`\\mu = X M` with M of shape (d, K), and the squared width
+:math:`s^2_a(x) = \\phi(x, a)^\\top A^{-1} \\phi(x, a)`, a quadratic form in x, computed as
+:math:`Q(x) W` where :math:`Q(x) = (x_j x_l)_{j \\le l}` are the d(d+1)/2 quadratic
+features. In the shared mode :math:`s^2_a(x) = \\tilde z_a^\\top G(x) \\tilde z_a` with the
+q x q matrix :math:`G(x) = (I_q \\otimes x)^\\top A^{-1} (I_q \\otimes x)`, itself linear in
+Q(x); G also gives the covariance of the arms' scores that Thompson sampling draws from.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import numpy as np
+
+__all__ = ["LinearRewardModel", "quadratic_features"]
+
+Mode = Literal["disjoint", "shared"]
+_REFRESH = 512  # single-row updates between exact re-inversions of A
+
+
+def _rank1(M: np.ndarray, v: np.ndarray, alpha: float) -> None:
+    """In place :math:`M \\mathrel{+}= \\alpha v v^\\top`."""
+    M += np.outer(v * alpha, v)
+
+
+@functools.lru_cache(maxsize=16)
+def _triu(d: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(d)
+
+
+def quadratic_features(X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The d(d+1)/2 products :math:`x_j x_l, j \\le l` of every row (row-major pairs)."""
+    n, d = X.shape
+    if n <= 32 and out is None:
+        ju, lu = _triu(d)
+        return X[:, ju] * X[:, lu]
+    Q = np.empty((n, d * (d + 1) // 2)) if out is None else out
+    o = 0
+    for j in range(d):
+        np.multiply(X[:, j : j + 1], X[:, j:], out=Q[:, o : o + d - j])
+        o += d - j
+    return Q
+
+
+class LinearRewardModel:
+    """Ridge regression of rewards on context-arm features, with posterior quantities.
+
+    Parameters
+    ----------
+    n_arms : int
+    n_features : int
+        d, the length of the context vector.
+    arm_features : ndarray of shape (K, p), optional
+        Needed for ``mode="shared"``; a column of ones is prepended.
+    mode : {"disjoint", "shared"}, default "disjoint"
+    ridge : float > 0, default 1.0
+        :math:`\\lambda`, the prior precision (ridge penalty).
+    prior_scale : ndarray of shape (n_features,), optional
+        Multiplies the prior precision per context column (a diagonal prior
+        :math:`\\lambda\\,\\mathrm{diag}(s)`): larger values shrink that column's effects
+        harder. Default all ones.
+    """
+
+    def __init__(
+        self,
+        n_arms: int,
+        n_features: int,
+        *,
+        arm_features: np.ndarray | None = None,
+        mode: Mode = "disjoint",
+        ridge: float = 1.0,
+        prior_scale: np.ndarray | None = None,
+    ):
+        if mode not in ("disjoint", "shared"):
+            raise ValueError(f"`mode` must be 'disjoint' or 'shared'; got {mode!r}")
+        if not (isinstance(ridge, (int, float)) and np.isfinite(ridge) and ridge > 0):
+            raise ValueError(f"`ridge` must be a finite number > 0; got {ridge!r}")
+        self.mode, self.ridge = mode, float(ridge)
+        self.n_arms, self.n_features = int(n_arms), int(n_features)
+        d, k = self.n_features, self.n_arms
+        ps = np.ones(d) if prior_scale is None else np.asarray(prior_scale, dtype=float)
+        if ps.shape != (d,) or not (np.isfinite(ps).all() and (ps > 0).all()):
+            raise ValueError(f"`prior_scale` must be {d} finite numbers > 0; got shape {ps.shape}")
+        self.prior_scale = ps
+        if mode == "shared":
+            if arm_features is None:
+                raise ValueError("`arm_features` is required for mode='shared'")
+            Z = np.asarray(arm_features, dtype=float)
+            if Z.shape[0] != k:
+                raise ValueError(f"`arm_features` must have {k} rows; got {Z.shape}")
+            self.Zt = np.column_stack([np.ones(k), Z])  # (K, q)
+            q = self.Zt.shape[1]
+            self.prior = np.diag(np.tile(ps, q) * self.ridge)
+            self._A = self.prior.copy()
+            self.b = np.zeros(q * d)
+            iu, ku = np.triu_indices(q)
+            self._zz = (
+                self.Zt[:, iu] * self.Zt[:, ku] * np.where(iu == ku, 1.0, 2.0)
+            ).T  # (q(q+1)/2, K)
+            self._iu, self._ku = iu, ku
+        else:
+            self.Zt = None
+            self.prior = np.diag(ps * self.ridge)
+            self._A = np.repeat(self.prior[None], k, axis=0)  # (K, d, d)
+            self.b = np.zeros((k, d))
+        self._ju, self._lu = np.triu_indices(d)
+        self._c = np.where(self._ju == self._lu, 1.0, 2.0)
+        self.n = 0.0  # sum of weights
+        self.sum_wr2 = 0.0  # sum of w r^2, for the noise estimate
+        self._pending: list[tuple[np.ndarray, float]] = []
+        self._A_inv = np.linalg.inv(self._A)
+        self._since_refresh = 0
+        self._cache: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ state
+    @property
+    def A(self) -> np.ndarray:
+        """:math:`A = \\Lambda_0 + \\sum w \\phi \\phi^\\top` (pending single rows folded in)."""
+        self._flush()
+        return self._A
+
+    def _flush(self) -> None:
+        if self._pending:
+            phi = np.array([p for p, _ in self._pending])
+            w = np.array([w for _, w in self._pending])
+            self._A += (phi * w[:, None]).T @ phi
+            self._pending.clear()
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The sufficient statistics (A, b, n, sum_wr2): everything needed to restore."""
+        return {"A": self.A, "b": self.b, "n": np.array(self.n), "sum_wr2": np.array(self.sum_wr2)}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        if state["A"].shape != self._A.shape or state["b"].shape != self.b.shape:
+            raise ValueError(f"state shapes {state['A'].shape}, {state['b'].shape} do not match the "
+                             f"model's {self._A.shape}, {self.b.shape}")
+        self._pending.clear()
+        self._A = np.array(state["A"], dtype=float)
+        self.b = np.array(state["b"], dtype=float)
+        self.n = float(state["n"])
+        self.sum_wr2 = float(state["sum_wr2"])
+        self._refresh()
+
+    def merge(self, other: LinearRewardModel) -> None:
+        """Add another model's statistics (fitted on other data, same prior) to these."""
+        if other._A.shape != self._A.shape or not np.array_equal(other.prior, self.prior):
+            raise ValueError("can only merge models of the same shape and prior")
+        self._A = self.A + other.A - self.prior
+        self.b = self.b + other.b
+        self.n += other.n
+        self.sum_wr2 += other.sum_wr2
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self._flush()
+        self._A_inv = np.linalg.inv(self._A)
+        self._since_refresh = 0
+        self._cache.clear()
+
+    # ------------------------------------------------------------------ updates
+    def joint(self, X: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Joint features :math:`\\phi(x_i, a_i)` of shape (n, q*d) (shared mode)."""
+        return (self.Zt[actions][:, :, None] * X[:, None, :]).reshape(len(X), -1)
+
+    def update(self, X: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+               weights: np.ndarray | None = None) -> None:
+        """Add n observations (validated by the caller): one code path for any n >= 1.
+
+        A single row updates :math:`A^{-1}` by Sherman-Morrison and the posterior mean by
+        the matching recursive-least-squares step, touching only what changed; a batch adds
+        to A and re-inverts. Either way the statistics A, b are the same sums.
+        """
+        w = np.ones(len(X)) if weights is None else weights
+        self.n += float(w.sum())
+        self.sum_wr2 += float((w * rewards * rewards).sum())
+        if len(X) == 1 and self._since_refresh < _REFRESH:
+            self._update_one(X[0], int(actions[0]), float(rewards[0]), float(w[0]))
+            return
+        if self.mode == "shared":
+            self._flush()
+            phi = self.joint(X, actions)
+            self._A += (phi * w[:, None]).T @ phi
+            self.b += phi.T @ (w * rewards)
+        else:
+            for k in np.unique(actions):
+                sel = actions == k
+                Xk, wk = X[sel], w[sel]
+                self._A[k] += (Xk * wk[:, None]).T @ Xk
+                self.b[k] += Xk.T @ (wk * rewards[sel])
+        self._refresh()
+
+    def _update_one(self, x: np.ndarray, k: int, r: float, w: float) -> None:
+        self._since_refresh += 1
+        c = self._cache
+        if self.mode == "shared":
+            phi = (self.Zt[k][:, None] * x[None, :]).ravel()
+            self._pending.append((phi, w))
+            self.b += (w * r) * phi
+            Ainv = self._A_inv
+            theta = c.get("theta")
+        else:
+            phi = x
+            self._A[k] += w * np.outer(x, x)
+            self.b[k] += (w * r) * x
+            Ainv = self._A_inv[k]
+            theta = c["theta"][k] if "theta" in c else None
+        v = Ainv @ phi
+        denom = 1.0 + w * (phi @ v)
+        if theta is not None:   # recursive least squares: theta += A_new^-1 phi w (r - phi'theta)
+            theta += v * (w * (r - phi @ theta) / denom)
+        _rank1(Ainv, v, -w / denom)
+        if self.mode == "shared":
+            for key in ("M", "P"):
+                c.pop(key, None)
+        else:
+            if "M" in c:
+                c["M"][:, k] = c["theta"][k]
+            if "W" in c:
+                c["W"][:, k] = Ainv[self._ju, self._lu] * self._c
+
+    # ------------------------------------------------------------------ posterior
+    @property
+    def theta(self) -> np.ndarray:
+        """Posterior mean coefficients: (K, d) disjoint, (q*d,) shared."""
+        if "theta" not in self._cache:
+            if self.mode == "shared":
+                self._cache["theta"] = self._A_inv @ self.b
+            else:
+                self._cache["theta"] = np.einsum("kij,kj->ki", self._A_inv, self.b)
+        return self._cache["theta"]
+
+    @property
+    def mean_matrix(self) -> np.ndarray:
+        """M of shape (d, K) with :math:`E[r \\mid x, a] = (x M)_a`."""
+        if "M" not in self._cache:
+            th = self.theta
+            if self.mode == "shared":
+                M = th.reshape(-1, self.n_features).T @ self.Zt.T
+            else:
+                M = th.T
+            self._cache["M"] = np.ascontiguousarray(M)
+        return self._cache["M"]
+
+    def _gram_matrix(self) -> np.ndarray:
+        """P of shape (d(d+1)/2, q(q+1)/2) with vech(G(x)) = Q(x) P (shared mode).
+
+        :math:`P_{(j,l),(i,k)} = T_{ijkl} + [j < l]\\, T_{ilkj}` with T the 4-index view of
+        :math:`A^{-1}`; two ``take``\\ s of precomputed flat indices.
+        """
+        if "P" not in self._cache:
+            if not hasattr(self, "_p_idx"):
+                q, d = self.Zt.shape[1], self.n_features
+                i, k = self._iu[None, :], self._ku[None, :]
+                j, l_ = self._ju[:, None], self._lu[:, None]
+                flat = lambda a, b, c, e: ((a * d + b) * q + c) * d + e  # noqa: E731
+                self._p_idx = np.ascontiguousarray(flat(i, j, k, l_))
+                self._p_idx2 = np.ascontiguousarray(flat(i, l_, k, j))
+                self._p_off = np.ascontiguousarray(np.broadcast_to(j < l_, self._p_idx.shape), dtype=float)
+            a = self._A_inv.ravel()
+            P = np.take(a, self._p_idx)
+            P += np.take(a, self._p_idx2) * self._p_off
+            self._cache["P"] = P
+        return self._cache["P"]
+
+    @property
+    def width_matrix(self) -> np.ndarray:
+        """W of shape (d(d+1)/2, K) with :math:`s^2(x) = Q(x) W` (disjoint mode)."""
+        if "W" not in self._cache:
+            W = (self._A_inv[:, self._ju, self._lu] * self._c).T
+            self._cache["W"] = np.ascontiguousarray(W)
+        return self._cache["W"]
+
+    def mean(self, X: np.ndarray) -> np.ndarray:
+        """Posterior mean reward, shape (n, K)."""
+        return X @ self.mean_matrix
+
+    def width2(self, X: np.ndarray, Q: np.ndarray | None = None) -> np.ndarray:
+        """:math:`\\phi^\\top A^{-1} \\phi` per context and arm, shape (n, K), clipped at 0."""
+        Q = quadratic_features(X) if Q is None else Q
+        if self.mode == "shared":
+            return np.maximum((Q @ self._gram_matrix()) @ self._zz, 0.0)
+        return np.maximum(Q @ self.width_matrix, 0.0)
+
+    def score_factor(self, X: np.ndarray) -> np.ndarray:
+        """Per-context factor F with Cov(scores) = F F^T (up to the noise variance).
+
+        Disjoint: diagonal, returned as the (n, K) standard deviations. Shared: (n, K, q),
+        :math:`\\tilde Z L` where :math:`L L^\\top = G(x)`.
+        """
+        if self.mode == "disjoint":
+            return np.sqrt(self.width2(X))
+        q = self.Zt.shape[1]
+        g = quadratic_features(X) @ self._gram_matrix()  # (n, q(q+1)/2)
+        G = np.zeros((len(X), q, q))
+        G[:, self._iu, self._ku] = g
+        G[:, self._ku, self._iu] = g
+        G[:, np.arange(q), np.arange(q)] += 1e-12
+        L = np.linalg.cholesky(G)
+        return np.einsum("ai,nij->naj", self.Zt, L)
+
+    def noise_var(self) -> float:
+        """Plug-in estimate of the reward noise variance from the residual sum of squares.
+
+        :math:`\\hat\\sigma^2 = (\\sum w r^2 - b^\\top A^{-1} b) / \\max(n - p, 1)`, floored
+        at 1e-6; 1.0 before any data.
+        """
+        if self.n <= 0:
+            return 1.0
+        th = self.theta
+        fit = float((self.b * th).sum())
+        dof = max(self.n - th.size, 1.0)
+        return max((self.sum_wr2 - fit) / dof, 1e-6)

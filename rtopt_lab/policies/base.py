@@ -1,0 +1,554 @@
+"""What every policy shares: the protocol, exact propensities, reproducible randomness,
+safe fallbacks in the serving path, content-hash versions and plain-format persistence.
+
+The protocol (:class:`Policy`)
+------------------------------
+``action_dist(X, allowed=None, *, keys=None)``
+    n x K probabilities over the arm catalog; ``allowed`` (n x K booleans) masks the arms
+    permitted per context (trust region, compliance, budget). Probabilities outside the
+    mask are exactly 0.
+``select(features, *, request_id=None, allowed=None)``
+    featurise, mask, sample one arm from ``action_dist`` and return a
+    :class:`~rtopt_lab.types.SelectionResult` whose ``propensity`` is the probability of
+    the sampled arm under the distribution actually sampled: exact, never estimated.
+``update(X, actions, rewards, *, weights=None)``
+    one code path for one row or a batch.
+``version``, ``params``, ``save(path)`` / ``load(path)``
+    a content hash of configuration and state; a flat dict for tracking; NPZ files with
+    the configuration as JSON (never pickle).
+
+Randomness
+----------
+Every random draw derives from a 64-bit key :math:`k = h(\\text{seed}, \\text{context
+fingerprint}, \\text{request id})` through a counter-based hash (SplitMix64), so the same
+seed, context and request id give the same parameters in any process, on any machine, in
+a single ``select`` or in a batch ``action_dist``. Without a request id the key derives
+from the context alone; a batch ``action_dist`` without ``keys`` hashes each row of X.
+
+Safety
+------
+``select`` never raises and never returns an arm outside the mask. On malformed input
+(wrong types, NaN, out-of-range values, missing fields, over-long or empty strings) or an
+empty mask it returns the task type's baseline (production) arm, with propensity 1 and
+the ``reason``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+from rtopt_lab.arms import ArmCatalog
+from rtopt_lab.features import DEFAULT_SPEC, FeatureSpec, context_fingerprint, featurize
+from rtopt_lab.types import SelectionResult, TaskFeatures
+
+__all__ = ["BasePolicy", "Policy", "load_policy", "uniforms"]
+
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_U_SALT = 0xA0761D6478BD642F
+_REGISTRY: dict[str, type[BasePolicy]] = {}
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """The interface every policy implements (see the module docstring)."""
+
+    catalog: ArmCatalog
+
+    def action_dist(
+        self, X: np.ndarray, allowed: np.ndarray | None = None, *, keys: np.ndarray | None = None
+    ) -> np.ndarray: ...
+
+    def select(
+        self,
+        features: TaskFeatures | Mapping[str, Any],
+        *,
+        request_id: str | None = None,
+        allowed: np.ndarray | None = None,
+    ) -> SelectionResult: ...
+
+    def update(
+        self,
+        X: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        *,
+        weights: np.ndarray | None = None,
+    ) -> None: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def params(self) -> dict[str, Any]: ...
+
+    def save(self, path: str | Path) -> Path: ...
+
+
+# ----------------------------------------------------------------------------- hashing
+def _mix(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _mix_np(z: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def _str64(s: str) -> int:
+    return int.from_bytes(
+        hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big"
+    )
+
+
+def uniforms(keys: np.ndarray, m: int, salt: int = _U_SALT) -> np.ndarray:
+    """Counter-based uniforms in (0, 1): row i, column j is a hash of (keys[i], salt, j).
+
+    Returns an array of shape (len(keys), m); equal keys give equal rows in any batch.
+    """
+    k = np.asarray(keys, dtype=np.uint64)[:, None]
+    with np.errstate(over="ignore"):
+        ctr = (np.arange(1, m + 1, dtype=np.uint64) * np.uint64(_GOLDEN))[None, :]
+        z = _mix_np((k ^ np.uint64(salt)) + ctr)
+    return ((z >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / 9007199254740992.0)
+
+
+def row_keys(X: np.ndarray, seed_key: int) -> np.ndarray:
+    """A 64-bit key per row of X: a hash of the row's float64 bits and the policy seed."""
+    bits = np.ascontiguousarray(X, dtype=np.float64).view(np.uint64)
+    h = np.full(len(X), seed_key, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(bits.shape[1]):
+            h = _mix_np((h ^ bits[:, j]) + np.uint64(_GOLDEN))
+    return h
+
+
+# ----------------------------------------------------------------------------- base class
+class BasePolicy:
+    """Shared machinery; subclasses implement ``_dist`` (and ``_update`` / state if they learn).
+
+    Parameters
+    ----------
+    catalog : ArmCatalog
+    spec : FeatureSpec, default DEFAULT_SPEC
+        How ``select`` featurises a TaskFeatures.
+    n_features : int, optional
+        Length of the context vector; default ``spec.n_features``. Set it to use the
+        array API (``action_dist`` / ``update``) with contexts of your own.
+    seed : int, default 0
+    """
+
+    kind: ClassVar[str] = "base"
+    #: small constructor arguments for the contract suite, as river's _unit_test_params
+    _test_params: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.kind != "base":
+            _REGISTRY[cls.kind] = cls
+
+    def __init__(
+        self,
+        catalog: ArmCatalog,
+        *,
+        spec: FeatureSpec = DEFAULT_SPEC,
+        n_features: int | None = None,
+        seed: int = 0,
+    ):
+        if not isinstance(catalog, ArmCatalog):
+            raise TypeError(f"`catalog` must be an ArmCatalog; got {type(catalog).__name__}")
+        if not isinstance(spec, FeatureSpec):
+            raise TypeError(f"`spec` must be a FeatureSpec; got {type(spec).__name__}")
+        if (
+            isinstance(seed, bool)
+            or not isinstance(seed, (int, np.integer))
+            or not 0 <= seed < 2**63
+        ):
+            raise ValueError(f"`seed` must be an int in [0, 2**63); got {seed!r}")
+        nf = spec.n_features if n_features is None else n_features
+        if isinstance(nf, bool) or not isinstance(nf, (int, np.integer)) or nf < 1:
+            raise ValueError(f"`n_features` must be an int >= 1; got {n_features!r}")
+        self.catalog, self.spec, self.seed, self.n_features = catalog, spec, int(seed), int(nf)
+        self._seed_key = _mix(_str64(f"rtopt-policy-seed:{self.seed}"))
+        self._version: str | None = None
+        self._all_allowed = np.ones(len(catalog), dtype=bool)
+
+    # ------------------------------------------------------------------ to override
+    def _dist(self, X: np.ndarray, allowed: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _scores(self, X: np.ndarray) -> np.ndarray | None:
+        """Per-arm scores for the SelectionResult (None when the policy has none)."""
+        return None
+
+    def _dist_scores(self, X: np.ndarray, allowed: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``_dist`` and ``_scores`` together; override when they share work."""
+        return self._dist(X, allowed, keys), self._scores(X)
+
+    def _update(
+        self, X: np.ndarray, actions: np.ndarray, rewards: np.ndarray, weights: np.ndarray | None
+    ) -> None:
+        """Default: nothing to learn."""
+
+    def _config(self) -> dict[str, Any]:
+        return {}
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        return None
+
+    # ------------------------------------------------------------------ validation
+    def _check_X(self, X: Any, name: str = "X") -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim == 1:
+            X = X[None, :]
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"`{name}` must have shape (n, {self.n_features}); got {X.shape}")
+        if not np.isfinite(X).all():
+            bad = int((~np.isfinite(X)).any(axis=1).sum())
+            raise ValueError(f"`{name}` has {bad} row(s) with NaN or infinite values")
+        return X
+
+    def _check_allowed(self, allowed: Any, n: int) -> np.ndarray:
+        k = len(self.catalog)
+        if allowed is None:
+            return np.ones((n, k), dtype=bool)
+        a = np.asarray(allowed)
+        if a.dtype != bool:
+            raise TypeError(f"`allowed` must be a boolean array; got dtype {a.dtype}")
+        if a.shape == (k,):
+            a = np.broadcast_to(a, (n, k))
+        if a.shape != (n, k):
+            raise ValueError(f"`allowed` must have shape ({n}, {k}) or ({k},); got {a.shape}")
+        empty = ~a.any(axis=1)
+        if empty.any():
+            raise ValueError(
+                f"`allowed` permits no arm in {int(empty.sum())} row(s), e.g. row "
+                f"{int(np.flatnonzero(empty)[0])}"
+            )
+        return a
+
+    def _check_keys(self, keys: Any, X: np.ndarray) -> np.ndarray:
+        if keys is None:
+            return row_keys(X, self._seed_key)
+        k = np.asarray(keys)
+        if k.shape != (len(X),) or not np.issubdtype(k.dtype, np.integer):
+            raise ValueError(
+                f"`keys` must be an integer array of shape ({len(X)},); got {k.dtype} {k.shape}"
+            )
+        return k.astype(np.uint64)
+
+    # ------------------------------------------------------------------ public API
+    def action_dist(
+        self, X: np.ndarray, allowed: np.ndarray | None = None, *, keys: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Probabilities of every arm for every context.
+
+        Parameters
+        ----------
+        X : array of shape (n, n_features)
+        allowed : bool array of shape (n, K) or (K,), optional
+            Permitted arms; every row must permit at least one.
+        keys : uint64 array of shape (n,), optional
+            Random keys of the contexts (:meth:`request_keys`); a randomised policy's
+            distribution depends on them. Default: a hash of each row of X.
+
+        Returns
+        -------
+        action_dist : ndarray of shape (n, K)
+            Rows sum to 1; exactly 0 outside ``allowed``.
+        """
+        X = self._check_X(X)
+        return self._dist(X, self._check_allowed(allowed, len(X)), self._check_keys(keys, X))
+
+    def request_keys(
+        self, fingerprints: np.ndarray, request_ids: Sequence[str] | None = None
+    ) -> np.ndarray:
+        """Random keys from context fingerprints and (optionally) request ids, as ``select`` uses."""
+        fp = np.asarray(fingerprints, dtype=np.uint64)
+        rid = (
+            np.zeros(len(fp), dtype=np.uint64)
+            if request_ids is None
+            else np.array([_str64(str(r)) for r in request_ids], dtype=np.uint64)
+        )
+        with np.errstate(over="ignore"):
+            return _mix_np(_mix_np((np.uint64(self._seed_key) ^ fp) + np.uint64(_GOLDEN)) ^ rid)
+
+    def _key(self, fingerprint: int, request_id: str | None) -> int:
+        rid = 0 if request_id is None else _str64(str(request_id))
+        return _mix(_mix(((self._seed_key ^ fingerprint) + _GOLDEN) & _M64) ^ rid)
+
+    def sample(self, dist: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Draw one arm per row of ``dist`` with the keys' uniforms: (arms, propensities).
+
+        The arm is the first index whose cumulative probability exceeds u times the row
+        total, so an arm with probability 0 is never drawn.
+        """
+        keys = np.asarray(keys, dtype=np.uint64)
+        if len(keys) == 1:  # the serving path: the same formula on Python ints
+            z = _mix(((int(keys[0]) ^ (_U_SALT ^ 0x5A5A)) + _GOLDEN) & _M64)
+            u = np.array([((z >> 11) + 0.5) * (1.0 / 9007199254740992.0)])
+        else:
+            u = uniforms(keys, 1, salt=_U_SALT ^ 0x5A5A)[:, 0]
+        cum = np.cumsum(dist, axis=1)
+        arms = (cum <= (u * cum[:, -1])[:, None]).sum(axis=1)
+        arms = np.minimum(arms, dist.shape[1] - 1)
+        return arms, dist[np.arange(len(dist)), arms]
+
+    def choose(
+        self, X: np.ndarray, allowed: np.ndarray | None = None, *, keys: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Batch decisions: (arm indices, exact propensities), as ``select`` would make them."""
+        X = self._check_X(X)
+        k = self._check_keys(keys, X)
+        dist = self._dist(X, self._check_allowed(allowed, len(X)), k)
+        return self.sample(dist, k)
+
+    def select(
+        self,
+        features: TaskFeatures | Mapping[str, Any],
+        *,
+        request_id: str | None = None,
+        allowed: np.ndarray | None = None,
+    ) -> SelectionResult:
+        """Choose parameters for one request; never raises, never leaves the mask.
+
+        Returns the baseline arm, with propensity 1 and a ``reason``, when the input is
+        malformed or ``allowed`` permits nothing.
+        """
+        try:
+            f = features if isinstance(features, TaskFeatures) else TaskFeatures.from_dict(features)
+            rid = None if request_id is None else str(request_id)
+            if rid is not None and not 0 < len(rid) <= 128:
+                raise ValueError(f"`request_id` must have 1-128 characters; got {len(rid)}")
+            if allowed is None:
+                mask = self._all_allowed
+            else:
+                mask = np.asarray(allowed)
+                if mask.dtype != bool or mask.shape != self._all_allowed.shape:
+                    raise ValueError(
+                        f"`allowed` must be a boolean array of shape ({len(self.catalog)},)"
+                    )
+                if not mask.any():
+                    return self._fallback(
+                        f.task_type, rid, "empty allowed mask: no arm is permitted"
+                    )
+            x = featurize(f, self.spec)[None, :]
+            if x.shape[1] != self.n_features:
+                raise ValueError(
+                    f"policy expects {self.n_features} features; the spec gives {x.shape[1]}"
+                )
+            key = np.array([self._key(context_fingerprint(f), rid)], dtype=np.uint64)
+            dist, scores = self._dist_scores(x, mask[None, :], key)
+            arms, prop = self.sample(dist, key)
+            a = int(arms[0])
+            return SelectionResult(
+                request_id=rid if rid is not None else f"ctx-{context_fingerprint(f):016x}",
+                arm_id=self.catalog.arm_ids[a],
+                params=self.catalog.params[a],
+                propensity=float(prop[0]),
+                policy_version=self.version,
+                scores=() if scores is None else scores[0],
+            )
+        except Exception as exc:  # the serving path never raises: fall back, say why
+            task = (
+                getattr(features, "task_type", None)
+                if not isinstance(features, Mapping)
+                else features.get("task_type")
+            )
+            return self._fallback(task, request_id, f"invalid request, baseline served: {exc}")
+
+    def _fallback(self, task_type: Any, request_id: Any, reason: str) -> SelectionResult:
+        task = task_type if isinstance(task_type, str) and 0 < len(task_type) <= 128 else "default"
+        k = self.catalog.baseline_arm(task)
+        rid = (
+            request_id
+            if isinstance(request_id, str)
+            and 0 < len(request_id) <= 128
+            and request_id.isprintable()
+            else "invalid-request"
+        )
+        return SelectionResult(
+            request_id=rid,
+            arm_id=self.catalog.arm_ids[k],
+            params=self.catalog.params[k],
+            propensity=1.0,
+            policy_version=self.version,
+            reason=reason[:300],
+        )
+
+    def update(
+        self,
+        X: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        *,
+        weights: np.ndarray | None = None,
+    ) -> None:
+        """Learn from n observed (context, arm, reward) triples; one row or a batch.
+
+        Parameters
+        ----------
+        X : array of shape (n, n_features) or (n_features,)
+        actions : array of shape (n,): arm indices, or arm ids (str)
+        rewards : array of shape (n,), finite
+        weights : array of shape (n,), optional
+            Non-negative observation weights (importance weights for offline fitting).
+        """
+        X = self._check_X(X)
+        n = len(X)
+        a = np.atleast_1d(np.asarray(actions))
+        if a.dtype.kind in "OUS":
+            a = self.catalog.indices(a)
+        if (
+            a.shape != (n,)
+            or a.dtype.kind not in "iu"
+            or (a < 0).any()
+            or (a >= len(self.catalog)).any()
+        ):
+            raise ValueError(
+                f"`actions` must be {n} arm indices in [0, {len(self.catalog)}) or known arm ids"
+            )
+        r = np.atleast_1d(np.asarray(rewards, dtype=np.float64))
+        if r.shape != (n,) or not np.isfinite(r).all():
+            raise ValueError(f"`rewards` must be {n} finite numbers; got shape {r.shape}")
+        w = None
+        if weights is not None:
+            w = np.atleast_1d(np.asarray(weights, dtype=np.float64))
+            if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any():
+                raise ValueError(f"`weights` must be {n} finite numbers >= 0")
+        self._update(X, a.astype(np.int64), r, w)
+        self._version = None
+
+    # ------------------------------------------------------------------ identity
+    def config(self) -> dict[str, Any]:
+        """Everything needed to rebuild the policy (JSON-serialisable)."""
+        return {
+            "kind": self.kind,
+            "catalog": self.catalog.to_dict(),
+            "spec": {
+                "task_types": list(self.spec.task_types),
+                "indicator_buckets": self.spec.indicator_buckets,
+            },
+            "n_features": self.n_features,
+            "seed": self.seed,
+            **self._config(),
+        }
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Flat scalars for experiment tracking (kind, hyper-parameters, catalog version)."""
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "seed": self.seed,
+            "n_arms": len(self.catalog),
+            "n_features": self.n_features,
+            "catalog_version": self.catalog.version,
+        }
+        out.update(
+            {k: v for k, v in self._config().items() if isinstance(v, (int, float, str, bool))}
+        )
+        return out
+
+    @property
+    def version(self) -> str:
+        """Content hash (12 hex digits) of configuration and learned state."""
+        if self._version is None:
+            h = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode())
+            for name, arr in sorted(self._state().items()):
+                h.update(name.encode())
+                h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
+            self._version = f"{self.kind}-{h.hexdigest()[:12]}"
+        return self._version
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(K={len(self.catalog)}, version={self.version!r})"
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write configuration (JSON) and state (arrays) to one ``.npz`` file; no pickle."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(".npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"state__{k}": np.asarray(v) for k, v in self._state().items()}
+        np.savez(path, config=np.array(json.dumps(self.config(), sort_keys=True)), **arrays)
+        return path
+
+    @classmethod
+    def _from_config(
+        cls, config: dict[str, Any], catalog: ArmCatalog, spec: FeatureSpec
+    ) -> BasePolicy:
+        raise NotImplementedError
+
+    @staticmethod
+    def load(path: str | Path) -> BasePolicy:
+        """Rebuild a policy saved by :meth:`save` (any kind)."""
+        return load_policy(path)
+
+
+def load_policy(path: str | Path) -> BasePolicy:
+    """Rebuild a policy of any kind from a ``.npz`` file written by ``save``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"policy file not found: {path}")
+    with np.load(path, allow_pickle=False) as z:
+        config = json.loads(str(z["config"]))
+        state = {k[len("state__") :]: z[k] for k in z.files if k.startswith("state__")}
+    kind = config.get("kind")
+    if kind not in _REGISTRY:
+        raise ValueError(f"{path}: unknown policy kind {kind!r}; known: {sorted(_REGISTRY)}")
+    catalog = ArmCatalog.from_dict(config["catalog"])
+    spec = FeatureSpec(
+        task_types=tuple(config["spec"]["task_types"]),
+        indicator_buckets=int(config["spec"]["indicator_buckets"]),
+    )
+    policy = _REGISTRY[kind]._from_config(config, catalog, spec)
+    if state:
+        policy._set_state(state)
+    return policy
+
+
+def argmax_dist(scores: np.ndarray, allowed: np.ndarray, epsilon: float) -> np.ndarray:
+    """Greedy over the allowed arms, ties split uniformly, mixed with an ε floor.
+
+    :math:`\\pi(a \\mid x) = (1 - \\varepsilon) [a \\in B(x)] / |B(x)| +
+    \\varepsilon [a \\in \\mathcal{A}(x)] / |\\mathcal{A}(x)|`, where :math:`\\mathcal{A}(x)`
+    is the allowed set and :math:`B(x)` the allowed arms whose score is within
+    :math:`10^{-9}(1 + |\\max|)` of the maximum (so rounding never splits a tie).
+    """
+    s = np.where(allowed, scores, -np.inf)
+    m = s.max(axis=1, keepdims=True)
+    best = s >= m - 1e-9 * (1.0 + np.abs(m))
+    dist = best * ((1.0 - epsilon) / best.sum(axis=1, keepdims=True))
+    if epsilon > 0:
+        dist += allowed * (epsilon / allowed.sum(axis=1, keepdims=True))
+    return dist
+
+
+def check_probability(
+    name: str, value: Any, *, allow_zero: bool = True, allow_one: bool = True
+) -> float:
+    """Validate a hyper-parameter in [0, 1] (ends optional); ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a number in [0, 1]; got {value!r}")
+    lo_ok = value > 0 or (allow_zero and value == 0)
+    hi_ok = value < 1 or (allow_one and value == 1)
+    if not (lo_ok and hi_ok and 0 <= value <= 1):
+        lo = "[" if allow_zero else "("
+        hi = "]" if allow_one else ")"
+        raise ValueError(f"`{name}` must be in {lo}0, 1{hi}; got {value!r}")
+    return float(value)

@@ -1,0 +1,155 @@
+"""Gaussian Thompson sampling whose logged propensity is exact."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy import special
+
+from rtopt_lab.arms import ArmCatalog
+from rtopt_lab.features import DEFAULT_SPEC, FeatureSpec
+from rtopt_lab.policies._linear import Mode
+from rtopt_lab.policies.base import check_probability, uniforms
+from rtopt_lab.policies.linucb import _ModelPolicy
+
+__all__ = ["ThompsonGaussian"]
+
+_DRAW_SALT = 0x7468_6F6D_7073_6F6E  # "thompson"
+
+
+class ThompsonGaussian(_ModelPolicy):
+    """Thompson sampling with a Bayesian linear-Gaussian reward model.
+
+    Posterior :math:`\\theta \\mid \\mathcal{D} \\sim N(A^{-1} b,\\; \\sigma^2 A^{-1})` (Gaussian
+    prior :math:`N(0, \\sigma^2 / \\lambda\\, I)`); σ² is ``noise_sd``² when given, else
+    the plug-in residual estimate (empirical Bayes).
+
+    Exact propensities. Plain Thompson sampling draws one posterior sample and plays its
+    argmax; the probability of that choice has no closed form. Here the procedure *is*
+    the distribution: for each context draw M posterior samples of the arms' scores
+    (counter-based normals keyed by the request, so the draws are reproducible), count
+    how often each allowed arm is the argmax, and play an arm drawn from
+
+    .. math:: \\pi(a \\mid x) = (1-\\varepsilon)\\, \\frac{\\#\\{m : a = \\arg\\max_{a'}
+              \\tilde\\mu^{(m)}_{a'}(x)\\}}{M} + \\frac{\\varepsilon}{|\\mathcal{A}(x)|}.
+
+    The logged propensity is that probability, exactly. As M grows π tends to the
+    Thompson probability; M = 256 keeps ``select`` within a few hundred microseconds.
+
+    Parameters
+    ----------
+    catalog : ArmCatalog
+    n_samples : int >= 1, default 256
+        M, posterior draws per decision.
+    noise_sd : float > 0 or None, default None
+        Known reward noise; None estimates it from the residuals.
+    epsilon : float in [0, 1], default 0.02
+        Exploration floor, for off-policy support.
+    mode, ridge, spec, n_features, seed : as in :class:`~rtopt_lab.policies.linucb.LinUCB`
+
+    References
+    ----------
+    S. Agrawal, N. Goyal. Thompson sampling for contextual bandits with linear payoffs.
+    ICML 2013.
+    """
+
+    kind: ClassVar[str] = "thompson"
+    _test_params: ClassVar[dict[str, Any]] = {"n_samples": 64, "epsilon": 0.05}
+
+    def __init__(
+        self,
+        catalog: ArmCatalog,
+        *,
+        n_samples: int = 256,
+        noise_sd: float | None = None,
+        epsilon: float = 0.02,
+        mode: Mode = "shared",
+        ridge: float = 1.0,
+        context_ridge: float = 10.0,
+        spec: FeatureSpec = DEFAULT_SPEC,
+        n_features: int | None = None,
+        seed: int = 0,
+    ):
+        if (
+            isinstance(n_samples, bool)
+            or not isinstance(n_samples, (int, np.integer))
+            or not 1 <= n_samples <= 100_000
+        ):
+            raise ValueError(f"`n_samples` must be an int in [1, 100000]; got {n_samples!r}")
+        if noise_sd is not None and (
+            isinstance(noise_sd, bool)
+            or not isinstance(noise_sd, (int, float))
+            or not math.isfinite(noise_sd)
+            or noise_sd <= 0
+        ):
+            raise ValueError(f"`noise_sd` must be a finite number > 0 or None; got {noise_sd!r}")
+        self.n_samples = int(n_samples)
+        self.noise_sd = None if noise_sd is None else float(noise_sd)
+        self.epsilon = check_probability("epsilon", epsilon)
+        super().__init__(
+            catalog,
+            mode=mode,
+            ridge=ridge,
+            context_ridge=context_ridge,
+            spec=spec,
+            n_features=n_features,
+            seed=seed,
+        )
+
+    def _sigma(self) -> float:
+        return self.noise_sd if self.noise_sd is not None else math.sqrt(self.model.noise_var())
+
+    def _dist(self, X, allowed, keys) -> np.ndarray:
+        n, k, m = len(X), len(self.catalog), self.n_samples
+        out = np.empty((n, k))
+        sigma = self._sigma()
+        step = max(1, 65_536 // (m * 8))
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            mu = self.model.mean(X[lo:hi])  # (b, K)
+            F = self.model.score_factor(X[lo:hi])  # (b, K) or (b, K, q)
+            dims = k if F.ndim == 2 else F.shape[2]
+            eps = special.ndtri(uniforms(keys[lo:hi], m * dims, salt=_DRAW_SALT)).reshape(
+                hi - lo, m, dims
+            )
+            if F.ndim == 2:
+                draws = mu[:, None, :] + sigma * F[:, None, :] * eps  # (b, M, K)
+            else:
+                draws = mu[:, None, :] + sigma * np.einsum("bkq,bmq->bmk", F, eps)
+            draws = np.where(allowed[lo:hi, None, :], draws, -np.inf)
+            win = draws.argmax(axis=2)  # (b, M)
+            counts = np.zeros((hi - lo, k))
+            np.add.at(counts, (np.repeat(np.arange(hi - lo), m), win.ravel()), 1.0)
+            dist = counts * ((1.0 - self.epsilon) / m)
+            if self.epsilon > 0:
+                dist += allowed[lo:hi] * (self.epsilon / allowed[lo:hi].sum(axis=1, keepdims=True))
+            out[lo:hi] = dist
+        return out
+
+    def _scores(self, X: np.ndarray) -> np.ndarray:
+        return self.model.mean(X)
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "n_samples": self.n_samples,
+            "noise_sd": self.noise_sd,
+            "epsilon": self.epsilon,
+            **self._model_config(),
+        }
+
+    @classmethod
+    def _from_config(cls, config, catalog, spec) -> ThompsonGaussian:
+        return cls(
+            catalog,
+            n_samples=config["n_samples"],
+            noise_sd=config["noise_sd"],
+            epsilon=config["epsilon"],
+            mode=config["mode"],
+            ridge=config["ridge"],
+            context_ridge=config["context_ridge"],
+            spec=spec,
+            n_features=config["n_features"],
+            seed=config["seed"],
+        )
