@@ -9,8 +9,8 @@ import numpy as np
 
 from rtopt_lab.arms import ArmCatalog
 from rtopt_lab.features import DEFAULT_SPEC, FeatureSpec
-from rtopt_lab.policies._linear import LinearRewardModel, Mode, quadratic_features
-from rtopt_lab.policies.base import BasePolicy, argmax_dist, check_probability
+from rtopt_lab.policies._linear import LinearRewardModel, Mode
+from rtopt_lab.policies.base import BasePolicy, check_probability
 
 __all__ = ["LinUCB"]
 
@@ -155,25 +155,40 @@ class LinUCB(_ModelPolicy):
         return self._ucb(X)
 
     def _ucb(self, X: np.ndarray) -> np.ndarray:
-        mu = self.model.mean(X)
-        if self.alpha == 0:
-            return mu
-        return mu + self.alpha * np.sqrt(self.model.width2(X, quadratic_features(X)))
+        return self._ucb_t(X).T
+
+    def _ucb_t(self, X: np.ndarray) -> np.ndarray:
+        """UCB values transposed, (K, n): the kernel every path uses."""
+        mu, w2 = self.model.mean_width2_t(X)
+        if self.alpha:
+            np.sqrt(w2, out=w2)
+            mu += self.alpha * w2
+        return mu
 
     def _dist(self, X, allowed, keys) -> np.ndarray:
-        out = np.empty((len(X), len(self.catalog)))
+        return self._dist_scores(X, allowed, keys)[0]
+
+    def _dist_scores(self, X, allowed, keys):
+        n, k = len(X), len(self.catalog)
+        out = np.empty((n, k))
+        last = None
         step = 8192
-        for lo in range(0, len(X), step):
-            hi = lo + step
-            out[lo:hi] = argmax_dist(self._ucb(X[lo:hi]), allowed[lo:hi], self.epsilon)
-        return out
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            u = self._ucb_t(X[lo:hi])                                   # (K, b)
+            ok = allowed[lo:hi].T
+            s = np.where(ok, u, -np.inf)
+            m = s.max(axis=0)
+            best = s >= m - 1e-9 * (1.0 + np.abs(m))
+            d = best * ((1.0 - self.epsilon) / best.sum(axis=0))
+            if self.epsilon > 0:
+                d += ok * (self.epsilon / ok.sum(axis=0))
+            out[lo:hi] = d.T
+            last = u
+        return out, (last.T if n == 1 else None)
 
     def _scores(self, X: np.ndarray) -> np.ndarray:
         return self._ucb(X)
-
-    def _dist_scores(self, X, allowed, keys):
-        u = self._ucb(X)
-        return argmax_dist(u, allowed, self.epsilon), u
 
     def _config(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "epsilon": self.epsilon, **self._model_config()}
