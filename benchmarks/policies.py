@@ -85,8 +85,10 @@ def main() -> None:
     ctx = sim.sample_contexts(5_000, seed=4)
     Xo, R = featurize_frame(ctx), sim.sample_reward_matrix(ctx, seed=5)
     keys = np.arange(5_000, dtype=np.uint64)
-    for name, cls in (("online_5k_s", LinUCB), ("thompson_online_5k_s", ThompsonGaussian)):
-        pol = cls(sim.catalog)
+    for name, make in (("online_5k_s", lambda: LinUCB(sim.catalog)),
+                       ("online_5k_disjoint_s", lambda: LinUCB(sim.catalog, mode="disjoint")),
+                       ("thompson_online_5k_s", lambda: ThompsonGaussian(sim.catalog))):
+        pol = make()
         t = time.perf_counter()
         for i in range(5_000):
             a, _ = pol.choose(Xo[i:i + 1], keys=keys[i:i + 1])
