@@ -1,0 +1,41 @@
+"""Off-policy evaluation: estimators, cross-fitted reward models, paired intervals, comparison.
+
+=====================  ===================================================================
+:mod:`.estimators`     ``dm``, ``ips``, ``snips``, ``dr``, ``sndr``, ``switch_dr``: pure
+                       functions over arrays returning an :class:`Estimate`
+:mod:`.reward_model`   :class:`RewardModel`: cross-fitted q_hat over joint context-arm features
+:mod:`.bootstrap`      paired multinomial / Poisson bootstrap, percentile, BCa and normal intervals
+:mod:`.compare`        :func:`compare`: candidates vs a baseline, Holm-adjusted, with verdicts
+:mod:`.diagnostics`    ESS, weight moments, clipping, flags, support violations
+:mod:`.evaluate`       :func:`evaluate`: a decision log (in memory or streamed) to a table
+=====================  ===================================================================
+"""
+
+from rtopt_lab.ope._hash import hash_strings, poisson_weights
+from rtopt_lab.ope.compare import VERDICTS, Comparison, compare, holm
+from rtopt_lab.ope.diagnostics import FLAGS, Diagnostics
+from rtopt_lab.ope.estimators import ESTIMATORS, Estimate, dm, dr, ips, sndr, snips, switch_dr
+from rtopt_lab.ope.evaluate import evaluate
+from rtopt_lab.ope.reward_model import RewardModel, joint_features
+
+__all__ = [
+    "ESTIMATORS",
+    "FLAGS",
+    "VERDICTS",
+    "Comparison",
+    "Diagnostics",
+    "Estimate",
+    "RewardModel",
+    "compare",
+    "dm",
+    "dr",
+    "evaluate",
+    "hash_strings",
+    "holm",
+    "ips",
+    "joint_features",
+    "poisson_weights",
+    "sndr",
+    "snips",
+    "switch_dr",
+]

@@ -1,0 +1,87 @@
+"""Statistical properties of the OPE estimators on the simulator (seeded replications).
+
+The population is a fixed pool of 50,000 simulated contexts with exact expected rewards
+q(x, a); each replication draws n contexts from the pool, logs actions with an
+epsilon-greedy logger (the production arm with probability 0.8 + 0.2/K) and rewards from
+the simulator. The candidate mixes a softmax of the exact q (tau 0.1) with uniform, so its
+exact value is known: :math:`V = \\frac{1}{P} \\sum_p \\sum_a \\pi(a \\mid x_p) q(x_p, a)`.
+q_hat is the exact q plus a fixed misspecification (not fitted on the replication's data,
+so DR needs no cross-fitting here; cross-fitting has its own tests).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import special, stats
+
+from rtopt_lab.ope import dr, ips, snips
+
+P = 50_000
+REPS = 400
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(sim):
+    ctx = sim.sample_contexts(P, seed=123)
+    q = sim.expected_reward(ctx)
+    k = q.shape[1]
+    pb = sim.logging_action_dist(ctx, "epsilon", epsilon=0.2)
+    pi = 0.5 * special.softmax(q / 0.1, axis=1) + 0.5 / k
+    q_hat = q + 0.1 * np.sin(0.37 * np.arange(q.size).reshape(q.shape))
+    return {"ctx": ctx, "q": q, "pb": pb, "pi": pi, "q_hat": q_hat, "cum": np.cumsum(pb, axis=1),
+            "value": float((pi * q).sum(axis=1).mean())}
+
+
+def _replicate(sim, world, n: int, rep: int):
+    rng = np.random.default_rng([n, rep])
+    idx = rng.integers(0, P, n)
+    k = world["q"].shape[1]
+    u = rng.random(n)
+    a = np.minimum((world["cum"][idx] < u[:, None]).sum(axis=1), k - 1)
+    r = sim.sample_outcomes(world["ctx"].iloc[idx], a, seed=rng)["reward"].to_numpy()
+    return r, a, world["pb"][idx, a], world["pi"][idx], world["q_hat"][idx]
+
+
+def _run(sim, world, n: int, reps: int, **ci):
+    out = {name: [] for name in ("ips", "snips", "dr")}
+    for rep in range(reps):
+        r, a, ps, pi, qh = _replicate(sim, world, n, rep)
+        for name, fn in (("ips", ips), ("snips", snips), ("dr", dr)):
+            e = fn(r, a, ps, pi, qh, rng=rep, **ci)
+            out[name].append((e.value, e.ci_low, e.ci_high))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def normal_2k(sim, world):
+    return _run(sim, world, 2_000, REPS)
+
+
+def _assert_coverage(res, value):
+    for name, arr in res.items():
+        covered = int(((arr[:, 1] <= value) & (value <= arr[:, 2])).sum())
+        share = covered / len(arr)
+        assert 0.93 <= share <= 0.97, (name, share)
+        assert stats.binomtest(covered, len(arr), 0.95).pvalue > 0.01, (name, share)
+
+
+def test_ips_and_dr_unbiased_over_200_replications(normal_2k, world):
+    for name in ("ips", "dr"):
+        v = normal_2k[name][:200, 0]
+        se = v.std(ddof=1) / np.sqrt(len(v))
+        assert abs(v.mean() - world["value"]) < 3 * se, (name, v.mean(), world["value"], se)
+
+
+def test_normal_intervals_cover_at_n_2000(normal_2k, world):
+    _assert_coverage(normal_2k, world["value"])
+
+
+def test_percentile_bootstrap_intervals_cover_at_n_2000(sim, world):
+    _assert_coverage(_run(sim, world, 2_000, REPS, ci="percentile", n_boot=400, resampling="poisson"),
+                     world["value"])
+
+
+def test_normal_intervals_cover_at_n_20000(sim, world):
+    _assert_coverage(_run(sim, world, 20_000, REPS), world["value"])
