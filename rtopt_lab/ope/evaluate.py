@@ -137,7 +137,13 @@ class _Policies:
         self._lock = threading.Lock()
 
     def _is_randomised(self, name: str, pol: Any, X: np.ndarray) -> bool:
-        """Probe once: does the distribution depend on the request keys (Thompson sampling)?"""
+        """Does the distribution depend on the request keys (Thompson sampling)?
+
+        Policies of this package say so (``randomized``); any other is probed once.
+        """
+        flag = getattr(pol, "randomized", None)
+        if isinstance(flag, bool):
+            return flag
         with self._lock:
             if name not in self.randomised:
                 m = min(len(X), 16)
@@ -153,7 +159,7 @@ class _Policies:
         if hasattr(pol, "action_dist") and hasattr(pol, "spec"):
             X = feats(pol.spec)
             keys = (pol.request_keys(feats.fingerprints(), feats.request_ids())
-                    if self._is_randomised(name, pol, X) else np.zeros(n, dtype=np.uint64))
+                    if self._is_randomised(name, pol, X) else None)
             d = np.asarray(pol.action_dist(X, keys=keys), dtype=np.float64)
         elif callable(pol):
             d = np.asarray(pol(chunk), dtype=np.float64)

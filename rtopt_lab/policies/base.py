@@ -150,6 +150,9 @@ class BasePolicy:
     """
 
     kind: ClassVar[str] = "base"
+    #: True when action_dist depends on the random keys (Thompson sampling); a
+    #: deterministic policy's distribution is a function of the context alone
+    randomized: ClassVar[bool] = False
     #: small constructor arguments for the contract suite, as river's _unit_test_params
     _test_params: ClassVar[dict[str, Any]] = {}
 
@@ -272,7 +275,8 @@ class BasePolicy:
             Rows sum to 1; exactly 0 outside ``allowed``.
         """
         X = self._check_X(X)
-        return self._dist(X, self._check_allowed(allowed, len(X)), self._check_keys(keys, X))
+        k = self._check_keys(keys, X) if (self.randomized or keys is not None) else None
+        return self._dist(X, self._check_allowed(allowed, len(X)), k)
 
     def request_keys(
         self, fingerprints: np.ndarray, request_ids: Sequence[str] | None = None

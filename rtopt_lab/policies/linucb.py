@@ -169,23 +169,31 @@ class LinUCB(_ModelPolicy):
         return self._dist_scores(X, allowed, keys)[0]
 
     def _dist_scores(self, X, allowed, keys):
+        """Greedy-with-floor distribution of every context, computed transposed.
+
+        The result is returned as the transpose of a (K, n) array (a Fortran-ordered
+        (n, K) view): every chunk's arithmetic and its write stay contiguous.
+        """
         n, k = len(X), len(self.catalog)
-        out = np.empty((n, k))
+        out_t = np.empty((k, n))
+        full = bool(allowed.all())
+        eps = self.epsilon
         last = None
-        step = 8192
+        step = 2048
         for lo in range(0, n, step):
             hi = min(n, lo + step)
             u = self._ucb_t(X[lo:hi])                                   # (K, b)
-            ok = allowed[lo:hi].T
-            s = np.where(ok, u, -np.inf)
-            m = s.max(axis=0)
-            best = s >= m - 1e-9 * (1.0 + np.abs(m))
-            d = best * ((1.0 - self.epsilon) / best.sum(axis=0))
-            if self.epsilon > 0:
-                d += ok * (self.epsilon / ok.sum(axis=0))
-            out[lo:hi] = d.T
+            if not full:
+                ok = allowed[lo:hi].T
+                u = np.where(ok, u, -np.inf)
+            m = u.max(axis=0)
+            best = u >= m - 1e-9 * (1.0 + np.abs(m))
+            d = out_t[:, lo:hi]
+            np.multiply(best, (1.0 - eps) / best.sum(axis=0), out=d)
+            if eps > 0:
+                d += (eps / k) if full else ok * (eps / ok.sum(axis=0))
             last = u
-        return out, (last.T if n == 1 else None)
+        return out_t.T, (last.T if n == 1 else None)
 
     def _scores(self, X: np.ndarray) -> np.ndarray:
         return self._ucb(X)

@@ -60,6 +60,7 @@ class ThompsonGaussian(_ModelPolicy):
     """
 
     kind: ClassVar[str] = "thompson"
+    randomized: ClassVar[bool] = True
     _test_params: ClassVar[dict[str, Any]] = {"n_samples": 64, "epsilon": 0.05}
 
     def __init__(
