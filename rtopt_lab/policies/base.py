@@ -534,13 +534,19 @@ def argmax_dist(scores: np.ndarray, allowed: np.ndarray, epsilon: float) -> np.n
     is the allowed set and :math:`B(x)` the allowed arms whose score is within
     :math:`10^{-9}(1 + |\\max|)` of the maximum (so rounding never splits a tie).
     """
-    s = np.where(allowed, scores, -np.inf)
-    m = s.max(axis=1, keepdims=True)
-    best = s >= m - 1e-9 * (1.0 + np.abs(m))
-    dist = best * ((1.0 - epsilon) / best.sum(axis=1, keepdims=True))
-    if epsilon > 0:
-        dist += allowed * (epsilon / allowed.sum(axis=1, keepdims=True))
-    return dist
+    n, k = scores.shape
+    out = np.empty((n, k))
+    full = bool(allowed.all())
+    for lo in range(0, n, 4096):  # chunks that stay in cache
+        hi = min(n, lo + 4096)
+        s = scores[lo:hi] if full else np.where(allowed[lo:hi], scores[lo:hi], -np.inf)
+        m = s.max(axis=1, keepdims=True)
+        best = s >= m - 1e-9 * (1.0 + np.abs(m))
+        d = out[lo:hi]
+        np.multiply(best, (1.0 - epsilon) / best.sum(axis=1, keepdims=True), out=d)
+        if epsilon > 0:
+            d += (epsilon / k) if full else allowed[lo:hi] * (epsilon / allowed[lo:hi].sum(axis=1, keepdims=True))
+    return out
 
 
 def check_probability(

@@ -6,7 +6,6 @@ import math
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy import special
 
 from rtopt_lab.arms import ArmCatalog
 from rtopt_lab.features import DEFAULT_SPEC, FeatureSpec
@@ -18,8 +17,13 @@ __all__ = ["EpsilonGreedy", "FixedPolicy", "Softmax", "UniformRandom"]
 
 
 def _floor(dist: np.ndarray, allowed: np.ndarray, epsilon: float) -> np.ndarray:
+    """Mix ε spread over the allowed arms into ``dist`` (in place)."""
     if epsilon > 0:
-        dist = (1.0 - epsilon) * dist + allowed * (epsilon / allowed.sum(axis=1, keepdims=True))
+        dist *= 1.0 - epsilon
+        if allowed.all():
+            dist += epsilon / allowed.shape[1]
+        else:
+            dist += allowed * (epsilon / allowed.sum(axis=1, keepdims=True))
     return dist
 
 
@@ -65,10 +69,13 @@ class FixedPolicy(BasePolicy):
 
     def _dist(self, X, allowed, keys) -> np.ndarray:
         base = self.baseline_arms(X)
-        d = np.where(allowed, self._dist_to[base], np.inf)
-        arm = d.argmin(axis=1)
-        dist = np.zeros((len(X), len(self.catalog)))
-        dist[np.arange(len(X)), arm] = 1.0
+        n = len(X)
+        if allowed.all():
+            arm = base
+        else:
+            arm = np.where(allowed, self._dist_to[base], np.inf).argmin(axis=1)
+        dist = np.zeros((n, len(self.catalog)))
+        dist[np.arange(n), arm] = 1.0
         return _floor(dist, allowed, self.epsilon)
 
     def _config(self) -> dict[str, Any]:
@@ -134,7 +141,7 @@ class _ScorerPolicy(_ModelPolicy):
     def _score(self, X: np.ndarray) -> np.ndarray:
         if self.scorer is None:
             return self.model.mean(X)
-        s = np.asarray(self.scorer.expected_reward(X), dtype=float)
+        s = np.array(self.scorer.expected_reward(X), dtype=float)  # a copy: callers work in place
         if s.shape != (len(X), len(self.catalog)) or not np.isfinite(s).all():
             raise ValueError(
                 f"`scorer.expected_reward` must return finite scores of shape "
@@ -270,8 +277,14 @@ class Softmax(_ScorerPolicy):
         )
 
     def _dist(self, X, allowed, keys) -> np.ndarray:
-        z = np.where(allowed, self._score(X) / self.tau, -np.inf)
-        return _floor(special.softmax(z, axis=1), allowed, self.epsilon)
+        z = self._score(X)
+        z /= self.tau
+        if not allowed.all():
+            z[~allowed] = -np.inf
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        return _floor(z, allowed, self.epsilon)
 
     def _config(self) -> dict[str, Any]:
         return {"tau": self.tau, "epsilon": self.epsilon, **self._model_config()}
