@@ -933,11 +933,18 @@ class LogStore:
 
         def batches(stream: LogStream) -> Iterator[pa.Table]:
             exact = [str(p) for p, info in infos if info.kind == "exact"]
-            if exact:                                       # the common case: one pushed-down scan
+            if exact and expr is not None:                  # filters: one pushed-down scan
                 scanner = ds.dataset(exact, schema=LOG_SCHEMA, format="parquet").scanner(
                     filter=expr, batch_size=batch_rows, batch_readahead=2, fragment_readahead=2)
                 for rb in scanner.to_batches():
                     yield from checked(stream, pa.Table.from_batches([rb]))
+            elif exact:                                     # a full pass: one row group at a time,
+                for f in exact:                             # so memory stays flat however long the log
+                    with pq.ParquetFile(f) as pf:
+                        for i in range(pf.num_row_groups):
+                            group = pf.read_row_group(i).cast(LOG_SCHEMA)
+                            for lo in range(0, group.num_rows, batch_rows):
+                                yield from checked(stream, group.slice(lo, batch_rows))
             for p, info in infos:
                 if info.kind == "compatible":
                     with pq.ParquetFile(p) as pf:
