@@ -493,10 +493,10 @@ class BasePolicy:
         return path
 
     @classmethod
-    def _from_config(
-        cls, config: dict[str, Any], catalog: ArmCatalog, spec: FeatureSpec
-    ) -> BasePolicy:
-        raise NotImplementedError
+    def _from_config(cls, config: dict[str, Any], catalog: ArmCatalog, spec: FeatureSpec) -> BasePolicy:
+        """Rebuild from :meth:`config`: its keys are the constructor's keyword arguments."""
+        kwargs = {k: v for k, v in config.items() if k not in ("kind", "catalog", "spec")}
+        return cls(catalog, spec=spec, **kwargs)
 
     @staticmethod
     def load(path: str | Path) -> BasePolicy:

@@ -81,15 +81,6 @@ class FixedPolicy(BasePolicy):
     def _config(self) -> dict[str, Any]:
         return {"epsilon": self.epsilon}
 
-    @classmethod
-    def _from_config(cls, config, catalog, spec) -> FixedPolicy:
-        return cls(
-            catalog,
-            epsilon=config["epsilon"],
-            spec=spec,
-            n_features=config["n_features"],
-            seed=config["seed"],
-        )
 
 
 class UniformRandom(BasePolicy):
@@ -100,9 +91,6 @@ class UniformRandom(BasePolicy):
     def _dist(self, X, allowed, keys) -> np.ndarray:
         return allowed / allowed.sum(axis=1, keepdims=True)
 
-    @classmethod
-    def _from_config(cls, config, catalog, spec) -> UniformRandom:
-        return cls(catalog, spec=spec, n_features=config["n_features"], seed=config["seed"])
 
 
 class _ScorerPolicy(_ModelPolicy):
@@ -217,18 +205,6 @@ class EpsilonGreedy(_ScorerPolicy):
     def _config(self) -> dict[str, Any]:
         return {"epsilon": self.epsilon, **self._model_config()}
 
-    @classmethod
-    def _from_config(cls, config, catalog, spec) -> EpsilonGreedy:
-        return cls(
-            catalog,
-            epsilon=config["epsilon"],
-            mode=config["mode"],
-            ridge=config["ridge"],
-            context_ridge=config["context_ridge"],
-            spec=spec,
-            n_features=config["n_features"],
-            seed=config["seed"],
-        )
 
 
 class Softmax(_ScorerPolicy):
@@ -289,16 +265,3 @@ class Softmax(_ScorerPolicy):
     def _config(self) -> dict[str, Any]:
         return {"tau": self.tau, "epsilon": self.epsilon, **self._model_config()}
 
-    @classmethod
-    def _from_config(cls, config, catalog, spec) -> Softmax:
-        return cls(
-            catalog,
-            tau=config["tau"],
-            epsilon=config["epsilon"],
-            mode=config["mode"],
-            ridge=config["ridge"],
-            context_ridge=config["context_ridge"],
-            spec=spec,
-            n_features=config["n_features"],
-            seed=config["seed"],
-        )

@@ -201,16 +201,3 @@ class LinUCB(_ModelPolicy):
     def _config(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "epsilon": self.epsilon, **self._model_config()}
 
-    @classmethod
-    def _from_config(cls, config, catalog, spec) -> LinUCB:
-        return cls(
-            catalog,
-            alpha=config["alpha"],
-            epsilon=config["epsilon"],
-            mode=config["mode"],
-            ridge=config["ridge"],
-            context_ridge=config["context_ridge"],
-            spec=spec,
-            n_features=config["n_features"],
-            seed=config["seed"],
-        )

@@ -144,17 +144,3 @@ class ThompsonGaussian(_ModelPolicy):
             **self._model_config(),
         }
 
-    @classmethod
-    def _from_config(cls, config, catalog, spec) -> ThompsonGaussian:
-        return cls(
-            catalog,
-            n_samples=config["n_samples"],
-            noise_sd=config["noise_sd"],
-            epsilon=config["epsilon"],
-            mode=config["mode"],
-            ridge=config["ridge"],
-            context_ridge=config["context_ridge"],
-            spec=spec,
-            n_features=config["n_features"],
-            seed=config["seed"],
-        )
