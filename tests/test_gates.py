@@ -1,0 +1,227 @@
+"""Gates: pass, fail, insufficient-evidence and error cases for each; properties; YAML config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rtopt_lab.arms import ArmCatalog
+from rtopt_lab.gates import (
+    Compliance,
+    CostEfficiency,
+    EvidenceGate,
+    GateInputs,
+    GateVerdict,
+    QualityFloor,
+    QualityGateValidator,
+    TierRule,
+    TrustRegion,
+    combine,
+)
+
+CAT = ArmCatalog.from_grid()
+K = len(CAT)
+BASE = CAT.index("t0.60-p1.00-m600")
+
+
+@dataclass(frozen=True)
+class Diag:
+    ess: float
+
+
+@dataclass(frozen=True)
+class Est:
+    value: float
+    ci_low: float
+    ci_high: float = float("nan")
+    n: int = 5000
+    diagnostics: Diag = Diag(2000.0)
+
+
+def _onehot(arms, n=200):
+    d = np.zeros((n, K))
+    d[np.arange(n), np.resize(arms, n)] = 1.0
+    return d
+
+
+def _inc(n=200):
+    return np.full(n, BASE)
+
+
+# ------------------------------------------------------------------ trust region
+def test_trust_region_pass_fail_insufficient_error():
+    tr = TrustRegion()
+    near = CAT.index("t0.40-p0.90-m800")
+    far = CAT.index("t0.20-p1.00-m600")  # Δt = -0.4
+    ok = tr(CAT, _onehot(near), _inc())
+    assert ok.status == "pass" and ok.metrics["violating_share"] == 0
+    d = _onehot(near)
+    d[7] = 0.0
+    d[7, far] = 0.3
+    d[7, near] = 0.7
+    bad = tr(CAT, d, _inc())
+    assert bad.status == "fail"
+    assert bad.metrics["violating_share"] == pytest.approx(1 / 200)
+    assert "context 7: t0.20-p1.00-m600" in bad.reasons[1] and "Δt=-0.40" in bad.reasons[1]
+    assert tr(CAT, _onehot(near, 10), _inc(10)).status == "insufficient_evidence"
+    err = tr(CAT, np.full((200, 3), 1 / 3), _inc())
+    assert err.status == "error" and "candidate_dist" in err.reasons[0]
+    assert tr(CAT, _onehot(near), np.full(200, 99)).status == "error"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, K - 1), st.integers(0, K - 1), st.floats(1e-9, 1.0), st.integers(0, 199))
+def test_no_candidate_with_a_violating_arm_passes_the_trust_region(inc_arm, arm, p, row):
+    d = _onehot(inc_arm)
+    d[row] *= 1 - p
+    d[row, arm] += p
+    v = TrustRegion()(CAT, d, np.full(200, inc_arm))
+    inside = CAT.trust_region()[inc_arm, arm]
+    assert v.status == ("pass" if inside else "fail")
+
+
+# ------------------------------------------------------------------ evidence, quality, cost
+def test_evidence_gate():
+    g = EvidenceGate(min_rows=1000, min_ess=200)
+    assert g(Est(0.5, 0.4)).status == "pass"
+    few = g(Est(0.5, 0.4, n=10))
+    assert few.status == "insufficient_evidence" and "10 rows < 1000" in few.reasons[0]
+    thin = g(Est(0.5, 0.4, diagnostics=Diag(12.0)))
+    assert thin.status == "insufficient_evidence" and "effective sample size 12" in thin.reasons[0]
+    assert g(Est(0.5, 0.4, diagnostics=Diag(float("nan")))).status == "error"
+    assert g(object()).status == "error"
+
+
+def test_quality_floor():
+    g = QualityFloor(floor=0.3, relative=0.95)
+    assert g(Est(0.6, 0.58), 0.6).status == "pass"
+    rel = g(Est(0.6, 0.55), 0.6)
+    assert rel.status == "fail" and "0.95 x baseline 0.6000" in rel.reasons[0]
+    ab = g(Est(0.3, 0.25), 0.2)
+    assert ab.status == "fail" and "absolute floor 0.3000" in ab.reasons[0]
+    assert g(Est(0.6, float("nan")), 0.6).status == "error"
+    assert g(Est(0.6, 0.58), float("inf")).status == "error"
+    with pytest.raises(ValueError, match=r"`relative` must be in \[0, 1\]; got 1.5"):
+        QualityFloor(relative=1.5)
+
+
+def test_cost_efficiency():
+    g = CostEfficiency(max_ratio=1.05)
+    assert g(1000, 0.8, 1000, 0.8).status == "pass"
+    assert g(1040, 0.8, 1000, 0.8).status == "pass"
+    bad = g(1100, 0.8, 1000, 0.8)
+    assert bad.status == "fail" and bad.metrics["ratio"] == pytest.approx(1.1)
+    assert g(Est(1100, 1000), Est(0.9, 0.8), 1000, 0.8).metrics["ratio"] == pytest.approx(1100 / 0.9 / 1250)
+    assert g(1000, 0.0, 1000, 0.8).status == "error"
+    assert g("a lot", 0.8, 1000, 0.8).status == "error"
+    with pytest.raises(ValueError, match=r"`max_ratio` must be > 0"):
+        CostEfficiency(max_ratio=0)
+
+
+# ------------------------------------------------------------------ compliance
+def test_compliance_per_tier():
+    g = Compliance()
+    cool = CAT.index("t0.40-p1.00-m600")
+    hot_long = CAT.index("t1.00-p1.00-m1000")
+    tiers = np.array([2, 3] * 100)
+    assert g(CAT, _onehot(cool), tiers).status == "pass"
+    assert g(CAT, _onehot(hot_long), tiers).status == "pass"     # tier 2 allows t <= 1.2, m <= 1000
+    t1 = np.array([1, 2] * 100)
+    no_approval = g(CAT, _onehot(cool), t1)
+    assert no_approval.status == "fail" and "tier 1 needs a recorded human approval" in no_approval.reasons[0]
+    assert g(CAT, _onehot(cool), t1, approved=True).status == "pass"
+    bad = g(CAT, _onehot(hot_long), t1, approved=True)               # tier 1 caps t at 0.8, m at 800
+    assert bad.status == "fail" and bad.metrics["violating_contexts"] == 100
+    assert "context 0 (tier 1): t1.00-p1.00-m1000" in bad.reasons[1]
+    assert g(CAT, _onehot(cool), np.full(200, 4)).status == "error"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, K - 1), st.floats(1e-9, 1.0), st.integers(1, 3))
+def test_no_candidate_with_a_forbidden_arm_passes_compliance(arm, p, tier):
+    rule = Compliance().tiers[tier]
+    safe = CAT.index("t0.20-p1.00-m400")
+    d = _onehot(safe)
+    d[5] *= 1 - p
+    d[5, arm] += p
+    v = Compliance()(CAT, d, np.full(200, tier), approved=True)
+    assert v.status == ("pass" if rule.arm_ok(CAT)[arm] else "fail")
+
+
+def test_tier_rule_validation():
+    with pytest.raises(ValueError, match=r"`max_tokens` must be an int >= 1 or None; got 0"):
+        TierRule(max_tokens=0)
+    with pytest.raises(TypeError, match=r"`allowed_models` must be a list of strings"):
+        TierRule(allowed_models="gpt")
+    with pytest.raises(ValueError, match=r"`tiers` keys must be risk tiers 1, 2 or 3; got 0"):
+        Compliance(tiers={0: TierRule()})
+
+
+# ------------------------------------------------------------------ combining and the validator
+def test_combine_keeps_every_reason_and_orders_statuses():
+    p = GateVerdict("a", "pass")
+    f = GateVerdict("b", "fail", ("too hot",))
+    e = GateVerdict("c", "error", ("nan",))
+    i = GateVerdict("d", "insufficient_evidence", ("few rows",))
+    assert combine(p, p).status == "pass"
+    assert combine(p, i).status == "insufficient_evidence"
+    assert combine(p, i, e).status == "error"
+    all4 = combine(p, i, e, f)
+    assert all4.status == "fail" and all4.reasons == ("d: few rows", "c: nan", "b: too hot")  # input order
+    assert combine().status == "insufficient_evidence"
+    with pytest.raises(ValueError, match=r"`status` must be one of"):
+        GateVerdict("x", "ok")
+
+
+def test_validator_from_yaml_runs_every_gate(tmp_path):
+    cfg = tmp_path / "gates.yaml"
+    cfg.write_text(
+        "trust_region: {max_dtemp: 0.2, max_dtokens: 200}\n"
+        "quality_floor: {floor: 0.3, relative: 0.95}\n"
+        "cost_efficiency: {max_ratio: 1.05}\n"
+        "evidence: {min_rows: 1000, min_ess: 200}\n"
+        "compliance:\n  tiers:\n    1: {max_temperature: 0.7, max_tokens: 800, require_approval: true}\n"
+        "    2: {max_temperature: 1.0, max_tokens: 1000}\n    3: {max_tokens: 2000}\n")
+    v = QualityGateValidator.from_yaml(cfg)
+    near = CAT.index("t0.40-p0.90-m800")
+    inputs = GateInputs(candidate_dist=_onehot(near), incumbent_arms=_inc(), risk_tiers=np.full(200, 2),
+                        quality=Est(0.62, 0.60), baseline_quality=0.6, tokens=1000, baseline_tokens=1000)
+    ok = v.validate(CAT, inputs)
+    assert ok.status == "pass", ok.reasons
+    assert set(ok.metrics) == {"evidence", "trust_region", "quality_floor", "cost_efficiency", "compliance"}
+    worse = GateInputs(candidate_dist=_onehot(CAT.index("t0.00-p1.00-m400")), incumbent_arms=_inc(),
+                       risk_tiers=np.full(200, 1), quality=Est(0.5, 0.4), baseline_quality=0.6,
+                       tokens=2000, baseline_tokens=1000)
+    bad = v.validate(CAT, worse)
+    assert bad.status == "fail"
+    gates = {r.split(":")[0] for r in bad.reasons}
+    assert gates == {"trust_region", "quality_floor", "cost_efficiency", "compliance"}
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("colour: {}\n", r"unknown gate\(s\) \['colour'\]"),
+        ("quality_floor: {flor: 0.3}\n", r"`quality_floor`: .*unexpected keyword argument 'flor'"),
+        ("quality_floor: {floor: 2}\n", r"`quality_floor`: `floor` must be in \[0, 1\]; got 2"),
+        ("compliance: {tiers: {1: {max_tokens: 0}}}\n", r"`compliance`: `tiers.1`: `max_tokens` must be an int >= 1"),
+        ("compliance: {tiers: {one: {}}}\n", r"`tiers` key 'one' is not a risk tier"),
+        ("evidence: 5\n", r"`evidence` must map parameter names to values"),
+        ("trust_region: [1, 2\n", r"not valid YAML"),
+    ],
+)
+def test_validator_config_errors_name_the_path(tmp_path, text, match):
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        QualityGateValidator.from_yaml(cfg)
+
+
+def test_verdicts_serialise():
+    v = TrustRegion()(CAT, _onehot(BASE), _inc())
+    d = v.to_dict()
+    assert d["status"] == "pass" and d["metrics"]["contexts"] == 200
