@@ -3,6 +3,8 @@
     rtopt simulate --n 100000 --logging-policy epsilon --seed 1 --out data/log
     rtopt log validate data/log
     rtopt log summary data/log
+    rtopt provenance verify provenance.jsonl
+    rtopt check offline --candidate policy.npz --log data/log
     rtopt demo
 
 Every subcommand has ``--help``. Exit status: 0 on success, 1 when a check finds a problem
@@ -90,6 +92,42 @@ def _build_parser() -> argparse.ArgumentParser:
     sm.add_argument("path", type=Path, help="log directory or .parquet file")
     sm.set_defaults(func=_cmd_summary)
 
+    pv = sub.add_parser("provenance", help="check the tamper-evident provenance log",
+                        description="Check the hash chain of a provenance log (JSONL, one record "
+                                    "per line: evaluate, approve, promote, rollback, config change).")
+    pvsub = pv.add_subparsers(dest="provenance_command", metavar="ACTION", required=True)
+    pvv = pvsub.add_parser(
+        "verify", help="check the hash chain and name every broken record",
+        description="Check every record of a provenance log: its hash, its link to the previous "
+                    "record, the sequence (no gap, no reordering, no duplicate) and that the file "
+                    "is not truncated. Exit status 0 on a valid chain, 1 on a broken one (each "
+                    "problem printed with its line and seq), 2 when the file is missing.")
+    pvv.add_argument("path", type=Path, help="provenance log (.jsonl)")
+    pvv.add_argument("--head", default=None, metavar="HASH",
+                     help="a head hash anchored earlier (for example an MLflow tag); the check "
+                          "fails unless a record still has this hash")
+    pvv.set_defaults(func=_cmd_provenance_verify)
+
+    ck = sub.add_parser("check", help="the offline suite for a candidate policy",
+                        description="Checks a candidate before anyone is exposed to it.")
+    cksub = ck.add_subparsers(dest="check_command", metavar="SUITE", required=True)
+    co = cksub.add_parser(
+        "offline", help="replay, constraints, reproducibility and adversarial inputs",
+        description="Run the offline suite: (a) replay: the candidate beats production by IPS and DR "
+                    "with a one-sided lower bound >= 0; (b) every recommendation over a large context "
+                    "sample satisfies every hard constraint (compliance tiers, trust region); (c) same "
+                    "seed and context give identical parameters; (d) malformed, huge and empty inputs "
+                    "never break the guardrails. Prints a pass/fail table; exit status 1 on any failure.")
+    co.add_argument("--candidate", type=Path, required=True, help="policy file (.npz) saved by policy.save")
+    co.add_argument("--log", type=Path, required=True, help="decision log directory or .parquet file")
+    co.add_argument("--gates", type=Path, default=None,
+                    help="YAML gate config whose trust_region and compliance sections apply")
+    co.add_argument("--contexts", type=_positive_int, default=20_000,
+                    help="contexts sampled from the log for (b) and (c) (default: %(default)s)")
+    co.add_argument("--alpha", type=_probability, default=0.05, help="one-sided level (default: %(default)s)")
+    co.add_argument("--report", type=Path, default=None, help="also write the report as JSON here")
+    co.set_defaults(func=_cmd_check_offline)
+
     d = sub.add_parser("demo", help="the main job: simulate, validate and summarise a log",
                        description="Simulate a decision log under the epsilon-greedy production "
                                    "policy into data/demo-log, validate it and print its summary "
@@ -144,6 +182,35 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     if res.rows_quarantined:
         print(f"({res.rows_quarantined:,} invalid rows left out; run `rtopt log validate {args.path}`)")
     return 0
+
+
+def _cmd_provenance_verify(args: argparse.Namespace) -> int:
+    from rtopt_lab.compliance import verify
+
+    res = verify(args.path, head=args.head)
+    if res.ok:
+        print(f"{args.path}: valid chain, {res.records:,} records, head {res.head or '(empty log)'}")
+        return 0
+    print(f"{args.path}: BROKEN chain: {len(res.problems)} problem(s) in {res.records:,} readable records")
+    for problem in res.problems:
+        print(f"  {problem}")
+    return 1
+
+
+def _cmd_check_offline(args: argparse.Namespace) -> int:
+    from rtopt_lab.checks import offline_check, write_report
+
+    kw = {}
+    if args.gates is not None:
+        from rtopt_lab.gates import QualityGateValidator
+
+        gates = QualityGateValidator.from_yaml(args.gates).gates
+        kw = {k: gates[k] for k in ("compliance", "trust_region") if k in gates}
+    report = offline_check(args.candidate, args.log, n_contexts=args.contexts, alpha=args.alpha, **kw)
+    print(report.table())
+    if args.report is not None:
+        print(f"report written to {write_report(report, args.report)}")
+    return 0 if report.passed else 1
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

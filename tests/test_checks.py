@@ -69,3 +69,27 @@ def test_adversarial_inputs_never_raise(sim, logs):
     with pytest.raises(ValueError, match="has no valid rows"):
         offline_check(UniformRandom(sim.catalog), train.iloc[:0])
     assert np.isfinite(rep.checks[0].figures["dr_diff"])
+
+
+def test_cli_check_offline(sim, logs, uniform_log, tmp_path):
+    import subprocess
+    import sys
+
+    from rtopt_lab.logstore import write_log
+
+    _, train = logs
+    log_path = tmp_path / "log.parquet"
+    write_log([uniform_log], log_path)
+    good = fit_from_log(LinUCB(sim.catalog), train).save(tmp_path / "good.npz")
+    bad = UniformRandom(sim.catalog).save(tmp_path / "bad.npz")
+    cmd = [sys.executable, "-m", "rtopt_lab.cli", "check", "offline", "--log", str(log_path), "--contexts", "2000"]
+    ok = subprocess.run([*cmd, "--candidate", str(good), "--report", str(tmp_path / "r.json")],
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "overall: PASS" in ok.stdout and (tmp_path / "r.json").exists()
+    fail = subprocess.run([*cmd, "--candidate", str(bad)], capture_output=True, text=True, timeout=300)
+    assert fail.returncode == 1 and "replay           FAIL" in fail.stdout
+    missing = subprocess.run([*cmd, "--candidate", str(tmp_path / "nope.npz")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "policy file not found" in missing.stderr
+    assert subprocess.run([sys.executable, "-m", "rtopt_lab.cli", "check", "offline", "--help"],
+                          capture_output=True).returncode == 0
