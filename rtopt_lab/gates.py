@@ -219,6 +219,9 @@ class TrustRegion:
 class EvidenceGate:
     """Enough rows and effective sample size to judge at all.
 
+    Its outcomes are pass, insufficient_evidence and error: too little data is never a
+    failure of the candidate.
+
     Parameters
     ----------
     min_rows : int, default 1000
@@ -265,19 +268,29 @@ class QualityFloor:
     floor : float in [0, 1], default 0.0
     relative : float in [0, 1], default 0.95
         The seed's "quality >= baseline - 5 %".
+    min_ess : float, default 200
+        Below this effective sample size (``quality.diagnostics.ess``) the verdict is
+        insufficient evidence.
     """
 
     floor: float = 0.0
     relative: float = 0.95
+    min_ess: float = 200.0
 
     def __post_init__(self) -> None:
         for name in ("floor", "relative"):
             v = _positive_number(name, getattr(self, name))
             if v > 1:
                 raise ValueError(f"`{name}` must be in [0, 1]; got {v!r}")
+        _positive_number("min_ess", self.min_ess)
 
     def __call__(self, quality: Any, baseline_quality: Any) -> GateVerdict:
         def run() -> GateVerdict:
+            ess = float(getattr(getattr(quality, "diagnostics", None), "ess", math.inf))
+            if ess < self.min_ess:
+                return GateVerdict("quality_floor", "insufficient_evidence",
+                                   (f"effective sample size {ess:.0f} < {self.min_ess:.0f}: too little overlap "
+                                    "to judge quality",), {"ess": ess})
             low = float(quality.ci_low)
             if not math.isfinite(low):
                 raise ValueError("the candidate's quality estimate has no finite lower bound")
@@ -315,6 +328,11 @@ class CostEfficiency:
 
     def __call__(self, tokens: Any, quality: Any, baseline_tokens: Any, baseline_quality: Any) -> GateVerdict:
         def run() -> GateVerdict:
+            missing = [n for n, v in (("tokens", tokens), ("quality", quality), ("baseline_tokens", baseline_tokens),
+                                      ("baseline_quality", baseline_quality)) if v is None]
+            if missing:
+                return GateVerdict("cost_efficiency", "insufficient_evidence",
+                                   (f"no estimate of {', '.join(missing)}",))
             t, q = _value(tokens, "tokens"), _value(quality, "quality")
             bt, bq = _value(baseline_tokens, "baseline_tokens"), _value(baseline_quality, "baseline_quality")
             if q <= 0 or bq <= 0:
@@ -409,13 +427,31 @@ class Compliance:
         return table[tiers]
 
     def __call__(self, catalog: ArmCatalog, candidate_dist: Any, risk_tiers: Any, *,
-                 approved: bool = False) -> GateVerdict:
+                 approved: bool = False, task_types: Any = None,
+                 budget_remaining: Mapping[str, int | None] | None = None) -> GateVerdict:
+        """Check every arm the candidate may play in every context.
+
+        With ``budget_remaining`` (tokens left today per task type, e.g. from
+        :class:`~rtopt_lab.compliance.BudgetTracker`) and ``task_types``, an arm whose
+        ``max_tokens`` exceeds its task type's remaining budget is a violation too.
+        """
         def run() -> GateVerdict:
             d = _dist(catalog, candidate_dist)
+            if len(d) == 0:
+                return GateVerdict("compliance", "insufficient_evidence", ("no context to check",))
             tiers = np.asarray(risk_tiers)
             if tiers.shape != (len(d),) or tiers.dtype.kind not in "iu" or ((tiers < 1) | (tiers > 3)).any():
                 raise ValueError(f"`risk_tiers` must be {len(d)} integers in 1-3")
-            bad = (d > _PROB_TOL) & ~self.allowed_mask(catalog, tiers)
+            ok = self.allowed_mask(catalog, tiers)
+            if budget_remaining is not None:
+                tasks = np.asarray(task_types, dtype=object)
+                if tasks.shape != (len(d),):
+                    raise ValueError(f"`task_types` must hold {len(d)} task types when `budget_remaining` is given")
+                for t in set(tasks.tolist()):
+                    left = budget_remaining.get(t)
+                    if left is not None:
+                        ok[tasks == t] &= catalog.max_tokens <= left
+            bad = (d > _PROB_TOL) & ~ok
             rows = np.flatnonzero(bad.any(axis=1))
             reasons = []
             for t in (1, 2, 3):
@@ -423,7 +459,7 @@ class Compliance:
                 if rule is not None and rule.require_approval and (tiers == t).any() and not approved:
                     reasons.append(f"tier {t} needs a recorded human approval before this candidate serves it")
             if len(rows):
-                reasons.append(f"{len(rows)} of {len(d)} contexts may play an arm their risk tier forbids")
+                reasons.append(f"{len(rows)} of {len(d)} contexts may play an arm their risk tier or budget forbids")
                 for i in rows[:_MAX_EXAMPLES]:
                     a = int(np.flatnonzero(bad[i])[0])
                     reasons.append(f"context {i} (tier {int(tiers[i])}): {catalog.arm_ids[a]} (p={d[i, a]:.3g})")
@@ -451,6 +487,8 @@ class GateInputs:
     tokens, baseline_tokens : estimates or floats of expected tokens per call.
     approved : bool
         A human approval is on record (the provenance log).
+    task_types, budget_remaining : array (n,) and mapping, optional
+        For the compliance gate's budget rule (tokens left today per task type).
     """
 
     candidate_dist: Any
@@ -461,6 +499,8 @@ class GateInputs:
     tokens: Any = None
     baseline_tokens: Any = None
     approved: bool = False
+    task_types: Any = None
+    budget_remaining: Mapping[str, int | None] | None = None
 
 
 _GATE_KEYS = {"trust_region": TrustRegion, "quality_floor": QualityFloor, "cost_efficiency": CostEfficiency,
@@ -538,7 +578,8 @@ class QualityGateValidator:
             out.append(g["cost_efficiency"](inputs.tokens, inputs.quality, inputs.baseline_tokens,
                                             inputs.baseline_quality))
         if "compliance" in g:
-            out.append(g["compliance"](catalog, inputs.candidate_dist, inputs.risk_tiers, approved=inputs.approved))
+            out.append(g["compliance"](catalog, inputs.candidate_dist, inputs.risk_tiers, approved=inputs.approved,
+                                       task_types=inputs.task_types, budget_remaining=inputs.budget_remaining))
         return combine(*out, gate="quality_gates")
 
 

@@ -225,3 +225,23 @@ def test_verdicts_serialise():
     v = TrustRegion()(CAT, _onehot(BASE), _inc())
     d = v.to_dict()
     assert d["status"] == "pass" and d["metrics"]["contexts"] == 200
+
+
+def test_insufficient_evidence_cases_of_the_other_gates():
+    thin = Est(0.6, 0.58, diagnostics=Diag(50.0))
+    assert QualityFloor()(thin, 0.6).status == "insufficient_evidence"
+    assert QualityFloor(min_ess=10)(thin, 0.6).status == "pass"
+    cost = CostEfficiency()(None, 0.8, 1000, 0.8)
+    assert cost.status == "insufficient_evidence" and "no estimate of tokens" in cost.reasons[0]
+    assert Compliance()(CAT, np.zeros((0, K)), np.zeros(0, dtype=int)).status == "insufficient_evidence"
+
+
+def test_compliance_budget_limits():
+    long_arm = CAT.index("t0.40-p1.00-m1000")
+    tasks = np.array(["code_generation", "summarization"] * 100)
+    g = Compliance()
+    tiers = np.full(200, 3)
+    assert g(CAT, _onehot(long_arm), tiers, task_types=tasks, budget_remaining={"code_generation": 5000}).passed
+    low = g(CAT, _onehot(long_arm), tiers, task_types=tasks, budget_remaining={"code_generation": 600})
+    assert low.status == "fail" and low.metrics["violating_contexts"] == 100
+    assert g(CAT, _onehot(long_arm), tiers, budget_remaining={"x": 1}).status == "error"
