@@ -1,0 +1,133 @@
+"""The runtime optimizer against the simulator: masks, shadow logging, idempotent outcomes,
+budget fallback, rollout assignment, threads, and no exception on bad input."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from rtopt_lab.compliance import BudgetTracker, ProvenanceLog
+from rtopt_lab.logstore import LogStore
+from rtopt_lab.optimizer import LLMParameterOptimizer, OptimizationConstraints
+from rtopt_lab.policies import FixedPolicy, LinUCB, fit_from_log
+from rtopt_lab.rollout.manager import RolloutManager
+from rtopt_lab.rollout.phases import PhaseConfig
+from rtopt_lab.types import TaskFeatures, TaskOutcome
+
+OUT = TaskOutcome(quality=0.8, latency_ms=900.0, prompt_tokens=300, completion_tokens=400, success=True)
+
+
+@pytest.fixture(scope="module")
+def candidate(sim):
+    return fit_from_log(LinUCB(sim.catalog), sim.simulate_log(10_000, seed=5))
+
+
+def _feat(i=0, tier=2, task="code_generation"):
+    return TaskFeatures(task_type=task, risk_tier=tier, description_length=100 + i, complexity_indicators=("api",))
+
+
+def test_incumbent_serves_and_outcomes_are_logged_once(sim, tmp_path):
+    store = LogStore(tmp_path / "log")
+    opt = LLMParameterOptimizer(incumbent=FixedPolicy(sim.catalog), log_store=store, log_batch=10)
+    ids = []
+    for i in range(25):
+        r = opt.recommend_parameters("code_generation", _feat(i), request_id=f"r{i}")
+        assert r.arm_id == "t0.60-p1.00-m600" and r.propensity == 1.0 and r.reason is None
+        ids.append(r.request_id)
+    for rid in ids:
+        assert not opt.record_outcome(rid, OUT).duplicate
+    assert opt.record_outcome(ids[0], OUT).duplicate           # idempotent
+    opt.flush()
+    assert len(store) == 25
+    with pytest.raises(ValueError, match=r"`request_id` 'nope' was not recommended"):
+        opt.record_outcome("nope", OUT)
+
+
+def test_masks_trust_region_tiers_and_constraints(sim, candidate, tmp_path):
+    opt = LLMParameterOptimizer(incumbent=FixedPolicy(sim.catalog), candidate=candidate,
+                                rollout=_rollout(tmp_path, "guarded"))
+    cat = sim.catalog
+    base = cat.index("t0.60-p1.00-m600")
+    inside = cat.trust_region()[base]
+    for i in range(300):
+        r = opt.recommend_parameters("code_generation", _feat(i, tier=1 + i % 3), request_id=f"q{i}")
+        k = cat.index(r.arm_id)
+        assert inside[k], r.arm_id
+        if i % 3 == 0:                                            # tier 1: t <= 0.8, max_tokens <= 800
+            assert r.params.temperature <= 0.8 and r.params.max_tokens <= 800
+    c = OptimizationConstraints(max_tokens=400, max_temperature=0.5)
+    for i in range(50):
+        r = opt.recommend_parameters("code_generation", _feat(i), c, request_id=f"c{i}")
+        assert r.params.max_tokens <= 400 and r.params.temperature <= 0.5
+
+
+def _rollout(tmp_path, phase):
+    m = RolloutManager(tmp_path / "state.json", ProvenanceLog(tmp_path / "prov.jsonl"),
+                       config=PhaseConfig(min_samples={"canary": 0, "guarded": 0},
+                                          min_duration_s={"canary": 0, "guarded": 0}, cooldown_s=0))
+    m.start("cand", "prod")
+    good = dict(gates="pass", slo="ok", ope_lower_bound=0.1, online_lower_bound=0.1)
+    while m.phase.value != phase:
+        m.step(**good)
+    return m
+
+
+def test_rollout_assignment_and_shadow_logging(sim, candidate, tmp_path):
+    shadow = LLMParameterOptimizer(incumbent=FixedPolicy(sim.catalog), candidate=candidate,
+                                   rollout=_rollout(tmp_path / "a", "shadow"))
+    for i in range(200):
+        r = shadow.recommend_parameters("brainstorming", _feat(i, task="brainstorming"), request_id=f"s{i}")
+        assert r.phase == "shadow" and r.policy_version == shadow.incumbent.version
+    assert len(shadow.shadow_log) == 200
+    _, version, dist = shadow.shadow_log[0]
+    assert version == candidate.version and dist.shape == (len(sim.catalog),) and dist.sum() == pytest.approx(1)
+    guarded = LLMParameterOptimizer(incumbent=FixedPolicy(sim.catalog), candidate=candidate,
+                                    rollout=_rollout(tmp_path / "b", "guarded"))
+    served = [guarded.recommend_parameters("brainstorming", _feat(i, task="brainstorming"),
+                                           request_id=f"g{i}").policy_version for i in range(4000)]
+    share = np.mean([v == candidate.version for v in served])
+    assert 0.22 < share < 0.28                                   # 25 % by the request-id hash
+    for i in range(200):
+        guarded.record_outcome(f"g{i}", OUT)
+    guarded.flush()
+    assert guarded.rollout.state.samples == sum(v == candidate.version for v in served[:200])
+
+
+def test_budget_falls_back_to_cheaper_arms(sim, tmp_path):
+    budget = BudgetTracker(tmp_path / "b.db", limits={"code_generation": 1_000})
+    opt = LLMParameterOptimizer(incumbent=FixedPolicy(sim.catalog), budget=budget)
+    r = opt.recommend_parameters("code_generation", _feat(), request_id="b1")
+    assert r.params.max_tokens == 600 and r.reason is None
+    opt.record_outcome("b1", TaskOutcome(quality=0.7, latency_ms=10.0, prompt_tokens=200, completion_tokens=300))
+    r2 = opt.recommend_parameters("code_generation", _feat(), request_id="b2")   # 500 left: only 400-token arms
+    assert r2.params.max_tokens == 400 and "budget" in r2.reason
+    assert budget.spent("code_generation") == 500
+
+
+@pytest.mark.parametrize("bad", [None, "text", {"risk_tier": 9}, {"description_length": float("nan")},
+                                 {"task_type": "other"}, {"complexity_indicators": [""] * 5}])
+def test_bad_input_gets_the_baseline_never_an_exception(sim, bad):
+    opt = LLMParameterOptimizer(incumbent=FixedPolicy(sim.catalog))
+    r = opt.recommend_parameters("code_generation", bad)
+    assert r.arm_id == "t0.60-p1.00-m600" and r.reason and "baseline" in r.reason
+
+
+def test_thread_safe(sim, candidate, tmp_path):
+    store = LogStore(tmp_path / "log")
+    opt = LLMParameterOptimizer(incumbent=candidate, log_store=store, learn_online=True, log_batch=64)
+
+    def work(t):
+        for i in range(100):
+            rid = f"t{t}-{i}"
+            opt.recommend_parameters("summarization", _feat(i, task="summarization"), request_id=rid)
+            opt.record_outcome(rid, OUT)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    opt.flush()
+    assert len(store) == 800 and opt.pending == 0
