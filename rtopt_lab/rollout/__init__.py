@@ -1,4 +1,4 @@
-"""Phased rollout: phases and transitions, SLO monitoring (and, later, the manager)."""
+"""Phased rollout: phases and transitions (pure), SLO monitoring, and the manager."""
 
 from rtopt_lab.rollout.phases import (
     DEFAULT_SHARES,
@@ -9,13 +9,18 @@ from rtopt_lab.rollout.phases import (
     anytime_lower_bound,
     next_phase,
 )
+from rtopt_lab.rollout.slo import SLOConfig, SLOMonitor, SLOReport, evaluate_window
 
 __all__ = [
     "DEFAULT_SHARES",
     "Phase",
     "PhaseConfig",
     "PhaseEvidence",
+    "SLOConfig",
+    "SLOMonitor",
+    "SLOReport",
     "Transition",
     "anytime_lower_bound",
+    "evaluate_window",
     "next_phase",
 ]
