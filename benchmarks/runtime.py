@@ -1,0 +1,166 @@
+"""Runtime optimizer: ``recommend_parameters`` latency and ``record_outcome`` throughput.
+
+    python -m benchmarks.runtime [--quick] [--json] [--profile]
+
+Set-up: :class:`LLMParameterOptimizer` with a :class:`FixedPolicy` incumbent, a LinUCB
+candidate fitted on a simulated log, a :class:`RolloutManager` in canary (5 %), a
+:class:`LogStore` with batched flushes (1,024 rows). Distinct contexts and request ids.
+
+- ``recommend_p50_us`` / ``recommend_p99_us``: one ``recommend_parameters`` call end to end
+  (validation, featurisation, trust-region / compliance / constraint masks, assignment,
+  policy select with its exact propensity, pending-table insert), ``perf_counter_ns`` per
+  call after a warm-up. Target (issue 6): p99 <= 200 us.
+- ``record_per_s``: ``record_outcome`` sustained over many outcomes, including the batched
+  Parquet appends (``flush`` every 1,024 rows, and the final one) and the rollout
+  manager's sample counting. Target: >= 20,000/s.
+- ``record_with_budget_per_s``: the same with a :class:`BudgetTracker`, whose ``record``
+  is one SQLite ``BEGIN IMMEDIATE`` transaction per outcome (the known bottleneck).
+
+Medians over repeats. ``--profile`` prints the top cProfile entries of each to stderr.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks._common import emit, parser
+from benchmarks.policies import _features
+from rtopt_lab.compliance import BudgetTracker, ProvenanceLog
+from rtopt_lab.logstore import LogStore
+from rtopt_lab.optimizer import LLMParameterOptimizer
+from rtopt_lab.policies import FixedPolicy, LinUCB, fit_from_log
+from rtopt_lab.rollout.manager import RolloutManager
+from rtopt_lab.rollout.phases import PhaseConfig
+from rtopt_lab.simulate import LLMTaskSimulator
+from rtopt_lab.types import TaskOutcome
+
+
+def _canary_manager(d: Path) -> RolloutManager:
+    cfg = PhaseConfig(min_samples={}, min_duration_s={}, cooldown_s=0.0)
+    mgr = RolloutManager(d / "rollout.json", ProvenanceLog(d / "provenance.jsonl"), config=cfg)
+    mgr.start("linucb-candidate", "fixed-incumbent")
+    t = mgr.step(gates="pass", slo="insufficient", ope_lower_bound=0.01)
+    assert mgr.phase.value == "canary", t
+    return mgr
+
+
+def _optimizer(sim, candidate, d: Path, *, budget: bool) -> LLMParameterOptimizer:
+    tracker = None
+    if budget:
+        tracker = BudgetTracker(d / "budget.sqlite", limits={}, default_limit=None)
+    return LLMParameterOptimizer(incumbent=FixedPolicy(sim.catalog), candidate=candidate,
+                                 rollout=_canary_manager(d), log_store=LogStore(d / "log"), budget=tracker,
+                                 log_batch=1024)
+
+
+def _outcomes(sim, ctx, n: int) -> list[TaskOutcome]:
+    tasks = np.asarray(ctx["task_type"].to_numpy(), dtype=object)
+    o = sim.sample_outcomes(ctx, sim.catalog.baseline_arms(tasks), seed=11)
+    return [TaskOutcome(quality=float(o.quality[i]), latency_ms=float(o.latency_ms[i]),
+                        prompt_tokens=int(o.outcome_prompt_tokens[i]), completion_tokens=int(o.completion_tokens[i]),
+                        success=bool(o.success[i]), truncated=bool(o.truncated[i])) for i in range(n)]
+
+
+def _recommend(opt, feats, tag: str, warmup: int) -> np.ndarray:
+    for i in range(warmup):
+        f = feats[i % len(feats)]
+        opt.recommend_parameters(f.task_type, f, request_id=f"{tag}-w{i}")
+    ts = np.empty(len(feats))
+    for i, f in enumerate(feats):
+        t = time.perf_counter_ns()
+        opt.recommend_parameters(f.task_type, f, request_id=f"{tag}-{i}")
+        ts[i] = time.perf_counter_ns() - t
+    return ts
+
+
+def _pending(opt, feats, tag: str) -> list[str]:
+    return [opt.recommend_parameters(f.task_type, f, request_id=f"{tag}-{i}").request_id
+            for i, f in enumerate(feats)]
+
+
+def _record(opt, ids, outs) -> float:
+    t = time.perf_counter()
+    for rid, o in zip(ids, outs, strict=True):
+        opt.record_outcome(rid, o)
+    opt.flush()
+    return len(ids) / (time.perf_counter() - t)
+
+
+def _record_rate(opt, feats, outs, tag: str) -> float:
+    return _record(opt, _pending(opt, feats, tag), outs)
+
+
+def _profile(label: str, fn) -> None:
+    pr = cProfile.Profile()
+    pr.enable()
+    fn()
+    pr.disable()
+    s = io.StringIO()
+    pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(12)
+    print(f"--- profile: {label} (sorted by own time)\n{s.getvalue()}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--profile", action="store_true", help="print cProfile top entries to stderr")
+    args = p.parse_args(argv)
+    n_rec = 2_000 if args.quick else 20_000
+    n_out = 5_000 if args.quick else 50_000
+    n_budget = 1_000 if args.quick else 5_000
+    repeats = 1 if args.quick else 3
+
+    sim = LLMTaskSimulator()
+    candidate = fit_from_log(LinUCB(sim.catalog), sim.simulate_log(5_000 if args.quick else 20_000, seed=5))
+    ctx = sim.sample_contexts(max(n_rec, n_out), seed=3)
+    feats = _features(ctx)
+    outs = _outcomes(sim, ctx, n_out)
+
+    p50, p99, rec, rec_b = [], [], [], []
+    with tempfile.TemporaryDirectory(prefix="rtopt-bench-runtime-") as tmp:
+        for r in range(repeats):
+            d = Path(tmp) / f"r{r}"
+            opt = _optimizer(sim, candidate, d / "rec", budget=False)
+            ts = _recommend(opt, feats[:n_rec], f"a{r}", warmup=500)
+            p50.append(float(np.median(ts)) / 1e3)
+            p99.append(float(np.quantile(ts, 0.99)) / 1e3)
+            opt = _optimizer(sim, candidate, d / "out", budget=False)
+            rec.append(_record_rate(opt, feats[:n_out], outs, f"b{r}"))
+            opt = _optimizer(sim, candidate, d / "bud", budget=True)
+            rec_b.append(_record_rate(opt, feats[:n_budget], outs[:n_budget], f"c{r}"))
+        if args.profile:
+            d = Path(tmp) / "prof"
+            opt = _optimizer(sim, candidate, d / "rec", budget=False)
+            _profile("recommend_parameters", lambda: _recommend(opt, feats[:n_rec], "p", warmup=0))
+            opt = _optimizer(sim, candidate, d / "out", budget=False)
+            ids = _pending(opt, feats[:n_out], "q")
+            _profile("record_outcome", lambda: _record(opt, ids, outs))
+            opt = _optimizer(sim, candidate, d / "bud", budget=True)
+            ids = _pending(opt, feats[:n_budget], "s")
+            _profile("record_outcome + budget", lambda: _record(opt, ids, outs[:n_budget]))
+
+    figures = {
+        "recommend_p50_us": statistics.median(p50),
+        "recommend_p99_us": statistics.median(p99),
+        "record_per_s": statistics.median(rec),
+        "record_with_budget_per_s": statistics.median(rec_b),
+        "recommend_target_p99_us": 200.0,
+        "record_target_per_s": 20_000.0,
+        "n_recommend": n_rec,
+        "n_record": n_out,
+        "n_record_budget": n_budget,
+    }
+    emit(figures, args.json)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
