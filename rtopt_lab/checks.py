@@ -32,9 +32,9 @@ from rtopt_lab.features import context_fingerprint_frame, featurize_frame
 from rtopt_lab.gates import Compliance, TrustRegion
 from rtopt_lab.logstore import read_log
 from rtopt_lab.policies import BasePolicy, FixedPolicy, load_policy
-from rtopt_lab.types import GenerationRequest, Message, ParameterSet, TaskFeatures
+from rtopt_lab.types import GenerationRequest, Message, ParameterSet, TaskFeatures, TaskOutcome
 
-__all__ = ["ADVERSARIAL_FEATURES", "CheckReport", "CheckResult", "offline_check"]
+__all__ = ["ADVERSARIAL_FEATURES", "CheckReport", "CheckResult", "canary_check", "offline_check"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,3 +248,107 @@ def write_report(report: CheckReport, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report.to_dict(), indent=2, default=float))
     return path
+
+
+def canary_check(candidate: BasePolicy | str | Path, *, seed: int = 0, window_outcomes: int = 10_000,
+                 daily_limit: int = 200_000, n_requests: int = 2_000,
+                 compliance: Compliance | None = None) -> CheckReport:
+    """The seed's canary suite on the simulator (``rtopt check canary``).
+
+    (a) **slo**: the candidate's arms (its most played arm per task type under the serving
+        masks) go through a simulated rollout: no SLO breach (p99 latency <= baseline x 1.10,
+        mean quality >= baseline x 0.95) in any window;
+    (b) **auto_rollback**: the same rollout with a synthetic breach injected (latency x 1.5)
+        is rolled back in the first canary window;
+    (c) **budget**: ``n_requests`` per task type served by the optimizer with a daily limit
+        of ``daily_limit`` tokens, the caller honouring the optimizer's "budget exhausted"
+        signal: spend never exceeds the limit by more than one call's prompt, and no arm
+        above the remaining budget is served;
+    (d) **compliance**: 100 % of the candidate's possible recommendations under the serving
+        masks satisfy every tier's rules.
+    """
+    import tempfile as _tf
+
+    from rtopt_lab.compliance import BudgetTracker
+    from rtopt_lab.optimizer import LLMParameterOptimizer
+    from rtopt_lab.rollout.canary import Effect, simulate_canary
+    from rtopt_lab.simulate import LLMTaskSimulator
+
+    policy, path = _policy(candidate)
+    compliance = compliance or Compliance()
+    sim = LLMTaskSimulator(catalog=policy.catalog)
+    cat = policy.catalog
+    ctx = sim.sample_contexts(20_000, seed=seed)
+    X = featurize_frame(ctx, policy.spec)
+    tiers = ctx["risk_tier"].to_numpy().astype(np.int64)
+    inc = cat.baseline_arms(ctx["task_type"].to_numpy())
+    allowed = cat.trust_region_mask(inc) & compliance.allowed_mask(cat, tiers)
+    ok_rows = allowed.any(axis=1)
+    dist = policy.action_dist(X[ok_rows], allowed[ok_rows])
+    tasks = ctx["task_type"].to_numpy()[ok_rows]
+    arms = {t: int(dist[tasks == t].sum(axis=0).argmax()) for t in sim.task_types if (tasks == t).any()}
+    checks = []
+
+    run = simulate_canary(sim, Effect(), seed=seed, candidate_arms=arms, window_outcomes=window_outcomes,
+                          max_windows=6)
+    checks.append(CheckResult("slo", run.slo_breaches == 0 and not run.rolled_back,
+                              {"windows": len(run.windows), "breaches": run.slo_breaches,
+                               "final_phase": run.final_phase},
+                              "p99 latency <= baseline x 1.10 and mean quality >= baseline x 0.95 in every window"))
+    bad = simulate_canary(sim, Effect(latency_factor=1.5, reward_shift=0.05), seed=seed, candidate_arms=arms,
+                          window_outcomes=window_outcomes, max_windows=6, stop_on_rollback=True)
+    first = bad.windows_to_rollback
+    checks.append(CheckResult("auto_rollback", bad.rolled_back and first is not None and first <= 1,
+                              {"rolled_back": bad.rolled_back, "windows_to_rollback": first},
+                              "an injected breach (latency x 1.5) rolls back in the first canary window"))
+
+    with _tf.TemporaryDirectory() as d:
+        budget = BudgetTracker(Path(d) / "budget.db", limits=dict.fromkeys(sim.task_types, daily_limit))
+        opt = LLMParameterOptimizer(incumbent=policy, budget=budget, compliance=compliance)
+        reqs = sim.sample_contexts(n_requests * len(sim.task_types), seed=seed + 1)
+        over_budget_arm, max_prompt, refused = 0, 0, 0
+        rows = reqs.to_dict("records")
+        for i, r in enumerate(rows):
+            f = _features_from_row(r)
+            left = budget.remaining(f.task_type)
+            res = opt.recommend_parameters(f.task_type, f, request_id=f"canary-budget-{i}")
+            if res.reason is not None and res.reason.startswith("budget exhausted"):
+                refused += 1      # the caller honours the signal and does not call the model
+                continue
+            if left is not None and res.params.max_tokens > left:
+                over_budget_arm += 1
+            out = sim.sample_outcomes(reqs.iloc[i:i + 1], np.array([cat.index(res.arm_id)]), seed=seed + i)
+            o = out.iloc[0]
+            max_prompt = max(max_prompt, int(o["outcome_prompt_tokens"]))
+            opt.record_outcome(res.request_id, TaskOutcome(
+                quality=float(o["quality"]), latency_ms=float(o["latency_ms"]),
+                prompt_tokens=int(o["outcome_prompt_tokens"]), completion_tokens=int(o["completion_tokens"]),
+                success=bool(o["success"]), truncated=bool(o["truncated"])))
+        spent = {t: budget.spent(t) for t in sim.task_types}
+        budget.close()
+    worst = max(s - daily_limit for s in spent.values())
+    checks.append(CheckResult("budget", over_budget_arm == 0 and worst <= max_prompt,
+                              {"limit": daily_limit, "max_spent": max(spent.values()),
+                               "max_overshoot": max(worst, 0), "largest_prompt": max_prompt,
+                               "arms_above_remaining": over_budget_arm, "calls_refused": refused},
+                              "spend stays under the daily limit (up to one call's prompt); arms fit the budget"))
+
+    cp = compliance(cat, policy.action_dist(X[ok_rows], allowed[ok_rows]), tiers[ok_rows], approved=True)
+    checks.append(CheckResult("compliance", cp.status == "pass" and bool(ok_rows.all()),
+                              {"contexts": int(ok_rows.sum()), "contexts_without_compliant_arm": int((~ok_rows).sum()),
+                               "status": cp.status}, "; ".join(cp.reasons) or "100 % of parameter sets compliant"))
+    return CheckReport(candidate=str(path) if path else policy.version, checks=tuple(checks))
+
+
+def _features_from_row(r: dict[str, Any]) -> TaskFeatures:
+    def opt_int(v: Any) -> int | None:
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
+
+    return TaskFeatures(
+        task_type=r["task_type"], risk_tier=int(r["risk_tier"]), title_length=int(r["title_length"]),
+        description_length=int(r["description_length"]),
+        acceptance_criteria_count=int(r["acceptance_criteria_count"]),
+        scope_files_count=int(r["scope_files_count"]), max_files=int(r["max_files"]), max_loc=int(r["max_loc"]),
+        has_external_deps=bool(r["has_external_deps"]), complexity_indicators=tuple(r["complexity_indicators"]),
+        model_name=r.get("model_name") if isinstance(r.get("model_name"), str) else None,
+        prompt_tokens=opt_int(r.get("prompt_tokens")), prior_failures=opt_int(r.get("prior_failures")))

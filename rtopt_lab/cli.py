@@ -127,6 +127,22 @@ def _build_parser() -> argparse.ArgumentParser:
     co.add_argument("--alpha", type=_probability, default=0.05, help="one-sided level (default: %(default)s)")
     co.add_argument("--report", type=Path, default=None, help="also write the report as JSON here")
     co.set_defaults(func=_cmd_check_offline)
+    cc = cksub.add_parser(
+        "canary", help="SLO monitoring, auto-rollback, budget and compliance on a simulated canary",
+        description="Run the canary suite on the simulator: (a) no SLO breach (p99 latency <= baseline "
+                    "+ 10 %%, quality >= baseline - 5 %%) while the candidate's arms roll out; (b) an "
+                    "injected breach triggers an immediate rollback; (c) token use stays under the daily "
+                    "limits; (d) 100 %% of parameter sets comply. Exit status 1 on any failure.")
+    cc.add_argument("--candidate", type=Path, required=True, help="policy file (.npz) saved by policy.save")
+    cc.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    cc.add_argument("--window-outcomes", type=_positive_int, default=10_000,
+                    help="candidate outcomes per monitoring window (default: %(default)s)")
+    cc.add_argument("--daily-limit", type=_positive_int, default=200_000,
+                    help="daily token budget per task type for check (c) (default: %(default)s)")
+    cc.add_argument("--requests", type=_positive_int, default=500,
+                    help="requests per task type for check (c) (default: %(default)s)")
+    cc.add_argument("--report", type=Path, default=None, help="also write the report as JSON here")
+    cc.set_defaults(func=_cmd_check_canary)
 
     d = sub.add_parser("demo", help="the main job: simulate, validate and summarise a log",
                        description="Simulate a decision log under the epsilon-greedy production "
@@ -207,6 +223,17 @@ def _cmd_check_offline(args: argparse.Namespace) -> int:
         gates = QualityGateValidator.from_yaml(args.gates).gates
         kw = {k: gates[k] for k in ("compliance", "trust_region") if k in gates}
     report = offline_check(args.candidate, args.log, n_contexts=args.contexts, alpha=args.alpha, **kw)
+    print(report.table())
+    if args.report is not None:
+        print(f"report written to {write_report(report, args.report)}")
+    return 0 if report.passed else 1
+
+
+def _cmd_check_canary(args: argparse.Namespace) -> int:
+    from rtopt_lab.checks import canary_check, write_report
+
+    report = canary_check(args.candidate, seed=args.seed, window_outcomes=args.window_outcomes,
+                          daily_limit=args.daily_limit, n_requests=args.requests)
     print(report.table())
     if args.report is not None:
         print(f"report written to {write_report(report, args.report)}")

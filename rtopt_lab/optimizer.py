@@ -143,7 +143,8 @@ class LLMParameterOptimizer:
                     if cheapest is not None:
                         mask = np.zeros_like(mask)
                         mask[cheapest] = True
-                        note = f"budget: {left} tokens left today, cheapest allowed arm served"
+                        note = (f"budget exhausted: {left} tokens left today for {f.task_type!r}; "
+                                "cheapest allowed arm returned, the caller should not call")
         return mask, note
 
     def recommend_parameters(self, task_type: str, features: TaskFeatures | Mapping[str, Any],

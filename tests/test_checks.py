@@ -93,3 +93,27 @@ def test_cli_check_offline(sim, logs, uniform_log, tmp_path):
     assert missing.returncode == 2 and "policy file not found" in missing.stderr
     assert subprocess.run([sys.executable, "-m", "rtopt_lab.cli", "check", "offline", "--help"],
                           capture_output=True).returncode == 0
+
+
+def test_canary_suite(sim, tmp_path):
+    import subprocess
+    import sys
+
+    from rtopt_lab.checks import canary_check
+    from rtopt_lab.policies import FixedPolicy
+
+    prod = FixedPolicy(sim.catalog).save(tmp_path / "prod.npz")
+    out = subprocess.run([sys.executable, "-m", "rtopt_lab.cli", "check", "canary", "--candidate", str(prod),
+                          "--requests", "100", "--daily-limit", "50000", "--report", str(tmp_path / "c.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "overall: PASS" in out.stdout and json.loads((tmp_path / "c.json").read_text())["passed"]
+    # a candidate whose arms are slower than production is caught by the SLO check
+    slow = fit_from_log(LinUCB(sim.catalog), sim.simulate_log(20_000, seed=2))
+    rep = canary_check(slow, n_requests=100, daily_limit=50_000)
+    by = {c.name: c for c in rep.checks}
+    assert not by["slo"].passed and by["slo"].figures["breaches"] >= 1
+    assert by["auto_rollback"].passed and by["auto_rollback"].figures["windows_to_rollback"] == 1
+    assert by["budget"].passed and by["budget"].figures["max_overshoot"] <= by["budget"].figures["largest_prompt"]
+    assert by["budget"].figures["calls_refused"] > 0
+    assert by["compliance"].passed
