@@ -115,6 +115,7 @@ class LLMParameterOptimizer:
         self._done: OrderedDict[str, None] = OrderedDict()
         self._buffer: list[LoggedDecision] = []
         self._candidate_samples = 0
+        self._unbooked: dict[str, int] = {}  # tokens spent but not yet written to the budget
         self.shadow_log: list[tuple[str, str, np.ndarray]] = []
 
     # ------------------------------------------------------------------ recommend
@@ -133,6 +134,7 @@ class LLMParameterOptimizer:
         if self.budget is not None:
             left = self.budget.remaining(f.task_type)
             if left is not None:
+                left -= self._unbooked.get(f.task_type, 0)
                 affordable = mask & (cat.max_tokens <= left)
                 if affordable.any():
                     if not affordable[mask].all():
@@ -224,8 +226,8 @@ class LLMParameterOptimizer:
             if self.slo is not None:
                 self.slo.observe("candidate" if p.served_by == "candidate" else "baseline",
                                  outcome.latency_ms, outcome.quality)
-            if self.budget is not None:
-                self.budget.record(f.task_type, outcome.total_tokens, request_id=r.request_id)
+            if self.budget is not None:  # booked in one transaction per task type at flush
+                self._unbooked[f.task_type] = self._unbooked.get(f.task_type, 0) + outcome.total_tokens
             if p.served_by == "candidate":
                 self._candidate_samples += 1
             if len(self._buffer) >= self.log_batch:
@@ -233,11 +235,17 @@ class LLMParameterOptimizer:
             return RecordResult(r.request_id, rr.reward, violations=rr.violations)
 
     def flush(self) -> int:
-        """Append the buffered decisions to the log store and report the candidate's new
-        samples to the rollout manager; returns the rows written."""
+        """Append the buffered decisions to the log store, book the spent tokens in the
+        budget (one transaction per task type) and report the candidate's new samples to
+        the rollout manager; returns the rows written. Between flushes the budget masks
+        subtract the unbooked spend, so a process never overspends by batching."""
         with self._lock:
             batch, self._buffer = self._buffer, []
             samples, self._candidate_samples = self._candidate_samples, 0
+            if self.budget is not None:
+                for task, tokens in self._unbooked.items():
+                    self.budget.record(task, tokens)
+                self._unbooked.clear()
         if samples and self.rollout is not None:
             self.rollout.add_samples(samples)
         if not batch or self.log_store is None:

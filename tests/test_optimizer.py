@@ -102,7 +102,9 @@ def test_budget_falls_back_to_cheaper_arms(sim, tmp_path):
     assert r.params.max_tokens == 600 and r.reason is None
     opt.record_outcome("b1", TaskOutcome(quality=0.7, latency_ms=10.0, prompt_tokens=200, completion_tokens=300))
     r2 = opt.recommend_parameters("code_generation", _feat(), request_id="b2")   # 500 left: only 400-token arms
-    assert r2.params.max_tokens == 400 and "budget" in r2.reason
+    assert r2.params.max_tokens == 400 and "budget" in r2.reason   # unbooked spend already counts
+    assert budget.spent("code_generation") == 0                     # booked at flush, in one transaction
+    opt.flush()
     assert budget.spent("code_generation") == 500
 
 
