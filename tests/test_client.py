@@ -14,6 +14,7 @@ from rtopt_lab.client import OptimizedChat, http_completions, openai_completions
 from rtopt_lab.logstore import LogStore
 from rtopt_lab.optimizer import LLMParameterOptimizer
 from rtopt_lab.policies import FixedPolicy, LinUCB
+from rtopt_lab.reward import RewardFunction
 from rtopt_lab.types import TaskFeatures
 
 NEEDED = 500  # tokens a complete answer needs
@@ -67,8 +68,9 @@ def scorer(messages, text):
 
 def test_each_call_uses_the_recommended_parameters_and_is_recorded(sim, server, tmp_path):
     store = LogStore(tmp_path / "log")
+    # no latency cost: wall-clock jitter must not steer the learner, so the run is deterministic
     opt = LLMParameterOptimizer(incumbent=LinUCB(sim.catalog, seed=3), learn_online=True, log_store=store,
-                                log_batch=50)
+                                log_batch=50, reward_fn=RewardFunction(latency_cost_per_s=0.0))
     chat = OptimizedChat(opt, http_completions(server, api_key="k"), scorer, model="test-model")
     results = []
     for i in range(120):
