@@ -32,19 +32,7 @@ def _rss_mb() -> float:
 
 
 def _features(ctx) -> list[TaskFeatures]:
-    out = []
-    for r in ctx.to_dict("records"):
-        r = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
-        out.append(TaskFeatures(
-            task_type=r["task_type"], risk_tier=int(r["risk_tier"]), title_length=int(r["title_length"]),
-            description_length=int(r["description_length"]),
-            acceptance_criteria_count=int(r["acceptance_criteria_count"]),
-            scope_files_count=int(r["scope_files_count"]), max_files=int(r["max_files"]),
-            max_loc=int(r["max_loc"]), has_external_deps=bool(r["has_external_deps"]),
-            complexity_indicators=tuple(r["complexity_indicators"]), model_name=r["model_name"],
-            prompt_tokens=None if r["prompt_tokens"] is None else int(r["prompt_tokens"]),
-            prior_failures=None if r["prior_failures"] is None else int(r["prior_failures"])))
-    return out
+    return [TaskFeatures.from_record(r) for r in ctx.to_dict("records")]
 
 
 def _latency_us(policy, feats, warmup: int = 200) -> tuple[float, float]:

@@ -309,7 +309,7 @@ def canary_check(candidate: BasePolicy | str | Path, *, seed: int = 0, window_ou
         over_budget_arm, max_prompt, refused = 0, 0, 0
         rows = reqs.to_dict("records")
         for i, r in enumerate(rows):
-            f = _features_from_row(r)
+            f = TaskFeatures.from_record(r)
             left = budget.remaining(f.task_type)
             res = opt.recommend_parameters(f.task_type, f, request_id=f"canary-budget-{i}")
             if res.reason is not None and res.reason.startswith("budget exhausted"):
@@ -339,16 +339,3 @@ def canary_check(candidate: BasePolicy | str | Path, *, seed: int = 0, window_ou
                                "status": cp.status}, "; ".join(cp.reasons) or "100 % of parameter sets compliant"))
     return CheckReport(candidate=str(path) if path else policy.version, checks=tuple(checks))
 
-
-def _features_from_row(r: dict[str, Any]) -> TaskFeatures:
-    def opt_int(v: Any) -> int | None:
-        return None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
-
-    return TaskFeatures(
-        task_type=r["task_type"], risk_tier=int(r["risk_tier"]), title_length=int(r["title_length"]),
-        description_length=int(r["description_length"]),
-        acceptance_criteria_count=int(r["acceptance_criteria_count"]),
-        scope_files_count=int(r["scope_files_count"]), max_files=int(r["max_files"]), max_loc=int(r["max_loc"]),
-        has_external_deps=bool(r["has_external_deps"]), complexity_indicators=tuple(r["complexity_indicators"]),
-        model_name=r.get("model_name") if isinstance(r.get("model_name"), str) else None,
-        prompt_tokens=opt_int(r.get("prompt_tokens")), prior_failures=opt_int(r.get("prior_failures")))

@@ -32,11 +32,9 @@ value for every row of a frame. Python's salted ``hash()`` is never used.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -44,6 +42,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rtopt_lab.hashing import GOLDEN as _GOLDEN
+from rtopt_lab.hashing import M64 as _M64
+from rtopt_lab.hashing import mix as _mix
+from rtopt_lab.hashing import mix_np as _mix_np
+from rtopt_lab.hashing import str64 as _str64
 from rtopt_lab.types import TaskFeatures
 
 __all__ = [
@@ -70,7 +73,6 @@ _COUNTS: tuple[tuple[str, float], ...] = (
     ("prior_failures", 10.0),
 )
 _SCALE = np.array([1.0 / math.log1p(ref) for _, ref in _COUNTS])
-_M64 = (1 << 64) - 1
 _NONE64 = _M64  # stands for None in an integer field (counts are < 2**31)
 
 
@@ -148,11 +150,6 @@ class FeatureSpec:
 DEFAULT_SPEC = FeatureSpec()
 
 
-@lru_cache(maxsize=65_536)
-def _str64(s: str) -> int:
-    return int.from_bytes(hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
-
-
 def _bucket(s: str, buckets: int) -> int:
     return _str64(s) % buckets
 
@@ -190,14 +187,6 @@ def featurize(features: TaskFeatures, spec: FeatureSpec = DEFAULT_SPEC) -> np.nd
     return x
 
 
-def _mix(z: int) -> int:
-    """SplitMix64 finaliser on Python ints (mod 2**64)."""
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-    return z ^ (z >> 31)
-
-
-_GOLDEN = 0x9E3779B97F4A7C15
 _FP_SEED = 0x5254_4F50_544C_4142  # "RTOPTLAB"
 
 
@@ -331,12 +320,6 @@ def featurize_frame(frame: pd.DataFrame | pa.Table, spec: FeatureSpec = DEFAULT_
         blut = np.array([_bucket(s, spec.indicator_buckets) for s in iuniq], dtype=np.int64)
         X[parents, spec._o_ind + blut[icodes]] = 1.0
     return X
-
-
-def _mix_np(z: np.ndarray) -> np.ndarray:
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 def context_fingerprint_frame(frame: pd.DataFrame | pa.Table) -> np.ndarray:

@@ -251,6 +251,35 @@ class TaskFeatures:
         d["complexity_indicators"] = list(self.complexity_indicators)
         return d
 
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> TaskFeatures:
+        """From one row of a frame (a context sample or a decision log).
+
+        NaN or None in an optional field becomes None, numpy scalars become Python
+        values, whole floats in integer fields become ints (pandas' NaN-able ints), an array of indicators becomes a tuple; columns that are not features
+        are ignored, and a log's ``requested_model`` is the features' model name.
+        Validation is the same as the constructor's.
+        """
+        def clean(v: Any) -> Any:
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                return None
+            return v.item() if hasattr(v, "item") and getattr(v, "ndim", 1) == 0 else v
+
+        data = {f.name: clean(record[f.name]) for f in fields(cls) if f.name in record}
+        for name in _INT_FEATURES:  # pandas stores a nullable int column with NaN as floats
+            v = data.get(name)
+            if isinstance(v, float) and v.is_integer():
+                data[name] = int(v)
+        if "requested_model" in record:
+            data["model_name"] = clean(record["requested_model"])
+        ind = data.get("complexity_indicators")
+        data["complexity_indicators"] = () if ind is None else tuple(ind)
+        return cls.from_dict(data)
+
+
+_INT_FEATURES = ("risk_tier", "title_length", "description_length", "acceptance_criteria_count",
+                 "scope_files_count", "max_files", "max_loc", "prompt_tokens", "prior_failures")
+
 
 # --------------------------------------------------------------------------- outcome
 @dataclass(frozen=True, slots=True, kw_only=True)

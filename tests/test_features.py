@@ -106,18 +106,5 @@ def test_vectorised_featurize_is_fast(sim):
     X = featurize_frame(df)
     assert X.shape == (20_000, DEFAULT_SPEC.n_features)
     assert np.isfinite(X).all() and (X[:, 0] == 1).all()
-    np.testing.assert_allclose(X[:50], rtol=1e-14, atol=0, desired=np.stack([featurize(TaskFeatures.from_dict(r)) for r in _rows(df[:50])]))
+    np.testing.assert_allclose(X[:50], rtol=1e-14, atol=0, desired=np.stack([featurize(TaskFeatures.from_record(r)) for r in df[:50].to_dict("records")]))
 
-
-def _rows(df):
-    for r in df.to_dict("records"):
-        r = {k: (None if (isinstance(v, float) and np.isnan(v)) else v) for k, v in r.items()}
-        r["complexity_indicators"] = tuple(r["complexity_indicators"])
-        for k in ("prompt_tokens", "prior_failures"):
-            if r[k] is not None:
-                r[k] = int(r[k])
-        for k in ("risk_tier", "title_length", "description_length", "acceptance_criteria_count",
-                  "scope_files_count", "max_files", "max_loc"):
-            r[k] = int(r[k])
-        r["has_external_deps"] = bool(r["has_external_deps"])
-        yield r

@@ -32,16 +32,7 @@ def make(kind, sim, log=None, **over):
 
 
 def _features(ctx, i):
-    r = ctx.iloc[i].to_dict()
-    r = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
-    for k in ("prompt_tokens", "prior_failures"):
-        r[k] = None if r[k] is None else int(r[k])
-    for k in ("risk_tier", "title_length", "description_length", "acceptance_criteria_count",
-              "scope_files_count", "max_files", "max_loc"):
-        r[k] = int(r[k])
-    r["has_external_deps"] = bool(r["has_external_deps"])
-    r["complexity_indicators"] = tuple(r["complexity_indicators"])
-    return TaskFeatures.from_dict(r)
+    return TaskFeatures.from_record(ctx.iloc[i].to_dict())
 
 
 @pytest.mark.parametrize("kind", KINDS)

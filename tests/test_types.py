@@ -214,3 +214,16 @@ def test_temperature_accepts_exactly_the_closed_interval(t):
     else:
         with pytest.raises(ValueError, match="`temperature`"):
             ParameterSet(temperature=t)
+
+
+def test_task_features_from_record_of_frames(sim):
+    from rtopt_lab.features import context_fingerprint, context_fingerprint_frame
+
+    for frame in (sim.simulate_log(300, seed=1), sim.sample_contexts(300, seed=2)):
+        feats = [TaskFeatures.from_record(r) for r in frame.to_dict("records")]
+        assert [context_fingerprint(f) for f in feats] == context_fingerprint_frame(frame).tolist()
+    with pytest.raises(TypeError, match=r"`title_length` must be an integer; got 2.5"):
+        TaskFeatures.from_record({"task_type": "x", "title_length": 2.5})
+    f = TaskFeatures.from_record({"task_type": "x", "prompt_tokens": float("nan"), "complexity_indicators": None,
+                                  "arm_id": "ignored", "requested_model": "m"})
+    assert f.prompt_tokens is None and f.complexity_indicators == () and f.model_name == "m"

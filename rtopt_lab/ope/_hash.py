@@ -14,24 +14,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from rtopt_lab.hashing import mix_np
+
 __all__ = ["bucket_of", "fold_of", "hash_strings", "mix64", "poisson_table", "poisson_weights"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 _STR_SALT = np.uint64(0x6F70652D72657121)     # "ope-req!"
 _FOLD_SALT = np.uint64(0x666F6C642D6B6579)    # "fold-key"
 _BUCKET_SALT = np.uint64(0x6275636B65742121)  # "bucket!!"
 _BOOT_SALT = np.uint64(0x706F6973736F6E21)    # "poisson!"
 
 
-def mix64(z: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser of every element of a ``uint64`` array (a bijection)."""
-    z = np.asarray(z, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-        return z ^ (z >> np.uint64(31))
+mix64 = mix_np  # the package-wide SplitMix64 finaliser
 
 
 def _arrow_strings(values: Any) -> pa.Array:

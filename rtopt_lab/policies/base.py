@@ -46,12 +46,15 @@ import numpy as np
 
 from rtopt_lab.arms import ArmCatalog
 from rtopt_lab.features import DEFAULT_SPEC, FeatureSpec, context_fingerprint, featurize
+from rtopt_lab.hashing import GOLDEN as _GOLDEN
+from rtopt_lab.hashing import M64 as _M64
+from rtopt_lab.hashing import mix as _mix
+from rtopt_lab.hashing import mix_np as _mix_np
+from rtopt_lab.hashing import str64 as _str64
 from rtopt_lab.types import SelectionResult, TaskFeatures
 
 __all__ = ["BasePolicy", "Policy", "load_policy", "uniforms"]
 
-_M64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
 _U_SALT = 0xA0761D6478BD642F
 _REGISTRY: dict[str, type[BasePolicy]] = {}
 
@@ -93,25 +96,6 @@ class Policy(Protocol):
 
 
 # ----------------------------------------------------------------------------- hashing
-def _mix(z: int) -> int:
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-    return z ^ (z >> 31)
-
-
-def _mix_np(z: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
-def _str64(s: str) -> int:
-    return int.from_bytes(
-        hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big"
-    )
-
-
 def uniforms(keys: np.ndarray, m: int, salt: int = _U_SALT) -> np.ndarray:
     """Counter-based uniforms in (0, 1): row i, column j is a hash of (keys[i], salt, j).
 
