@@ -4,7 +4,13 @@
     rtopt log validate data/log
     rtopt log summary data/log
     rtopt provenance verify provenance.jsonl
-    rtopt check offline --candidate policy.npz --log data/log
+    rtopt check offline --candidate policy.npz --log data/log --report offline.json
+    rtopt register --policy policy.npz --report offline.json --shadow
+    rtopt promote --version 2 --to canary --approved-by alice --reason "replay DR +0.03"
+    rtopt rollback --phase canary --reason "p99 latency breach"
+    rtopt status
+    rtopt ui
+    rtopt serve --phase general
     rtopt demo
 
 Every subcommand has ``--help``. Exit status: 0 on success, 1 when a check finds a problem
@@ -152,6 +158,10 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=20261125, help="random seed (default: %(default)s)")
     d.add_argument("--out", type=Path, default=Path("data/demo-log"), help="log directory (default: %(default)s)")
     d.set_defaults(func=_cmd_demo)
+
+    from rtopt_lab._cli_registry import add_parsers
+
+    add_parsers(sub)
     return p
 
 
@@ -273,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, LookupError) as exc:
         print(f"rtopt: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,15 +1,4 @@
-"""MLflow tracking: the only module that imports mlflow (first part: the store and runs).
-
-Embedded default: tracking and registry in SQLite at ``mlflow/mlflow.db`` with artifacts
-under ``mlflow/artifacts``, both relative to the working directory's project root and
-git-ignored; ``MLFLOW_TRACKING_URI`` overrides it (a team server). The ``mlflow/`` folder
-must never hold an ``__init__.py``: it would shadow the installed package.
-
-Parallel runs (papermill jobs against one SQLite store): create the store and the
-experiment once, *before* fanning out (:func:`ensure_experiment`), and pass the
-experiment id to every run explicitly; a racing ``set_experiment`` can silently put a run
-in ``Default``.
-"""
+"""One MLflow run per evaluation: params, metrics, the results table, gate verdicts, plots."""
 
 from __future__ import annotations
 
@@ -17,50 +6,17 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
-from mlflow import MlflowClient
 
-__all__ = ["DataFingerprint", "default_tracking_uri", "ensure_experiment", "log_evaluation", "tracking_uri"]
+from rtopt_lab.tracking.store import tracking_uri
 
-
-def default_tracking_uri(root: str | os.PathLike[str] = ".") -> str:
-    """``sqlite:///<root>/mlflow/mlflow.db`` (the folder is created)."""
-    folder = Path(root).resolve() / "mlflow"
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'mlflow.db'}"
-
-
-def tracking_uri(root: str | os.PathLike[str] = ".") -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the embedded default under ``root``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
-
-
-def ensure_experiment(name: str, *, uri: str | None = None, root: str | os.PathLike[str] = ".") -> str:
-    """Create the store and the experiment if needed; return the experiment id.
-
-    Artifacts of a new experiment on the embedded store go to ``<root>/mlflow/artifacts``.
-    Call this once before starting parallel runs and pass the id to each.
-    """
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"`name` must be a non-empty experiment name; got {name!r}")
-    uri = uri or tracking_uri(root)
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    artifacts = None
-    if uri.startswith("sqlite:///"):
-        artifacts = (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=artifacts)
-    except mlflow.exceptions.MlflowException:  # created concurrently by another process
-        return client.get_experiment_by_name(name).experiment_id
+__all__ = ["DataFingerprint", "log_evaluation"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,17 +40,22 @@ def _metric_name(*parts: str) -> str:
 
 def log_evaluation(results: pd.DataFrame, *, experiment_id: str, params: Mapping[str, Any],
                    data: DataFingerprint, gate_verdicts: Mapping[str, Any] | None = None,
-                   uri: str | None = None, run_name: str | None = None) -> str:
+                   uri: str | None = None, run_name: str | None = None,
+                   figures: Mapping[str, Any] | None = None,
+                   artifacts: Sequence[str | os.PathLike[str]] = (),
+                   tags: Mapping[str, str] | None = None) -> str:
     """One MLflow run for one evaluation; returns the run id.
 
     Params: ``params`` (policy configuration, estimator settings) and the data fingerprint.
     Metrics: every estimate with ci_low and ci_high, the differences against the baseline
     and the ESS, named ``<candidate>.<estimator>.<column>``; gate statuses as 1 (pass) or 0.
-    Artifacts: ``results.csv`` and ``gate_verdicts.json``.
+    Artifacts: ``results.csv``, ``gate_verdicts.json``, each of ``figures`` (matplotlib
+    figures by file stem) as ``plots/<name>.png``, and any ``artifacts`` files (an HTML
+    report, an executed notebook) as they are.
     """
     uri = uri or tracking_uri()
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {})) as run:
         mlflow.log_params({**dict(params), "data.path": data.path, "data.rows": data.rows,
                            "data.content_hash": data.content_hash})
         metrics = {}
@@ -112,5 +73,10 @@ def log_evaluation(results: pd.DataFrame, *, experiment_id: str, params: Mapping
             Path(d, "gate_verdicts.json").write_text(json.dumps(
                 {g: (v.to_dict() if hasattr(v, "to_dict") else v) for g, v in (gate_verdicts or {}).items()},
                 indent=2, default=str))
+            for stem, fig in (figures or {}).items():
+                (Path(d) / "plots").mkdir(exist_ok=True)
+                fig.savefig(Path(d) / "plots" / f"{stem}.png", dpi=110, bbox_inches="tight")
             mlflow.log_artifacts(d)
+        for f in artifacts:
+            mlflow.log_artifact(os.fspath(f))
         return run.info.run_id

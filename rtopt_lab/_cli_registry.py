@@ -1,0 +1,208 @@
+"""``rtopt register | promote | rollback | status | ui | serve``: the registry from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parsers"]
+
+_PHASES = ("shadow", "canary", "guarded", "general")
+_MODEL = "rtopt-policy"
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add the registry commands to the ``rtopt`` parser."""
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--model", default=_MODEL, help="registered model name (default: %(default)s)")
+    store.add_argument("--tracking-uri", default=None,
+                       help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow/mlflow.db)")
+
+    r = sub.add_parser("register", parents=[store], help="register a policy file as a new model version",
+                       description="Log a saved policy (.npz) as an MLflow pyfunc model and register it as "
+                                   "a new version. With --report (from `rtopt check offline --report`), "
+                                   "the checks become the version's gate tags and the replay's lower "
+                                   "bounds its ope.lower_bound; --shadow then moves it into shadow.")
+    r.add_argument("--policy", type=Path, required=True, help="policy file (.npz) saved by policy.save")
+    r.add_argument("--report", type=Path, default=None, help="offline check report (JSON) as gate evidence")
+    r.add_argument("--experiment", default="rtopt/registry", help="experiment of the run (default: %(default)s)")
+    r.add_argument("--approval-required", action="store_true",
+                   help="tier-1 tasks: promotion to canary will need --approved-by")
+    r.add_argument("--shadow", action="store_true", help="enter shadow right after registering")
+    r.add_argument("--by", default=None, help="who registers (default: the OS user)")
+    r.set_defaults(func=_cmd_register)
+
+    pr = sub.add_parser("promote", parents=[store], help="move a version one phase up (shadow > canary > ...)",
+                        description="Promote a registered version exactly one phase up, under the rollout "
+                                    "rules: no skipped phases; gates must pass beyond shadow; canary needs "
+                                    "an off-policy lower bound >= 0 and, for tier-1 versions, a named "
+                                    "approver. The move is written to the provenance log first. Exit "
+                                    "status 1 when refused, with every reason.")
+    pr.add_argument("--version", required=True, help="model version number")
+    pr.add_argument("--to", required=True, choices=_PHASES, help="target phase")
+    pr.add_argument("--approved-by", default=None, help="approver's name (recorded; required for tier 1)")
+    pr.add_argument("--reason", default=None, help="why (recorded in the provenance log)")
+    pr.set_defaults(func=_cmd_promote)
+
+    rb = sub.add_parser("rollback", parents=[store], help="take a version out of its phase at once",
+                        description="Roll back the version in --phase (or --version): it leaves its phase "
+                                    "immediately; leaving general restores the version it displaced. "
+                                    "Never refused once the version is found; written to the provenance log.")
+    g = rb.add_mutually_exclusive_group(required=True)
+    g.add_argument("--phase", choices=_PHASES, help="roll back the version holding this phase")
+    g.add_argument("--version", help="roll back this version from whatever phase it is in")
+    rb.add_argument("--reason", required=True, help="why (recorded in the provenance log)")
+    rb.add_argument("--by", default=None, help="who (default: the OS user)")
+    rb.set_defaults(func=_cmd_rollback)
+
+    st = sub.add_parser("status", parents=[store], help="which version is in which phase, with its evidence",
+                        description="A table of the phases: the version in each, its policy, gate status, "
+                                    "DR estimate and improvement, the off-policy lower bound, and the "
+                                    "provenance log's check against the head hash tagged in the registry.")
+    st.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    st.set_defaults(func=_cmd_status)
+
+    ui = sub.add_parser("ui", parents=[store], help="the MLflow UI over this store, on 127.0.0.1",
+                        description="Start `mlflow ui` on 127.0.0.1 over the project's store (Ctrl-C stops it).")
+    ui.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
+    ui.set_defaults(func=_cmd_ui)
+
+    sv = sub.add_parser("serve", parents=[store], help="serve the model in a phase on 127.0.0.1",
+                        description="`mlflow models serve` of models:/MODEL@PHASE with --env-manager local on "
+                                    "127.0.0.1. POST rows of task features to /invocations, e.g. "
+                                    "{\"dataframe_records\": [{\"task_type\": \"summarization\"}]}.")
+    sv.add_argument("--phase", default="general", choices=_PHASES, help="phase alias to serve (default: %(default)s)")
+    sv.add_argument("--port", type=int, default=5001, help="port (default: %(default)s)")
+    sv.set_defaults(func=_cmd_serve)
+
+
+def _uri(args: argparse.Namespace) -> str:
+    from rtopt_lab.tracking import tracking_uri
+
+    return args.tracking_uri or tracking_uri()
+
+
+def evidence_from_report(report: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Gate verdicts (one per check) and extra tags (``ope.lower_bound``) from an offline report."""
+    verdicts = {c["name"]: {"status": "pass" if c["passed"] else "fail",
+                            "reasons": [] if c["passed"] else [c.get("detail", "")]}
+                for c in report.get("checks", [])}
+    bounds = [float(v) for c in report.get("checks", []) if c["name"] == "replay"
+              for k, v in c.get("figures", {}).items() if k.endswith("_lower_bound")]
+    tags = {"ope.lower_bound": repr(min(bounds))} if bounds and all(math.isfinite(b) for b in bounds) else {}
+    return verdicts, tags
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from rtopt_lab.policies import load_policy
+    from rtopt_lab.tracking import ensure_experiment, register_policy
+
+    policy = load_policy(args.policy)
+    verdicts, tags = {}, {}
+    if args.report is not None:
+        verdicts, tags = evidence_from_report(json.loads(args.report.read_text()))
+    uri = _uri(args)
+    rv = register_policy(policy, experiment_id=ensure_experiment(args.experiment, uri=uri), model=args.model,
+                         uri=uri, gate_verdicts=verdicts, tags=tags, approval_required=args.approval_required,
+                         into_shadow=False, actor=args.by, reason=f"registered from {args.policy}")
+    print(f"registered {args.model} version {rv.version} ({policy.version}, run {rv.run_id})")
+    if args.shadow:
+        return _promote(args.model, rv.version, "shadow", uri, None, args.by, "entered shadow at registration")
+    return 0
+
+
+def _promote(model: str, version: str, to: str, uri: str, approved_by: str | None, actor: str | None,
+             reason: str | None) -> int:
+    from rtopt_lab.tracking import promote
+
+    try:
+        move = promote(model, version, to, uri=uri, approved_by=approved_by, actor=actor, reason=reason)
+    except PermissionError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    extra = f"; version {move.displaced} left {move.to}" if move.displaced else ""
+    print(f"{model} version {version}: {move.frm or 'registered'} -> {move.to}{extra} "
+          f"(provenance {move.provenance_hash[:12]})")
+    return 0
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    return _promote(args.model, args.version, args.to, _uri(args), args.approved_by, None, args.reason)
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from rtopt_lab.tracking import rollback
+
+    try:
+        move = rollback(args.model, phase=args.phase, version=args.version, uri=_uri(args), actor=args.by,
+                        reason=args.reason)
+    except LookupError as exc:
+        print(f"rtopt: error: {exc}", file=sys.stderr)
+        return 1
+    parts = [f"{args.model} version {move.version} rolled back from {move.frm}",
+             f"now in {move.to}" if move.to else "now in no phase"]
+    if move.restored:
+        parts.append(f"version {move.restored} restored to {move.frm}")
+    print("; ".join(parts) + f" (provenance {move.provenance_hash[:12]})")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from rtopt_lab.compliance import verify
+    from rtopt_lab.tracking import provenance_head, provenance_path, status
+
+    uri = _uri(args)
+    try:
+        table = status(args.model, uri=uri)
+    except LookupError as exc:
+        print(f"rtopt: error: {exc}; register one with `rtopt register --policy FILE.npz`", file=sys.stderr)
+        return 1
+    head = provenance_head(args.model, uri=uri)
+    path = provenance_path(uri)
+    res = verify(path, head=head) if path.exists() else None
+    if args.json:
+        print(table.to_json(orient="records"))
+    else:
+        with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+            print(table.drop(columns=["gate_reasons", "run_id"], errors="ignore").to_string(index=False))
+        for _, row in table.dropna(subset=["version"]).iterrows():
+            if row.get("gate_reasons"):
+                print(f"  {row['phase']} v{row['version']} gate reasons: {row['gate_reasons']}")
+    if res is None:
+        print(f"provenance: no log at {path}")
+        return 0
+    print(f"provenance: {path}: " + (f"valid, {res.records} records, head matches the registry"
+                                     if res.ok else "BROKEN: " + "; ".join(res.problems)))
+    return 0 if res.ok else 1
+
+
+def _run_foreground(cmd_env: tuple[list[str], dict[str, str]], url: str) -> int:
+    from rtopt_lab.tracking.server import start
+
+    print(f"serving on {url} (Ctrl-C stops it)", flush=True)
+    proc = start(cmd_env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=30)
+        return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from rtopt_lab.tracking.server import HOST, ui_command
+
+    return _run_foreground(ui_command(uri=_uri(args), port=args.port), f"http://{HOST}:{args.port}")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from rtopt_lab.tracking.server import HOST, serve_command
+
+    return _run_foreground(serve_command(model=args.model, phase=args.phase, uri=_uri(args), port=args.port),
+                           f"http://{HOST}:{args.port}/invocations")

@@ -1,0 +1,110 @@
+"""Frames in, decisions out: the tabular face of a policy, for model servers and batch scoring.
+
+A model server (the MLflow pyfunc wrapper in :mod:`rtopt_lab.tracking.pyfunc`) receives
+rows of :class:`~rtopt_lab.types.TaskFeatures` as a DataFrame and must answer with the
+arm, its parameters and the exact propensity, exactly as ``policy.select`` would in
+process. This module is that conversion, and nothing else: no MLflow here, so batch
+scoring and tests use the same code as the server.
+
+Columns in: every :class:`TaskFeatures` field (``task_type`` required, the others
+optional with the dataclass defaults) and an optional ``request_id``, which keys the
+policy's randomisation exactly as ``select(features, request_id=...)`` does. Columns out:
+:data:`OUTPUT_COLUMNS`, one row per input row, in input order. A malformed row never
+raises: it gets the baseline arm with propensity 1 and a ``reason``, as ``select`` does.
+
+Examples
+--------
+>>> from rtopt_lab.arms import ArmCatalog
+>>> from rtopt_lab.policies import FixedPolicy
+>>> out = select_frame(FixedPolicy(ArmCatalog.from_grid()), input_example())
+>>> out[["arm_id", "propensity"]].to_dict("records")
+[{'arm_id': 't0.60-p1.00-m600', 'propensity': 1.0}]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+import pandas as pd
+
+from rtopt_lab.policies.base import BasePolicy
+from rtopt_lab.types import SelectionResult, TaskFeatures
+
+__all__ = ["FEATURE_COLUMNS", "OPTIONAL_COLUMNS", "OUTPUT_COLUMNS", "input_example", "select_frame",
+           "selection_record"]
+
+#: Input columns: the fields of :class:`TaskFeatures`, in declaration order.
+FEATURE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TaskFeatures))
+#: Input columns a request may leave out (``task_type`` is the only required one).
+OPTIONAL_COLUMNS: tuple[str, ...] = (*FEATURE_COLUMNS[1:], "request_id")
+#: Output columns, one row per request.
+OUTPUT_COLUMNS: tuple[str, ...] = ("request_id", "arm_id", "temperature", "top_p", "max_tokens",
+                                   "frequency_penalty", "presence_penalty", "seed", "model_name",
+                                   "propensity", "policy_version", "reason")
+
+
+def input_example() -> pd.DataFrame:
+    """One well-formed request row (the signature's input example)."""
+    f = TaskFeatures(task_type="code_generation", risk_tier=2, title_length=48, description_length=900,
+                     acceptance_criteria_count=4, scope_files_count=3, max_files=5, max_loc=400,
+                     has_external_deps=True, complexity_indicators=("api_integration",),
+                     model_name="gpt-4o-mini", prompt_tokens=1200, prior_failures=0)
+    return pd.DataFrame([{**f.to_dict(), "request_id": "req-0001"}])
+
+
+def selection_record(sel: SelectionResult) -> dict[str, Any]:
+    """A :class:`SelectionResult` as one output row (:data:`OUTPUT_COLUMNS`)."""
+    p = sel.params
+    return {"request_id": sel.request_id, "arm_id": sel.arm_id, "temperature": p.temperature,
+            "top_p": p.top_p, "max_tokens": p.max_tokens, "frequency_penalty": p.frequency_penalty,
+            "presence_penalty": p.presence_penalty, "seed": p.seed, "model_name": p.model_name,
+            "propensity": sel.propensity, "policy_version": sel.policy_version, "reason": sel.reason}
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _select(policy: BasePolicy, row: Mapping[str, Any]) -> SelectionResult:
+    """One row through :meth:`TaskFeatures.from_record` (NaN, numpy and JSON types handled).
+
+    A cell left empty (a field one JSON record has and another lacks) takes the field's
+    default; a row that still does not validate goes to ``select`` as it is, which
+    answers with the baseline and the reason.
+    """
+    rid = row.get("request_id")
+    rid = None if _missing(rid) else str(rid)
+    present = {k: v for k, v in row.items() if k != "request_id" and not _missing(v)}
+    try:
+        features: TaskFeatures | Mapping[str, Any] = TaskFeatures.from_record(present)
+    except (TypeError, ValueError):
+        features = present
+    return policy.select(features, request_id=rid)
+
+
+def select_frame(policy: BasePolicy, frame: pd.DataFrame) -> pd.DataFrame:
+    """``policy.select`` for every row of ``frame``; a DataFrame of :data:`OUTPUT_COLUMNS`.
+
+    Parameters
+    ----------
+    policy : BasePolicy
+    frame : pandas.DataFrame
+        One request per row: :data:`FEATURE_COLUMNS` (``task_type`` required) and an
+        optional ``request_id``.
+
+    Raises
+    ------
+    TypeError
+        When ``frame`` is not a DataFrame.
+    ValueError
+        When ``frame`` has no ``task_type`` column (a schema error, not a bad row).
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"`frame` must be a pandas DataFrame of task features; got {type(frame).__name__}")
+    if "task_type" not in frame.columns:
+        raise ValueError(f"`frame` needs a `task_type` column; got columns {list(frame.columns)}")
+    rows = [selection_record(_select(policy, row)) for row in frame.to_dict("records")]
+    return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))

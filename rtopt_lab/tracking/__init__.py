@@ -1,0 +1,37 @@
+"""MLflow integration: the only package that imports mlflow.
+
+- :mod:`.store`: the embedded SQLite store, experiments, the provenance log's place;
+- :mod:`.runs`: one run per evaluation (params, metrics, artifacts);
+- :mod:`.pyfunc`: policies as pyfunc models (no pickle; state in NPZ/JSON artifacts);
+- :mod:`.registry`: versions, phase aliases, promotion and rollback with provenance;
+- :mod:`.server`: the MLflow UI and model server on loopback.
+"""
+
+from rtopt_lab.tracking.registry import (
+    MODEL_NAME,
+    PHASES,
+    AliasMove,
+    RegisteredVersion,
+    evidence_tags,
+    load_phase_model,
+    load_phase_policy,
+    phase_of,
+    promote,
+    promotion_refusals,
+    provenance_head,
+    register_policy,
+    rollback,
+    status,
+)
+from rtopt_lab.tracking.runs import DataFingerprint, log_evaluation
+from rtopt_lab.tracking.store import (
+    default_tracking_uri,
+    ensure_experiment,
+    provenance_path,
+    tracking_uri,
+)
+
+__all__ = ["MODEL_NAME", "PHASES", "AliasMove", "DataFingerprint", "RegisteredVersion", "default_tracking_uri",
+           "ensure_experiment", "evidence_tags", "load_phase_model", "load_phase_policy", "log_evaluation",
+           "phase_of", "promote", "promotion_refusals", "provenance_head", "provenance_path", "register_policy", "rollback",
+           "status", "tracking_uri"]

@@ -1,0 +1,62 @@
+"""Policies as MLflow pyfunc models: a wrapper with no logic, state in NPZ/JSON artifacts.
+
+The model is logged as *code* (MLflow's models-from-code: :mod:`._policy_model_code` is
+copied into the model and run at load time), so nothing is cloudpickled: the policy's
+configuration and state travel as the ``policy.npz`` written by ``policy.save`` (a JSON
+config and plain arrays, loaded with ``allow_pickle=False``) and a readable
+``policy.json`` copy of the configuration. ``predict`` delegates to
+:func:`rtopt_lab.serving.select_frame`, the same conversion batch scoring uses, so a
+served model answers exactly what the in-process policy answers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types.schema import AnyType, Array, ColSpec, Schema
+
+from rtopt_lab.policies.base import BasePolicy, load_policy
+from rtopt_lab.serving import select_frame
+
+__all__ = ["CODE_PATH", "PolicyModel", "policy_signature"]
+
+#: The models-from-code file logged with every policy model.
+CODE_PATH = Path(__file__).with_name("_policy_model_code.py")
+
+_INPUT_TYPES = {"task_type": "string", "risk_tier": "long", "title_length": "long",
+                "description_length": "long", "acceptance_criteria_count": "long",
+                "scope_files_count": "long", "max_files": "long", "max_loc": "long",
+                "has_external_deps": "boolean", "complexity_indicators": Array("string"),
+                # nullable counts: an int, or NaN when pandas carries a missing int as a float
+                "model_name": "string", "prompt_tokens": AnyType(), "prior_failures": AnyType(),
+                "request_id": "string"}
+_OUTPUT_TYPES = {"request_id": "string", "arm_id": "string", "temperature": "double", "top_p": "double",
+                 "max_tokens": "long", "frequency_penalty": "double", "presence_penalty": "double",
+                 "seed": "long", "model_name": "string", "propensity": "double",
+                 "policy_version": "string", "reason": "string"}
+_OUTPUT_OPTIONAL = frozenset({"seed", "model_name", "reason"})
+
+
+def policy_signature() -> ModelSignature:
+    """Input: the task-feature columns (only ``task_type`` required); output: the decision."""
+    inputs = Schema([ColSpec(t, name, required=name == "task_type") for name, t in _INPUT_TYPES.items()])
+    outputs = Schema([ColSpec(t, name, required=name not in _OUTPUT_OPTIONAL)
+                      for name, t in _OUTPUT_TYPES.items()])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+class PolicyModel(mlflow.pyfunc.PythonModel):
+    """pyfunc face of a policy: loads ``policy.npz`` and delegates ``predict`` to it."""
+
+    policy: BasePolicy | None = None
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.policy = load_policy(context.artifacts["policy"])
+
+    def predict(self, context, model_input, params=None):
+        if self.policy is None:
+            raise RuntimeError("PolicyModel.predict before load_context: load it with mlflow.pyfunc.load_model")
+        return select_frame(self.policy, pd.DataFrame(model_input))

@@ -1,0 +1,429 @@
+"""The model registry as the rollout's source of truth: versions, phase aliases, provenance.
+
+One registered model per policy family (default ``rtopt-policy``). The aliases
+``shadow``, ``canary``, ``guarded`` and ``general`` say which version is in which phase;
+a version *is in* the highest phase whose alias it holds. Version tags carry the
+evidence: gate statuses and reasons (``gates.status``, ``gate.<name>``), off-policy
+estimates (``ope.<estimator>.<column>``, ``ope.lower_bound``), whether tier-1 approval is
+needed, and the provenance head hash after the version's last move.
+
+Moves follow the rollout manager's rules (:mod:`rtopt_lab.rollout.phases`):
+
+- a promotion goes exactly one phase up (a new version enters ``shadow``; phases are
+  never skipped);
+- into ``shadow``: no gate may have failed; beyond it every gate must pass;
+- into ``canary``: the off-policy lower bound of the improvement must be >= 0, and a
+  version flagged ``approval_required`` needs a named approver;
+- a rollback is never refused: the version leaves its phase at once (its alias moves one
+  phase down when that alias is free), and a rollback out of ``general`` restores the
+  version it displaced.
+
+MLflow keeps no history of alias moves, so every move is first written to the
+hash-chained :class:`~rtopt_lab.compliance.ProvenanceLog`, and its head hash is tagged on
+the version (``provenance.head``) and the registered model, anchoring the chain outside
+the file (``rtopt provenance verify --head``).
+
+In MLflow 3.17 ``search_model_versions`` returns empty aliases; this module reads them
+with ``get_registered_model`` / ``get_model_version`` only.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import math
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from rtopt_lab.compliance import ProvenanceLog
+from rtopt_lab.gates import GateVerdict, combine
+from rtopt_lab.policies.base import BasePolicy
+from rtopt_lab.rollout.phases import Phase
+from rtopt_lab.serving import input_example
+from rtopt_lab.tracking.pyfunc import CODE_PATH, policy_signature
+from rtopt_lab.tracking.store import provenance_path, tracking_uri
+
+__all__ = [
+    "MODEL_NAME",
+    "PHASES",
+    "AliasMove",
+    "RegisteredVersion",
+    "evidence_tags",
+    "load_phase_model",
+    "load_phase_policy",
+    "phase_of",
+    "promote",
+    "promotion_refusals",
+    "provenance_head",
+    "register_policy",
+    "rollback",
+    "status",
+]
+
+MODEL_NAME = "rtopt-policy"
+PHASES: tuple[str, ...] = tuple(p.value for p in Phase)
+_TAG_MAX = 4_900  # MLflow's tag value limit is 5,000 characters
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredVersion:
+    """A registered policy version: where it came from and which phase it is in."""
+
+    model: str
+    version: str
+    run_id: str
+    model_uri: str
+    phase: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AliasMove:
+    """One promotion or rollback as carried out, with its provenance record's hash."""
+
+    model: str
+    version: str
+    kind: str
+    frm: str | None
+    to: str | None
+    displaced: str | None
+    restored: str | None
+    provenance_hash: str
+
+
+# --------------------------------------------------------------------------- helpers
+def _client(uri: str | None) -> tuple[MlflowClient, str]:
+    uri = uri or tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+
+
+def _provenance(provenance: ProvenanceLog | str | Path | None, uri: str) -> ProvenanceLog:
+    if isinstance(provenance, ProvenanceLog):
+        return provenance
+    return ProvenanceLog(provenance if provenance is not None else provenance_path(uri))
+
+
+def _tag(v: Any) -> str:
+    s = v if isinstance(v, str) else repr(float(v)) if isinstance(v, float) else str(v)
+    return s[:_TAG_MAX]
+
+
+def _verdict(v: GateVerdict | Mapping[str, Any], name: str) -> GateVerdict:
+    if isinstance(v, GateVerdict):
+        return v
+    return GateVerdict(str(v.get("gate", name)), str(v["status"]), tuple(v.get("reasons", ())))
+
+
+def evidence_tags(*, evaluation: pd.DataFrame | None = None, candidate: str | None = None,
+                  gate_verdicts: Mapping[str, GateVerdict | Mapping[str, Any]] | None = None
+                  ) -> dict[str, str]:
+    """Version tags from an evaluation table (one candidate's rows) and gate verdicts.
+
+    ``ope.<estimator>.<column>`` for value, ci_low, ci_high, diff, lower_bound and verdict;
+    ``ope.lower_bound`` is the smallest lower bound over the estimators (the conservative
+    one the canary rule reads). ``gate.<name>`` holds each status, ``gate.<name>.reasons``
+    its reasons, and ``gates.status`` the combined status (fail > error >
+    insufficient_evidence > pass; no gates at all is insufficient evidence).
+    """
+    tags: dict[str, str] = {}
+    if evaluation is not None:
+        rows = evaluation if candidate is None else evaluation[evaluation["candidate"] == candidate]
+        if candidate is not None and rows.empty:
+            raise ValueError(f"`candidate` {candidate!r} is not in the evaluation table; candidates: "
+                             f"{sorted(evaluation['candidate'].unique())}")
+        bounds = []
+        for _, row in rows.iterrows():
+            for col in ("value", "ci_low", "ci_high", "diff", "lower_bound", "verdict"):
+                v = row.get(col)
+                if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                    tags[f"ope.{row['estimator']}.{col}"] = _tag(v)
+            lb = row.get("lower_bound")
+            if lb is not None and not (isinstance(lb, float) and math.isnan(lb)):
+                bounds.append(float(lb))
+        if bounds:
+            tags["ope.lower_bound"] = _tag(min(bounds))
+    verdicts = [_verdict(v, k) for k, v in (gate_verdicts or {}).items()]
+    for v in verdicts:
+        tags[f"gate.{v.gate}"] = v.status
+        if v.reasons:
+            tags[f"gate.{v.gate}.reasons"] = _tag(" | ".join(v.reasons))
+    tags["gates.status"] = combine(*verdicts).status
+    return tags
+
+
+def _version(client: MlflowClient, model: str, version: str | int):
+    try:
+        return client.get_model_version(model, str(version))
+    except MlflowException:
+        raise LookupError(f"{model!r} has no version {version!r} in this store") from None
+
+
+def phase_of(model: str, version: str | int, *, uri: str | None = None) -> str | None:
+    """The phase a version is in: the highest phase alias it holds, or None."""
+    client, _ = _client(uri)
+    aliases = set(_version(client, model, version).aliases)
+    held = [p for p in PHASES if p in aliases]
+    return held[-1] if held else None
+
+
+def _holder(client: MlflowClient, model: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(model, alias).version)
+    except MlflowException:
+        return None
+
+
+# --------------------------------------------------------------------------- register
+def register_policy(policy: BasePolicy, *, experiment_id: str, model: str = MODEL_NAME,
+                    uri: str | None = None, run_id: str | None = None,
+                    evaluation: pd.DataFrame | None = None, candidate: str | None = None,
+                    gate_verdicts: Mapping[str, GateVerdict | Mapping[str, Any]] | None = None,
+                    approval_required: bool = False, into_shadow: bool = False,
+                    tags: Mapping[str, str] | None = None,
+                    actor: str | None = None, reason: str = "registered",
+                    provenance: ProvenanceLog | str | Path | None = None) -> RegisteredVersion:
+    """Log ``policy`` as a pyfunc model, register it as a new version of ``model``, tag it.
+
+    The model is logged into ``run_id`` when given (the evaluation's run), else into a new
+    run of ``experiment_id``. Artifacts: ``policy.npz`` (state and JSON configuration,
+    no pickle) and ``policy.json``; the signature and an input example are attached.
+    Tags: :func:`evidence_tags`, the policy's kind and version, ``approval_required``,
+    then ``tags`` (which win).
+    The registration is a provenance record; with ``into_shadow`` the version then
+    enters shadow through :func:`promote` (which applies the shadow rule).
+    """
+    if not isinstance(policy, BasePolicy):
+        raise TypeError(f"`policy` must be a BasePolicy; got {type(policy).__name__}")
+    client, uri = _client(uri)
+    tags = {**evidence_tags(evaluation=evaluation, candidate=candidate, gate_verdicts=gate_verdicts),
+            "policy.kind": policy.config()["kind"], "policy.version": policy.version,
+            "approval_required": str(bool(approval_required)).lower(),
+            **{str(k): _tag(v) for k, v in (tags or {}).items()}}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    with tempfile.TemporaryDirectory() as d:
+        npz = policy.save(Path(d) / "policy.npz")
+        cfg = Path(d) / "policy.json"
+        cfg.write_text(json.dumps(policy.config(), indent=2, sort_keys=True, default=str))
+        run_ctx = (mlflow.start_run(run_id=run_id) if run_id is not None
+                   else mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{policy.version}"))
+        with run_ctx as run:
+            info = mlflow.pyfunc.log_model(name="policy", python_model=str(CODE_PATH),
+                                           artifacts={"policy": str(npz), "policy_config": str(cfg)},
+                                           signature=policy_signature(), input_example=input_example(),
+                                           registered_model_name=model)
+            run_id = run.info.run_id
+    version = str(info.registered_model_version)
+    for k, v in tags.items():
+        client.set_model_version_tag(model, version, k, v)
+    log = _provenance(provenance, uri)
+    record = log.append(actor=actor or getpass.getuser(), action="config_change",
+                        policy_version=f"{model}/{version}", reason=reason,
+                        evidence={"model": model, "version": version, "run_id": run_id,
+                                  "policy_version": policy.version, "gates": tags["gates.status"]})
+    _anchor(client, model, version, record.hash)
+    if into_shadow:
+        promote(model, version, "shadow", uri=uri, actor=actor, reason="entered shadow at registration",
+                provenance=log)
+    return RegisteredVersion(model, version, run_id, info.model_uri, phase_of(model, version, uri=uri))
+
+
+def _anchor(client: MlflowClient, model: str, version: str, head: str) -> None:
+    client.set_model_version_tag(model, version, "provenance.head", head)
+    client.set_registered_model_tag(model, "provenance.head", head)
+
+
+# --------------------------------------------------------------------------- promote
+def promotion_refusals(current: str | None, to: str, tags: Mapping[str, str], *,
+                       approved_by: str | None = None) -> list[str]:
+    """Every reason a version in ``current`` with ``tags`` may not enter ``to`` (pure).
+
+    An empty list means the move is allowed. See the module docstring for the rules.
+    """
+    target = Phase.parse(to)
+    expected = Phase.SHADOW if current is None else Phase.parse(current).next
+    reasons = []
+    if target is not expected:
+        where = "is in no phase" if current is None else f"is in {current}"
+        nxt = "none (already general)" if expected is None else expected.value
+        reasons.append(f"the version {where}: the next phase is {nxt}, not {target.value} "
+                       "(phases are never skipped)")
+    gates = tags.get("gates.status", "insufficient_evidence")
+    if target is Phase.SHADOW:
+        if gates == "fail":
+            reasons.append("a gate failed: " + tags.get("gates.reasons", _gate_reasons(tags)))
+    elif gates != "pass":
+        reasons.append(f"gates are {gates}, not pass" + (f": {_gate_reasons(tags)}" if _gate_reasons(tags) else ""))
+    if target is Phase.CANARY:
+        lb = tags.get("ope.lower_bound")
+        if lb is None:
+            reasons.append("no off-policy lower bound of the improvement (tag ope.lower_bound)")
+        elif not float(lb) >= 0:
+            reasons.append(f"off-policy lower bound of the improvement {float(lb):.4g} < 0")
+        if tags.get("approval_required") == "true" and not (approved_by and approved_by.strip()):
+            reasons.append("tier-1 tasks need a named approver before canary (--approved-by)")
+    return reasons
+
+
+def _gate_reasons(tags: Mapping[str, str]) -> str:
+    return "; ".join(v for k, v in sorted(tags.items()) if k.startswith("gate.") and k.endswith(".reasons"))
+
+
+def promote(model: str, version: str | int, to: str, *, uri: str | None = None,
+            approved_by: str | None = None, actor: str | None = None, reason: str | None = None,
+            provenance: ProvenanceLog | str | Path | None = None) -> AliasMove:
+    """Move ``version`` one phase up to ``to``: check the rules, write provenance, move aliases.
+
+    Raises
+    ------
+    PermissionError
+        When :func:`promotion_refusals` gives any reason; the message lists them all.
+    """
+    client, uri = _client(uri)
+    version = str(version)
+    mv = _version(client, model, version)
+    current = phase_of(model, version, uri=uri)
+    refusals = promotion_refusals(current, to, mv.tags, approved_by=approved_by)
+    if refusals:
+        raise PermissionError(f"{model} version {version} may not enter {to}: " + "; ".join(refusals))
+    target = Phase.parse(to).value
+    displaced = _holder(client, model, target)
+    displaced = None if displaced == version else displaced
+    log = _provenance(provenance, uri)
+    who = actor or approved_by or getpass.getuser()
+    if approved_by:
+        log.append(actor=approved_by, action="approve", policy_version=f"{model}/{version}",
+                   reason=reason or f"approved for {target}", evidence={"model": model, "version": version,
+                                                                        "to": target})
+    record = log.append(actor=who, action="promote", policy_version=f"{model}/{version}",
+                        reason=reason or f"{current or 'registered'} -> {target}",
+                        evidence={"model": model, "version": version, "from": current, "to": target,
+                                  "displaced": displaced, "gates": mv.tags.get("gates.status"),
+                                  "ope_lower_bound": mv.tags.get("ope.lower_bound"),
+                                  "approved_by": approved_by})
+    client.set_registered_model_alias(model, target, version)
+    if current is not None:
+        client.delete_registered_model_alias(model, current)
+    _anchor(client, model, version, record.hash)
+    return AliasMove(model, version, "promote", current, target, displaced, None, record.hash)
+
+
+# --------------------------------------------------------------------------- rollback
+def rollback(model: str, *, phase: str | None = None, version: str | int | None = None,
+             uri: str | None = None, actor: str | None = None, reason: str = "rollback",
+             provenance: ProvenanceLog | str | Path | None = None) -> AliasMove:
+    """Take a version out of its phase at once (never refused once the version is found).
+
+    Name the version by ``phase`` (the version holding that alias) or by ``version``. The
+    version's alias moves one phase down when that alias is free (else the version is
+    parked with no alias); leaving ``general`` restores the version it displaced, which
+    the provenance log remembers. With no version to restore, rolling back ``general``
+    would leave nothing to serve, so that one case raises.
+    """
+    client, uri = _client(uri)
+    if (phase is None) == (version is None):
+        raise ValueError("give exactly one of `phase` or `version`")
+    if version is None:
+        frm = Phase.parse(phase).value
+        version = _holder(client, model, frm)
+        if version is None:
+            raise LookupError(f"no version of {model} is in {frm}")
+    else:
+        version = str(version)
+        frm = phase_of(model, version, uri=uri)
+        if frm is None:
+            raise LookupError(f"{model} version {version} is in no phase: nothing to roll back")
+    log = _provenance(provenance, uri)
+    restored = None
+    if frm == Phase.GENERAL.value:
+        restored = _displaced_by(log, model, version)
+        if restored is None:
+            raise LookupError(f"{model} version {version} displaced no earlier general version: nothing "
+                              "to restore (promote a replacement instead)")
+    down = Phase.parse(frm).previous
+    to = down.value if down is not None and _holder(client, model, down.value) in (None, version) else None
+    record = log.append(actor=actor or getpass.getuser(), action="rollback", policy_version=f"{model}/{version}",
+                        reason=reason, evidence={"model": model, "version": version, "from": frm, "to": to,
+                                                 "restored": restored})
+    if restored is not None:
+        client.set_registered_model_alias(model, frm, restored)
+    else:
+        client.delete_registered_model_alias(model, frm)
+    if to is not None:
+        client.set_registered_model_alias(model, to, version)
+    _anchor(client, model, version, record.hash)
+    return AliasMove(model, version, "rollback", frm, to, None, restored, record.hash)
+
+
+def _displaced_by(log: ProvenanceLog, model: str, version: str) -> str | None:
+    """The version that ``version`` displaced from general on its latest promotion there."""
+    found = None
+    for r in log.records():
+        ev = r.evidence or {}
+        if r.action == "promote" and ev.get("model") == model and ev.get("version") == version \
+                and ev.get("to") == Phase.GENERAL.value:
+            found = ev.get("displaced")
+    return found
+
+
+# --------------------------------------------------------------------------- read
+def status(model: str = MODEL_NAME, *, uri: str | None = None) -> pd.DataFrame:
+    """Which version is in which phase, with its evidence: one row per phase."""
+    client, _ = _client(uri)
+    try:
+        aliases = client.get_registered_model(model).aliases
+    except MlflowException:
+        raise LookupError(f"no registered model named {model!r} in this store") from None
+    rows = []
+    for p in PHASES:
+        v = aliases.get(p)
+        v = None if v is None else str(v)
+        row: dict[str, Any] = {"phase": p, "version": v}
+        if v is not None:
+            mv = client.get_model_version(model, v)
+            t = mv.tags
+            row.update({"policy": t.get("policy.kind"), "policy_version": t.get("policy.version"),
+                        "gates": t.get("gates.status"), "dr": _float(t.get("ope.dr.value")),
+                        "dr_diff": _float(t.get("ope.dr.diff")), "lower_bound": _float(t.get("ope.lower_bound")),
+                        "run_id": mv.run_id, "gate_reasons": _gate_reasons(t)})
+        rows.append(row)
+    return pd.DataFrame(rows).astype({"version": object})
+
+
+def provenance_head(model: str = MODEL_NAME, *, uri: str | None = None) -> str | None:
+    """The provenance head hash anchored on the registered model (``provenance.head``)."""
+    client, _ = _client(uri)
+    try:
+        return client.get_registered_model(model).tags.get("provenance.head")
+    except MlflowException:
+        raise LookupError(f"no registered model named {model!r} in this store") from None
+
+
+def _float(v: str | None) -> float:
+    return float(v) if v is not None else math.nan
+
+
+def _model_uri(model: str, phase_or_version: str | int) -> str:
+    s = str(phase_or_version)
+    return f"models:/{model}@{s}" if s in PHASES else f"models:/{model}/{s}"
+
+
+def load_phase_model(model: str = MODEL_NAME, phase: str | int = "general", *, uri: str | None = None):
+    """The pyfunc model in ``phase`` (an alias) or of a version number."""
+    _, uri = _client(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.pyfunc.load_model(_model_uri(model, phase))
+
+
+def load_phase_policy(model: str = MODEL_NAME, phase: str | int = "general", *,
+                      uri: str | None = None) -> BasePolicy:
+    """The policy object behind :func:`load_phase_model` (for replay, checks, dashboards)."""
+    return load_phase_model(model, phase, uri=uri).unwrap_python_model().policy
