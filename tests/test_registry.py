@@ -275,3 +275,23 @@ def test_serve_command_refuses_an_unknown_phase():
     with pytest.raises(ValueError, match="phase"):
         serve_command(model=MODEL_NAME, phase="prod")
     assert select_frame  # the server and batch scoring share one conversion
+
+
+@pytest.mark.slow
+def test_ui_answers_on_loopback_over_the_store(store, tmp_path):
+    from rtopt_lab.tracking.server import ui_command
+
+    uri, _ = store
+    port = _free_port()
+    cmd, env = ui_command(uri=uri, port=port)
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and uri in cmd
+    proc = start((cmd, env), stdout=open(tmp_path / "ui.log", "w"), stderr=open(tmp_path / "ui.err", "w"))
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/health", proc=proc, timeout_s=180)
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=rtopt/registry-test"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            exp = json.loads(r.read())["experiment"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert exp["experiment_id"] == store[1]   # the UI serves this very store

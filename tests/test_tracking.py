@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
 from mlflow import MlflowClient
 
 from rtopt_lab.ope import evaluate
@@ -37,9 +41,14 @@ def test_log_evaluation_records_params_metrics_and_artifacts(sim, tmp_path):
     log = sim.simulate_log(3_000, seed=1)
     table = evaluate(log, {"production": FixedPolicy(sim.catalog), "uniform": UniformRandom(sim.catalog)},
                      estimators=("ips", "dr"), baseline="production", progress=False)
+    fig = plt.figure()
+    plt.plot([0, 1], [0, 1])
+    report = tmp_path / "report.html"
+    report.write_text("<html><body>report</body></html>")
     run_id = log_evaluation(table, experiment_id=eid, params={"estimators": "ips,dr", "n_boot": 0},
                             data=DataFingerprint.of_frame(log, "sim"), uri=uri,
-                            gate_verdicts={"trust_region": {"status": "pass"}, "quality_floor": {"status": "fail"}})
+                            gate_verdicts={"trust_region": {"status": "pass"}, "quality_floor": {"status": "fail"}},
+                            figures={"forest": fig}, artifacts=[report])
     run = MlflowClient(tracking_uri=uri).get_run(run_id)
     assert run.info.experiment_id == eid
     assert run.data.params["data.rows"] == "3000" and run.data.params["estimators"] == "ips,dr"
@@ -48,7 +57,8 @@ def test_log_evaluation_records_params_metrics_and_artifacts(sim, tmp_path):
     assert m["uniform.dr.value"] == row["value"] and m["uniform.dr.diff"] == row["diff"]
     assert m["gate.trust_region.passed"] == 1.0 and m["gate.quality_floor.passed"] == 0.0
     files = {f.path for f in MlflowClient(tracking_uri=uri).list_artifacts(run_id)}
-    assert files == {"results.csv", "gate_verdicts.json"}
+    assert files == {"results.csv", "gate_verdicts.json", "plots", "report.html"}
+    assert [f.path for f in MlflowClient(tracking_uri=uri).list_artifacts(run_id, "plots")] == ["plots/forest.png"]
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="gate_verdicts.json",
                                                 tracking_uri=uri)
     assert json.loads(Path(local).read_text())["quality_floor"]["status"] == "fail"
