@@ -10,8 +10,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
+import matplotlib.pyplot as plt
+import mlflow
 from mlflow import MlflowClient
 
 from rtopt_lab.ope import evaluate

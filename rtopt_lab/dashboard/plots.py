@@ -1,0 +1,338 @@
+"""Figures of the dashboard: each function takes a tidy frame and returns a matplotlib Figure.
+
+Figures are built with :class:`matplotlib.figure.Figure` directly, never through
+``pyplot``: nothing touches the global backend or keeps figures alive in a registry, so
+the functions are safe in a headless batch job or a server (rendering is Agg via
+``fig.savefig``), and a notebook displays the returned figure as usual.
+
+=========================  ===================================================================
+:func:`forest_plot`        OPE estimates with intervals against the baseline (evaluate table)
+:func:`pareto_plot`        quality against cost, the Pareto front highlighted
+:func:`drift_plot`         PSI per feature with the 0.1 / 0.2 thresholds and test flags
+:func:`attribution_plot`   contributions of arms or feature groups to the improvement
+:func:`timeline_plot`      rollout phase over time, rollbacks marked
+:func:`trend_plot`         windowed reward, quality and latency p99 per policy version
+=========================  ===================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+__all__ = ["attribution_plot", "drift_plot", "forest_plot", "pareto_plot", "timeline_plot", "trend_plot"]
+
+_VERDICT_COLORS = {"improved": "#1a9850", "worse": "#d73027", "not significant": "#4d4d4d",
+                   "baseline": "#2166ac"}
+_SEVERITY_COLORS = {"major": "#d73027", "moderate": "#fc8d59", "stable": "#91bfdb"}
+_PHASES = ("shadow", "canary", "guarded", "general")
+
+
+def _need(frame: Any, name: str, columns: Sequence[str]) -> pd.DataFrame:
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"`{name}` must be a DataFrame; got {type(frame).__name__}")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"`{name}` is missing column(s) {missing}")
+    if len(frame) == 0:
+        raise ValueError(f"`{name}` has no rows to plot")
+    return frame
+
+
+def _figure(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def forest_plot(results: pd.DataFrame, *, estimators: Sequence[str] | None = None, difference: bool = True,
+                title: str | None = None) -> Figure:
+    """Forest plot of OPE estimates with their intervals, against the baseline.
+
+    Parameters
+    ----------
+    results : DataFrame
+        The table of :func:`~rtopt_lab.ope.evaluate` (``candidate``, ``estimator``,
+        ``value``, ``ci_low``, ``ci_high``; ``diff``, ``diff_ci_low``, ``diff_ci_high``,
+        ``verdict`` and ``baseline`` when a baseline was compared).
+    estimators : sequence of str, optional
+        Estimators to show; default all.
+    difference : bool, default True
+        Plot the paired difference with the baseline (0 = baseline) when the table has
+        one; else the policy values, with the baseline's value as a dashed line.
+    title : str, optional
+
+    Returns
+    -------
+    Figure
+        One row per (candidate, estimator), coloured by verdict.
+    """
+    _need(results, "results", ("candidate", "estimator", "value", "ci_low", "ci_high"))
+    t = results
+    if estimators is not None:
+        t = t.loc[t["estimator"].isin(list(estimators))]
+        if len(t) == 0:
+            raise ValueError(f"`estimators` {list(estimators)} match no row of `results`")
+    has_diff = difference and "diff" in t.columns and t["diff"].notna().any()
+    if has_diff:
+        t = t.loc[t["diff"].notna()]
+        x, lo, hi = t["diff"], t["diff_ci_low"], t["diff_ci_high"]
+    else:
+        x, lo, hi = t["value"], t["ci_low"], t["ci_high"]
+    verdicts = t["verdict"].fillna("") if "verdict" in t.columns else pd.Series("", index=t.index)
+    labels = [f"{c} · {e}" for c, e in zip(t["candidate"], t["estimator"], strict=True)]
+    fig = _figure(8.0, 1.8 + 0.4 * len(t))
+    ax = fig.add_subplot()
+    y = np.arange(len(t))[::-1]
+    for yi, xi, low, high, v in zip(y, x, lo, hi, verdicts, strict=True):
+        color = _VERDICT_COLORS.get(v, "#4d4d4d")
+        ax.errorbar(xi, yi, xerr=[[xi - low], [high - xi]], fmt="o", color=color, capsize=3, markersize=5)
+    ax.set_yticks(y, labels)
+    ax.set_ylim(-0.6, len(t) - 0.4)
+    baseline = t["baseline"].dropna().iloc[0] if "baseline" in t.columns and t["baseline"].notna().any() else None
+    if has_diff:
+        ax.axvline(0.0, color="#2166ac", linestyle="--", linewidth=1, label=f"baseline ({baseline})")
+        ax.set_xlabel("estimated policy value − baseline (reward units per decision)")
+    else:
+        if baseline is not None:
+            base = results.loc[results["candidate"] == baseline, "value"]
+            if len(base):
+                ax.axvline(float(base.mean()), color="#2166ac", linestyle="--", linewidth=1,
+                           label=f"baseline ({baseline})")
+        ax.set_xlabel("estimated policy value (reward units per decision)")
+    for v in dict.fromkeys(verdicts):
+        if v:
+            ax.plot([], [], "o", color=_VERDICT_COLORS.get(v, "#4d4d4d"), label=v)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", borderaxespad=0)
+    ax.set_ylabel("candidate · estimator")
+    level = t["confidence_level"].iloc[0] if "confidence_level" in t.columns else None
+    ci = f"{100 * level:.0f} % intervals" if level is not None and np.isfinite(level) else "intervals"
+    what = f"vs baseline {baseline}" if baseline is not None else "of policy value"
+    ax.set_title(title or f"Off-policy estimates {what} ({ci})")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def pareto_plot(points: pd.DataFrame, *, quality: str = "quality", cost: str = "cost", name: str = "name",
+                cost_label: str = "mean tokens per call (tokens)", quality_label: str = "mean quality (0–1)",
+                title: str | None = None) -> Figure:
+    """Quality against cost, the Pareto front highlighted.
+
+    Parameters
+    ----------
+    points : DataFrame
+        One row per point, as :func:`~rtopt_lab.dashboard.pareto_frame` returns (a
+        ``pareto`` column; computed here when absent). ``kind`` ("arm" / "policy") sets
+        the marker; ``<quality>_se`` and ``<cost>_se`` draw error bars.
+    quality, cost, name : str
+        Column names.
+    cost_label, quality_label : str
+        Axis labels with units.
+    title : str, optional
+    """
+    from rtopt_lab.dashboard.pareto import pareto_front
+
+    _need(points, "points", (quality, cost, name))
+    p = points
+    front = (p["pareto"].to_numpy(dtype=bool) if "pareto" in p.columns
+             else pareto_front(p[quality].to_numpy(), p[cost].to_numpy()))
+    kind = p["kind"].astype(str).to_numpy() if "kind" in p.columns else np.full(len(p), "point")
+    fig = _figure(8.0, 5.5)
+    ax = fig.add_subplot()
+    style = {"arm": ("o", "#969696", "arms"), "policy": ("D", "#2166ac", "policies")}
+    for k in dict.fromkeys(kind):
+        sub = p.loc[kind == k]
+        marker, color, label = style.get(k, ("s", "#7570b3", str(k)))
+        xerr = sub[f"{cost}_se"] if f"{cost}_se" in sub.columns else None
+        yerr = sub[f"{quality}_se"] if f"{quality}_se" in sub.columns else None
+        ax.errorbar(sub[cost], sub[quality], xerr=xerr, yerr=yerr, fmt=marker, color=color, ecolor="#d9d9d9",
+                    markersize=5 if k == "arm" else 8, alpha=0.85, label=label, zorder=2 if k == "arm" else 5)
+    f = p.loc[front].sort_values([cost, quality], ascending=[True, False])
+    ax.plot(f[cost], f[quality], "-", color="#d95f02", linewidth=1.5, zorder=3)
+    ax.scatter(f[cost], f[quality], s=60, color="#d95f02", zorder=4, label="Pareto front")
+    for _, row in p.loc[front | (kind == "policy")].iterrows():
+        ax.annotate(str(row[name]), (row[cost], row[quality]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    ax.set_xlabel(cost_label)
+    ax.set_ylabel(quality_label)
+    ax.set_title(title or f"Quality vs cost: {int(front.sum())} of {len(p)} points on the Pareto front")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def drift_plot(drift: pd.DataFrame, *, top: int | None = 20, psi_moderate: float = 0.1, psi_major: float = 0.2,
+               title: str | None = None) -> Figure:
+    """Horizontal bars of PSI per feature, coloured by severity; ``*`` marks a test flag.
+
+    Parameters
+    ----------
+    drift : DataFrame
+        :func:`~rtopt_lab.dashboard.drift_table`.
+    top : int or None, default 20
+        Show the first ``top`` rows (the table is sorted by severity).
+    psi_moderate, psi_major : float
+        Threshold lines.
+    title : str, optional
+    """
+    _need(drift, "drift", ("feature", "psi", "severity"))
+    d = drift.head(top) if top else drift
+    fig = _figure(8.0, 1.4 + 0.3 * len(d))
+    ax = fig.add_subplot()
+    y = np.arange(len(d))[::-1]
+    colors = [_SEVERITY_COLORS.get(s, "#91bfdb") for s in d["severity"]]
+    ax.barh(y, d["psi"], color=colors)
+    flags = d["test_flag"] if "test_flag" in d.columns else pd.Series(False, index=d.index)
+    labels = [f"{f} *" if fl else str(f) for f, fl in zip(d["feature"], flags, strict=True)]
+    ax.set_yticks(y, labels)
+    ax.axvline(psi_moderate, color=_SEVERITY_COLORS["moderate"], linestyle="--", linewidth=1,
+               label=f"moderate (PSI ≥ {psi_moderate:g})")
+    ax.axvline(psi_major, color=_SEVERITY_COLORS["major"], linestyle="--", linewidth=1,
+               label=f"major (PSI ≥ {psi_major:g})")
+    ax.set_xlabel("population stability index (dimensionless)")
+    ax.set_ylabel("feature (* = two-sample test significant)")
+    n_flag = int(d.get("flagged", pd.Series(False, index=d.index)).sum())
+    ax.set_title(title or f"Drift, reference vs current window ({n_flag} flagged)")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def attribution_plot(attribution: Any, *, top: int | None = 15, label: str | None = None,
+                     title: str | None = None) -> Figure:
+    """Bars of the contributions to the improvement (green helps, red hurts).
+
+    Parameters
+    ----------
+    attribution : Attribution or DataFrame
+        :func:`~rtopt_lab.dashboard.arm_attribution` or
+        :func:`~rtopt_lab.dashboard.feature_attribution` (or its ``table``).
+    top : int or None, default 15
+        Largest contributions shown; the rest are summed into one bar ("other").
+    label : str, optional
+        Column naming the bars; default ``arm`` (prefixed by ``group`` when present) or
+        ``group``.
+    title : str, optional
+    """
+    table = getattr(attribution, "table", attribution)
+    _need(table, "attribution", ("contribution",))
+    if label is None:
+        label = "arm" if "arm" in table.columns else "group"
+    names = table[label].astype(str)
+    if label == "arm" and "group" in table.columns:
+        names = table["group"].astype(str) + " · " + names
+    vals = table["contribution"].to_numpy(dtype=float)
+    order = np.argsort(-np.abs(vals), kind="stable")
+    names, vals = names.to_numpy()[order], vals[order]
+    if top and len(vals) > top:
+        names = np.append(names[:top], f"other ({len(vals) - top})")
+        vals = np.append(vals[:top], vals[top:].sum())
+    fig = _figure(8.0, 1.4 + 0.3 * len(vals))
+    ax = fig.add_subplot()
+    y = np.arange(len(vals))[::-1]
+    ax.barh(y, vals, color=np.where(vals >= 0, "#1a9850", "#d73027"))
+    ax.set_yticks(y, names)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("contribution to the value difference (reward units per decision)")
+    ax.set_ylabel(label)
+    total = getattr(attribution, "total", float(table["contribution"].sum()))
+    kind = getattr(attribution, "kind", label)
+    ax.set_title(title or f"Attribution by {kind}: total difference {total:+.4f}")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def timeline_plot(timeline: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Rollout phase over time (a step plot per policy version), rollbacks marked.
+
+    Parameters
+    ----------
+    timeline : DataFrame
+        :func:`~rtopt_lab.dashboard.provenance_timeline` or
+        :func:`~rtopt_lab.dashboard.state_timeline`.
+    title : str, optional
+    """
+    _need(timeline, "timeline", ("time", "policy_version", "phase_rank", "from_phase", "event"))
+    fig = _figure(9.0, 4.0)
+    ax = fig.add_subplot()
+    rank = {p: i for i, p in enumerate(_PHASES)}
+    for version, t in timeline.groupby("policy_version", sort=False):
+        t = t.loc[t["phase_rank"].notna()]
+        if len(t) == 0:
+            continue
+        times = list(t["time"])
+        ranks = [float(r) for r in t["phase_rank"]]
+        first_from = t["from_phase"].iloc[0]
+        if isinstance(first_from, str) and first_from in rank:   # phase before the first event
+            times.insert(0, times[0])
+            ranks.insert(0, float(rank[first_from]))
+        times.append(max(timeline["time"].max(), times[-1]))
+        ranks.append(ranks[-1])
+        ax.step(times, ranks, where="post", linewidth=2, label=str(version))
+        rb = t.loc[t["event"] == "rollback"]
+        if len(rb):
+            ax.scatter(rb["time"], rb["phase_rank"].astype(float), marker="X", s=90, color="#d73027", zorder=5,
+                       label=f"rollback ({version})")
+        pr = t.loc[t["event"] == "promote"]
+        if len(pr):
+            ax.scatter(pr["time"], pr["phase_rank"].astype(float), marker="^", s=50, color="#1a9850", zorder=5)
+    ax.set_yticks(range(len(_PHASES)), [f"{p} ({s})" for p, s in zip(_PHASES, ("0 %", "5 %", "25 %", "100 %"),
+                                                                      strict=True)])
+    ax.set_ylim(-0.5, len(_PHASES) - 0.5)
+    ax.set_xlabel("time (UTC)")
+    ax.set_ylabel("rollout phase (traffic share)")
+    n_rb = int((timeline["event"] == "rollback").sum())
+    ax.set_title(title or f"Rollout timeline ({n_rb} rollback{'s' if n_rb != 1 else ''})")
+    ax.legend(loc="upper left", fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    return fig
+
+
+_UNITS = {"reward": "reward units", "quality": "0–1", "latency": "ms", "tokens": "tokens"}
+
+
+def _unit(col: str) -> str:
+    for key, unit in _UNITS.items():
+        if col.startswith(key):
+            return unit
+    return "value"
+
+
+def trend_plot(trends: pd.DataFrame, *, metrics: Sequence[str] | None = None, title: str | None = None) -> Figure:
+    """Performance over time: one panel per metric, one line per series (policy version).
+
+    Parameters
+    ----------
+    trends : DataFrame
+        :func:`~rtopt_lab.dashboard.performance_trends`.
+    metrics : sequence of str, optional
+        Columns to plot; default every ``*_mean`` column and the latency quantile. A
+        ``<m>_se`` column beside ``<m>_mean`` draws a ±1.96 se band.
+    title : str, optional
+    """
+    _need(trends, "trends", ("series", "window_start", "window_end"))
+    if metrics is None:
+        metrics = [c for c in trends.columns if c.endswith("_mean") or (c.startswith("latency_p") and c.endswith("_ms"))]
+    missing = [m for m in metrics if m not in trends.columns]
+    if missing or not metrics:
+        raise ValueError(f"`metrics` must name columns of `trends`; missing {missing}")
+    fig = _figure(9.0, 2.4 * len(metrics) + 0.6)
+    axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, m in zip(axes, metrics, strict=True):
+        se = m[: -len("_mean")] + "_se" if m.endswith("_mean") else None
+        for s, t in trends.groupby("series", sort=True):
+            mid = t["window_start"] + (t["window_end"] - t["window_start"]) / 2
+            line = ax.plot(mid, t[m], marker="o", markersize=3, label=str(s))[0]
+            if se and se in t.columns:
+                ax.fill_between(mid, t[m] - 1.96 * t[se], t[m] + 1.96 * t[se], color=line.get_color(), alpha=0.15)
+        ax.set_ylabel(f"{m} ({_unit(m)})")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="best", fontsize="small")
+    axes[-1].set_xlabel("window midpoint (UTC)")
+    fig.suptitle(title or "Performance trends per policy version (bands: 95 % normal intervals)")
+    fig.autofmt_xdate()
+    return fig
