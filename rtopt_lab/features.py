@@ -139,6 +139,11 @@ class FeatureSpec:
         o = self._o_task
         return np.asarray(X)[:, o:o + len(self.task_types) + 1].argmax(axis=1)
 
+    def risk_tiers(self, X: np.ndarray) -> np.ndarray:
+        """Risk tier (1, 2 or 3) of every row of context vectors X."""
+        o = self._o_risk
+        return np.asarray(X)[:, o:o + 3].argmax(axis=1) + 1
+
     def task_index(self, task_type: str) -> int:
         """Position of ``task_type`` in ``task_types``, or ``len(task_types)`` for others."""
         try:

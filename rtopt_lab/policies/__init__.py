@@ -6,6 +6,7 @@ reproducibly, and logs the exact probability of what it chose (see :mod:`.base`)
 
 from rtopt_lab.policies.base import BasePolicy, Policy, load_policy
 from rtopt_lab.policies.baselines import EpsilonGreedy, FixedPolicy, Softmax, UniformRandom
+from rtopt_lab.policies.constrained import Constrained
 from rtopt_lab.policies.learning import fit_from_log, run_online
 from rtopt_lab.policies.linucb import LinUCB
 from rtopt_lab.policies.thompson import ThompsonGaussian
@@ -19,6 +20,7 @@ POLICIES: dict[str, type[BasePolicy]] = {
 __all__ = [
     "POLICIES",
     "BasePolicy",
+    "Constrained",
     "EpsilonGreedy",
     "FixedPolicy",
     "LinUCB",

@@ -12,6 +12,7 @@ from rtopt_lab.tracking.registry import (
     PHASES,
     AliasMove,
     RegisteredVersion,
+    adopt_incumbent,
     evidence_tags,
     load_phase_model,
     load_phase_policy,
@@ -22,8 +23,9 @@ from rtopt_lab.tracking.registry import (
     register_policy,
     rollback,
     status,
+    tag_version,
 )
-from rtopt_lab.tracking.runs import DataFingerprint, log_evaluation
+from rtopt_lab.tracking.runs import DataFingerprint, log_evaluation, log_run, run_table
 from rtopt_lab.tracking.store import (
     default_tracking_uri,
     ensure_experiment,
@@ -31,7 +33,7 @@ from rtopt_lab.tracking.store import (
     tracking_uri,
 )
 
-__all__ = ["MODEL_NAME", "PHASES", "AliasMove", "DataFingerprint", "RegisteredVersion", "default_tracking_uri",
-           "ensure_experiment", "evidence_tags", "load_phase_model", "load_phase_policy", "log_evaluation",
-           "phase_of", "promote", "promotion_refusals", "provenance_head", "provenance_path", "register_policy", "rollback",
-           "status", "tracking_uri"]
+__all__ = ["MODEL_NAME", "PHASES", "AliasMove", "DataFingerprint", "RegisteredVersion", "adopt_incumbent", "default_tracking_uri",
+           "ensure_experiment", "evidence_tags", "load_phase_model", "load_phase_policy", "log_evaluation", "log_run",
+           "phase_of", "promote", "promotion_refusals", "provenance_head", "provenance_path", "register_policy", "rollback", "run_table",
+           "status", "tag_version", "tracking_uri"]

@@ -56,7 +56,7 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.policy = load_policy(context.artifacts["policy"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if self.policy is None:
             raise RuntimeError("PolicyModel.predict before load_context: load it with mlflow.pyfunc.load_model")
         return select_frame(self.policy, pd.DataFrame(model_input))

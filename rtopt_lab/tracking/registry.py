@@ -56,6 +56,7 @@ __all__ = [
     "PHASES",
     "AliasMove",
     "RegisteredVersion",
+    "adopt_incumbent",
     "evidence_tags",
     "load_phase_model",
     "load_phase_policy",
@@ -66,6 +67,7 @@ __all__ = [
     "register_policy",
     "rollback",
     "status",
+    "tag_version",
 ]
 
 MODEL_NAME = "rtopt-policy"
@@ -233,6 +235,56 @@ def register_policy(policy: BasePolicy, *, experiment_id: str, model: str = MODE
         promote(model, version, "shadow", uri=uri, actor=actor, reason="entered shadow at registration",
                 provenance=log)
     return RegisteredVersion(model, version, run_id, info.model_uri, phase_of(model, version, uri=uri))
+
+
+def tag_version(model: str, version: str | int, *, uri: str | None = None,
+                evaluation: pd.DataFrame | None = None, candidate: str | None = None,
+                gate_verdicts: Mapping[str, GateVerdict | Mapping[str, Any]] | None = None,
+                tags: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Record new evidence on a version (:func:`evidence_tags` of what is given, then ``tags``).
+
+    Gate tags are written only when ``gate_verdicts`` is given, so a later evaluation
+    does not erase the gates' verdict; returns the tags written.
+    """
+    client, _ = _client(uri)
+    _version(client, model, version)
+    new = evidence_tags(evaluation=evaluation, candidate=candidate, gate_verdicts=gate_verdicts)
+    if gate_verdicts is None:
+        new = {k: v for k, v in new.items() if not k.startswith("gate")}
+    new.update({str(k): _tag(v) for k, v in (tags or {}).items()})
+    for k, v in new.items():
+        client.set_model_version_tag(model, str(version), k, v)
+    return new
+
+
+def adopt_incumbent(policy: BasePolicy, *, experiment_id: str, model: str = MODEL_NAME, uri: str | None = None,
+                    actor: str | None = None, reason: str = "the policy already in production",
+                    provenance: ProvenanceLog | str | Path | None = None) -> RegisteredVersion:
+    """Register the policy that already serves everyone and give it the ``general`` alias.
+
+    The one way into ``general`` without walking the phases: it only works while no
+    version holds ``general`` (a registry's first day), and it is a provenance record
+    of its own, so rolling a later version back out of ``general`` restores this one.
+    """
+    client, uri = _client(uri)
+    try:
+        holder = _holder(client, model, Phase.GENERAL.value)
+    except MlflowException:
+        holder = None
+    if holder is not None:
+        raise PermissionError(f"{model} version {holder} is already general: promote a new version through "
+                              "the phases instead")
+    log = _provenance(provenance, uri)
+    rv = register_policy(policy, experiment_id=experiment_id, model=model, uri=uri, actor=actor,
+                         reason=f"adopted as the incumbent: {reason}", provenance=log,
+                         tags={"gates.status": "pass", "incumbent.adopted": "true"})
+    record = log.append(actor=actor or getpass.getuser(), action="promote", policy_version=f"{model}/{rv.version}",
+                        reason=f"adopted as general: {reason}",
+                        evidence={"model": model, "version": rv.version, "from": None, "to": Phase.GENERAL.value,
+                                  "displaced": None, "adopted": True})
+    client.set_registered_model_alias(model, Phase.GENERAL.value, rv.version)
+    _anchor(client, model, rv.version, record.hash)
+    return RegisteredVersion(model, rv.version, rv.run_id, rv.model_uri, Phase.GENERAL.value)
 
 
 def _anchor(client: MlflowClient, model: str, version: str, head: str) -> None:

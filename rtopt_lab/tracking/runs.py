@@ -16,7 +16,7 @@ import pandas as pd
 
 from rtopt_lab.tracking.store import tracking_uri
 
-__all__ = ["DataFingerprint", "log_evaluation"]
+__all__ = ["DataFingerprint", "log_evaluation", "log_run", "run_table"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,15 +43,16 @@ def log_evaluation(results: pd.DataFrame, *, experiment_id: str, params: Mapping
                    uri: str | None = None, run_name: str | None = None,
                    figures: Mapping[str, Any] | None = None,
                    artifacts: Sequence[str | os.PathLike[str]] = (),
-                   tags: Mapping[str, str] | None = None) -> str:
+                   tags: Mapping[str, str] | None = None,
+                   tables: Mapping[str, pd.DataFrame] | None = None) -> str:
     """One MLflow run for one evaluation; returns the run id.
 
     Params: ``params`` (policy configuration, estimator settings) and the data fingerprint.
     Metrics: every estimate with ci_low and ci_high, the differences against the baseline
     and the ESS, named ``<candidate>.<estimator>.<column>``; gate statuses as 1 (pass) or 0.
     Artifacts: ``results.csv``, ``gate_verdicts.json``, each of ``figures`` (matplotlib
-    figures by file stem) as ``plots/<name>.png``, and any ``artifacts`` files (an HTML
-    report, an executed notebook) as they are.
+    figures by file stem) as ``plots/<name>.png``, ``tables`` as ``<name>.csv``, and any
+    ``artifacts`` files (an HTML report, an executed notebook) as they are.
     """
     uri = uri or tracking_uri()
     mlflow.set_tracking_uri(uri)
@@ -70,6 +71,8 @@ def log_evaluation(results: pd.DataFrame, *, experiment_id: str, params: Mapping
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as d:
             results.to_csv(Path(d) / "results.csv", index=False)
+            for name, table in (tables or {}).items():
+                table.to_csv(Path(d) / f"{name}.csv", index=False)
             Path(d, "gate_verdicts.json").write_text(json.dumps(
                 {g: (v.to_dict() if hasattr(v, "to_dict") else v) for g, v in (gate_verdicts or {}).items()},
                 indent=2, default=str))
@@ -80,3 +83,41 @@ def log_evaluation(results: pd.DataFrame, *, experiment_id: str, params: Mapping
         for f in artifacts:
             mlflow.log_artifact(os.fspath(f))
         return run.info.run_id
+
+
+def log_run(*, experiment_id: str, params: Mapping[str, Any] | None = None,
+            metrics: Mapping[str, float] | None = None, figures: Mapping[str, Any] | None = None,
+            tables: Mapping[str, pd.DataFrame] | None = None, artifacts: Sequence[str | os.PathLike[str]] = (),
+            tags: Mapping[str, str] | None = None, uri: str | None = None, run_name: str | None = None) -> str:
+    """One MLflow run for any workbench step (simulation, gates, dashboard); returns its id.
+
+    ``tables`` are logged as ``<name>.csv``, ``figures`` as ``plots/<name>.png``; NaN
+    metrics are left out (MLflow stores them, but they break comparisons in the UI).
+    """
+    uri = uri or tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {})) as run:
+        if params:
+            mlflow.log_params({k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                               for k, v in params.items()})
+        clean = {k: float(v) for k, v in (metrics or {}).items() if v is not None and pd.notna(v)}
+        if clean:
+            mlflow.log_metrics(clean)
+        with tempfile.TemporaryDirectory() as d:
+            for name, table in (tables or {}).items():
+                table.to_csv(Path(d) / f"{name}.csv", index=False)
+            for stem, fig in (figures or {}).items():
+                (Path(d) / "plots").mkdir(exist_ok=True)
+                fig.savefig(Path(d) / "plots" / f"{stem}.png", dpi=110, bbox_inches="tight")
+            if any(Path(d).iterdir()):
+                mlflow.log_artifacts(d)
+        for f in artifacts:
+            mlflow.log_artifact(os.fspath(f))
+        return run.info.run_id
+
+
+def run_table(run_id: str, name: str, *, uri: str | None = None) -> pd.DataFrame:
+    """A CSV table logged with a run (``results``, ``summary``, ...), read back."""
+    uri = uri or tracking_uri()
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{name}.csv", tracking_uri=uri)
+    return pd.read_csv(local)

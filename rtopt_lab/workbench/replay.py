@@ -1,0 +1,300 @@
+"""Fit candidates on a training window, replay them on the held-out window, gate them.
+
+The computation behind the ``replay_compare`` notebook (which only calls it, logs and
+plots): split a decision log in time; fit each candidate's reward model on the earlier
+window (:func:`~rtopt_lab.policies.fit_from_log`); evaluate every candidate *as it would
+serve* (:class:`~rtopt_lab.policies.constrained.Constrained`: trust region around the
+incumbent and the tier rules) on the later window with every estimator, paired bootstrap
+intervals and a one-sided Holm comparison against the incumbent; estimate quality and
+tokens per call the same way; run the gates; name the best candidate whose gates pass.
+
+Why the time split: a policy fitted and evaluated on the same rows looks better than it
+is (its q̂ has seen the rewards); the held-out later window is also what the next
+deployment faces.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rtopt_lab.arms import ArmCatalog
+from rtopt_lab.dashboard.pareto import outcome_log
+from rtopt_lab.features import context_fingerprint_frame, featurize_frame
+from rtopt_lab.gates import (
+    Compliance,
+    CostEfficiency,
+    EvidenceGate,
+    GateVerdict,
+    QualityFloor,
+    TrustRegion,
+    combine,
+)
+from rtopt_lab.ope import ESTIMATORS, evaluate
+from rtopt_lab.ope.diagnostics import Diagnostics
+from rtopt_lab.ope.estimators import Estimate
+from rtopt_lab.policies import (
+    EpsilonGreedy,
+    FixedPolicy,
+    LinUCB,
+    Softmax,
+    ThompsonGaussian,
+    fit_from_log,
+)
+from rtopt_lab.policies.base import BasePolicy
+from rtopt_lab.policies.constrained import Constrained
+
+__all__ = ["CANDIDATE_KINDS", "ReplayConfig", "ReplayResult", "estimate_from_row", "make_candidate",
+           "replay_compare", "split_log"]
+
+INCUMBENT = "production"
+
+
+def _linucb(cat: ArmCatalog, seed: int) -> BasePolicy:
+    return LinUCB(cat, seed=seed)
+
+
+def _linucb_disjoint(cat: ArmCatalog, seed: int) -> BasePolicy:
+    return LinUCB(cat, mode="disjoint", seed=seed)
+
+
+def _thompson(cat: ArmCatalog, seed: int) -> BasePolicy:
+    return ThompsonGaussian(cat, seed=seed)
+
+
+def _greedy(cat: ArmCatalog, seed: int) -> BasePolicy:
+    return EpsilonGreedy(cat, seed=seed)
+
+
+def _softmax(cat: ArmCatalog, seed: int) -> BasePolicy:
+    return Softmax(cat, seed=seed)
+
+
+#: Candidate kinds a replay can fit, by name.
+CANDIDATE_KINDS = {"linucb": _linucb, "linucb_disjoint": _linucb_disjoint, "thompson": _thompson,
+                   "epsilon_greedy": _greedy, "softmax": _softmax}
+
+
+def make_candidate(kind: str, catalog: ArmCatalog, seed: int = 0) -> BasePolicy:
+    """An unfitted candidate of ``kind`` (a key of :data:`CANDIDATE_KINDS`)."""
+    if kind not in CANDIDATE_KINDS:
+        raise ValueError(f"unknown candidate {kind!r}; choose from {sorted(CANDIDATE_KINDS)}")
+    return CANDIDATE_KINDS[kind](catalog, seed)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplayConfig:
+    """What a replay fits, how it evaluates, and which gates it runs.
+
+    Parameters
+    ----------
+    candidates : tuple of str
+        Keys of :data:`CANDIDATE_KINDS`.
+    estimators : tuple of str
+        Keys of :data:`rtopt_lab.ope.ESTIMATORS` (default: all six).
+    train_fraction : float in (0, 1)
+        Share of the log, in time order, used for fitting.
+    ci, n_boot : interval method and bootstrap replicates (see :func:`~rtopt_lab.ope.evaluate`).
+    alpha : float
+        One-sided level of the comparison with the incumbent (Holm-adjusted).
+    seed : int
+    constrained : bool
+        Evaluate candidates as they serve (trust region and tier masks); False judges
+        the unconstrained policy, which the trust-region gate will then usually fail.
+    gate_contexts : int
+        Held-out contexts the distribution gates look at.
+    quality_relative, cost_max_ratio, min_rows, min_ess : gate thresholds.
+    """
+
+    candidates: tuple[str, ...] = ("linucb", "thompson")
+    estimators: tuple[str, ...] = tuple(ESTIMATORS)
+    train_fraction: float = 0.5
+    ci: str = "normal"
+    n_boot: int = 1000
+    alpha: float = 0.05
+    seed: int = 0
+    constrained: bool = True
+    gate_contexts: int = 20_000
+    quality_relative: float = 0.95
+    cost_max_ratio: float = 1.05
+    min_rows: int = 1000
+    min_ess: float = 200.0
+
+    def __post_init__(self) -> None:
+        for k in self.candidates:
+            make_candidate(k, ArmCatalog.from_grid())  # raises naming the unknown kind
+        if not self.candidates:
+            raise ValueError("`candidates` must name at least one candidate")
+        unknown = sorted(set(self.estimators) - set(ESTIMATORS))
+        if unknown or not self.estimators:
+            raise ValueError(f"`estimators` has unknown {unknown}; choose from {sorted(ESTIMATORS)}")
+        if not 0 < self.train_fraction < 1:
+            raise ValueError(f"`train_fraction` must be in (0, 1); got {self.train_fraction!r}")
+        if not 0 < self.alpha < 0.5:
+            raise ValueError(f"`alpha` must be in (0, 0.5); got {self.alpha!r}")
+
+    @classmethod
+    def from_strings(cls, *, candidates: str, estimators: str, **kw: Any) -> ReplayConfig:
+        """From comma-separated names (notebook parameters are scalars)."""
+        def split(s: str) -> tuple[str, ...]:
+            return tuple(x.strip() for x in str(s).split(",") if x.strip())
+
+        return cls(candidates=split(candidates), estimators=split(estimators), **kw)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """Everything a replay found; ``summary`` is the table a person reads first."""
+
+    config: ReplayConfig
+    results: pd.DataFrame
+    quality: pd.DataFrame
+    tokens: pd.DataFrame
+    gates: dict[str, GateVerdict]
+    gate_details: dict[str, dict[str, GateVerdict]]
+    policies: dict[str, BasePolicy]
+    summary: pd.DataFrame
+    best: str | None
+    train_rows: int
+    eval_rows: int
+    incumbent: BasePolicy = field(repr=False, default=None)  # type: ignore[assignment]
+
+    def serving(self, name: str) -> Constrained | BasePolicy:
+        """The candidate as it was evaluated (with its serving masks when constrained)."""
+        return self.policies[name] if not self.config.constrained else _constrained(self.policies[name],
+                                                                                    self.incumbent)
+
+
+def split_log(log: pd.DataFrame, train_fraction: float = 0.5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training window, held-out window): the earlier ``train_fraction`` by timestamp."""
+    if not isinstance(log, pd.DataFrame):
+        raise TypeError(f"`log` must be a DataFrame; got {type(log).__name__}")
+    if not 0 < train_fraction < 1:
+        raise ValueError(f"`train_fraction` must be in (0, 1); got {train_fraction!r}")
+    ordered = log.sort_values("timestamp", kind="stable") if "timestamp" in log.columns else log
+    cut = round(len(ordered) * train_fraction)
+    if cut < 1 or cut >= len(ordered):
+        raise ValueError(f"a log of {len(log)} rows cannot be split at {train_fraction}: a window would be empty")
+    return ordered.iloc[:cut].reset_index(drop=True), ordered.iloc[cut:].reset_index(drop=True)
+
+
+def estimate_from_row(row: Mapping[str, Any]) -> Estimate:
+    """An :class:`Estimate` from one row of an evaluation table (for the gates)."""
+    flags = row.get("flags") or ""
+    return Estimate(estimator=str(row["estimator"]), value=float(row["value"]), ci_low=float(row["ci_low"]),
+                    ci_high=float(row["ci_high"]), confidence_level=float(row["confidence_level"]),
+                    n=int(row["n"]), se=float(row["se"]), method=str(row["method"]),
+                    diagnostics=Diagnostics(ess=float(row["ess"]), max_weight=float(row["max_weight"]),
+                                            mean_weight=float(row["mean_weight"]),
+                                            clipped_share=float(row["clipped_share"]),
+                                            flags=tuple(f for f in str(flags).split(",") if f)))
+
+
+def _constrained(policy: BasePolicy, incumbent: BasePolicy, compliance: Compliance | None = None,
+                 trust_region: TrustRegion | None = None) -> Constrained:
+    compliance, trust_region = compliance or Compliance(), trust_region or TrustRegion()
+    return Constrained(policy, incumbent, max_dtemp=trust_region.max_dtemp, max_dtokens=trust_region.max_dtokens,
+                       tier_masks=compliance.allowed_mask(policy.catalog, np.arange(4)))
+
+
+def _row(table: pd.DataFrame, candidate: str, estimator: str) -> pd.Series:
+    return table[(table["candidate"] == candidate) & (table["estimator"] == estimator)].iloc[0]
+
+
+def replay_compare(log: pd.DataFrame, config: ReplayConfig | None = None, *, catalog: ArmCatalog | None = None,
+                   incumbent: BasePolicy | None = None, compliance: Compliance | None = None,
+                   trust_region: TrustRegion | None = None, progress: bool = False) -> ReplayResult:
+    """Fit, replay, compare and gate the configured candidates on ``log``.
+
+    Parameters
+    ----------
+    log : pandas.DataFrame
+        A decision log (``rtopt_lab.logstore`` schema) with ``timestamp``, ``quality``
+        and token columns.
+    config : ReplayConfig, optional
+    catalog : ArmCatalog, optional
+        Default: the grid of 48 arms.
+    incumbent : BasePolicy, optional
+        The production policy (baseline of the comparison and the trust region's centre);
+        default :class:`FixedPolicy` (each task type's baseline arm).
+    compliance, trust_region : gates, optional
+    progress : bool
+        Progress bars of the evaluation passes.
+
+    Returns
+    -------
+    ReplayResult
+        ``summary`` has one row per candidate (and the incumbent): the DR estimate (else
+        the first estimator), its interval, the improvement, its one-sided lower bound,
+        the verdict, quality and tokens per call, and the combined gate status.
+    """
+    cfg = config or ReplayConfig()
+    catalog = catalog or ArmCatalog.from_grid()
+    incumbent = incumbent or FixedPolicy(catalog)
+    compliance, trust_region = compliance or Compliance(), trust_region or TrustRegion()
+    train, held = split_log(log, cfg.train_fraction)
+    policies = {k: fit_from_log(make_candidate(k, catalog, cfg.seed), train) for k in cfg.candidates}
+    served: dict[str, Any] = {k: (_constrained(p, incumbent, compliance, trust_region) if cfg.constrained else p)
+                              for k, p in policies.items()}
+    cands = {INCUMBENT: incumbent, **served}
+    common = {"baseline": INCUMBENT, "catalog": catalog, "alpha": cfg.alpha, "ci": cfg.ci, "n_boot": cfg.n_boot,
+              "progress": progress}
+    results = evaluate(held, cands, estimators=cfg.estimators, **common)
+    quality = evaluate(outcome_log(held, "quality"), cands, estimators=("dr",), **common)
+    tokens = evaluate(outcome_log(held, "total_tokens"), cands, estimators=("dr",), **common)
+
+    sample = held.iloc[np.linspace(0, len(held) - 1, min(cfg.gate_contexts, len(held))).astype(int)]
+    X = featurize_frame(sample, incumbent.spec)
+    inc_arms = incumbent.action_dist(X).argmax(axis=1)
+    tiers = sample["risk_tier"].to_numpy().astype(np.int64)
+    fps = context_fingerprint_frame(sample)
+    main_est = "dr" if "dr" in cfg.estimators else cfg.estimators[0]
+    base_q, base_t = _row(quality, INCUMBENT, "dr"), _row(tokens, INCUMBENT, "dr")
+    gate_details, gates = {}, {}
+    for name, pol in served.items():
+        keys = pol.request_keys(fps, sample["request_id"].astype(str).tolist()) if pol.randomized else None
+        dist = pol.action_dist(X, keys=keys)
+        q, t = _row(quality, name, "dr"), _row(tokens, name, "dr")
+        details = {
+            "evidence": EvidenceGate(min_rows=cfg.min_rows, min_ess=cfg.min_ess)(
+                estimate_from_row(_row(results, name, main_est))),
+            "trust_region": trust_region(catalog, dist, inc_arms),
+            "compliance": compliance(catalog, dist, tiers, approved=True),
+            "quality_floor": QualityFloor(relative=cfg.quality_relative, min_ess=cfg.min_ess)(
+                estimate_from_row(q), float(base_q["value"])),
+            "cost_efficiency": CostEfficiency(max_ratio=cfg.cost_max_ratio)(
+                float(t["value"]), float(q["value"]), float(base_t["value"]), float(base_q["value"])),
+        }
+        gate_details[name] = details
+        gates[name] = combine(*details.values(), gate=name)
+    versions = {INCUMBENT: incumbent.version, **{k: p.version for k, p in policies.items()}}
+    summary = _summary(results, quality, tokens, gates, main_est).assign(
+        policy_version=lambda t: t["candidate"].map(versions))
+    ok = summary[(summary["gates"] == "pass") & (summary["verdict"] == "improved")]
+    best = None if ok.empty else str(ok.sort_values("lower_bound", ascending=False).iloc[0]["candidate"])
+    return ReplayResult(cfg, results, quality, tokens, gates, gate_details, policies, summary, best,
+                        len(train), len(held), incumbent)
+
+
+def _summary(results: pd.DataFrame, quality: pd.DataFrame, tokens: pd.DataFrame,
+             gates: Mapping[str, GateVerdict], estimator: str) -> pd.DataFrame:
+    rows = []
+    for name in results["candidate"].unique():
+        r = _row(results, name, estimator)
+        rows.append({"candidate": name, "estimator": estimator, "estimate": r["value"], "ci_low": r["ci_low"],
+                     "ci_high": r["ci_high"], "diff": r.get("diff", math.nan),
+                     "lower_bound": r.get("lower_bound", math.nan),
+                     "verdict": r.get("verdict") if isinstance(r.get("verdict"), str) else "baseline",
+                     "quality": _row(quality, name, "dr")["value"], "tokens": _row(tokens, name, "dr")["value"],
+                     "gates": gates[name].status if name in gates else "incumbent"})
+    return pd.DataFrame(rows)
+
+
+def candidate_names(result: ReplayResult) -> Sequence[str]:
+    """The fitted candidates, in configuration order."""
+    return list(result.policies)
