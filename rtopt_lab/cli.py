@@ -11,6 +11,7 @@
     rtopt status
     rtopt ui
     rtopt serve --phase general
+    rtopt run experiments/ --jobs 2
     rtopt demo
 
 Every subcommand has ``--help``. Exit status: 0 on success, 1 when a check finds a problem
@@ -150,18 +151,23 @@ def _build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--report", type=Path, default=None, help="also write the report as JSON here")
     cc.set_defaults(func=_cmd_check_canary)
 
-    d = sub.add_parser("demo", help="the main job: simulate, validate and summarise a log",
-                       description="Simulate a decision log under the epsilon-greedy production "
-                                   "policy into data/demo-log, validate it and print its summary "
-                                   "with the simulator's exact policy values.")
-    d.add_argument("--n", type=_positive_int, default=200_000, help="decisions (default: %(default)s)")
-    d.add_argument("--seed", type=int, default=20261125, help="random seed (default: %(default)s)")
-    d.add_argument("--out", type=Path, default=Path("data/demo-log"), help="log directory (default: %(default)s)")
+    d = sub.add_parser("demo", help="the main job: the whole workbench once, end to end",
+                       description="Adopt the production policy as `general` (first run), then run every "
+                                   "experiment in experiments/ stage by stage: simulate a decision log, "
+                                   "replay candidates against production (the best passing one enters "
+                                   "shadow), the offline suite and promotion to canary, the dashboard. "
+                                   "Prints every candidate's estimate, interval, verdict and phase, and "
+                                   "what to open next. Exit status 1 if any experiment failed.")
+    d.add_argument("--experiments", type=Path, default=Path("experiments"),
+                   help="experiment folder (default: %(default)s)")
+    d.add_argument("--jobs", type=_positive_int, default=2, help="parallel runs within a stage (default: %(default)s)")
+    d.add_argument("--quick", action="store_true", help="a smaller log (60,000 decisions) for a smoke run")
     d.set_defaults(func=_cmd_demo)
 
-    from rtopt_lab._cli_registry import add_parsers
+    from rtopt_lab import _cli_registry, _cli_run
 
-    add_parsers(sub)
+    _cli_run.add_parsers(sub)
+    _cli_registry.add_parsers(sub)
     return p
 
 
@@ -251,35 +257,17 @@ def _cmd_check_canary(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import shutil
-    import time
+    from rtopt_lab.workbench.demo import run_demo
 
-    from rtopt_lab.logstore import LogStore, validate_path, write_log
-    from rtopt_lab.simulate import LLMTaskSimulator
-    from rtopt_lab.summary import ground_truth_table, summarize_log
-
-    t0 = time.perf_counter()
-    sim = LLMTaskSimulator()
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    print(f"1/3 simulating {args.n:,} decisions under the epsilon-greedy production policy -> {args.out}")
-    write_log(sim.iter_log(args.n, logging_policy="epsilon", seed=args.seed), args.out,
-              total_rows=args.n, progress=True, known_arms=sim.catalog.arm_ids)
-    print("2/3 validating")
-    rep = validate_path(args.out, known_arms=sim.catalog.arm_ids)
-    print(f"    {rep.rows:,} rows, {rep.valid_rows:,} valid, {rep.quarantined_rows:,} quarantined")
-    print("3/3 summarising\n")
-    table = LogStore(args.out).read().table
-    print(summarize_log(table).to_string())
-    print("\nExact policy values on these contexts (simulator ground truth, reward units):")
-    print(ground_truth_table(sim, table).to_string())
-    print(f"\ndone in {time.perf_counter() - t0:.1f} s. Next: `rtopt log validate {args.out}`, "
-          f"`rtopt simulate --help`.")
-    return 0
+    return run_demo(experiments=args.experiments, jobs=args.jobs, quick=args.quick)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rtopt`` console script."""
+    import os
+
+    # MLflow's per-file download bars drown the command's own output
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     args = _build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -32,14 +32,22 @@ from rtopt_lab.ope import evaluate
 __all__ = ["Attributions", "attributions", "drift_between_windows", "pareto_points"]
 
 
+def _rows(log: pd.DataFrame, max_rows: int) -> pd.DataFrame:
+    """Evenly spaced rows (deterministic), all of them when the log is small enough."""
+    return log if len(log) <= max_rows else log.iloc[np.linspace(0, len(log) - 1, max_rows).astype(int)]
+
+
 def pareto_points(log: pd.DataFrame, policies: Mapping[str, object] | None = None, *,
-                  min_rows: int = 30) -> pd.DataFrame:
+                  min_rows: int = 30, max_rows: int = 50_000) -> pd.DataFrame:
     """Quality against tokens per call for every logged arm and every policy, with the front.
 
-    Arms: self-normalised importance-weighted means (each arm as if played on the whole
-    context mix). Policies: DR estimates of quality and of total tokens on the same log.
+    Arms: self-normalised importance-weighted means over the whole log (each arm as if
+    played on the whole context mix). Policies: DR estimates of quality and of total
+    tokens on at most ``max_rows`` evenly spaced rows (a dashboard needs the picture,
+    not the last digit; the replay notebooks give the full intervals).
     """
     points = arm_points(log, min_rows=min_rows)
+    log = _rows(log, max_rows)
     if policies:
         q = evaluate(outcome_log(log, "quality"), dict(policies), estimators=("dr",), baseline=None,
                      progress=False)
@@ -66,7 +74,7 @@ def attributions(log: pd.DataFrame, candidate, incumbent, *, max_rows: int = 50_
     mix); the direct-method difference :math:`\\frac1n\\sum_i\\sum_a (\\pi_c - \\pi_b)(a|x_i)
     \\hat q(x_i, a)` is then split exactly by arm (and task type) and by feature group.
     """
-    sample = log if len(log) <= max_rows else log.iloc[np.linspace(0, len(log) - 1, max_rows).astype(int)]
+    sample = _rows(log, max_rows)
     spec, catalog = incumbent.spec, incumbent.catalog
     X = featurize_frame(sample, spec)
     actions = catalog.indices(sample["arm_id"].tolist())

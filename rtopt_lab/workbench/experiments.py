@@ -1,0 +1,369 @@
+"""Experiment files: which notebook to run with papermill, and with which parameters.
+
+An experiment is a small YAML file::
+
+    name: replay-compare-small          # optional: defaults to the file's stem
+    notebook: notebooks/replay_compare.ipynb
+    description: LinUCB vs production on 20k simulated decisions
+    timeout_s: 900                      # per cell
+    tags: [ope, nightly]
+    parameters:                         # scalars only
+      n: 20000
+      seed: 7
+
+``notebook`` is a path relative to the YAML file's folder or to the project root (the
+nearest folder above it holding ``pyproject.toml``, else the working directory), or an
+absolute path. Every parameter must be assigned in the notebook's cell tagged
+``parameters``; the runner's own parameters (:data:`RUNNER_PARAMETERS`) are reserved.
+
+Everything is checked when the file is loaded, and every error names the file and the key.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import datetime as dt
+import difflib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["KEYS", "RUNNER_PARAMETERS", "Experiment", "ExperimentError", "discover", "display_path",
+           "load_experiment", "notebook_parameters", "parse_override"]
+
+KEYS = ("name", "notebook", "parameters", "description", "timeout_s", "tags", "stage")
+"""The keys an experiment file may hold."""
+
+RUNNER_PARAMETERS = ("tracking_uri", "experiment_id", "run_id_file")
+"""Parameters the runner injects itself (when the notebook's parameters cell defines them)."""
+
+Scalar = str | int | float | bool | None
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SCALAR_HELP = "a scalar (str, int, float, bool or null): a parameters cell holds scalars only"
+
+
+class ExperimentError(ValueError):
+    """An experiment file (or an override) is invalid.
+
+    Attributes
+    ----------
+    path : pathlib.Path or None
+        The experiment file at fault.
+    key : str or None
+        The key at fault, dotted for parameters (``parameters.n_boot``).
+    """
+
+    def __init__(self, message: str, *, path: Path | None = None, key: str | None = None):
+        super().__init__(message)
+        self.path = path
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    """One validated experiment: a notebook and the parameters it runs with.
+
+    Build one with :func:`load_experiment` or :func:`discover`; change parameters with
+    :meth:`with_parameters`, which validates them again.
+
+    Attributes
+    ----------
+    name : str
+        Names the output notebook (``runs/<name>-<UTC time>.ipynb``) and the MLflow run.
+    notebook : pathlib.Path
+        The notebook, resolved to an absolute path.
+    parameters : dict of str to scalar
+        Values papermill injects after the ``parameters`` cell (do not mutate).
+    description : str or None
+        Free text.
+    timeout_s : int or None
+        Execution timeout per cell, in seconds; ``None`` leaves it to the runner.
+    tags : tuple of str
+        Free labels, recorded on the MLflow run.
+    stage : int
+        Order in a batch: every experiment of a stage finishes before the next stage
+        starts (a replay needs the log a simulation writes); within a stage they run in
+        parallel. Default 0.
+    source : pathlib.Path or None
+        The YAML file it came from.
+    defined : tuple of str
+        The names the notebook's ``parameters`` cell assigns.
+    """
+
+    name: str
+    notebook: Path
+    parameters: dict[str, Scalar] = field(default_factory=dict, hash=False)
+    description: str | None = None
+    timeout_s: int | None = None
+    tags: tuple[str, ...] = ()
+    stage: int = 0
+    source: Path | None = None
+    defined: tuple[str, ...] = ()
+
+    def with_parameters(self, **overrides: Any) -> Experiment:
+        """A copy with ``overrides`` merged into the parameters, validated like the file.
+
+        Raises
+        ------
+        ExperimentError
+            An override is not a scalar, is reserved for the runner, or is not defined in
+            the notebook's parameters cell (with a did-you-mean suggestion).
+        """
+        params = dict(self.parameters)
+        for key, value in overrides.items():
+            params[key] = _check_parameter(key, value, defined=self.defined, notebook=self.notebook,
+                                           where=f"experiment {self.name!r}: override", path=self.source)
+        return dataclasses.replace(self, parameters=params)
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` relative to the working directory when it lies below it, else absolute."""
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def notebook_parameters(notebook: str | os.PathLike[str]) -> tuple[str, ...] | None:
+    """The names assigned in the notebook's cell tagged ``parameters``, in order.
+
+    Returns ``None`` when no cell is tagged ``parameters``. Plain, annotated and tuple
+    assignments count; nothing is executed (the cell is parsed with :mod:`ast`).
+
+    Raises
+    ------
+    ExperimentError
+        The notebook cannot be read, or its parameters cell is not valid Python.
+    """
+    import nbformat
+
+    path = Path(notebook)
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except (OSError, ValueError) as exc:  # nbformat's NotJSONError is a ValueError
+        raise ExperimentError(f"{display_path(path)}: cannot read the notebook: {exc}",
+                              path=path, key="notebook") from exc
+    cell = next((c for c in nb.cells
+                 if c.cell_type == "code" and "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None:
+        return None
+    try:
+        tree = ast.parse(cell.source)
+    except SyntaxError as exc:
+        raise ExperimentError(f"{display_path(path)}: the parameters cell is not valid Python "
+                              f"(line {exc.lineno}: {exc.msg})", path=path, key="notebook") from exc
+    names: list[str] = []
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, ast.AnnAssign) else [])
+        for target in targets:
+            elts = target.elts if isinstance(target, ast.Tuple | ast.List) else [target]
+            names += [e.id for e in elts if isinstance(e, ast.Name) and e.id not in names]
+    return tuple(names)
+
+
+def _as_scalar(value: Any) -> Any:
+    if isinstance(value, dt.date):  # YAML reads 2024-05-01 as a date: keep it as written
+        return value.isoformat()
+    return value
+
+
+def _check_parameter(key: Any, value: Any, *, defined: tuple[str, ...], notebook: Path, where: str,
+                     path: Path | None) -> Scalar:
+    if not isinstance(key, str) or not key.isidentifier():
+        raise ExperimentError(f"{where}: parameters.{key}: a parameter name must be a Python "
+                              f"identifier", path=path, key=f"parameters.{key}")
+    if key in RUNNER_PARAMETERS:
+        raise ExperimentError(f"{where}: parameters.{key}: reserved, the runner sets it (so that "
+                              f"every run shares one MLflow store and experiment)",
+                              path=path, key=f"parameters.{key}")
+    value = _as_scalar(value)
+    if not (value is None or isinstance(value, str | int | float | bool)):
+        raise ExperimentError(f"{where}: parameters.{key}: expected {_SCALAR_HELP}; got "
+                              f"{type(value).__name__} {value!r}", path=path, key=f"parameters.{key}")
+    if key not in defined:
+        have = ", ".join(defined) or "nothing"
+        raise ExperimentError(f"{where}: parameters.{key}: not defined in the parameters cell of "
+                              f"{display_path(notebook)}{_suggest(key, defined)}; it defines: {have}",
+                              path=path, key=f"parameters.{key}")
+    return value
+
+
+def _project_roots(start: Path) -> list[Path]:
+    roots = [d for d in (start, *start.parents) if (d / "pyproject.toml").is_file()][:1]
+    return [*roots, Path.cwd()]
+
+
+def _resolve_notebook(value: Any, path: Path) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise ExperimentError(f"{path}: notebook: expected a path to a .ipynb file; got {value!r}",
+                              path=path, key="notebook")
+    rel = Path(value).expanduser()
+    bases = [Path("/")] if rel.is_absolute() else [path.parent, *_project_roots(path.parent.resolve())]
+    tried = list(dict.fromkeys((b / rel).resolve() for b in bases))
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    raise ExperimentError(f"{path}: notebook: {value!r} not found (looked for "
+                          f"{', '.join(map(str, tried))})", path=path, key="notebook")
+
+
+def _check_keys(data: Mapping[Any, Any], path: Path) -> None:
+    for key in data:
+        if key not in KEYS:
+            raise ExperimentError(f"{path}: unknown key {key!r}{_suggest(str(key), KEYS)}; allowed: "
+                                  f"{', '.join(KEYS)}", path=path, key=str(key))
+    if "notebook" not in data:
+        raise ExperimentError(f"{path}: missing key 'notebook' (the .ipynb file to run)",
+                              path=path, key="notebook")
+
+
+def _check_fields(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ExperimentError(f"{path}: name: expected letters, digits, '.', '_' or '-' (it names "
+                              f"the output file); got {name!r}", path=path, key="name")
+    description = data.get("description")
+    if description is not None and not isinstance(description, str):
+        raise ExperimentError(f"{path}: description: expected text; got {description!r}",
+                              path=path, key="description")
+    timeout = data.get("timeout_s")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
+        raise ExperimentError(f"{path}: timeout_s: expected a whole number of seconds >= 1; got "
+                              f"{timeout!r}", path=path, key="timeout_s")
+    tags = data.get("tags") or []
+    tags = [tags] if isinstance(tags, str) else tags
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ExperimentError(f"{path}: tags: expected a list of strings; got {tags!r}",
+                              path=path, key="tags")
+    stage = data.get("stage", 0)
+    if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
+        raise ExperimentError(f"{path}: stage: expected a whole number >= 0; got {stage!r}",
+                              path=path, key="stage")
+    params = data.get("parameters") or {}
+    if not isinstance(params, Mapping):
+        raise ExperimentError(f"{path}: parameters: expected a mapping of name: scalar; got "
+                              f"{type(params).__name__} {params!r}", path=path, key="parameters")
+    return {"name": name, "description": description, "timeout_s": timeout, "tags": tuple(tags),
+            "stage": stage, "parameters": params}
+
+
+def load_experiment(path: str | os.PathLike[str]) -> Experiment:
+    """Read and validate one experiment file.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``.yaml`` / ``.yml`` file.
+
+    Returns
+    -------
+    Experiment
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ExperimentError
+        The file is not valid YAML or breaks a rule; the message names the file and the key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ExperimentError(f"{path}: not valid YAML: {exc}", path=path) from exc
+    if not isinstance(data, Mapping):
+        raise ExperimentError(f"{path}: expected a mapping with keys {', '.join(KEYS)}; got "
+                              f"{type(data).__name__}", path=path)
+    _check_keys(data, path)
+    fields = _check_fields(data, path)
+    notebook = _resolve_notebook(data["notebook"], path)
+    defined = notebook_parameters(notebook)
+    if defined is None and fields["parameters"]:
+        raise ExperimentError(f"{path}: parameters: {display_path(notebook)} has no cell tagged "
+                              f"'parameters' to override", path=path, key="parameters")
+    defined = defined or ()
+    params = {k: _check_parameter(k, v, defined=defined, notebook=notebook, where=str(path), path=path)
+              for k, v in fields.pop("parameters").items()}
+    return Experiment(notebook=notebook, parameters=params, source=path.resolve(), defined=defined,
+                      **fields)
+
+
+def discover(path: str | os.PathLike[str]) -> list[Experiment]:
+    """Load one experiment file, or every ``*.yaml`` / ``*.yml`` in a folder (sorted by name).
+
+    All files are checked before anything runs; every invalid file is reported at once.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ExperimentError
+        A file is invalid, the folder holds none, or two experiments share a name.
+    """
+    path = Path(path)
+    if path.is_file():
+        return [load_experiment(path)]
+    if not path.is_dir():
+        raise FileNotFoundError(f"no experiment file or folder at {path}")
+    files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")], key=lambda p: p.name)
+    if not files:
+        raise ExperimentError(f"{path}: no *.yaml or *.yml experiment files in this folder", path=path)
+    exps, problems = [], []
+    for f in files:
+        try:
+            exps.append(load_experiment(f))
+        except ExperimentError as exc:
+            problems.append(exc)
+    seen: dict[str, Path | None] = {}
+    for e in exps:
+        if e.name in seen:
+            problems.append(ExperimentError(f"{e.source}: name: {e.name!r} is also the name of "
+                                            f"{seen[e.name]}", path=e.source, key="name"))
+        seen.setdefault(e.name, e.source)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ExperimentError(f"{len(problems)} problems in {path}:\n  " + "\n  ".join(map(str, problems)),
+                              path=path)
+    return exps
+
+
+def parse_override(text: str) -> tuple[str, Scalar]:
+    """Split ``key=value`` and read the value as YAML (``n=2000`` gives the int 2000).
+
+    >>> parse_override("n=2000"), parse_override("label=a b"), parse_override("fast=true")
+    (('n', 2000), ('label', 'a b'), ('fast', True))
+
+    Raises
+    ------
+    ExperimentError
+        No ``=``, an invalid name, or a value that is not a scalar.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise ExperimentError(f"--set: expected key=value with a Python name as key; got {text!r}",
+                              key=key or None)
+    try:
+        value = _as_scalar(yaml.safe_load(raw)) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if not (value is None or isinstance(value, str | int | float | bool)):
+        raise ExperimentError(f"--set {key}: expected {_SCALAR_HELP}; got {type(value).__name__} "
+                              f"{value!r}", key=key)
+    return key, value
