@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 EXTRAS ?= dev
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format bench clean help setup
+.PHONY: demo test lint format bench clean help setup lab
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -31,8 +31,12 @@ $(STAMP): pyproject.toml | $(PY)
 
 setup: $(STAMP)  ## create .venv and install the project (skipped when up to date)
 
-demo: $(STAMP)  ## the main job: simulate a decision log, validate it and print its summary
+demo: $(STAMP)  ## the main job: the whole workbench once (logs, replays, gates, promotion, dashboard)
 	$(PY) -m rtopt_lab.cli demo
+
+lab: $(STAMP)  ## JupyterLab on notebooks/ with the project's kernel, on 127.0.0.1
+	$(PY) -m rtopt_lab.workbench.kernel
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks
 
 test: $(STAMP)  ## the whole test suite, slow tests included
 	$(PY) -m pytest -q $(PYTEST_ARGS)
