@@ -161,7 +161,9 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--experiments", type=Path, default=Path("experiments"),
                    help="experiment folder (default: %(default)s)")
     d.add_argument("--jobs", type=_positive_int, default=2, help="parallel runs within a stage (default: %(default)s)")
-    d.add_argument("--quick", action="store_true", help="a smaller log (60,000 decisions) for a smoke run")
+    d.add_argument("--n", type=_positive_int, default=None,
+                   help="decisions in the simulated log (default: the experiment file's, 200,000); "
+                        "e.g. --n 30000 for a smoke run")
     d.set_defaults(func=_cmd_demo)
 
     from rtopt_lab import _cli_registry, _cli_run
@@ -259,7 +261,7 @@ def _cmd_check_canary(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from rtopt_lab.workbench.demo import run_demo
 
-    return run_demo(experiments=args.experiments, jobs=args.jobs, quick=args.quick)
+    return run_demo(experiments=args.experiments, jobs=args.jobs, n=args.n)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

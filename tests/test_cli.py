@@ -80,9 +80,17 @@ def test_bad_arguments_and_paths_exit_2(tmp_path):
     assert out.returncode == 2 and "has no valid row" in out.stderr
 
 
-def test_demo_runs_end_to_end(tmp_path):
-    out = run("demo", "--n", "20000", "--out", str(tmp_path / "demo"))
-    assert out.returncode == 0, out.stderr
-    for text in ("20,000 rows, 20,000 valid, 0 quarantined", "production", "optimal",
-                 "best in trust region", "min_pscore"):
-        assert text in out.stdout
+@pytest.mark.slow
+def test_demo_runs_the_whole_workbench_end_to_end(tmp_path):
+    """`make demo`'s command outside the checkout: its own store, log, runs and reports."""
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([*RTOPT, "demo", "--n", "30000", "--experiments", str(repo / "experiments")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for text in ("adopted the production policy", "candidates against production", "replay_linucb_thompson",
+                 "production", "linucb", "thompson", "softmax", "general", "make lab", "rtopt ui"):
+        assert text in out.stdout, text
+    assert (tmp_path / "mlflow" / "mlflow.db").exists() and not (tmp_path / "mlflow" / "__init__.py").exists()
+    assert len(list((tmp_path / "runs").glob("*.ipynb"))) == 5
+    assert {p.name for p in (tmp_path / "runs" / "reports").glob("*.html")} == {
+        "replay_linucb_thompson.html", "replay_baselines.html", "rollout_dashboard.html"}

@@ -59,9 +59,14 @@ def candidate_summary(results, *, uri: str, model: str = "rtopt-policy") -> pd.D
     return out[cols]
 
 
-def run_demo(*, experiments: str | os.PathLike[str] = "experiments", jobs: int = 2, quick: bool = False,
+def run_demo(*, experiments: str | os.PathLike[str] = "experiments", jobs: int = 2, n: int | None = None,
              runs_dir: str | os.PathLike[str] = "runs") -> int:
-    """Run the demo; 0 when every experiment succeeded, else 1."""
+    """Run the demo; 0 when every experiment succeeded, else 1.
+
+    ``n`` overrides the size of the simulated log (the experiments whose notebook has
+    an ``n`` parameter); paths in the experiments resolve against the project root, or
+    the working directory outside a checkout.
+    """
     from rtopt_lab import tracking as T
 
     t0 = time.perf_counter()
@@ -77,8 +82,8 @@ def run_demo(*, experiments: str | os.PathLike[str] = "experiments", jobs: int =
                                reason="the hand-picked parameters production runs today")
         print(f"    adopted the production policy as rtopt-policy version {rv.version} (general)")
     exps = discover(experiments)
-    if quick:
-        exps = [e.with_parameters(n=60_000) if "n" in e.parameters else e for e in exps]
+    if n is not None:
+        exps = [e.with_parameters(n=n) if "n" in e.defined else e for e in exps]
     print(f"2/4 running {len(exps)} experiments from {experiments} ({jobs} in parallel within a stage)", flush=True)
     results = run_staged(exps, jobs=jobs, runs_dir=runs_dir, tracking_uri=uri, experiment_id=eid)
     failed = [r for r in results if r.status != "ok"]
