@@ -73,6 +73,18 @@ def _run(name: str, world: dict, **overrides):
 
 def test_every_experiment_file_is_tested():
     assert {e.name for e in discover(EXPERIMENTS)} == TESTED
+    assert {e.name for e in discover(EXPERIMENTS / "spark")} == {"replay_on_spark"}
+
+
+def test_replay_on_spark(world):
+    pytest.importorskip("pyspark")
+    exp = load_experiment(EXPERIMENTS / "spark" / "replay_on_spark.yaml").with_parameters(
+        log=world["log"], report=str(world["root"] / "spark.html"), estimators="ips,dr")
+    res = run_experiment(exp, runs_dir=world["root"] / "runs", tracking_uri=world["uri"],
+                         experiment_id=world["eid"], progress=False)
+    assert res.status == "ok", str(res.error)
+    table = run_table(res.run_id, "candidates", uri=world["uri"])
+    assert list(table["candidate"]) == ["production", "linucb", "thompson"]
 
 
 def test_stages_order_the_batch():

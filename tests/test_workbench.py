@@ -140,3 +140,18 @@ def test_adopt_incumbent_then_tag_and_roll_back_to_it(sim, tmp_path):
     rb = rollback("rtopt-policy", phase="general", uri=uri, provenance=prov, reason="test")
     assert rb.restored == v1.version and phase_of("rtopt-policy", v1.version, uri=uri) == "general"
     assert isinstance(pd.DataFrame(), pd.DataFrame)
+
+
+@pytest.mark.slow
+def test_replay_on_spark_gives_the_local_numbers(sim):
+    pytest.importorskip("pyspark")
+    small = sim.simulate_log(8_000, seed=31, logging_policy="epsilon")
+    cfg = dict(candidates=("linucb", "thompson"), estimators=("ips", "dr", "switch_dr"))
+    local = replay_compare(small, ReplayConfig(**cfg))
+    spark = replay_compare(small, ReplayConfig(**cfg, engine="spark"))
+    for a, b in ((local.results, spark.results), (local.quality, spark.quality), (local.tokens, spark.tokens)):
+        num = a.select_dtypes("number").columns
+        np.testing.assert_allclose(b[num].to_numpy(float), a[num].to_numpy(float), rtol=1e-9, atol=1e-9)
+    assert list(spark.summary["gates"]) == list(local.summary["gates"])
+    with pytest.raises(ValueError, match="engine"):
+        ReplayConfig(engine="dask")

@@ -109,6 +109,9 @@ class ReplayConfig:
     gate_contexts : int
         Held-out contexts the distribution gates look at.
     quality_relative, cost_max_ratio, min_rows, min_ess : gate thresholds.
+    engine : {"local", "spark"}
+        Where the held-out window is evaluated: in this process, or on Spark
+        (:mod:`rtopt_lab.spark`, the active session or ``local[2]``; same numbers).
     """
 
     candidates: tuple[str, ...] = ("linucb", "thompson")
@@ -124,8 +127,11 @@ class ReplayConfig:
     cost_max_ratio: float = 1.05
     min_rows: int = 1000
     min_ess: float = 200.0
+    engine: str = "local"
 
     def __post_init__(self) -> None:
+        if self.engine not in ("local", "spark"):
+            raise ValueError(f"`engine` must be 'local' or 'spark'; got {self.engine!r}")
         for k in self.candidates:
             make_candidate(k, ArmCatalog.from_grid())  # raises naming the unknown kind
         if not self.candidates:
@@ -244,9 +250,10 @@ def replay_compare(log: pd.DataFrame, config: ReplayConfig | None = None, *, cat
     cands = {INCUMBENT: incumbent, **served}
     common = {"baseline": INCUMBENT, "catalog": catalog, "alpha": cfg.alpha, "ci": cfg.ci, "n_boot": cfg.n_boot,
               "progress": progress}
-    results = evaluate(held, cands, estimators=cfg.estimators, **common)
-    quality = evaluate(outcome_log(held, "quality"), cands, estimators=("dr",), **common)
-    tokens = evaluate(outcome_log(held, "total_tokens"), cands, estimators=("dr",), **common)
+    run = _spark_evaluate if cfg.engine == "spark" else _local_evaluate
+    results = run(held, cands, estimators=cfg.estimators, **common)
+    quality = run(outcome_log(held, "quality"), cands, estimators=("dr",), **common)
+    tokens = run(outcome_log(held, "total_tokens"), cands, estimators=("dr",), **common)
 
     sample = held.iloc[np.linspace(0, len(held) - 1, min(cfg.gate_contexts, len(held))).astype(int)]
     X = featurize_frame(sample, incumbent.spec)
@@ -279,6 +286,25 @@ def replay_compare(log: pd.DataFrame, config: ReplayConfig | None = None, *, cat
     best = None if ok.empty else str(ok.sort_values("lower_bound", ascending=False).iloc[0]["candidate"])
     return ReplayResult(cfg, results, quality, tokens, gates, gate_details, policies, summary, best,
                         len(train), len(held), incumbent)
+
+
+def _local_evaluate(frame: pd.DataFrame, policies: Mapping[str, Any], **kw: Any) -> pd.DataFrame:
+    return evaluate(frame, policies, **kw)
+
+
+def _spark_evaluate(frame: pd.DataFrame, policies: Mapping[str, Any], **kw: Any) -> pd.DataFrame:
+    """The same evaluation on Spark (the active session, else ``local[2]``), partition by
+    partition: :func:`rtopt_lab.spark.evaluate_spark` gives the same numbers to 1e-9."""
+    import tempfile
+
+    from rtopt_lab.spark import evaluate_spark, local_session
+
+    kw.pop("progress", None)
+    spark = local_session()
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/held.parquet"
+        frame.to_parquet(path, index=False)
+        return evaluate_spark(path, policies, spark=spark, **kw)
 
 
 def _summary(results: pd.DataFrame, quality: pd.DataFrame, tokens: pd.DataFrame,
