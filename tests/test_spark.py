@@ -1,13 +1,16 @@
 """rtopt_lab.spark on a real local Spark (local[2]): the numbers of evaluate and fit_from_log.
 
 One SparkSession for the module (JVM start-up is most of the cost). Skipped, with the
-reason, when pyspark or Java 17 is missing; the Java check itself always runs.
+reason, when pyspark or Java 17 is missing; the Java check itself always runs, and so do
+the tests of the public mergeable steps that every back-end shares (no Spark needed).
 """
 
 from __future__ import annotations
 
 import copy
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -15,8 +18,10 @@ import pyarrow as pa
 import pytest
 
 from rtopt_lab.logstore import LogStore, write_log
-from rtopt_lab.ope import ESTIMATORS, evaluate
+from rtopt_lab.ope import ESTIMATORS, RewardModel, evaluate
+from rtopt_lab.ope.evaluate import chunk_terms, plan_evaluation, reward_model_rows
 from rtopt_lab.policies import FixedPolicy, LinUCB, Softmax, ThompsonGaussian, fit_from_log
+from rtopt_lab.policies.learning import add_statistics, fit_statistics, merge_statistics
 from rtopt_lab.spark import check_java, evaluate_spark, fit_spark, java_major, local_session
 
 pytestmark = pytest.mark.slow
@@ -178,3 +183,73 @@ def test_check_java_finds_this_machines_java():
         assert "openjdk-17-jre-headless" in str(exc)
         return
     assert info.major >= 17 and info.version_line
+
+
+# ----------------------------------------------------------------------------- the shared steps, without Spark
+def test_importing_rtopt_lab_spark_needs_no_pyspark():
+    code = ("import sys; sys.modules['pyspark'] = None\n"
+            "import rtopt_lab.spark as s\n"
+            "try:\n    s.fit_spark('.', s)\nexcept TypeError:\n    pass\n"           # validated first
+            "from rtopt_lab.policies import LinUCB\n"
+            "from rtopt_lab.simulate import LLMTaskSimulator\n"
+            "try:\n    s.fit_spark('.', LinUCB(LLMTaskSimulator().catalog))\n"
+            "except ImportError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "rtopt_lab.spark needs pyspark: pip install 'rtopt-lab[spark]'" in out.stdout
+
+
+def test_merged_chunk_sums_give_evaluates_table(logs, policies):
+    """Partial reward models and EvaluationSums, sent through state() and merged: evaluate's numbers."""
+    table, step = logs["table"], 1_700
+    kw = dict(estimators=("dm", "ips", "snips", "dr"), baseline="production", ci="percentile", n_boot=64,
+              n_buckets=128)
+    plan = plan_evaluation(policies, catalog=None, reward_model=None, logging_policy=None, max_weight=None,
+                           tau=100.0, confidence_level=0.95, alpha=0.05, **kw)
+    model, k = plan.reward_model, len(plan.catalog)
+    for lo in range(0, N, step):
+        rows = reward_model_rows(table.slice(lo, step), plan.catalog, offset=lo)
+        part = model.clone().update(rows.X, rows.action, rows.reward, rows.keys, n_arms=k)
+        model.merge(model.clone().set_state(part.state()))
+    model.finalize()
+    parts = [plan.sums().add(chunk_terms(plan, table.slice(lo, step), offset=lo)) for lo in range(0, N, step)]
+    total = plan.sums().set_state(parts[0].state())
+    for part in parts[1:]:
+        total.merge(plan.sums().set_state(part.state()))
+    _assert_same(plan.table(total), evaluate(table, policies, progress=False, **kw))
+
+
+def test_reward_model_merge_equals_one_update(sim, logs):
+    from sklearn.tree import DecisionTreeRegressor
+
+    table, cat = logs["table"], sim.catalog
+    for model in (RewardModel(arm_features=cat.arm_features()),
+                  RewardModel(DecisionTreeRegressor(max_depth=3), features="concat", max_fit_rows=2_000)):
+        rows = reward_model_rows(table, cat)
+        whole = model.clone().update(rows.X, rows.action, rows.reward, rows.keys, n_arms=len(cat)).state()
+        merged = model.clone()
+        for lo in range(0, N, 2_500):
+            r = reward_model_rows(table.slice(lo, 2_500), cat, offset=lo)
+            merged.merge(model.clone().update(r.X, r.action, r.reward, r.keys, n_arms=len(cat)))
+        assert merged.state().keys() == whole.keys() and int(merged.n_seen_) == N
+        for name, arr in whole.items():
+            np.testing.assert_allclose(merged.state()[name], arr, rtol=1e-12, atol=1e-9, err_msg=name)
+    with pytest.raises(ValueError, match="same regressor kind, n_folds"):
+        RewardModel(n_folds=3).merge(RewardModel(n_folds=4))
+
+
+def test_fit_statistics_add_up_to_fit_from_log(sim, logs):
+    start = fit_from_log(ThompsonGaussian(sim.catalog, n_samples=32),
+                         sim.simulate_log(500, logging_policy="uniform", seed=3))
+    want = fit_from_log(copy.deepcopy(start), logs["table"], importance_weighted=True)
+    p = logs["table"].column("propensity").to_numpy()
+    scale = 1.0 / np.minimum(1.0 / p, 100.0).mean()
+    parts = [fit_statistics(start, [logs["table"].slice(lo, 2_000)], importance_weighted=True, scale=scale)
+             for lo in range(0, N, 2_000)]
+    assert fit_statistics(start, []) is None
+    version = start.version
+    got = add_statistics(copy.deepcopy(start), merge_statistics(parts))
+    assert start.version == version != got.version          # fit_statistics leaves `start` alone
+    for name, arr in want.model.state().items():
+        np.testing.assert_allclose(got.model.state()[name], arr, rtol=1e-9, atol=1e-9, err_msg=name)
+    with pytest.raises(TypeError, match="`policy` must learn a linear reward model"):
+        fit_statistics(FixedPolicy(sim.catalog), [])

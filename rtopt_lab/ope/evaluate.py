@@ -6,6 +6,25 @@ with bounded memory. Every chunk becomes per-row terms (:mod:`rtopt_lab.ope._ter
 are added into mergeable sums; intervals use the Poisson bootstrap keyed by the hashed
 request id, or normal intervals, so an in-memory frame and the same rows streamed give the
 same numbers (to rounding), whatever the chunk sizes.
+
+The steps are public, so any back-end that reads chunks (threads here, Spark partitions in
+:mod:`rtopt_lab.spark`) runs the same code and merges the same sums:
+
+==========================  =================================================================
+:func:`plan_evaluation`     validate the options once: an :class:`EvaluationPlan` (term
+                            layout, columns to read, reward model, interval options)
+:func:`reward_model_rows`   pass 1, when the reward model is unfitted: a chunk's rows for
+                            :meth:`RewardModel.update` (partial models add by
+                            :meth:`RewardModel.merge`), then :meth:`RewardModel.finalize`
+:func:`chunk_terms`         pass 2: a chunk's per-row terms T and importance weights W
+:class:`EvaluationSums`     the mergeable sums of T and W (:meth:`~EvaluationSums.add`,
+                            :meth:`~EvaluationSums.merge`, :meth:`~EvaluationSums.state`)
+:meth:`EvaluationPlan.table`  the estimates, intervals and comparisons of the merged sums
+==========================  =================================================================
+
+Every statistic is a sum over rows :math:`S = \\sum_i t_i` and every Poisson replicate a
+sum :math:`S^*_b = \\sum_i c_{ib} t_i` with :math:`c_{ib}` a function of (request id, b),
+so the merged sums do not depend on how the rows were cut into chunks.
 """
 
 from __future__ import annotations
@@ -15,9 +34,9 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -33,7 +52,8 @@ from rtopt_lab.ope.diagnostics import WeightStats, check_support
 from rtopt_lab.ope.reward_model import RewardModel
 from rtopt_lab.types import TaskFeatures
 
-__all__ = ["evaluate"]
+__all__ = ["LOGGING", "Candidates", "ChunkTerms", "EvaluationPlan", "EvaluationSums", "LoggedRows",
+           "chunk_terms", "evaluate", "logged_rows", "plan_evaluation", "reward_model_rows"]
 
 _LOG_COLUMNS = ("request_id", "arm_id", "propensity", "reward", "requested_model")
 Candidate = Any  # a policy (action_dist + spec) or a callable chunk -> (n, K) array
@@ -105,9 +125,9 @@ class _Source:
 class _Features:
     """Per-chunk features, fingerprints and request ids, computed once and on demand."""
 
-    def __init__(self, chunk):
+    def __init__(self, chunk, X: np.ndarray | None = None):
         self.chunk = chunk
-        self._X: dict[Any, np.ndarray] = {}
+        self._X: dict[Any, np.ndarray] = {} if X is None else {DEFAULT_SPEC: X}
 
     def __call__(self, spec) -> np.ndarray:
         if spec not in self._X:
@@ -125,15 +145,40 @@ class _Features:
         return [str(r) for r in _col(self.chunk, "request_id")]
 
 
-class _Policies:
-    """The candidates' (and the logging policy's) action distributions for a chunk."""
+class Candidates:
+    """The candidates' (and the logging policy's) action distributions, chunk by chunk.
 
-    def __init__(self, policies: Mapping[str, Candidate], catalog: ArmCatalog, logging_policy: Any):
+    Parameters
+    ----------
+    policies : mapping of str to policy or callable
+        As in :func:`evaluate`.
+    catalog : ArmCatalog
+    logging_policy : policy or callable, optional
+        Kept under the name ``"logging"`` (:data:`LOGGING`).
+
+    Notes
+    -----
+    Thread-safe when the candidates are (the built-in policies are). Picklable when the
+    candidates are, so a copy can travel to another process (a Spark executor).
+    """
+
+    def __init__(self, policies: Mapping[str, Candidate], catalog: ArmCatalog,
+                 logging_policy: Candidate | None = None):
         self.policies = dict(policies)
         if logging_policy is not None:
             self.policies[LOGGING] = logging_policy
+        self.catalog = catalog
         self.k = len(catalog)
         self.randomised: dict[str, bool] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]                  # locks do not pickle: each copy gets its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
         self._lock = threading.Lock()
 
     def _is_randomised(self, name: str, pol: Any, X: np.ndarray) -> bool:
@@ -153,8 +198,31 @@ class _Policies:
                                                            pol.action_dist(X[:m], keys=k2))
             return self.randomised[name]
 
-    def dist(self, name: str, chunk, feats: _Features) -> np.ndarray:
+    def dist(self, name: str, chunk: pd.DataFrame | pa.Table, features: Any = None) -> np.ndarray:
+        """Candidate ``name``'s action distribution on the chunk's contexts.
+
+        Parameters
+        ----------
+        name : str
+            A key of ``policies``, or ``"logging"``.
+        chunk : DataFrame or Arrow table
+            Rows of the log.
+        features : optional
+            The chunk's feature cache, shared between candidates (internal); default a new one.
+
+        Returns
+        -------
+        ndarray of shape (n, K)
+            :math:`\\pi(a \\mid x_i)`; a randomised policy gets the request keys it would
+            have used when serving.
+
+        Raises
+        ------
+        ValueError
+            When the result is not a (n, K) array of probabilities with rows summing to 1.
+        """
         pol = self.policies[name]
+        feats = _Features(chunk) if features is None else features
         n = len(chunk)
         if hasattr(pol, "action_dist") and hasattr(pol, "spec"):
             X = feats(pol.spec)
@@ -198,8 +266,8 @@ def _ordered(fn: Callable, items: Iterator[tuple], n_jobs: int) -> Iterator[Any]
             yield pending.popleft().result()
 
 
-def _check_evaluate(log, policies, estimators, baseline, catalog, reward_model, ci, n_boot, n_buckets,
-                    confidence_level, alpha, batch_rows, max_weight, tau, n_jobs) -> tuple:
+def _check_evaluate(policies, estimators, baseline, catalog, reward_model, ci, n_boot, n_buckets,
+                    confidence_level, alpha, max_weight, tau) -> tuple:
     if not isinstance(policies, Mapping) or not policies:
         raise TypeError(f"`policies` must be a non-empty mapping of name to policy; got {type(policies).__name__}")
     if LOGGING in policies:
@@ -232,18 +300,112 @@ def _check_evaluate(log, policies, estimators, baseline, catalog, reward_model, 
     for name, v in (("confidence_level", confidence_level), ("alpha", alpha)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
             raise ValueError(f"`{name}` must be a number in (0, 1); got {v!r}")
-    if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
-        raise ValueError(f"`batch_rows` must be an int >= 1; got {batch_rows!r}")
     if max_weight is not None and (isinstance(max_weight, bool) or not isinstance(max_weight, (int, float))
                                    or not max_weight > 0):
         raise ValueError(f"`max_weight` must be a number > 0 or None; got {max_weight!r}")
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
         raise ValueError(f"`tau` must be a number > 0; got {tau!r}")
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
-        raise ValueError(f"`n_jobs` must be an int >= 1; got {n_jobs!r}")
     return ests, catalog
 
 
+def _check_chunking(batch_rows: Any, n_jobs: Any) -> None:
+    if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
+        raise ValueError(f"`batch_rows` must be an int >= 1; got {batch_rows!r}")
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
+        raise ValueError(f"`n_jobs` must be an int >= 1; got {n_jobs!r}")
+
+
+# ----------------------------------------------------------------------------- the plan
+@dataclass(frozen=True, slots=True, eq=False)
+class EvaluationPlan:
+    """What an evaluation fixes before it reads the log (see :func:`plan_evaluation`).
+
+    Attributes
+    ----------
+    layout : Layout
+        The term columns of every (candidate, estimator); candidates in order, then
+        ``"logging"`` when it is the baseline.
+    catalog : ArmCatalog
+    candidates : Candidates
+        The candidates' and the logging policy's action distributions.
+    reward_model : RewardModel or None
+        None when no estimator needs :math:`\\hat q`; otherwise fitted before
+        :func:`chunk_terms` runs (in place, when it is unfitted).
+    columns : tuple of str or None
+        The log columns the chunks need; None (all) when a candidate is a callable.
+    baseline : str or None
+    ci : {"normal", "percentile", "bca"}
+    confidence_level, alpha : float
+    n_boot : int
+        Poisson replicates kept by :meth:`sums` (0 for ``ci="normal"``).
+    n_buckets : int or None
+    """
+
+    layout: Layout
+    catalog: ArmCatalog
+    candidates: Candidates
+    reward_model: RewardModel | None
+    columns: tuple[str, ...] | None
+    baseline: str | None
+    ci: str
+    confidence_level: float
+    alpha: float
+    n_boot: int
+    n_buckets: int | None
+
+    def sums(self, *, keep_units: bool = False) -> EvaluationSums:
+        """Empty :class:`EvaluationSums` for this plan (``keep_units``: a row-level
+        jackknife, in memory only)."""
+        return EvaluationSums(self.layout, n_boot=self.n_boot, n_buckets=self.n_buckets, keep_units=keep_units)
+
+    def table(self, sums: EvaluationSums, *, rows_quarantined: int = 0, streamed: bool = False) -> pd.DataFrame:
+        """The estimates and comparisons of merged sums, as :func:`evaluate` returns them
+        (``rows_quarantined`` and ``streamed`` go to ``attrs``)."""
+        estimates, comparisons = results(self.layout, sums.terms.summary(), sums.weights, ci=self.ci,
+                                         confidence_level=self.confidence_level, baseline=self.baseline,
+                                         alpha=self.alpha)
+        return _table(self.layout, estimates, comparisons, self.baseline, rows_quarantined, streamed)
+
+
+def plan_evaluation(policies: Mapping[str, Candidate], *, estimators: str | Sequence[str], baseline: str | None,
+                    catalog: ArmCatalog | None, reward_model: RewardModel | None,
+                    logging_policy: Candidate | None, max_weight: float | None, tau: float,
+                    confidence_level: float, ci: str, n_boot: int, n_buckets: int | None,
+                    alpha: float) -> EvaluationPlan:
+    """Validate :func:`evaluate`'s options once and fix what every chunk shares.
+
+    Every argument is keyword-only and required (a back-end passes its own signature's
+    defaults); the meanings are :func:`evaluate`'s. An unfitted ``reward_model`` (default
+    ``RewardModel(arm_features=catalog.arm_features())``) is kept unfitted: fit it in a
+    first pass with :func:`reward_model_rows` before :func:`chunk_terms`.
+
+    Returns
+    -------
+    EvaluationPlan
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument, as :func:`evaluate`.
+    """
+    ests, catalog = _check_evaluate(policies, estimators, baseline, catalog, reward_model, ci, n_boot,
+                                    n_buckets, confidence_level, alpha, max_weight, tau)
+    callables = any(not (hasattr(p, "action_dist") and hasattr(p, "spec")) for p in policies.values())
+    callables = callables or (logging_policy is not None and not hasattr(logging_policy, "spec"))
+    columns = None if callables else (*_LOG_COLUMNS, "context_fingerprint",
+                                      *[f.name for f in fields(TaskFeatures) if f.name != "model_name"])
+    names = list(policies) + ([LOGGING] if baseline == LOGGING else [])
+    layout = Layout(names, ests, max_weight=max_weight, tau=float(tau))
+    model = None
+    if layout.needs_q:
+        model = reward_model or RewardModel(arm_features=catalog.arm_features())
+    return EvaluationPlan(layout=layout, catalog=catalog, candidates=Candidates(policies, catalog, logging_policy),
+                          reward_model=model, columns=columns, baseline=baseline, ci=ci,
+                          confidence_level=float(confidence_level), alpha=float(alpha),
+                          n_boot=int(n_boot) if ci != "normal" else 0, n_buckets=n_buckets)
+
+
+# ----------------------------------------------------------------------------- per chunk
 def _arm_indices(chunk, catalog: ArmCatalog) -> tuple[np.ndarray, np.ndarray]:
     """Arm indices of the chunk's ``arm_id`` (-1 when unknown), via the distinct ids only."""
     if isinstance(chunk, pa.Table):
@@ -258,7 +420,51 @@ def _arm_indices(chunk, catalog: ArmCatalog) -> tuple[np.ndarray, np.ndarray]:
     return catalog.indices(uniques)[codes], uniques
 
 
-def _logged(chunk, catalog: ArmCatalog, offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+class LoggedRows(NamedTuple):
+    """A chunk's logged columns, validated.
+
+    Attributes
+    ----------
+    reward : ndarray of shape (n,)
+        Observed :math:`r_i`, finite.
+    action : int ndarray of shape (n,)
+        Logged arms :math:`a_i`, as indices into the catalog.
+    pscore : ndarray of shape (n,)
+        Logging propensities :math:`\\pi_b(a_i \\mid x_i)`, in (0, 1].
+    keys : uint64 ndarray of shape (n,)
+        Hashed request ids: reward-model folds and Poisson replicate weights derive from them.
+    X : ndarray of shape (n, d) or None
+        The ``DEFAULT_SPEC`` context features (from :func:`reward_model_rows`).
+    """
+
+    reward: np.ndarray
+    action: np.ndarray
+    pscore: np.ndarray
+    keys: np.ndarray
+    X: np.ndarray | None = None
+
+
+def logged_rows(chunk: pd.DataFrame | pa.Table, catalog: ArmCatalog, *, offset: int = 0) -> LoggedRows:
+    """Read and validate a chunk's ``request_id``, ``arm_id``, ``propensity`` and ``reward``.
+
+    Parameters
+    ----------
+    chunk : DataFrame or Arrow table
+    catalog : ArmCatalog
+    offset : int, default 0
+        Row number of the chunk's first row in the log (for error messages).
+
+    Returns
+    -------
+    LoggedRows
+        With ``X`` None.
+
+    Raises
+    ------
+    ValueError
+        Naming the first bad row: a missing column, an arm outside the catalog, a
+        propensity outside (0, 1] or a reward that is not finite.
+    """
     missing = [c for c in ("request_id", "arm_id", "propensity", "reward") if c not in _names(chunk)]
     if missing:
         raise ValueError(f"`log` is missing column(s) {missing}")
@@ -277,9 +483,163 @@ def _logged(chunk, catalog: ArmCatalog, offset: int) -> tuple[np.ndarray, np.nda
         i = int(np.flatnonzero(~np.isfinite(reward))[0])
         raise ValueError(f"`log` column 'reward' must be finite; row {offset + i} has {float(reward[i])!r}")
     rid = chunk.column("request_id") if isinstance(chunk, pa.Table) else _col(chunk, "request_id")
-    return reward, action, pscore, hash_strings(rid)
+    return LoggedRows(reward, action, pscore, hash_strings(rid))
 
 
+def reward_model_rows(chunk: pd.DataFrame | pa.Table, catalog: ArmCatalog, *, offset: int = 0) -> LoggedRows:
+    """A chunk's rows for the reward model's first pass: :func:`logged_rows` with ``X``.
+
+    Feed them to ``model.update(rows.X, rows.action, rows.reward, rows.keys,
+    n_arms=len(catalog))``; models filled on other chunks add with
+    :meth:`RewardModel.merge`, then :meth:`RewardModel.finalize` fits the folds.
+
+    Returns
+    -------
+    LoggedRows
+        With ``X`` the ``DEFAULT_SPEC`` features, shape (n, DEFAULT_SPEC.n_features).
+    """
+    return logged_rows(chunk, catalog, offset=offset)._replace(X=featurize_frame(chunk, DEFAULT_SPEC))
+
+
+class ChunkTerms(NamedTuple):
+    """A chunk's contribution to an evaluation.
+
+    Attributes
+    ----------
+    T : ndarray of shape (n, m)
+        Per-row terms, ``layout.columns`` order (column 0 is 1, the row count).
+    W : ndarray of shape (n, C)
+        Importance weights :math:`w_i = \\pi_e(a_i \\mid x_i) / \\pi_b(a_i \\mid x_i)` of
+        the C candidates (1 for the logging policy).
+    keys : uint64 ndarray of shape (n,)
+        The rows' hashed request ids (replicate and bucket weights).
+    """
+
+    T: np.ndarray
+    W: np.ndarray
+    keys: np.ndarray
+
+
+def chunk_terms(plan: EvaluationPlan, chunk: pd.DataFrame | pa.Table, *, offset: int = 0,
+                rows: LoggedRows | None = None) -> ChunkTerms:
+    """The per-row terms and importance weights of one chunk of a log.
+
+    For every candidate c (action distribution :math:`\\pi_c`, from
+    ``plan.candidates``) and row i, the terms that the estimators are ratios of sums of:
+    :math:`w_i`, :math:`w_i r_i`, the DM term :math:`\\sum_a \\pi_c(a \\mid x_i)\\,
+    \\hat q(x_i, a)` and the DR residual :math:`w_i (r_i - \\hat q(x_i, a_i))` (clipped
+    or switched variants when the estimators need them). With a logging policy, a
+    candidate putting mass on an arm it never plays raises ValueError.
+
+    Parameters
+    ----------
+    plan : EvaluationPlan
+        Its ``reward_model`` must be fitted when it is not None.
+    chunk : DataFrame or Arrow table
+        Rows of the log, with ``plan.columns``.
+    offset : int, default 0
+        Row number of the chunk's first row in the log (for error messages).
+    rows : LoggedRows, optional
+        The chunk's :func:`logged_rows` (or :func:`reward_model_rows`), when already read.
+
+    Returns
+    -------
+    ChunkTerms
+        Add it to :class:`EvaluationSums`.
+    """
+    reward, action, pscore, keys, X = rows if rows is not None else logged_rows(chunk, plan.catalog, offset=offset)
+    feats = _Features(chunk, X)
+    cands = plan.candidates
+    names = plan.layout.candidates
+    dists = [None if c == LOGGING else cands.dist(c, chunk, feats) for c in names]
+    if LOGGING in cands.policies:
+        pb = cands.dist(LOGGING, chunk, feats)
+        for c, d in zip(names, dists, strict=True):
+            if d is not None:
+                check_support(d, pb, name=f"policies[{c!r}]", row_offset=offset)
+    model = plan.reward_model
+    q_hat = model.predict(feats(DEFAULT_SPEC), keys) if model is not None else None
+    T, W = plan.layout.terms_block(reward, action, pscore, dists, q_hat)
+    return ChunkTerms(T, W, keys)
+
+
+# ----------------------------------------------------------------------------- the sums
+_ACC = ("n", "total", "mean", "m2", "boot", "buckets")
+_WST = ("n", "sum_w", "sum_w2", "max_w", "over_clip", "over_tau")
+
+
+class EvaluationSums:
+    """The mergeable sums of an evaluation: per-row terms and importance weights.
+
+    Parameters
+    ----------
+    layout : Layout
+    n_boot : int, default 0
+        Poisson replicates (0: normal intervals only).
+    n_buckets : int, optional
+        Resample buckets of rows instead of rows (see :mod:`rtopt_lab.ope.bootstrap`).
+    keep_units : bool, default False
+        Keep every row's terms for a row-level jackknife (in memory only; not in :meth:`state`).
+
+    Attributes
+    ----------
+    terms : Accumulator
+        Totals :math:`\\sum_i t_i`, co-moments, replicate totals
+        :math:`\\sum_i c_{ib} t_i` (or bucket totals) of the terms.
+    weights : WeightStats
+        Sums :math:`\\sum_i w_i`, :math:`\\sum_i w_i^2`, maxima and threshold counts of the weights.
+
+    Notes
+    -----
+    :meth:`add` and :meth:`merge` add sums (the co-moments by Chan et al.'s pairwise
+    update), so sums of disjoint chunks merged in any grouping give one evaluation's numbers
+    up to floating-point summation order.
+
+    References
+    ----------
+    T. F. Chan, G. H. Golub, R. J. LeVeque. Updating formulae and a pairwise algorithm for
+    computing sample variances. Stanford CS tech. report STAN-CS-79-773, 1979.
+    """
+
+    def __init__(self, layout: Layout, *, n_boot: int = 0, n_buckets: int | None = None, keep_units: bool = False):
+        self.layout, self.n_boot, self.n_buckets = layout, n_boot, n_buckets
+        self.terms = _boot.Accumulator(layout.m, n_boot=n_boot, n_buckets=n_buckets, keep_units=keep_units)
+        self.weights = WeightStats(len(layout.candidates), max_weight=layout.max_weight, tau=layout.tau)
+
+    @property
+    def n(self) -> int:
+        """Rows added."""
+        return self.terms.n
+
+    def add(self, terms: ChunkTerms) -> EvaluationSums:
+        """Add a chunk's :class:`ChunkTerms`."""
+        self.terms.add(terms.T, terms.keys)
+        self.weights.add(terms.W)
+        return self
+
+    def merge(self, other: EvaluationSums) -> EvaluationSums:
+        """Add the sums of other rows (same plan)."""
+        self.terms.merge(other.terms)
+        self.weights.merge(other.weights)
+        return self
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The sums as plain arrays (``acc_*`` and ``w_*``), to send elsewhere and
+        :meth:`set_state` there."""
+        state = {f"acc_{k}": getattr(self.terms, k) for k in _ACC if getattr(self.terms, k) is not None}
+        return state | {f"w_{k}": getattr(self.weights, k) for k in _WST}
+
+    def set_state(self, state: Mapping[str, np.ndarray]) -> EvaluationSums:
+        """Replace the sums with a :meth:`state` of sums with the same layout and options."""
+        for k in _ACC:
+            if f"acc_{k}" in state:
+                setattr(self.terms, k, state[f"acc_{k}"].copy() if k != "n" else int(state[f"acc_{k}"]))
+        for k in _WST:
+            setattr(self.weights, k, state[f"w_{k}"].copy() if k != "n" else int(state[f"w_{k}"]))
+        return self
+
+
+# ----------------------------------------------------------------------------- evaluate
 def evaluate(log: Any, policies: Mapping[str, Candidate], *, estimators: str | Sequence[str] = ("ips", "snips", "dr"),
              baseline: str | None = LOGGING, catalog: ArmCatalog | None = None,
              reward_model: RewardModel | None = None, logging_policy: Candidate | None = None,
@@ -339,76 +699,49 @@ def evaluate(log: Any, policies: Mapping[str, Candidate], *, estimators: str | S
         ``upper_bound``, ``p_value`` (Holm-adjusted) and ``verdict`` ("baseline" on the
         baseline's rows).
     """
-    ests, catalog = _check_evaluate(log, policies, estimators, baseline, catalog, reward_model, ci, n_boot,
-                                    n_buckets, confidence_level, alpha, batch_rows, max_weight, tau, n_jobs)
-    callables = any(not (hasattr(p, "action_dist") and hasattr(p, "spec")) for p in policies.values())
-    callables = callables or (logging_policy is not None and not hasattr(logging_policy, "spec"))
-    cols = None if callables else list(_LOG_COLUMNS) + [
-        "context_fingerprint", *[f.name for f in fields(TaskFeatures) if f.name != "model_name"]]
-    src = _Source(log, batch_rows, cols)
+    plan = plan_evaluation(policies, estimators=estimators, baseline=baseline, catalog=catalog,
+                           reward_model=reward_model, logging_policy=logging_policy, max_weight=max_weight,
+                           tau=tau, confidence_level=confidence_level, ci=ci, n_boot=n_boot, n_buckets=n_buckets,
+                           alpha=alpha)
+    _check_chunking(batch_rows, n_jobs)
+    src = _Source(log, batch_rows, None if plan.columns is None else list(plan.columns))
     if ci == "bca" and n_buckets is None and src.streamed:
         raise ValueError("`ci`='bca' on a streamed log needs `n_buckets` (the jackknife runs over buckets)")
-    names = list(policies) + ([LOGGING] if baseline == LOGGING else [])
-    layout = Layout(names, ests, max_weight=max_weight, tau=float(tau))
-    model = None
-    if layout.needs_q:
-        model = reward_model or RewardModel(arm_features=catalog.arm_features())
     from tqdm.auto import tqdm
 
+    model = plan.reward_model
     passes = 2 if model is not None and model.models_ is None else 1
-    pols = _Policies(policies, catalog, logging_policy)
-    k = len(catalog)
+    cached: dict[int, LoggedRows] = {}   # in memory: pass 1's arrays, reused by pass 2
 
-    cached: dict[int, tuple] = {}        # in memory: pass 1's arrays, reused by pass 2
-
-    def fit_rows(chunk, offset):
-        logged = _logged(chunk, catalog, offset)
-        X = featurize_frame(chunk, DEFAULT_SPEC)
+    def first_pass(chunk, offset: int) -> LoggedRows:
+        rows = reward_model_rows(chunk, plan.catalog, offset=offset)
         if not src.streamed:
-            cached[offset] = (logged, X)
-        reward, action, _, keys = logged
-        return X, action, reward, keys, len(chunk)
+            cached[offset] = rows
+        return rows
 
-    def chunk_terms(chunk, offset):
-        logged, X = cached.pop(offset, (None, None))
-        reward, action, pscore, keys = logged or _logged(chunk, catalog, offset)
-        X_of = _Features(chunk)
-        if X is not None:
-            X_of._X[DEFAULT_SPEC] = X
-        dists = [None if c == LOGGING else pols.dist(c, chunk, X_of) for c in names]
-        if logging_policy is not None:
-            pb = pols.dist(LOGGING, chunk, X_of)
-            for c, d in zip(names, dists, strict=True):
-                if d is not None:
-                    check_support(d, pb, name=f"policies[{c!r}]", row_offset=offset)
-        q_hat = model.predict(X_of(DEFAULT_SPEC), keys) if model is not None else None
-        T, W = layout.terms_block(reward, action, pscore, dists, q_hat)
-        return T, W, keys
+    def second_pass(chunk, offset: int) -> ChunkTerms:
+        return chunk_terms(plan, chunk, offset=offset, rows=cached.pop(offset, None))
 
     bar = tqdm(total=src.total * passes, unit="rows", unit_scale=True, desc="OPE", disable=not progress)
     try:
         if passes == 2:
-            for X, action, reward, keys, n in _ordered(fit_rows, _offsets(src), n_jobs):
-                model.update(X, action, reward, keys, n_arms=k)
-                bar.update(n)
+            k = len(plan.catalog)
+            for rows in _ordered(first_pass, _offsets(src), n_jobs):
+                model.update(rows.X, rows.action, rows.reward, rows.keys, n_arms=k)
+                bar.update(len(rows.reward))
             model.finalize()
-        acc = _boot.Accumulator(layout.m, n_boot=n_boot if ci != "normal" else 0, n_buckets=n_buckets,
-                                keep_units=ci == "bca" and not src.streamed)
-        wstats = WeightStats(len(names), max_weight=max_weight, tau=float(tau))
-        for T, W, keys in _ordered(chunk_terms, _offsets(src), n_jobs):
-            acc.add(T, keys)
-            wstats.add(W)
-            bar.update(len(T))
+        sums = plan.sums(keep_units=ci == "bca" and not src.streamed)
+        for terms in _ordered(second_pass, _offsets(src), n_jobs):
+            sums.add(terms)
+            bar.update(len(terms.T))
     finally:
         bar.close()
-    if acc.n < 2:
-        raise ValueError(f"`log` must have at least 2 valid rows; got {acc.n}")
-    estimates, comparisons = results(layout, acc.summary(), wstats, ci=ci, confidence_level=float(confidence_level),
-                                     baseline=baseline, alpha=float(alpha))
-    return _table(layout, estimates, comparisons, baseline, src)
+    if sums.n < 2:
+        raise ValueError(f"`log` must have at least 2 valid rows; got {sums.n}")
+    return plan.table(sums, rows_quarantined=src.rows_quarantined, streamed=src.streamed)
 
 
-def _table(layout: Layout, estimates, comparisons, baseline, src: _Source) -> pd.DataFrame:
+def _table(layout: Layout, estimates, comparisons, baseline, rows_quarantined: int, streamed: bool) -> pd.DataFrame:
     comp = {(c.candidate, c.estimator): c for c in comparisons}
     rows = []
     for cand in layout.candidates:
@@ -429,5 +762,5 @@ def _table(layout: Layout, estimates, comparisons, baseline, src: _Source) -> pd
             rows.append(row)
     table = pd.DataFrame(rows)
     table.attrs.update({"n": int(table["n"].iloc[0]) if len(table) else 0,
-                        "rows_quarantined": src.rows_quarantined, "streamed": src.streamed})
+                        "rows_quarantined": rows_quarantined, "streamed": streamed})
     return table

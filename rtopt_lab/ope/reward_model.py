@@ -15,6 +15,11 @@ those features. Any other scikit-learn regressor works too (``features="concat"`
 trees); streamed logs then fit it on a bounded, deterministic sample: the ``max_fit_rows``
 rows with the smallest key hashes (a bottom-k sample, the same whatever the chunking).
 
+What :meth:`RewardModel.update` collects merges: :meth:`RewardModel.merge` adds another
+model's sums (or takes the bottom-k sample of the union), and :meth:`RewardModel.state` /
+:meth:`RewardModel.set_state` move them between processes as plain arrays, so chunks,
+threads and Spark partitions fit the same model.
+
 References
 ----------
 V. Chernozhukov et al. Double/debiased machine learning for treatment and structural
@@ -173,13 +178,138 @@ class RewardModel:
                     self._gram[fold, arm] += Xs[lo:hi].T @ Xs[lo:hi]
                     self._xr[fold, arm] += Xs[lo:hi].T @ rs[lo:hi]
         else:
-            s = self._sample
-            merged = f if s is None else _Fit(*(np.concatenate([u, v]) for u, v in zip(s, f, strict=True)))
-            if len(merged.X) > self.max_fit_rows:
-                h = mix64(merged.keys ^ _SAMPLE_SALT)
-                keep = np.sort(np.argpartition(h, self.max_fit_rows - 1)[:self.max_fit_rows])
-                merged = _Fit(*(v[keep] for v in merged))
-            self._sample = merged
+            self._add_sample(f)
+        return self
+
+    def _add_sample(self, f: _Fit) -> None:
+        """Keep the bottom-k (by salted key hash) of the current sample and ``f``, in order."""
+        s = self._sample
+        merged = f if s is None else _Fit(*(np.concatenate([u, v]) for u, v in zip(s, f, strict=True)))
+        if len(merged.X) > self.max_fit_rows:
+            h = mix64(merged.keys ^ _SAMPLE_SALT)
+            keep = np.sort(np.argpartition(h, self.max_fit_rows - 1)[:self.max_fit_rows])
+            merged = _Fit(*(v[keep] for v in merged))
+        self._sample = merged
+
+    # ------------------------------------------------------------------ mergeable statistics
+    def clone(self) -> RewardModel:
+        """A new, empty model with the same parameters (as ``sklearn.base.clone``): what
+        one chunk, thread or partition fills before :meth:`merge`."""
+        return RewardModel(self.regressor, arm_features=self.arm_features, n_folds=self.n_folds,
+                           alpha=self.alpha, features=self.features, max_fit_rows=self.max_fit_rows)
+
+    def merge(self, other: RewardModel) -> RewardModel:
+        """Add the rows another model collected (other rows, same parameters); then :meth:`finalize`.
+
+        With the default ridge, per fold f and arm a, the sums add:
+
+        .. math:: G_{fa} \\mathrel{+}= G'_{fa}, \\quad c_{fa} \\mathrel{+}= c'_{fa}, \\quad
+                  G_{fa} = \\sum_{i \\in f, a_i = a} x_i x_i^\\top, \\;
+                  c_{fa} = \\sum_{i \\in f, a_i = a} r_i x_i
+
+        and ``n_seen_`` adds, so merging the models of disjoint chunks equals one model
+        updated with all of them (up to floating-point summation order). With a custom
+        ``regressor``, the stored samples are concatenated (these rows first) and cut to
+        the ``max_fit_rows`` smallest key hashes: the bottom-k sample of the union, as
+        :meth:`update` keeps it. Fitted fold models are left as they are: call
+        :meth:`finalize` to refit on the merged statistics.
+
+        Parameters
+        ----------
+        other : RewardModel
+            With the same ``regressor`` kind, ``n_folds``, ``arm_features`` and number of
+            arms; it is not modified.
+
+        Returns
+        -------
+        RewardModel
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            When the models' parameters, arms or feature widths differ.
+
+        Examples
+        --------
+        >>> rng = np.random.default_rng(0)
+        >>> X, a, r = np.column_stack([np.ones(200), rng.random(200)]), rng.integers(0, 2, 200), rng.random(200)
+        >>> keys = np.arange(200)
+        >>> whole = RewardModel(n_folds=2).fit(X, a, r, keys, n_arms=2)
+        >>> first = RewardModel(n_folds=2).update(X[:80], a[:80], r[:80], keys[:80], n_arms=2)
+        >>> rest = first.clone().update(X[80:], a[80:], r[80:], keys[80:], n_arms=2)
+        >>> bool(np.allclose(first.merge(rest).finalize().predict(X, keys), whole.predict(X, keys)))
+        True
+        """
+        if not isinstance(other, RewardModel):
+            raise TypeError(f"`other` must be a RewardModel; got {type(other).__name__}")
+        same = ((self.regressor is None) == (other.regressor is None) and self.n_folds == other.n_folds
+                and self.features == other.features and self.max_fit_rows == other.max_fit_rows
+                and (self.arm_features is None) == (other.arm_features is None)
+                and (self.arm_features is None or np.array_equal(self.arm_features, other.arm_features)))
+        if not same:
+            raise ValueError("`other` must have the same regressor kind, n_folds, features, max_fit_rows "
+                             "and arm_features as this model")
+        if other.n_seen_ == 0:
+            return self
+        k = other._Z.shape[0]
+        if self._Z is not None and self._Z.shape[0] != k:
+            raise ValueError(f"`other` has {k} arms; this model has {self._Z.shape[0]}")
+        self._arm_matrix(k)
+        if self.regressor is None:
+            if self._gram is not None and self._gram.shape != other._gram.shape:
+                raise ValueError(f"`other` has Gram matrices of shape {other._gram.shape}; this model "
+                                 f"has {self._gram.shape}")
+            if self._gram is None:
+                self._gram, self._xr = other._gram.copy(), other._xr.copy()
+            else:
+                self._gram, self._xr = self._gram + other._gram, self._xr + other._xr
+        else:
+            self._add_sample(other._sample)
+        self.n_seen_ += other.n_seen_
+        return self
+
+    def state(self) -> dict[str, np.ndarray]:
+        """What :meth:`update` collected, as plain arrays (no pickle; see :meth:`set_state`).
+
+        Returns
+        -------
+        dict of str to ndarray
+            ``n_seen``, and when rows were seen ``n_arms`` with, for the default ridge,
+            ``gram`` of shape (n_folds, K, d, d) and ``xr`` of shape (n_folds, K, d); for a
+            custom ``regressor``, the sample ``X`` (m, d), ``action``, ``reward``, ``keys`` (m,).
+        """
+        out = {"n_seen": np.int64(self.n_seen_)}
+        if self.n_seen_ == 0:
+            return out
+        out["n_arms"] = np.int64(self._Z.shape[0])
+        if self.regressor is None:
+            return out | {"gram": self._gram, "xr": self._xr}
+        return out | self._sample._asdict()
+
+    def set_state(self, state: dict[str, np.ndarray]) -> RewardModel:
+        """Replace what this model collected with a :meth:`state` (fitted fold models are
+        dropped: call :meth:`finalize`).
+
+        Raises
+        ------
+        ValueError
+            When ``state`` comes from a model of the other kind (ridge or custom regressor).
+        """
+        self._reset()
+        n = int(state["n_seen"])
+        if n == 0:
+            return self
+        keys = {"gram", "xr"} if self.regressor is None else set(_Fit._fields)
+        if not keys <= set(state):
+            raise ValueError(f"`state` must hold {sorted(keys)} for this model's kind; got {sorted(state)}")
+        self._arm_matrix(int(state["n_arms"]))
+        if self.regressor is None:
+            self._gram = np.array(state["gram"], dtype=np.float64)
+            self._xr = np.array(state["xr"], dtype=np.float64)
+        else:
+            self._sample = _Fit(*(np.asarray(state[f]) for f in _Fit._fields))
+        self.n_seen_ = n
         return self
 
     def finalize(self) -> RewardModel:

@@ -12,7 +12,10 @@ Two feature maps, as in Li et al. (2010):
 
 The sufficient statistics are sums, so they merge across chunks and partitions:
 :math:`A = \\Lambda_0 + \\sum_i w_i \\phi_i \\phi_i^\\top` (a diagonal prior precision,
-:math:`\\lambda I` by default), :math:`b = \\sum_i w_i r_i \\phi_i`.
+:math:`\\lambda I` by default), :math:`b = \\sum_i w_i r_i \\phi_i`. The data part
+(:meth:`LinearRewardModel.statistics`: A without the prior, b, :math:`\\sum w`,
+:math:`\\sum w r^2`) of models fitted on disjoint rows adds
+(:meth:`LinearRewardModel.add_statistics`, :meth:`LinearRewardModel.merge`).
 :math:`A^{-1}` is kept up to date by Sherman-Morrison for single rows, and recomputed from
 A for batches and every ``_REFRESH`` single updates (bounding floating-point drift).
 
@@ -166,6 +169,7 @@ class LinearRewardModel:
         return {"A": self.A, "b": self.b, "n": np.array(self.n), "sum_wr2": np.array(self.sum_wr2)}
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore a :meth:`state` (of a model with the same shapes)."""
         if state["A"].shape != self._A.shape or state["b"].shape != self.b.shape:
             raise ValueError(f"state shapes {state['A'].shape}, {state['b'].shape} do not match the "
                              f"model's {self._A.shape}, {self.b.shape}")
@@ -176,15 +180,42 @@ class LinearRewardModel:
         self.sum_wr2 = float(state["sum_wr2"])
         self._refresh()
 
+    def reset(self) -> None:
+        """Forget every observation: back to the prior (:math:`A = \\Lambda_0`, b = 0)."""
+        self.set_state({"A": np.broadcast_to(self.prior, self._A.shape).copy(), "b": np.zeros_like(self.b),
+                        "n": np.array(0.0), "sum_wr2": np.array(0.0)})
+
+    def statistics(self) -> dict[str, np.ndarray]:
+        """The data part of the state, which adds across disjoint sets of rows.
+
+        Returns
+        -------
+        dict of str to ndarray
+            ``S`` :math:`= A - \\Lambda_0 = \\sum_i w_i \\phi_i \\phi_i^\\top` (shape of
+            ``A``), ``b`` :math:`= \\sum_i w_i r_i \\phi_i`, ``n`` :math:`= \\sum_i w_i`
+            and ``sum_wr2`` :math:`= \\sum_i w_i r_i^2`.
+        """
+        return {"S": self.A - np.broadcast_to(self.prior, self._A.shape), "b": self.b, "n": np.array(self.n),
+                "sum_wr2": np.array(self.sum_wr2)}
+
+    def add_statistics(self, stats: dict[str, np.ndarray]) -> None:
+        """Add :meth:`statistics` of other rows: :math:`A \\mathrel{+}= S`,
+        :math:`b \\mathrel{+}= b'`, :math:`n \\mathrel{+}= n'`, then re-invert A.
+
+        Equals :meth:`update` with those rows, up to floating-point summation order.
+        """
+        S, b = np.asarray(stats["S"], dtype=float), np.asarray(stats["b"], dtype=float)
+        if S.shape != self._A.shape or b.shape != self.b.shape:
+            raise ValueError(f"statistics shapes {S.shape}, {b.shape} do not match the model's "
+                             f"{self._A.shape}, {self.b.shape}")
+        self.set_state({"A": self.A + S, "b": self.b + b, "n": np.array(self.n + float(stats["n"])),
+                        "sum_wr2": np.array(self.sum_wr2 + float(stats["sum_wr2"]))})
+
     def merge(self, other: LinearRewardModel) -> None:
-        """Add another model's statistics (fitted on other data, same prior) to these."""
+        """Add another model's :meth:`statistics` (fitted on other rows, same prior) to these."""
         if other._A.shape != self._A.shape or not np.array_equal(other.prior, self.prior):
             raise ValueError("can only merge models of the same shape and prior")
-        self._A = self.A + other.A - self.prior
-        self.b = self.b + other.b
-        self.n += other.n
-        self.sum_wr2 += other.sum_wr2
-        self._refresh()
+        self.add_statistics(other.statistics())
 
     def _refresh(self) -> None:
         self._flush()

@@ -1,7 +1,21 @@
-"""Learning: offline fitting from a decision log, and online learning against the simulator."""
+"""Learning: offline fitting from a decision log, and online learning against the simulator.
+
+Offline fitting is a sum over rows. For a policy learning a linear reward model, each
+chunk of the log adds
+
+.. math:: A \\mathrel{+}= \\sum_i w_i \\phi_i \\phi_i^\\top, \\qquad
+          b \\mathrel{+}= \\sum_i w_i r_i \\phi_i
+
+(:func:`fit_chunk`), so :func:`fit_from_log` runs over chunks with bounded memory, and a
+distributed back-end (:func:`rtopt_lab.spark.fit_spark`) computes each partition's
+statistics from zero (:func:`fit_statistics`), adds them in order
+(:func:`merge_statistics`) and adds the total to the policy (:func:`add_statistics`).
+"""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,10 +23,21 @@ import pandas as pd
 import pyarrow as pa
 
 from rtopt_lab.features import context_fingerprint_frame, featurize_frame
+from rtopt_lab.policies._linear import LinearRewardModel
 from rtopt_lab.policies.base import BasePolicy, argmax_dist
 from rtopt_lab.simulate import LLMTaskSimulator
 
-__all__ = ["OnlineResult", "fit_from_log", "greedy_value", "run_online"]
+__all__ = [
+    "OnlineResult",
+    "add_statistics",
+    "fit_chunk",
+    "fit_from_log",
+    "fit_statistics",
+    "greedy_value",
+    "linear_model",
+    "merge_statistics",
+    "run_online",
+]
 
 
 def fit_from_log(
@@ -28,7 +53,8 @@ def fit_from_log(
     With ``importance_weighted`` each row is weighted by :math:`1 / \\pi_b(a_i \\mid x_i)`
     (clipped at ``max_weight``, rescaled to mean 1), so arms the logging policy rarely
     played count as if sampled uniformly: the regression targets the uniform-design fit
-    rather than the logging policy's. Works in chunks; the statistics are sums.
+    rather than the logging policy's. Works in chunks of ``chunk_rows`` (:func:`fit_chunk`);
+    the statistics are sums.
 
     Raises ValueError naming unknown arm ids or a missing column.
     """
@@ -52,19 +78,148 @@ def fit_from_log(
             if isinstance(log, pa.Table)
             else log.iloc[lo : lo + chunk_rows]
         )
-        X = featurize_frame(part, policy.spec)
-        arms = policy.catalog.indices(np.asarray(part["arm_id"].to_numpy(), dtype=object))
-        if (arms < 0).any():
-            bad = np.asarray(part["arm_id"].to_numpy(), dtype=object)[arms < 0][:3].tolist()
-            raise ValueError(f"`log` has arm ids outside the policy's catalog, e.g. {bad}")
-        r = np.asarray(part["reward"].to_numpy(), dtype=float)
-        w = None
-        if importance_weighted:
-            w = (
-                np.minimum(1.0 / np.asarray(part["propensity"].to_numpy(), dtype=float), max_weight)
-                * scale
-            )
-        policy.update(X, arms, r, weights=w)
+        fit_chunk(policy, part, importance_weighted=importance_weighted, max_weight=max_weight,
+                  scale=scale)
+    return policy
+
+
+def fit_chunk(
+    policy: BasePolicy,
+    chunk: pd.DataFrame | pa.Table,
+    *,
+    importance_weighted: bool = False,
+    max_weight: float = 100.0,
+    scale: float = 1.0,
+) -> int:
+    """Update a policy with one chunk of a log: :func:`fit_from_log`'s step.
+
+    Featurises the chunk with ``policy.spec``, maps ``arm_id`` to the catalog and calls
+    ``policy.update(X, arms, reward, weights=w)``, with
+    :math:`w_i = \\min(1 / p_i, M) \\cdot s` when ``importance_weighted`` (else no weights).
+
+    Parameters
+    ----------
+    policy : BasePolicy
+        Updated in place.
+    chunk : DataFrame or Arrow table
+        Needs ``arm_id``, ``reward``, ``propensity`` (when weighted) and the features.
+    importance_weighted : bool, default False
+    max_weight : float, default 100.0
+        M, the clip of :math:`1 / p_i`.
+    scale : float, default 1.0
+        s: :math:`1 / \\overline{\\min(1/p, M)}` over the whole log makes the weights
+        average 1 (computed once, before the chunks).
+
+    Returns
+    -------
+    int
+        Rows added.
+
+    Raises
+    ------
+    ValueError
+        Naming arm ids outside the policy's catalog.
+    """
+    X = featurize_frame(chunk, policy.spec)
+    ids = np.asarray(chunk["arm_id"].to_numpy(), dtype=object)
+    arms = policy.catalog.indices(ids)
+    if (arms < 0).any():
+        raise ValueError(f"`log` has arm ids outside the policy's catalog, e.g. {ids[arms < 0][:3].tolist()}")
+    r = np.asarray(chunk["reward"].to_numpy(), dtype=float)
+    w = None
+    if importance_weighted:
+        w = np.minimum(1.0 / np.asarray(chunk["propensity"].to_numpy(), dtype=float), max_weight) * scale
+    policy.update(X, arms, r, weights=w)
+    return len(r)
+
+
+def linear_model(policy: BasePolicy) -> LinearRewardModel:
+    """The linear reward model a policy learns, whose statistics are sums.
+
+    Raises
+    ------
+    TypeError
+        When the policy has none (FixedPolicy, UniformRandom) or learns through an
+        external ``scorer``.
+    """
+    model = getattr(policy, "model", None)
+    if not isinstance(model, LinearRewardModel) or getattr(policy, "scorer", None) is not None:
+        raise TypeError(f"`policy` must learn a linear reward model of its own (LinUCB, ThompsonGaussian, "
+                        f"EpsilonGreedy, Softmax without `scorer`); got {type(policy).__name__}")
+    return model
+
+
+def fit_statistics(
+    policy: BasePolicy,
+    chunks: Iterable[pd.DataFrame | pa.Table],
+    *,
+    importance_weighted: bool = False,
+    max_weight: float = 100.0,
+    scale: float = 1.0,
+) -> dict[str, np.ndarray] | None:
+    """The sufficient statistics that chunks of a log add to a policy's linear model.
+
+    :func:`fit_chunk` on a copy of ``policy`` reset to its prior, so the result is
+    the data part alone (:meth:`LinearRewardModel.statistics`):
+    :math:`S = \\sum_i w_i \\phi_i \\phi_i^\\top`, :math:`b = \\sum_i w_i r_i \\phi_i`,
+    :math:`n = \\sum_i w_i`, :math:`\\sum_i w_i r_i^2`. ``policy`` is not modified.
+
+    Parameters
+    ----------
+    policy : BasePolicy
+        Learning a linear model of its own (:func:`linear_model`).
+    chunks : iterable of DataFrame or Arrow table
+    importance_weighted, max_weight, scale
+        As in :func:`fit_chunk`.
+
+    Returns
+    -------
+    dict of str to ndarray, or None
+        None when the chunks have no rows.
+    """
+    linear_model(policy)
+    fitted = copy.deepcopy(policy)
+    model = linear_model(fitted)
+    model.reset()
+    rows = 0
+    for chunk in chunks:
+        rows += fit_chunk(fitted, chunk, importance_weighted=importance_weighted, max_weight=max_weight,
+                          scale=scale)
+    return model.statistics() if rows else None
+
+
+def merge_statistics(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Add :func:`fit_statistics` of disjoint chunks, left to right (in the order given).
+
+    Examples
+    --------
+    >>> float(merge_statistics([{"n": np.array(1.0)}, {"n": np.array(2.5)}])["n"])
+    3.5
+    """
+    if not parts:
+        raise ValueError("`parts` must hold at least one set of statistics")
+    out = {k: np.asarray(v) for k, v in parts[0].items()}
+    for part in parts[1:]:
+        out = {k: v + part[k] for k, v in out.items()}
+    return out
+
+
+def add_statistics(policy: BasePolicy, stats: Mapping[str, np.ndarray]) -> BasePolicy:
+    """Add statistics of other rows (:func:`fit_statistics`) to a policy's linear model.
+
+    :math:`A \\mathrel{+}= S`, :math:`b \\mathrel{+}= b'` and so on
+    (:meth:`LinearRewardModel.add_statistics`), then the policy's version is recomputed
+    from its new state. Equals :func:`fit_from_log` on those rows up to floating-point
+    summation order.
+
+    Returns
+    -------
+    BasePolicy
+        ``policy``, updated in place.
+    """
+    model = linear_model(policy)
+    model.add_statistics(dict(stats))
+    policy._set_state(model.state())  # the persistence hook (as load_policy): re-inverts, resets the version
     return policy
 
 
