@@ -25,7 +25,13 @@ from rtopt_lab.tracking.registry import (
     status,
     tag_version,
 )
-from rtopt_lab.tracking.runs import DataFingerprint, log_evaluation, log_run, run_table
+from rtopt_lab.tracking.runs import (
+    DataFingerprint,
+    add_artifacts,
+    log_evaluation,
+    log_run,
+    run_table,
+)
 from rtopt_lab.tracking.store import (
     default_tracking_uri,
     ensure_experiment,
@@ -33,7 +39,30 @@ from rtopt_lab.tracking.store import (
     tracking_uri,
 )
 
-__all__ = ["MODEL_NAME", "PHASES", "AliasMove", "DataFingerprint", "RegisteredVersion", "adopt_incumbent", "default_tracking_uri",
-           "ensure_experiment", "evidence_tags", "load_phase_model", "load_phase_policy", "log_evaluation", "log_run",
-           "phase_of", "promote", "promotion_refusals", "provenance_head", "provenance_path", "register_policy", "rollback", "run_table",
-           "status", "tag_version", "tracking_uri"]
+__all__ = [
+    "MODEL_NAME",
+    "PHASES",
+    "AliasMove",
+    "DataFingerprint",
+    "RegisteredVersion",
+    "add_artifacts",
+    "adopt_incumbent",
+    "default_tracking_uri",
+    "ensure_experiment",
+    "evidence_tags",
+    "load_phase_model",
+    "load_phase_policy",
+    "log_evaluation",
+    "log_run",
+    "phase_of",
+    "promote",
+    "promotion_refusals",
+    "provenance_head",
+    "provenance_path",
+    "register_policy",
+    "rollback",
+    "run_table",
+    "status",
+    "tag_version",
+    "tracking_uri",
+]

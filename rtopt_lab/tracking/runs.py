@@ -16,7 +16,7 @@ import pandas as pd
 
 from rtopt_lab.tracking.store import tracking_uri
 
-__all__ = ["DataFingerprint", "log_evaluation", "log_run", "run_table"]
+__all__ = ["DataFingerprint", "add_artifacts", "log_evaluation", "log_run", "run_table"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +121,12 @@ def run_table(run_id: str, name: str, *, uri: str | None = None) -> pd.DataFrame
     uri = uri or tracking_uri()
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{name}.csv", tracking_uri=uri)
     return pd.read_csv(local)
+
+
+def add_artifacts(run_id: str, files: Sequence[str | os.PathLike[str]], *, uri: str | None = None) -> None:
+    """Attach files to a finished run (a report written after the run's last step)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri or tracking_uri())
+    for f in files:
+        client.log_artifact(run_id, os.fspath(f))
