@@ -95,7 +95,8 @@ def run_demo(*, experiments: str | os.PathLike[str] = "experiments", jobs: int =
         print(table.to_string(index=False) if not table.empty else "    (no replay finished)")
     print("\nRegistry:")
     with pd.option_context("display.width", 200, "display.float_format", "{:.4f}".format):
-        print(T.status(uri=uri).drop(columns=["gate_reasons", "run_id"], errors="ignore").to_string(index=False))
+        print(T.status(uri=uri).drop(columns=["gate_reasons", "run_id"], errors="ignore").fillna("-")
+              .to_string(index=False))
     reports = sorted(Path(runs_dir, "reports").glob("*.html")) if Path(runs_dir, "reports").exists() else []
     print(f"\n4/4 done in {time.perf_counter() - t0:.0f} s. Next:")
     print("    make lab                     JupyterLab on notebooks/ with the project's kernel")
