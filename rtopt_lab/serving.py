@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from rtopt_lab.features import featurize
 from rtopt_lab.policies.base import BasePolicy
 from rtopt_lab.types import SelectionResult, TaskFeatures
 
@@ -68,7 +69,7 @@ def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def _select(policy: BasePolicy, row: Mapping[str, Any]) -> SelectionResult:
+def _select(policy: BasePolicy, row: Mapping[str, Any], guard: Any = None) -> SelectionResult:
     """One row through :meth:`TaskFeatures.from_record` (NaN, numpy and JSON types handled).
 
     A cell left empty (a field one JSON record has and another lacks) takes the field's
@@ -81,11 +82,12 @@ def _select(policy: BasePolicy, row: Mapping[str, Any]) -> SelectionResult:
     try:
         features: TaskFeatures | Mapping[str, Any] = TaskFeatures.from_record(present)
     except (TypeError, ValueError):
-        features = present
-    return policy.select(features, request_id=rid)
+        return policy.select(present, request_id=rid)  # the baseline, with the reason
+    allowed = None if guard is None else guard.serving_mask(featurize(features, policy.spec)[None, :])[0]
+    return policy.select(features, request_id=rid, allowed=allowed)
 
 
-def select_frame(policy: BasePolicy, frame: pd.DataFrame) -> pd.DataFrame:
+def select_frame(policy: BasePolicy, frame: pd.DataFrame, *, guard: Any = None) -> pd.DataFrame:
     """``policy.select`` for every row of ``frame``; a DataFrame of :data:`OUTPUT_COLUMNS`.
 
     Parameters
@@ -94,6 +96,10 @@ def select_frame(policy: BasePolicy, frame: pd.DataFrame) -> pd.DataFrame:
     frame : pandas.DataFrame
         One request per row: :data:`FEATURE_COLUMNS` (``task_type`` required) and an
         optional ``request_id``.
+    guard : Constrained, optional
+        Serving masks (trust region around the incumbent, tier rules): each row is then
+        ``policy.select(..., allowed=guard.serving_mask(x))``, the distribution the
+        replay and the gates judged; the propensity is exact under that mask.
 
     Raises
     ------
@@ -106,5 +112,5 @@ def select_frame(policy: BasePolicy, frame: pd.DataFrame) -> pd.DataFrame:
         raise TypeError(f"`frame` must be a pandas DataFrame of task features; got {type(frame).__name__}")
     if "task_type" not in frame.columns:
         raise ValueError(f"`frame` needs a `task_type` column; got columns {list(frame.columns)}")
-    rows = [selection_record(_select(policy, row)) for row in frame.to_dict("records")]
+    rows = [selection_record(_select(policy, row, guard)) for row in frame.to_dict("records")]
     return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))

@@ -13,13 +13,16 @@ import socket
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from rtopt_lab.cli import main
 from rtopt_lab.compliance import ProvenanceLog, verify
+from rtopt_lab.features import featurize_frame
+from rtopt_lab.gates import Compliance
 from rtopt_lab.ope import evaluate
-from rtopt_lab.policies import FixedPolicy, LinUCB, ThompsonGaussian
+from rtopt_lab.policies import Constrained, FixedPolicy, LinUCB, ThompsonGaussian
 from rtopt_lab.policies.learning import fit_from_log
 from rtopt_lab.serving import FEATURE_COLUMNS, select_frame
 from rtopt_lab.tracking import (
@@ -27,6 +30,7 @@ from rtopt_lab.tracking import (
     default_tracking_uri,
     ensure_experiment,
     evidence_tags,
+    load_phase_guarded,
     load_phase_model,
     load_phase_policy,
     phase_of,
@@ -106,6 +110,31 @@ def test_registered_model_loaded_by_alias_predicts_what_the_policy_selects(sim, 
     info = model.metadata
     assert info.signature is not None and "task_type" in info.signature.inputs.input_names()
     assert info.saved_input_example_info is not None
+
+
+def test_a_model_registered_with_its_masks_serves_under_them(sim, store, fitted):
+    uri, eid = store
+    _, policy = fitted
+    inc = FixedPolicy(sim.catalog)
+    guard = Constrained(policy, inc, tier_masks=Compliance().allowed_mask(sim.catalog, np.arange(4)))
+    rv = register_policy(policy, experiment_id=eid, model="rtopt-guarded", uri=uri, gate_verdicts=PASS,
+                         serving=guard)
+    frame = _requests(sim, n=120, seed=17)
+    got = load_phase_model("rtopt-guarded", rv.version, uri=uri).predict(frame)
+    X = featurize_frame(frame, policy.spec)
+    masks = guard.serving_mask(X)
+    want = [policy.select(TaskFeatures.from_record(r), request_id=r["request_id"], allowed=masks[i])
+            for i, r in enumerate(frame.to_dict("records"))]
+    assert list(got["arm_id"]) == [w.arm_id for w in want]
+    assert got["propensity"].tolist() == [w.propensity for w in want]
+    arms = sim.catalog.indices(got["arm_id"].tolist())
+    assert masks[np.arange(len(arms)), arms].all()                     # never outside the masks
+    bare = select_frame(policy, frame)
+    assert (bare["arm_id"] != got["arm_id"]).any()                     # the masks do bind
+    again = load_phase_guarded("rtopt-guarded", rv.version, uri=uri)
+    np.testing.assert_array_equal(again.action_dist(X), guard.action_dist(X))
+    with pytest.raises(ValueError, match="wrap"):
+        register_policy(FixedPolicy(sim.catalog), experiment_id=eid, model="rtopt-guarded", uri=uri, serving=guard)
 
 
 def test_a_bad_row_gets_the_baseline_with_a_reason_not_an_error(sim, store, fitted):

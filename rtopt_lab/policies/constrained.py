@@ -73,6 +73,18 @@ class Constrained:
             mask[empty, inc[empty]] = True
         return mask
 
+    def serving_config(self) -> dict[str, Any]:
+        """The masks' parameters as JSON-able data (the incumbent is saved on its own)."""
+        return {"max_dtemp": self.max_dtemp, "max_dtokens": self.max_dtokens,
+                "tier_masks": self.tier_masks.astype(int).tolist()}
+
+    @classmethod
+    def from_config(cls, policy: BasePolicy, incumbent: BasePolicy, config: dict[str, Any]) -> Constrained:
+        """Rebuild from :meth:`serving_config` (as a served model does at load time)."""
+        return cls(policy, incumbent, max_dtemp=float(config["max_dtemp"]),
+                   max_dtokens=float(config["max_dtokens"]),
+                   tier_masks=np.asarray(config["tier_masks"], dtype=bool))
+
     def action_dist(self, X: np.ndarray, allowed: np.ndarray | None = None, *, keys: Any = None) -> np.ndarray:
         mask = self.serving_mask(np.asarray(X, dtype=np.float64))
         if allowed is not None:

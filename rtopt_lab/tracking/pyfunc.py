@@ -4,13 +4,16 @@ The model is logged as *code* (MLflow's models-from-code: :mod:`._policy_model_c
 copied into the model and run at load time), so nothing is cloudpickled: the policy's
 configuration and state travel as the ``policy.npz`` written by ``policy.save`` (a JSON
 config and plain arrays, loaded with ``allow_pickle=False``) and a readable
-``policy.json`` copy of the configuration. ``predict`` delegates to
+``policy.json`` copy of the configuration. A model registered with its serving masks
+also carries ``incumbent.npz`` and ``serving.json`` and answers under those masks
+(:class:`~rtopt_lab.policies.constrained.Constrained`), as the replay judged it. ``predict`` delegates to
 :func:`rtopt_lab.serving.select_frame`, the same conversion batch scoring uses, so a
 served model answers exactly what the in-process policy answers.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -19,6 +22,7 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, Array, ColSpec, Schema
 
 from rtopt_lab.policies.base import BasePolicy, load_policy
+from rtopt_lab.policies.constrained import Constrained
 from rtopt_lab.serving import select_frame
 
 __all__ = ["CODE_PATH", "PolicyModel", "policy_signature"]
@@ -52,11 +56,15 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
     """pyfunc face of a policy: loads ``policy.npz`` and delegates ``predict`` to it."""
 
     policy: BasePolicy | None = None
+    guard: Constrained | None = None
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.policy = load_policy(context.artifacts["policy"])
+        if "incumbent" in context.artifacts:  # served under the masks the gates judged
+            config = json.loads(Path(context.artifacts["serving"]).read_text())
+            self.guard = Constrained.from_config(self.policy, load_policy(context.artifacts["incumbent"]), config)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if self.policy is None:
             raise RuntimeError("PolicyModel.predict before load_context: load it with mlflow.pyfunc.load_model")
-        return select_frame(self.policy, pd.DataFrame(model_input))
+        return select_frame(self.policy, pd.DataFrame(model_input), guard=self.guard)

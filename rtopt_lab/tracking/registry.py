@@ -46,6 +46,7 @@ from mlflow.exceptions import MlflowException
 from rtopt_lab.compliance import ProvenanceLog
 from rtopt_lab.gates import GateVerdict, combine
 from rtopt_lab.policies.base import BasePolicy
+from rtopt_lab.policies.constrained import Constrained
 from rtopt_lab.rollout.phases import Phase
 from rtopt_lab.serving import input_example
 from rtopt_lab.tracking.pyfunc import CODE_PATH, policy_signature
@@ -58,6 +59,7 @@ __all__ = [
     "RegisteredVersion",
     "adopt_incumbent",
     "evidence_tags",
+    "load_phase_guarded",
     "load_phase_model",
     "load_phase_policy",
     "phase_of",
@@ -188,7 +190,7 @@ def register_policy(policy: BasePolicy, *, experiment_id: str, model: str = MODE
                     evaluation: pd.DataFrame | None = None, candidate: str | None = None,
                     gate_verdicts: Mapping[str, GateVerdict | Mapping[str, Any]] | None = None,
                     approval_required: bool = False, into_shadow: bool = False,
-                    tags: Mapping[str, str] | None = None,
+                    tags: Mapping[str, str] | None = None, serving: Constrained | None = None,
                     actor: str | None = None, reason: str = "registered",
                     provenance: ProvenanceLog | str | Path | None = None) -> RegisteredVersion:
     """Log ``policy`` as a pyfunc model, register it as a new version of ``model``, tag it.
@@ -197,7 +199,9 @@ def register_policy(policy: BasePolicy, *, experiment_id: str, model: str = MODE
     run of ``experiment_id``. Artifacts: ``policy.npz`` (state and JSON configuration,
     no pickle) and ``policy.json``; the signature and an input example are attached.
     Tags: :func:`evidence_tags`, the policy's kind and version, ``approval_required``,
-    then ``tags`` (which win).
+    then ``tags`` (which win). With ``serving`` (the policy wrapped in its serving masks,
+    as the replay evaluated it) the model also carries the incumbent and the masks and
+    answers under them.
     The registration is a provenance record; with ``into_shadow`` the version then
     enters shadow through :func:`promote` (which applies the shadow rule).
     """
@@ -214,11 +218,19 @@ def register_policy(policy: BasePolicy, *, experiment_id: str, model: str = MODE
         npz = policy.save(Path(d) / "policy.npz")
         cfg = Path(d) / "policy.json"
         cfg.write_text(json.dumps(policy.config(), indent=2, sort_keys=True, default=str))
+        artifacts = {"policy": str(npz), "policy_config": str(cfg)}
+        if serving is not None:
+            if serving.policy is not policy:
+                raise ValueError("`serving` must wrap `policy` itself (Constrained(policy, incumbent, ...))")
+            artifacts["incumbent"] = str(serving.incumbent.save(Path(d) / "incumbent.npz"))
+            (Path(d) / "serving.json").write_text(json.dumps(serving.serving_config()))
+            artifacts["serving"] = str(Path(d) / "serving.json")
+            tags["serving.masks"] = "trust_region+tiers"
         run_ctx = (mlflow.start_run(run_id=run_id) if run_id is not None
                    else mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{policy.version}"))
         with run_ctx as run:
             info = mlflow.pyfunc.log_model(name="policy", python_model=str(CODE_PATH),
-                                           artifacts={"policy": str(npz), "policy_config": str(cfg)},
+                                           artifacts=artifacts,
                                            signature=policy_signature(), input_example=input_example(),
                                            registered_model_name=model)
             run_id = run.info.run_id
@@ -477,5 +489,15 @@ def load_phase_model(model: str = MODEL_NAME, phase: str | int = "general", *, u
 
 def load_phase_policy(model: str = MODEL_NAME, phase: str | int = "general", *,
                       uri: str | None = None) -> BasePolicy:
-    """The policy object behind :func:`load_phase_model` (for replay, checks, dashboards)."""
+    """The policy object behind :func:`load_phase_model` (for replay, checks, dashboards).
+
+    The bare policy; :func:`load_phase_guarded` gives it with its serving masks.
+    """
     return load_phase_model(model, phase, uri=uri).unwrap_python_model().policy
+
+
+def load_phase_guarded(model: str = MODEL_NAME, phase: str | int = "general", *,
+                       uri: str | None = None) -> Constrained | BasePolicy:
+    """What the served model answers with: the policy under its masks when it has them."""
+    wrapped = load_phase_model(model, phase, uri=uri).unwrap_python_model()
+    return wrapped.guard if wrapped.guard is not None else wrapped.policy
