@@ -30,6 +30,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--policy", type=Path, required=True, help="policy file (.npz) saved by policy.save")
     r.add_argument("--report", type=Path, default=None, help="offline check report (JSON) as gate evidence")
     r.add_argument("--experiment", default="rtopt/registry", help="experiment of the run (default: %(default)s)")
+    r.add_argument("--incumbent", type=Path, default=None,
+                   help="production policy (.npz): the model then serves under the trust region around it "
+                        "and the default tier rules, as a replay judges candidates")
     r.add_argument("--approval-required", action="store_true",
                    help="tier-1 tasks: promotion to canary will need --approved-by")
     r.add_argument("--shadow", action="store_true", help="enter shadow right after registering")
@@ -102,13 +105,23 @@ def _cmd_register(args: argparse.Namespace) -> int:
     from rtopt_lab.tracking import ensure_experiment, register_policy
 
     policy = load_policy(args.policy)
+    serving = None
+    if args.incumbent is not None:
+        import numpy as np
+
+        from rtopt_lab.gates import Compliance
+        from rtopt_lab.policies import Constrained
+
+        serving = Constrained(policy, load_policy(args.incumbent),
+                              tier_masks=Compliance().allowed_mask(policy.catalog, np.arange(4)))
     verdicts, tags = {}, {}
     if args.report is not None:
         verdicts, tags = evidence_from_report(json.loads(args.report.read_text()))
     uri = _uri(args)
     rv = register_policy(policy, experiment_id=ensure_experiment(args.experiment, uri=uri), model=args.model,
                          uri=uri, gate_verdicts=verdicts, tags=tags, approval_required=args.approval_required,
-                         into_shadow=False, actor=args.by, reason=f"registered from {args.policy}")
+                         into_shadow=False, actor=args.by, reason=f"registered from {args.policy}",
+                         serving=serving)
     print(f"registered {args.model} version {rv.version} ({policy.version}, run {rv.run_id})")
     if args.shadow:
         return _promote(args.model, rv.version, "shadow", uri, None, args.by, "entered shadow at registration")

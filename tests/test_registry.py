@@ -242,9 +242,11 @@ def test_cli_promote_rollback_status(sim, store, tmp_path, capsys, monkeypatch):
         {"name": "replay", "passed": True, "figures": {"ips_lower_bound": 0.01, "dr_lower_bound": 0.02}},
         {"name": "constraints", "passed": True, "figures": {}}]}))
     base = ["--model", model, "--tracking-uri", uri]
-    assert main(["register", "--policy", str(policy_file), "--report", str(report), "--shadow", *base]) == 0
+    assert main(["register", "--policy", str(policy_file), "--report", str(report), "--shadow",
+                 "--incumbent", str(policy_file), *base]) == 0
     out = capsys.readouterr().out
     assert "registered rtopt-cli version 1" in out and "-> shadow" in out
+    assert load_phase_guarded(model, "shadow", uri=uri).incumbent.version == FixedPolicy(sim.catalog).version
     assert main(["promote", "--version", "1", "--to", "general", *base]) == 1
     assert "never skipped" in capsys.readouterr().err
     assert main(["promote", "--version", "1", "--to", "canary", "--approved-by", "bob", "--reason", "ok", *base]) == 0
