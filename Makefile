@@ -10,6 +10,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 EXTRAS ?= dev
 PYTEST_ARGS ?=
+LAB_ARGS ?=
 
 .PHONY: demo test lint format bench clean help setup lab
 
@@ -36,7 +37,7 @@ demo: $(STAMP)  ## the main job: the whole workbench once (logs, replays, gates,
 
 lab: $(STAMP)  ## JupyterLab on notebooks/ with the project's kernel, on 127.0.0.1
 	$(PY) -m rtopt_lab.workbench.kernel
-	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,) $(LAB_ARGS)
 
 test: $(STAMP)  ## the whole test suite, slow tests included
 	$(PY) -m pytest -q $(PYTEST_ARGS)
