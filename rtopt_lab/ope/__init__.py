@@ -8,10 +8,25 @@
 :mod:`.compare`        :func:`compare`: candidates vs a baseline, Holm-adjusted, with verdicts
 :mod:`.diagnostics`    ESS, weight moments, clipping, flags, support violations
 :mod:`.evaluate`       :func:`evaluate`: a decision log (in memory or streamed) to a table
+:mod:`.chunks`         mergeable statistics, one code path for in-memory, streamed and Spark
+                       evaluation: :func:`plan_evaluation`, :func:`reward_model_rows`,
+                       :func:`chunk_terms`, :class:`EvaluationSums`
 =====================  ===================================================================
 """
 
 from rtopt_lab.ope._hash import hash_strings, poisson_weights
+from rtopt_lab.ope.chunks import (
+    LOGGING,
+    Candidates,
+    ChunkTerms,
+    EvaluationPlan,
+    EvaluationSums,
+    LoggedRows,
+    chunk_terms,
+    logged_rows,
+    plan_evaluation,
+    reward_model_rows,
+)
 from rtopt_lab.ope.compare import VERDICTS, Comparison, compare, holm
 from rtopt_lab.ope.diagnostics import FLAGS, Diagnostics
 from rtopt_lab.ope.estimators import ESTIMATORS, Estimate, dm, dr, ips, sndr, snips, switch_dr
@@ -21,11 +36,18 @@ from rtopt_lab.ope.reward_model import RewardModel, joint_features
 __all__ = [
     "ESTIMATORS",
     "FLAGS",
+    "LOGGING",
     "VERDICTS",
+    "Candidates",
+    "ChunkTerms",
     "Comparison",
     "Diagnostics",
     "Estimate",
+    "EvaluationPlan",
+    "EvaluationSums",
+    "LoggedRows",
     "RewardModel",
+    "chunk_terms",
     "compare",
     "dm",
     "dr",
@@ -34,7 +56,10 @@ __all__ = [
     "holm",
     "ips",
     "joint_features",
+    "logged_rows",
+    "plan_evaluation",
     "poisson_weights",
+    "reward_model_rows",
     "sndr",
     "snips",
     "switch_dr",

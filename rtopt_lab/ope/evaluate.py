@@ -2,71 +2,43 @@
 
 The log is read in chunks, in memory (a DataFrame or Arrow table, sliced) or streamed
 from Parquet (a :class:`~rtopt_lab.logstore.LogStore` directory or one ``.parquet`` file)
-with bounded memory. Every chunk becomes per-row terms (:mod:`rtopt_lab.ope._terms`) that
-are added into mergeable sums; intervals use the Poisson bootstrap keyed by the hashed
-request id, or normal intervals, so an in-memory frame and the same rows streamed give the
-same numbers (to rounding), whatever the chunk sizes.
-
-The steps are public, so any back-end that reads chunks (threads here, Spark partitions in
-:mod:`rtopt_lab.spark`) runs the same code and merges the same sums:
-
-==========================  =================================================================
-:func:`plan_evaluation`     validate the options once: an :class:`EvaluationPlan` (term
-                            layout, columns to read, reward model, interval options)
-:func:`reward_model_rows`   pass 1, when the reward model is unfitted: a chunk's rows for
-                            :meth:`RewardModel.update` (partial models add by
-                            :meth:`RewardModel.merge`), then :meth:`RewardModel.finalize`
-:func:`chunk_terms`         pass 2: a chunk's per-row terms T and importance weights W
-:class:`EvaluationSums`     the mergeable sums of T and W (:meth:`~EvaluationSums.add`,
-                            :meth:`~EvaluationSums.merge`, :meth:`~EvaluationSums.state`)
-:meth:`EvaluationPlan.table`  the estimates, intervals and comparisons of the merged sums
-==========================  =================================================================
-
-Every statistic is a sum over rows :math:`S = \\sum_i t_i` and every Poisson replicate a
-sum :math:`S^*_b = \\sum_i c_{ib} t_i` with :math:`c_{ib}` a function of (request id, b),
-so the merged sums do not depend on how the rows were cut into chunks.
+with bounded memory, on ``n_jobs`` threads. Every chunk goes through the public steps of
+:mod:`rtopt_lab.ope.chunks` (mergeable statistics, the same code Spark partitions run in
+:mod:`rtopt_lab.spark`): :func:`plan_evaluation`, :func:`reward_model_rows` when the reward
+model is unfitted, :func:`chunk_terms` into :class:`EvaluationSums`, then
+:meth:`EvaluationPlan.table`. Those names are re-exported here.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from rtopt_lab.arms import ArmCatalog
-from rtopt_lab.features import DEFAULT_SPEC, featurize_frame
-from rtopt_lab.ope import bootstrap as _boot
-from rtopt_lab.ope._hash import hash_strings
-from rtopt_lab.ope._terms import ESTIMATOR_PAIRS, LOGGING, Layout
-from rtopt_lab.ope.compare import results
-from rtopt_lab.ope.diagnostics import WeightStats, check_support
+from rtopt_lab.ope.chunks import (
+    LOGGING,
+    Candidate,
+    Candidates,
+    ChunkTerms,
+    EvaluationPlan,
+    EvaluationSums,
+    LoggedRows,
+    chunk_terms,
+    logged_rows,
+    plan_evaluation,
+    reward_model_rows,
+)
 from rtopt_lab.ope.reward_model import RewardModel
-from rtopt_lab.types import TaskFeatures
 
-__all__ = ["LOGGING", "Candidates", "ChunkTerms", "EvaluationPlan", "EvaluationSums", "LoggedRows",
-           "chunk_terms", "evaluate", "logged_rows", "plan_evaluation", "reward_model_rows"]
-
-_LOG_COLUMNS = ("request_id", "arm_id", "propensity", "reward", "requested_model")
-Candidate = Any  # a policy (action_dist + spec) or a callable chunk -> (n, K) array
-
-
-def _col(chunk: pd.DataFrame | pa.Table, name: str) -> np.ndarray:
-    if isinstance(chunk, pa.Table):
-        return chunk.column(name).to_numpy()
-    return chunk[name].to_numpy()
-
-
-def _names(chunk: pd.DataFrame | pa.Table) -> list[str]:
-    return list(chunk.column_names if isinstance(chunk, pa.Table) else chunk.columns)
+__all__ = ["LOGGING", "Candidate", "Candidates", "ChunkTerms", "EvaluationPlan", "EvaluationSums",
+           "LoggedRows", "chunk_terms", "evaluate", "logged_rows", "plan_evaluation", "reward_model_rows"]
 
 
 class _Source:
@@ -122,125 +94,6 @@ class _Source:
                     yield group.slice(lo, self.batch_rows)
 
 
-class _Features:
-    """Per-chunk features, fingerprints and request ids, computed once and on demand."""
-
-    def __init__(self, chunk, X: np.ndarray | None = None):
-        self.chunk = chunk
-        self._X: dict[Any, np.ndarray] = {} if X is None else {DEFAULT_SPEC: X}
-
-    def __call__(self, spec) -> np.ndarray:
-        if spec not in self._X:
-            self._X[spec] = featurize_frame(self.chunk, spec)
-        return self._X[spec]
-
-    def fingerprints(self) -> np.ndarray:
-        if "context_fingerprint" in _names(self.chunk):
-            return np.asarray(_col(self.chunk, "context_fingerprint"), dtype=np.uint64)
-        from rtopt_lab.features import context_fingerprint_frame
-
-        return context_fingerprint_frame(self.chunk)
-
-    def request_ids(self) -> list[str]:
-        return [str(r) for r in _col(self.chunk, "request_id")]
-
-
-class Candidates:
-    """The candidates' (and the logging policy's) action distributions, chunk by chunk.
-
-    Parameters
-    ----------
-    policies : mapping of str to policy or callable
-        As in :func:`evaluate`.
-    catalog : ArmCatalog
-    logging_policy : policy or callable, optional
-        Kept under the name ``"logging"`` (:data:`LOGGING`).
-
-    Notes
-    -----
-    Thread-safe when the candidates are (the built-in policies are). Picklable when the
-    candidates are, so a copy can travel to another process (a Spark executor).
-    """
-
-    def __init__(self, policies: Mapping[str, Candidate], catalog: ArmCatalog,
-                 logging_policy: Candidate | None = None):
-        self.policies = dict(policies)
-        if logging_policy is not None:
-            self.policies[LOGGING] = logging_policy
-        self.catalog = catalog
-        self.k = len(catalog)
-        self.randomised: dict[str, bool] = {}
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_lock"]                  # locks do not pickle: each copy gets its own
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    def _is_randomised(self, name: str, pol: Any, X: np.ndarray) -> bool:
-        """Does the distribution depend on the request keys (Thompson sampling)?
-
-        Policies of this package say so (``randomized``); any other is probed once.
-        """
-        flag = getattr(pol, "randomized", None)
-        if isinstance(flag, bool):
-            return flag
-        with self._lock:
-            if name not in self.randomised:
-                m = min(len(X), 16)
-                k1 = np.arange(m, dtype=np.uint64)
-                k2 = k1 + np.uint64(1 << 40)
-                self.randomised[name] = not np.array_equal(pol.action_dist(X[:m], keys=k1),
-                                                           pol.action_dist(X[:m], keys=k2))
-            return self.randomised[name]
-
-    def dist(self, name: str, chunk: pd.DataFrame | pa.Table, features: Any = None) -> np.ndarray:
-        """Candidate ``name``'s action distribution on the chunk's contexts.
-
-        Parameters
-        ----------
-        name : str
-            A key of ``policies``, or ``"logging"``.
-        chunk : DataFrame or Arrow table
-            Rows of the log.
-        features : optional
-            The chunk's feature cache, shared between candidates (internal); default a new one.
-
-        Returns
-        -------
-        ndarray of shape (n, K)
-            :math:`\\pi(a \\mid x_i)`; a randomised policy gets the request keys it would
-            have used when serving.
-
-        Raises
-        ------
-        ValueError
-            When the result is not a (n, K) array of probabilities with rows summing to 1.
-        """
-        pol = self.policies[name]
-        feats = _Features(chunk) if features is None else features
-        n = len(chunk)
-        if hasattr(pol, "action_dist") and hasattr(pol, "spec"):
-            X = feats(pol.spec)
-            keys = (pol.request_keys(feats.fingerprints(), feats.request_ids())
-                    if self._is_randomised(name, pol, X) else None)
-            d = np.asarray(pol.action_dist(X, keys=keys), dtype=np.float64)
-        elif callable(pol):
-            d = np.asarray(pol(chunk), dtype=np.float64)
-        else:
-            raise TypeError(f"`policies[{name!r}]` must be a policy (with action_dist and spec) or a "
-                            f"callable chunk -> (n, K) array; got {type(pol).__name__}")
-        if d.shape != (n, self.k) or not np.isfinite(d).all() or (d < 0).any() \
-                or not np.allclose(d.sum(axis=1), 1.0, atol=1e-6):
-            raise ValueError(f"`policies[{name!r}]` must give probabilities of shape ({n}, {self.k}) with "
-                             f"rows summing to 1; got shape {d.shape}")
-        return d
-
-
 def _offsets(src: _Source) -> Iterator[tuple[Any, int]]:
     offset = 0
     for chunk in src:
@@ -266,377 +119,11 @@ def _ordered(fn: Callable, items: Iterator[tuple], n_jobs: int) -> Iterator[Any]
             yield pending.popleft().result()
 
 
-def _check_evaluate(policies, estimators, baseline, catalog, reward_model, ci, n_boot, n_buckets,
-                    confidence_level, alpha, max_weight, tau) -> tuple:
-    if not isinstance(policies, Mapping) or not policies:
-        raise TypeError(f"`policies` must be a non-empty mapping of name to policy; got {type(policies).__name__}")
-    if LOGGING in policies:
-        raise ValueError(f"`policies` must not use the name {LOGGING!r}: it is reserved for the logging policy")
-    ests = (estimators,) if isinstance(estimators, str) else tuple(estimators)
-    unknown = [e for e in ests if e not in ESTIMATOR_PAIRS]
-    if not ests or unknown:
-        raise ValueError(f"`estimators` must be among {list(ESTIMATOR_PAIRS)}; got {estimators!r}")
-    if baseline is not None and baseline != LOGGING and baseline not in policies:
-        raise ValueError(f"`baseline` must be None, {LOGGING!r} or one of {list(policies)}; got {baseline!r}")
-    if catalog is None:
-        cats = [p.catalog for p in policies.values() if isinstance(getattr(p, "catalog", None), ArmCatalog)]
-        if not cats:
-            raise ValueError("`catalog` is required when no policy carries one")
-        catalog = cats[0]
-    if not isinstance(catalog, ArmCatalog):
-        raise TypeError(f"`catalog` must be an ArmCatalog; got {type(catalog).__name__}")
-    for name, p in policies.items():
-        if isinstance(getattr(p, "catalog", None), ArmCatalog) and p.catalog != catalog:
-            raise ValueError(f"`policies[{name!r}]` uses a different arm catalog than `catalog`")
-    if reward_model is not None and not isinstance(reward_model, RewardModel):
-        raise TypeError(f"`reward_model` must be a RewardModel or None; got {type(reward_model).__name__}")
-    if ci not in _boot.CI_METHODS:
-        raise ValueError(f"`ci` must be one of {_boot.CI_METHODS}; got {ci!r}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"`n_boot` must be an int >= 1; got {n_boot!r}")
-    if n_buckets is not None and (isinstance(n_buckets, bool) or not isinstance(n_buckets, (int, np.integer))
-                                  or n_buckets < 2):
-        raise ValueError(f"`n_buckets` must be an int >= 2 or None; got {n_buckets!r}")
-    for name, v in (("confidence_level", confidence_level), ("alpha", alpha)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
-            raise ValueError(f"`{name}` must be a number in (0, 1); got {v!r}")
-    if max_weight is not None and (isinstance(max_weight, bool) or not isinstance(max_weight, (int, float))
-                                   or not max_weight > 0):
-        raise ValueError(f"`max_weight` must be a number > 0 or None; got {max_weight!r}")
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
-        raise ValueError(f"`tau` must be a number > 0; got {tau!r}")
-    return ests, catalog
-
-
 def _check_chunking(batch_rows: Any, n_jobs: Any) -> None:
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise ValueError(f"`batch_rows` must be an int >= 1; got {batch_rows!r}")
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
         raise ValueError(f"`n_jobs` must be an int >= 1; got {n_jobs!r}")
-
-
-# ----------------------------------------------------------------------------- the plan
-@dataclass(frozen=True, slots=True, eq=False)
-class EvaluationPlan:
-    """What an evaluation fixes before it reads the log (see :func:`plan_evaluation`).
-
-    Attributes
-    ----------
-    layout : Layout
-        The term columns of every (candidate, estimator); candidates in order, then
-        ``"logging"`` when it is the baseline.
-    catalog : ArmCatalog
-    candidates : Candidates
-        The candidates' and the logging policy's action distributions.
-    reward_model : RewardModel or None
-        None when no estimator needs :math:`\\hat q`; otherwise fitted before
-        :func:`chunk_terms` runs (in place, when it is unfitted).
-    columns : tuple of str or None
-        The log columns the chunks need; None (all) when a candidate is a callable.
-    baseline : str or None
-    ci : {"normal", "percentile", "bca"}
-    confidence_level, alpha : float
-    n_boot : int
-        Poisson replicates kept by :meth:`sums` (0 for ``ci="normal"``).
-    n_buckets : int or None
-    """
-
-    layout: Layout
-    catalog: ArmCatalog
-    candidates: Candidates
-    reward_model: RewardModel | None
-    columns: tuple[str, ...] | None
-    baseline: str | None
-    ci: str
-    confidence_level: float
-    alpha: float
-    n_boot: int
-    n_buckets: int | None
-
-    def sums(self, *, keep_units: bool = False) -> EvaluationSums:
-        """Empty :class:`EvaluationSums` for this plan (``keep_units``: a row-level
-        jackknife, in memory only)."""
-        return EvaluationSums(self.layout, n_boot=self.n_boot, n_buckets=self.n_buckets, keep_units=keep_units)
-
-    def table(self, sums: EvaluationSums, *, rows_quarantined: int = 0, streamed: bool = False) -> pd.DataFrame:
-        """The estimates and comparisons of merged sums, as :func:`evaluate` returns them
-        (``rows_quarantined`` and ``streamed`` go to ``attrs``)."""
-        estimates, comparisons = results(self.layout, sums.terms.summary(), sums.weights, ci=self.ci,
-                                         confidence_level=self.confidence_level, baseline=self.baseline,
-                                         alpha=self.alpha)
-        return _table(self.layout, estimates, comparisons, self.baseline, rows_quarantined, streamed)
-
-
-def plan_evaluation(policies: Mapping[str, Candidate], *, estimators: str | Sequence[str], baseline: str | None,
-                    catalog: ArmCatalog | None, reward_model: RewardModel | None,
-                    logging_policy: Candidate | None, max_weight: float | None, tau: float,
-                    confidence_level: float, ci: str, n_boot: int, n_buckets: int | None,
-                    alpha: float) -> EvaluationPlan:
-    """Validate :func:`evaluate`'s options once and fix what every chunk shares.
-
-    Every argument is keyword-only and required (a back-end passes its own signature's
-    defaults); the meanings are :func:`evaluate`'s. An unfitted ``reward_model`` (default
-    ``RewardModel(arm_features=catalog.arm_features())``) is kept unfitted: fit it in a
-    first pass with :func:`reward_model_rows` before :func:`chunk_terms`.
-
-    Returns
-    -------
-    EvaluationPlan
-
-    Raises
-    ------
-    TypeError, ValueError
-        Naming the argument, as :func:`evaluate`.
-    """
-    ests, catalog = _check_evaluate(policies, estimators, baseline, catalog, reward_model, ci, n_boot,
-                                    n_buckets, confidence_level, alpha, max_weight, tau)
-    callables = any(not (hasattr(p, "action_dist") and hasattr(p, "spec")) for p in policies.values())
-    callables = callables or (logging_policy is not None and not hasattr(logging_policy, "spec"))
-    columns = None if callables else (*_LOG_COLUMNS, "context_fingerprint",
-                                      *[f.name for f in fields(TaskFeatures) if f.name != "model_name"])
-    names = list(policies) + ([LOGGING] if baseline == LOGGING else [])
-    layout = Layout(names, ests, max_weight=max_weight, tau=float(tau))
-    model = None
-    if layout.needs_q:
-        model = reward_model or RewardModel(arm_features=catalog.arm_features())
-    return EvaluationPlan(layout=layout, catalog=catalog, candidates=Candidates(policies, catalog, logging_policy),
-                          reward_model=model, columns=columns, baseline=baseline, ci=ci,
-                          confidence_level=float(confidence_level), alpha=float(alpha),
-                          n_boot=int(n_boot) if ci != "normal" else 0, n_buckets=n_buckets)
-
-
-# ----------------------------------------------------------------------------- per chunk
-def _arm_indices(chunk, catalog: ArmCatalog) -> tuple[np.ndarray, np.ndarray]:
-    """Arm indices of the chunk's ``arm_id`` (-1 when unknown), via the distinct ids only."""
-    if isinstance(chunk, pa.Table):
-        import pyarrow.compute as pc
-
-        enc = pc.dictionary_encode(chunk.column("arm_id").combine_chunks())
-        codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        uniques = np.asarray(enc.dictionary.to_pylist(), dtype=object)
-    else:
-        codes, uniques = pd.factorize(chunk["arm_id"], use_na_sentinel=False)
-        uniques = np.asarray(uniques, dtype=object)
-    return catalog.indices(uniques)[codes], uniques
-
-
-class LoggedRows(NamedTuple):
-    """A chunk's logged columns, validated.
-
-    Attributes
-    ----------
-    reward : ndarray of shape (n,)
-        Observed :math:`r_i`, finite.
-    action : int ndarray of shape (n,)
-        Logged arms :math:`a_i`, as indices into the catalog.
-    pscore : ndarray of shape (n,)
-        Logging propensities :math:`\\pi_b(a_i \\mid x_i)`, in (0, 1].
-    keys : uint64 ndarray of shape (n,)
-        Hashed request ids: reward-model folds and Poisson replicate weights derive from them.
-    X : ndarray of shape (n, d) or None
-        The ``DEFAULT_SPEC`` context features (from :func:`reward_model_rows`).
-    """
-
-    reward: np.ndarray
-    action: np.ndarray
-    pscore: np.ndarray
-    keys: np.ndarray
-    X: np.ndarray | None = None
-
-
-def logged_rows(chunk: pd.DataFrame | pa.Table, catalog: ArmCatalog, *, offset: int = 0) -> LoggedRows:
-    """Read and validate a chunk's ``request_id``, ``arm_id``, ``propensity`` and ``reward``.
-
-    Parameters
-    ----------
-    chunk : DataFrame or Arrow table
-    catalog : ArmCatalog
-    offset : int, default 0
-        Row number of the chunk's first row in the log (for error messages).
-
-    Returns
-    -------
-    LoggedRows
-        With ``X`` None.
-
-    Raises
-    ------
-    ValueError
-        Naming the first bad row: a missing column, an arm outside the catalog, a
-        propensity outside (0, 1] or a reward that is not finite.
-    """
-    missing = [c for c in ("request_id", "arm_id", "propensity", "reward") if c not in _names(chunk)]
-    if missing:
-        raise ValueError(f"`log` is missing column(s) {missing}")
-    action, _ = _arm_indices(chunk, catalog)
-    if (action < 0).any():
-        i = int(np.flatnonzero(action < 0)[0])
-        arm = _col(chunk, "arm_id")[i]
-        raise ValueError(f"`log` names arms outside the catalog, e.g. arm_id {arm!r} at row {offset + i}")
-    pscore = np.asarray(_col(chunk, "propensity"), dtype=np.float64)
-    bad = ~((pscore > 0) & (pscore <= 1))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"`log` column 'propensity' must be in (0, 1]; row {offset + i} has {float(pscore[i])!r}")
-    reward = np.asarray(_col(chunk, "reward"), dtype=np.float64)
-    if not np.isfinite(reward).all():
-        i = int(np.flatnonzero(~np.isfinite(reward))[0])
-        raise ValueError(f"`log` column 'reward' must be finite; row {offset + i} has {float(reward[i])!r}")
-    rid = chunk.column("request_id") if isinstance(chunk, pa.Table) else _col(chunk, "request_id")
-    return LoggedRows(reward, action, pscore, hash_strings(rid))
-
-
-def reward_model_rows(chunk: pd.DataFrame | pa.Table, catalog: ArmCatalog, *, offset: int = 0) -> LoggedRows:
-    """A chunk's rows for the reward model's first pass: :func:`logged_rows` with ``X``.
-
-    Feed them to ``model.update(rows.X, rows.action, rows.reward, rows.keys,
-    n_arms=len(catalog))``; models filled on other chunks add with
-    :meth:`RewardModel.merge`, then :meth:`RewardModel.finalize` fits the folds.
-
-    Returns
-    -------
-    LoggedRows
-        With ``X`` the ``DEFAULT_SPEC`` features, shape (n, DEFAULT_SPEC.n_features).
-    """
-    return logged_rows(chunk, catalog, offset=offset)._replace(X=featurize_frame(chunk, DEFAULT_SPEC))
-
-
-class ChunkTerms(NamedTuple):
-    """A chunk's contribution to an evaluation.
-
-    Attributes
-    ----------
-    T : ndarray of shape (n, m)
-        Per-row terms, ``layout.columns`` order (column 0 is 1, the row count).
-    W : ndarray of shape (n, C)
-        Importance weights :math:`w_i = \\pi_e(a_i \\mid x_i) / \\pi_b(a_i \\mid x_i)` of
-        the C candidates (1 for the logging policy).
-    keys : uint64 ndarray of shape (n,)
-        The rows' hashed request ids (replicate and bucket weights).
-    """
-
-    T: np.ndarray
-    W: np.ndarray
-    keys: np.ndarray
-
-
-def chunk_terms(plan: EvaluationPlan, chunk: pd.DataFrame | pa.Table, *, offset: int = 0,
-                rows: LoggedRows | None = None) -> ChunkTerms:
-    """The per-row terms and importance weights of one chunk of a log.
-
-    For every candidate c (action distribution :math:`\\pi_c`, from
-    ``plan.candidates``) and row i, the terms that the estimators are ratios of sums of:
-    :math:`w_i`, :math:`w_i r_i`, the DM term :math:`\\sum_a \\pi_c(a \\mid x_i)\\,
-    \\hat q(x_i, a)` and the DR residual :math:`w_i (r_i - \\hat q(x_i, a_i))` (clipped
-    or switched variants when the estimators need them). With a logging policy, a
-    candidate putting mass on an arm it never plays raises ValueError.
-
-    Parameters
-    ----------
-    plan : EvaluationPlan
-        Its ``reward_model`` must be fitted when it is not None.
-    chunk : DataFrame or Arrow table
-        Rows of the log, with ``plan.columns``.
-    offset : int, default 0
-        Row number of the chunk's first row in the log (for error messages).
-    rows : LoggedRows, optional
-        The chunk's :func:`logged_rows` (or :func:`reward_model_rows`), when already read.
-
-    Returns
-    -------
-    ChunkTerms
-        Add it to :class:`EvaluationSums`.
-    """
-    reward, action, pscore, keys, X = rows if rows is not None else logged_rows(chunk, plan.catalog, offset=offset)
-    feats = _Features(chunk, X)
-    cands = plan.candidates
-    names = plan.layout.candidates
-    dists = [None if c == LOGGING else cands.dist(c, chunk, feats) for c in names]
-    if LOGGING in cands.policies:
-        pb = cands.dist(LOGGING, chunk, feats)
-        for c, d in zip(names, dists, strict=True):
-            if d is not None:
-                check_support(d, pb, name=f"policies[{c!r}]", row_offset=offset)
-    model = plan.reward_model
-    q_hat = model.predict(feats(DEFAULT_SPEC), keys) if model is not None else None
-    T, W = plan.layout.terms_block(reward, action, pscore, dists, q_hat)
-    return ChunkTerms(T, W, keys)
-
-
-# ----------------------------------------------------------------------------- the sums
-_ACC = ("n", "total", "mean", "m2", "boot", "buckets")
-_WST = ("n", "sum_w", "sum_w2", "max_w", "over_clip", "over_tau")
-
-
-class EvaluationSums:
-    """The mergeable sums of an evaluation: per-row terms and importance weights.
-
-    Parameters
-    ----------
-    layout : Layout
-    n_boot : int, default 0
-        Poisson replicates (0: normal intervals only).
-    n_buckets : int, optional
-        Resample buckets of rows instead of rows (see :mod:`rtopt_lab.ope.bootstrap`).
-    keep_units : bool, default False
-        Keep every row's terms for a row-level jackknife (in memory only; not in :meth:`state`).
-
-    Attributes
-    ----------
-    terms : Accumulator
-        Totals :math:`\\sum_i t_i`, co-moments, replicate totals
-        :math:`\\sum_i c_{ib} t_i` (or bucket totals) of the terms.
-    weights : WeightStats
-        Sums :math:`\\sum_i w_i`, :math:`\\sum_i w_i^2`, maxima and threshold counts of the weights.
-
-    Notes
-    -----
-    :meth:`add` and :meth:`merge` add sums (the co-moments by Chan et al.'s pairwise
-    update), so sums of disjoint chunks merged in any grouping give one evaluation's numbers
-    up to floating-point summation order.
-
-    References
-    ----------
-    T. F. Chan, G. H. Golub, R. J. LeVeque. Updating formulae and a pairwise algorithm for
-    computing sample variances. Stanford CS tech. report STAN-CS-79-773, 1979.
-    """
-
-    def __init__(self, layout: Layout, *, n_boot: int = 0, n_buckets: int | None = None, keep_units: bool = False):
-        self.layout, self.n_boot, self.n_buckets = layout, n_boot, n_buckets
-        self.terms = _boot.Accumulator(layout.m, n_boot=n_boot, n_buckets=n_buckets, keep_units=keep_units)
-        self.weights = WeightStats(len(layout.candidates), max_weight=layout.max_weight, tau=layout.tau)
-
-    @property
-    def n(self) -> int:
-        """Rows added."""
-        return self.terms.n
-
-    def add(self, terms: ChunkTerms) -> EvaluationSums:
-        """Add a chunk's :class:`ChunkTerms`."""
-        self.terms.add(terms.T, terms.keys)
-        self.weights.add(terms.W)
-        return self
-
-    def merge(self, other: EvaluationSums) -> EvaluationSums:
-        """Add the sums of other rows (same plan)."""
-        self.terms.merge(other.terms)
-        self.weights.merge(other.weights)
-        return self
-
-    def state(self) -> dict[str, np.ndarray]:
-        """The sums as plain arrays (``acc_*`` and ``w_*``), to send elsewhere and
-        :meth:`set_state` there."""
-        state = {f"acc_{k}": getattr(self.terms, k) for k in _ACC if getattr(self.terms, k) is not None}
-        return state | {f"w_{k}": getattr(self.weights, k) for k in _WST}
-
-    def set_state(self, state: Mapping[str, np.ndarray]) -> EvaluationSums:
-        """Replace the sums with a :meth:`state` of sums with the same layout and options."""
-        for k in _ACC:
-            if f"acc_{k}" in state:
-                setattr(self.terms, k, state[f"acc_{k}"].copy() if k != "n" else int(state[f"acc_{k}"]))
-        for k in _WST:
-            setattr(self.weights, k, state[f"w_{k}"].copy() if k != "n" else int(state[f"w_{k}"]))
-        return self
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -739,28 +226,3 @@ def evaluate(log: Any, policies: Mapping[str, Candidate], *, estimators: str | S
     if sums.n < 2:
         raise ValueError(f"`log` must have at least 2 valid rows; got {sums.n}")
     return plan.table(sums, rows_quarantined=src.rows_quarantined, streamed=src.streamed)
-
-
-def _table(layout: Layout, estimates, comparisons, baseline, rows_quarantined: int, streamed: bool) -> pd.DataFrame:
-    comp = {(c.candidate, c.estimator): c for c in comparisons}
-    rows = []
-    for cand in layout.candidates:
-        for e in layout.estimators:
-            est = estimates[(cand, e)]
-            d = est.diagnostics
-            row = {"candidate": cand, "estimator": e, "value": est.value, "ci_low": est.ci_low,
-                   "ci_high": est.ci_high, "se": est.se, "confidence_level": est.confidence_level,
-                   "method": est.method, "n": est.n, "ess": d.ess, "max_weight": d.max_weight,
-                   "mean_weight": d.mean_weight, "clipped_share": d.clipped_share, "flags": ",".join(d.flags),
-                   "baseline": baseline}
-            c = comp.get((cand, e))
-            row.update({"diff": c.difference if c else np.nan, "diff_ci_low": c.ci_low if c else np.nan,
-                        "diff_ci_high": c.ci_high if c else np.nan,
-                        "lower_bound": c.lower_bound if c else np.nan,
-                        "upper_bound": c.upper_bound if c else np.nan, "p_value": c.p_value if c else np.nan,
-                        "verdict": c.verdict if c else ("baseline" if cand == baseline else None)})
-            rows.append(row)
-    table = pd.DataFrame(rows)
-    table.attrs.update({"n": int(table["n"].iloc[0]) if len(table) else 0,
-                        "rows_quarantined": rows_quarantined, "streamed": streamed})
-    return table
