@@ -10,7 +10,6 @@ distribution) never rolled back 100/100 over its whole rollout (up to 25 judged 
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -76,11 +75,9 @@ def test_same_seed_same_result_and_provenance(sim, tmp_path):
     assert state["phase"] == a.final_phase
 
 
-def test_trial_is_fast(sim, base_arms):
-    simulate_canary(sim, Effect(), seed=0, max_windows=2)  # warm the default-arm cache
-    t = time.perf_counter()
+def test_a_full_trial_walks_every_window(sim, base_arms):
+    # no wall-clock assertion: a shared CI machine makes timings flaky (speed lives in benchmarks/)
     r = simulate_canary(sim, Effect(reward_shift=CLAIMED), seed=1, candidate_arms=base_arms)
-    assert time.perf_counter() - t < 1.0  # ~0.25 s for a full 26-window rollout here
     assert r.reached_general and len(r.windows) == 26
 
 

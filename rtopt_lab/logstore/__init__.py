@@ -1,0 +1,96 @@
+"""The decision log: a directory of Parquet files, validated on the way in and on the way out.
+
+Schema (version 1)
+------------------
+One flat Arrow schema, :data:`LOG_SCHEMA`, one row per :class:`~rtopt_lab.types.LoggedDecision`:
+ids and provenance (``request_id``, ``timestamp`` in UTC microseconds, ``task_type``,
+``model_name``, ``policy_version``, ``context_fingerprint`` uint64), the context (the fields
+of :class:`~rtopt_lab.types.TaskFeatures`; its ``model_name`` is stored as
+``requested_model``), the arm (``arm_id`` and the fields of
+:class:`~rtopt_lab.types.ParameterSet`; its ``model_name`` is ``param_model_name``), the
+``propensity``, the outcome (:class:`~rtopt_lab.types.TaskOutcome`; its ``prompt_tokens``
+is ``outcome_prompt_tokens``) and the ``reward``. The schema metadata carries
+``rtopt.schema_version = 1``; a file that declares another version is treated as drift.
+
+Layout on disk
+--------------
+::
+
+    root/date=YYYY-MM-DD/part-<UTC time>-<uuid4 hex>.parquet   one file per append, rows
+                                                               sorted by (task_type, timestamp)
+    root/_quarantine/part-<UTC time>-<uuid4 hex>.parquet       rows rejected by append
+    root/_quarantine/validate-<UTC time>.parquet               rows rejected by validate_path
+    root/_tmp/<name>.<random>.tmp                              files being written
+
+``date`` is the UTC date of the append (ingest date), not of the decisions. Readers look
+only at ``*.parquet`` files outside directories whose name starts with ``_`` or ``.``.
+
+Atomicity
+---------
+:meth:`LogStore.append` writes the whole file under ``_tmp``, flushes and ``fsync``\\ s it,
+``os.replace``\\ s it to its final name (an atomic rename within one file system) and
+``fsync``\\ s the destination directory. So a reader sees either no file or the complete,
+durable file: a writer killed at any instant leaves at most an orphan under ``_tmp``
+(ignored by readers, removed by :meth:`LogStore.cleanup_tmp`). When ``append`` returns, the
+batch is durable. File names are unique (time + uuid4) and writers share no state, so any
+number of processes may append to one store at once.
+
+Validation and quarantine
+-------------------------
+:func:`validate_table` runs vectorised row checks; each failed check has a short, stable
+reason string (``"propensity outside (0, 1]"``, ``"reward is NaN or infinite"``,
+``"unknown arm_id"``, ``"null in required column 'success'"``, ...). A batch or file whose
+columns are missing or of an incompatible type is *schema drift*: every row is quarantined
+with reasons such as ``"schema: missing column 'reward'"``. Nothing is dropped silently:
+valid + quarantined rows always equals the input rows.
+
+``reasons`` counts rows **per check**: a row that fails k checks adds one to each of the k
+reasons (so the counts may sum to more than the quarantined rows), and the quarantine
+table's ``reason`` column holds all of the row's failed checks joined with ``"; "``.
+
+Reading
+-------
+:meth:`LogStore.read` and :meth:`LogStore.iter_batches` check each file's footer first
+(cached per file, as visible files never change): files whose column types match exactly
+are scanned together by one ``pyarrow.dataset`` scan with the filters pushed down;
+files with compatible but different types (int64 for int32, nanosecond timestamps, ...)
+are cast one batch at a time; files with drifted schemas or unreadable footers are
+skipped and counted under their reason, never raised. Rows that fail validation are left
+out and counted, not written anywhere. :meth:`LogStore.iter_batches` returns a
+:class:`LogStream`: iterate it for ``pa.Table`` batches of valid rows, then read its
+``reasons`` and counts; :meth:`LogStore.read` is that stream concatenated.
+"""
+
+from rtopt_lab.logstore.convert import decisions_to_table, table_to_decisions, to_table
+from rtopt_lab.logstore.io import WriteResult, read_log, write_log
+from rtopt_lab.logstore.schema import (
+    LOG_COLUMNS,
+    LOG_SCHEMA,
+    QUARANTINE_SCHEMA,
+    SCHEMA_VERSION,
+    SchemaDriftError,
+)
+from rtopt_lab.logstore.store import AppendResult, LogStore, LogStream, ReadResult
+from rtopt_lab.logstore.validate import Validated, ValidationReport, validate_path, validate_table
+
+__all__ = [
+    "LOG_COLUMNS",
+    "LOG_SCHEMA",
+    "QUARANTINE_SCHEMA",
+    "SCHEMA_VERSION",
+    "AppendResult",
+    "LogStore",
+    "LogStream",
+    "ReadResult",
+    "SchemaDriftError",
+    "Validated",
+    "ValidationReport",
+    "WriteResult",
+    "decisions_to_table",
+    "read_log",
+    "table_to_decisions",
+    "to_table",
+    "validate_path",
+    "validate_table",
+    "write_log",
+]
