@@ -73,16 +73,10 @@ class _TreePeak:
 
 
 def _policies():
-    from rtopt_lab.policies import EpsilonGreedy, FixedPolicy, LinUCB, Softmax, fit_from_log
-    from rtopt_lab.simulate import LLMTaskSimulator
+    """The candidates of ``benchmarks.ope``, so the two benchmarks' figures compare."""
+    from benchmarks.ope import _policies as ope_policies
 
-    sim = LLMTaskSimulator()
-    cat = sim.catalog
-    train = sim.simulate_log(20_000, logging_policy="uniform", seed=99)
-    return {"production": FixedPolicy(cat),
-            "softmax": fit_from_log(Softmax(cat, tau=0.05, epsilon=0.1), train),
-            "egreedy": fit_from_log(EpsilonGreedy(cat, epsilon=0.2), train),
-            "linucb": fit_from_log(LinUCB(cat), train)}
+    return ope_policies()
 
 
 def phase_spark(path: str, out: str) -> dict:
