@@ -13,6 +13,9 @@ candidate fitted on a simulated log, a :class:`RolloutManager` in canary (5 %), 
 - ``record_per_s``: ``record_outcome`` sustained over many outcomes, including the batched
   Parquet appends (``flush`` every 1,024 rows, and the final one) and the rollout
   manager's sample counting. Target: >= 20,000/s.
+- ``canary_trial_s``: one simulated rollout shadow -> general (26 monitoring windows, the
+  real manager and SLO rule; what the canary tests replicate hundreds of times); it was
+  ~0.25 s when the test suite still timed it.
 - ``record_with_budget_per_s``: the same with a :class:`BudgetTracker`, whose ``record``
   is one SQLite ``BEGIN IMMEDIATE`` transaction per outcome (the known bottleneck).
 
@@ -147,11 +150,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             ids = _pending(opt, feats[:n_budget], "s")
             _profile("record_outcome + budget", lambda: _record(opt, ids, outs[:n_budget]))
 
+    from rtopt_lab.rollout.canary import Effect, baseline_candidate_arms, simulate_canary
+
+    simulate_canary(sim, Effect(), seed=0, max_windows=2)  # warm the default-arm cache
+    arms = baseline_candidate_arms(sim)
+    trial = []
+    for r in range(repeats):
+        t = time.perf_counter()
+        simulate_canary(sim, Effect(reward_shift=0.05), seed=1 + r, candidate_arms=arms)
+        trial.append(time.perf_counter() - t)
+
     figures = {
         "recommend_p50_us": statistics.median(p50),
         "recommend_p99_us": statistics.median(p99),
         "record_per_s": statistics.median(rec),
         "record_with_budget_per_s": statistics.median(rec_b),
+        "canary_trial_s": statistics.median(trial),
         "recommend_target_p99_us": 200.0,
         "record_target_per_s": 20_000.0,
         "n_recommend": n_rec,
