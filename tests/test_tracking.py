@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import mlflow
+import pandas as pd
+import pytest
 from mlflow import MlflowClient
 
 from rtopt_lab.ope import evaluate
@@ -21,6 +23,8 @@ from rtopt_lab.tracking import (
     default_tracking_uri,
     ensure_experiment,
     log_evaluation,
+    log_run,
+    run_table,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,3 +82,13 @@ def test_parallel_runs_land_in_the_right_experiment(tmp_path):
     assert {client.get_run(i).info.experiment_id for i in ids} == {eid}
     runs = client.search_runs([eid])
     assert len(runs) == 4 and sorted(r.data.metrics["x"] for r in runs) == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_run_table_names_a_missing_table(tmp_path):
+    uri = default_tracking_uri(tmp_path)
+    eid = ensure_experiment("rtopt/tables", uri=uri)
+    rid = log_run(experiment_id=eid, uri=uri, tables={"candidates": pd.DataFrame({"a": [1, 2]})},
+                  metrics={"x": 1.0, "nan": float("nan")})
+    assert run_table(rid, "candidates", uri=uri)["a"].tolist() == [1, 2]
+    with pytest.raises(LookupError, match="no table 'summary'"):
+        run_table(rid, "summary", uri=uri)

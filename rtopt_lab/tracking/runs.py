@@ -117,8 +117,18 @@ def log_run(*, experiment_id: str, params: Mapping[str, Any] | None = None,
 
 
 def run_table(run_id: str, name: str, *, uri: str | None = None) -> pd.DataFrame:
-    """A CSV table logged with a run (``results``, ``summary``, ...), read back."""
+    """A CSV table logged with a run (``results``, ``candidates``, ...), read back.
+
+    Raises
+    ------
+    LookupError
+        The run has no table of that name.
+    """
+    from mlflow import MlflowClient
+
     uri = uri or tracking_uri()
+    if f"{name}.csv" not in {f.path for f in MlflowClient(tracking_uri=uri).list_artifacts(run_id)}:
+        raise LookupError(f"run {run_id} has no table {name!r} ({name}.csv)")
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{name}.csv", tracking_uri=uri)
     return pd.read_csv(local)
 

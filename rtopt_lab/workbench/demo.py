@@ -45,7 +45,7 @@ def candidate_summary(results, *, uri: str, model: str = "rtopt-policy") -> pd.D
             continue
         try:
             table = T.run_table(res.run_id, "candidates", uri=uri)
-        except Exception:  # not a replay run: it has no summary table
+        except LookupError:  # not a replay run: it has no candidates table
             continue
         table.insert(0, "experiment", res.name)
         table["phase"] = table["policy_version"].map(phase_of).fillna("-")

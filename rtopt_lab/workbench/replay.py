@@ -16,7 +16,7 @@ deployment faces.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,8 +132,9 @@ class ReplayConfig:
     def __post_init__(self) -> None:
         if self.engine not in ("local", "spark"):
             raise ValueError(f"`engine` must be 'local' or 'spark'; got {self.engine!r}")
-        for k in self.candidates:
-            make_candidate(k, ArmCatalog.from_grid())  # raises naming the unknown kind
+        unknown = [k for k in self.candidates if k not in CANDIDATE_KINDS]
+        if unknown:
+            raise ValueError(f"unknown candidate {unknown[0]!r}; choose from {sorted(CANDIDATE_KINDS)}")
         if not self.candidates:
             raise ValueError("`candidates` must name at least one candidate")
         unknown = sorted(set(self.estimators) - set(ESTIMATORS))
@@ -319,8 +320,3 @@ def _summary(results: pd.DataFrame, quality: pd.DataFrame, tokens: pd.DataFrame,
                      "quality": _row(quality, name, "dr")["value"], "tokens": _row(tokens, name, "dr")["value"],
                      "gates": gates[name].status if name in gates else "incumbent"})
     return pd.DataFrame(rows)
-
-
-def candidate_names(result: ReplayResult) -> Sequence[str]:
-    """The fitted candidates, in configuration order."""
-    return list(result.policies)
