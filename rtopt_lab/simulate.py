@@ -56,6 +56,7 @@ from rtopt_lab.reward import RewardFunction
 __all__ = [
     "DEFAULT_MODELS",
     "DEFAULT_PROFILES",
+    "ContextPool",
     "ExpectedOutcome",
     "LLMTaskSimulator",
     "ModelProfile",
@@ -391,6 +392,10 @@ class LLMTaskSimulator:
         t = self._sample(self._ctx(contexts), np.asarray(arms, dtype=np.int64), np.random.default_rng(seed))
         return pa.table(t).to_pandas()
 
+    def context_pool(self, contexts: pd.DataFrame | pa.Table) -> ContextPool:
+        """The contexts encoded once, to draw outcomes from many times (rollout simulations)."""
+        return ContextPool(self, contexts)
+
     def sample_reward_matrix(self, contexts: pd.DataFrame | pa.Table, *,
                              seed: int | np.random.Generator | None = None) -> np.ndarray:
         """One independent reward draw for every (context, arm), shape (n, K).
@@ -506,3 +511,24 @@ def _pandas_types(t: pa.DataType):
 def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
     for lo in range(0, n, size):
         yield lo, min(n, lo + size)
+
+
+class ContextPool:
+    """Contexts encoded once for repeated outcome draws by index.
+
+    A simulated rollout draws thousands of small windows of requests from one pool of
+    contexts; encoding the pool once and indexing it is what makes that fast.
+    ``pool.sample(idx, arms, rng)`` equals ``sim.sample_outcomes(contexts.iloc[idx],
+    arms, seed=rng)`` (as arrays) for the same generator state.
+    """
+
+    def __init__(self, sim: LLMTaskSimulator, contexts: pd.DataFrame | pa.Table):
+        self._sim = sim
+        self._ctx = sim._ctx(contexts)
+        self.size = len(self._ctx.task)
+
+    def sample(self, idx: np.ndarray, arms: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One outcome per (pool row ``idx[i]``, arm ``arms[i]``): TaskOutcome columns plus reward."""
+        idx = np.asarray(idx, dtype=np.int64)
+        ctx = _Ctx(*(getattr(self._ctx, f)[idx] for f in ("task", "tier", "complexity", "model", "prompt_tokens")))
+        return self._sim._sample(ctx, np.asarray(arms, dtype=np.int64), rng)

@@ -149,3 +149,15 @@ def test_custom_catalog(sim):
     log = small.simulate_log(500, logging_policy="epsilon", seed=1)
     assert set(log["arm_id"]) <= set(cat.arm_ids)
     assert len(small.simulate_log(0)) == 0
+
+
+def test_context_pool_draws_what_sample_outcomes_draws(sim):
+    ctx = sim.sample_contexts(500, seed=8)
+    pool = sim.context_pool(ctx)
+    idx = np.array([3, 3, 499, 0, 17])
+    arms = np.array([0, 5, 47, 12, 12])
+    got = pool.sample(idx, arms, np.random.default_rng(4))
+    want = sim.sample_outcomes(ctx.iloc[idx], arms, seed=np.random.default_rng(4))
+    assert pool.size == 500
+    for col in ("quality", "latency_ms", "completion_tokens", "reward"):
+        np.testing.assert_array_equal(got[col], want[col].to_numpy())

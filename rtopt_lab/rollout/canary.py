@@ -75,12 +75,10 @@ from rtopt_lab.compliance import ProvenanceLog
 from rtopt_lab.rollout.manager import RolloutManager
 from rtopt_lab.rollout.phases import Phase, PhaseConfig, anytime_lower_bound
 from rtopt_lab.rollout.slo import SLOConfig, evaluate_window
-from rtopt_lab.simulate import LLMTaskSimulator, _Ctx
+from rtopt_lab.simulate import LLMTaskSimulator
 
 __all__ = ["CanaryResult", "Effect", "WindowRecord", "baseline_candidate_arms", "default_candidate_arms",
            "simulate_canary"]
-
-_CTX_FIELDS = ("task", "tier", "complexity", "model", "prompt_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,13 +326,11 @@ def _run(sim: LLMTaskSimulator, effect: Effect, seed: int, config: PhaseConfig, 
         cand_arm = np.array([candidate_arms[t] for t in tasks], dtype=np.int64)
     except KeyError as exc:
         raise ValueError(f"`candidate_arms` has no arm for task type {exc.args[0]!r}") from None
-    # The simulator's vectorised internals: the pool's context arrays once, then index.
-    ctx = sim._ctx(pool)
-    cols = {f: getattr(ctx, f) for f in _CTX_FIELDS}
+    encoded = sim.context_pool(pool)  # encoded once, then indexed window after window
 
     def draw(n: int, arms: np.ndarray) -> dict[str, np.ndarray]:
         idx = rng.integers(0, pool_size, n)
-        return sim._sample(_Ctx(**{f: a[idx] for f, a in cols.items()}), arms[idx], rng)
+        return encoded.sample(idx, arms[idx], rng)
 
     def perturb(o: dict[str, np.ndarray], *, serving: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         lat, q = o["latency_ms"], o["quality"]
