@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
-from typing import Any
 
 __all__ = ["add_parsers"]
 
@@ -89,17 +87,6 @@ def _uri(args: argparse.Namespace) -> str:
     return args.tracking_uri or tracking_uri()
 
 
-def evidence_from_report(report: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Gate verdicts (one per check) and extra tags (``ope.lower_bound``) from an offline report."""
-    verdicts = {c["name"]: {"status": "pass" if c["passed"] else "fail",
-                            "reasons": [] if c["passed"] else [c.get("detail", "")]}
-                for c in report.get("checks", [])}
-    bounds = [float(v) for c in report.get("checks", []) if c["name"] == "replay"
-              for k, v in c.get("figures", {}).items() if k.endswith("_lower_bound")]
-    tags = {"ope.lower_bound": repr(min(bounds))} if bounds and all(math.isfinite(b) for b in bounds) else {}
-    return verdicts, tags
-
-
 def _cmd_register(args: argparse.Namespace) -> int:
     from rtopt_lab.policies import load_policy
     from rtopt_lab.tracking import ensure_experiment, register_policy
@@ -116,7 +103,9 @@ def _cmd_register(args: argparse.Namespace) -> int:
                               tier_masks=Compliance().allowed_mask(policy.catalog, np.arange(4)))
     verdicts, tags = {}, {}
     if args.report is not None:
-        verdicts, tags = evidence_from_report(json.loads(args.report.read_text()))
+        from rtopt_lab.checks import gate_evidence
+
+        verdicts, tags = gate_evidence(json.loads(args.report.read_text()))
     uri = _uri(args)
     rv = register_policy(policy, experiment_id=ensure_experiment(args.experiment, uri=uri), model=args.model,
                          uri=uri, gate_verdicts=verdicts, tags=tags, approval_required=args.approval_required,

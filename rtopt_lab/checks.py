@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from rtopt_lab.logstore import read_log
 from rtopt_lab.policies import BasePolicy, FixedPolicy, load_policy
 from rtopt_lab.types import GenerationRequest, Message, ParameterSet, TaskFeatures, TaskOutcome
 
-__all__ = ["ADVERSARIAL_FEATURES", "CheckReport", "CheckResult", "canary_check", "offline_check"]
+__all__ = ["ADVERSARIAL_FEATURES", "CheckReport", "CheckResult", "canary_check", "gate_evidence", "offline_check"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +241,24 @@ def _adversarial(policy, compliance) -> CheckResult:
     ok = raised == 0 and unsafe == 0
     return CheckResult("adversarial", ok, {"inputs": n, "raised": raised, "unsafe": unsafe, "fallbacks": fallbacks},
                        "malformed, huge and empty features and prompts: no exception, no guardrail broken")
+
+
+def gate_evidence(report: CheckReport | Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """A report as registry evidence: gate verdicts (one per check) and extra version tags.
+
+    Each check becomes a verdict ``pass`` or ``fail`` (its detail as the reason); the
+    replay's one-sided lower bounds give ``ope.lower_bound``, the smallest of them, when
+    all are finite. ``report`` is a :class:`CheckReport` or its :meth:`~CheckReport.to_dict`
+    (a JSON report read back).
+    """
+    data = report.to_dict() if isinstance(report, CheckReport) else report
+    checks = data.get("checks", [])
+    verdicts = {c["name"]: {"status": "pass" if c["passed"] else "fail",
+                            "reasons": [] if c["passed"] else [c.get("detail", "")]} for c in checks}
+    bounds = [float(v) for c in checks if c["name"] == "replay"
+              for k, v in c.get("figures", {}).items() if k.endswith("_lower_bound")]
+    tags = {"ope.lower_bound": repr(min(bounds))} if bounds and all(math.isfinite(b) for b in bounds) else {}
+    return verdicts, tags
 
 
 def write_report(report: CheckReport, path: str | Path) -> Path:

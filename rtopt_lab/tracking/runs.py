@@ -69,19 +69,10 @@ def log_evaluation(results: pd.DataFrame, *, experiment_id: str, params: Mapping
             status = verdict.get("status") if isinstance(verdict, Mapping) else getattr(verdict, "status", None)
             metrics[_metric_name("gate", gate, "passed")] = float(status == "pass")
         mlflow.log_metrics(metrics)
-        with tempfile.TemporaryDirectory() as d:
-            results.to_csv(Path(d) / "results.csv", index=False)
-            for name, table in (tables or {}).items():
-                table.to_csv(Path(d) / f"{name}.csv", index=False)
-            Path(d, "gate_verdicts.json").write_text(json.dumps(
-                {g: (v.to_dict() if hasattr(v, "to_dict") else v) for g, v in (gate_verdicts or {}).items()},
-                indent=2, default=str))
-            for stem, fig in (figures or {}).items():
-                (Path(d) / "plots").mkdir(exist_ok=True)
-                fig.savefig(Path(d) / "plots" / f"{stem}.png", dpi=110, bbox_inches="tight")
-            mlflow.log_artifacts(d)
-        for f in artifacts:
-            mlflow.log_artifact(os.fspath(f))
+        verdicts = json.dumps({g: (v.to_dict() if hasattr(v, "to_dict") else v)
+                               for g, v in (gate_verdicts or {}).items()}, indent=2, default=str)
+        _log_files(tables={"results": results, **dict(tables or {})}, figures=figures, artifacts=artifacts,
+                   texts={"gate_verdicts.json": verdicts})
         return run.info.run_id
 
 
@@ -103,17 +94,25 @@ def log_run(*, experiment_id: str, params: Mapping[str, Any] | None = None,
         clean = {k: float(v) for k, v in (metrics or {}).items() if v is not None and pd.notna(v)}
         if clean:
             mlflow.log_metrics(clean)
-        with tempfile.TemporaryDirectory() as d:
-            for name, table in (tables or {}).items():
-                table.to_csv(Path(d) / f"{name}.csv", index=False)
-            for stem, fig in (figures or {}).items():
-                (Path(d) / "plots").mkdir(exist_ok=True)
-                fig.savefig(Path(d) / "plots" / f"{stem}.png", dpi=110, bbox_inches="tight")
-            if any(Path(d).iterdir()):
-                mlflow.log_artifacts(d)
-        for f in artifacts:
-            mlflow.log_artifact(os.fspath(f))
+        _log_files(tables=tables, figures=figures, artifacts=artifacts)
         return run.info.run_id
+
+
+def _log_files(*, tables: Mapping[str, pd.DataFrame] | None = None, figures: Mapping[str, Any] | None = None,
+               artifacts: Sequence[str | os.PathLike[str]] = (), texts: Mapping[str, str] | None = None) -> None:
+    """Into the active run: ``<name>.csv`` per table, ``plots/<name>.png`` per figure, texts, files."""
+    with tempfile.TemporaryDirectory() as d:
+        for name, table in (tables or {}).items():
+            table.to_csv(Path(d) / f"{name}.csv", index=False)
+        for name, text in (texts or {}).items():
+            Path(d, name).write_text(text)
+        for stem, fig in (figures or {}).items():
+            (Path(d) / "plots").mkdir(exist_ok=True)
+            fig.savefig(Path(d) / "plots" / f"{stem}.png", dpi=110, bbox_inches="tight")
+        if any(Path(d).iterdir()):
+            mlflow.log_artifacts(d)
+    for f in artifacts:
+        mlflow.log_artifact(os.fspath(f))
 
 
 def run_table(run_id: str, name: str, *, uri: str | None = None) -> pd.DataFrame:
