@@ -562,6 +562,11 @@ class SelectionResult:
         Rollout phase that served the request, when a rollout manager is involved.
     reason : str or None
         Why a fallback was taken (bad input, empty mask, budget), else None.
+    blocked : bool, default False
+        ``True`` when no arm satisfies the rules for this request (an empty mask, the
+        daily token budget exhausted, a tier that permits nothing): the caller must not
+        make the LLM call. ``params`` are then the baseline arm's, for reference only,
+        and ``reason`` says why.
     """
 
     request_id: str
@@ -572,6 +577,7 @@ class SelectionResult:
     scores: tuple[float, ...] = ()
     phase: str | None = None
     reason: str | None = None
+    blocked: bool = False
 
     def __post_init__(self) -> None:
         _set(self, "request_id", _request_id("request_id", self.request_id))
@@ -582,3 +588,5 @@ class SelectionResult:
         _set(self, "policy_version", _name("policy_version", self.policy_version))
         _set(self, "scores", tuple(float(s) for s in self.scores) if not hasattr(self.scores, "tolist")
              else tuple(self.scores.astype(float).tolist()))
+        if not isinstance(self.blocked, bool):
+            raise _fail_type("blocked", "a bool", self.blocked)
