@@ -42,7 +42,7 @@ import numpy as np
 
 from rtopt_lab.types import ParameterSet
 
-__all__ = ["ARM_FEATURE_NAMES", "DEFAULT_GRID", "ArmCatalog", "arm_id"]
+__all__ = ["ARM_FEATURE_NAMES", "DEFAULT_GRID", "ArmCatalog", "arm_id", "nearest_allowed"]
 
 DEFAULT_GRID: dict[str, Any] = {
     "temperature": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
@@ -280,3 +280,39 @@ class ArmCatalog:
         if inc.ndim != 1 or ((inc < 0) | (inc >= len(self))).any():
             raise ValueError(f"`incumbent` must be a 1-D array of arm indices in [0, {len(self)})")
         return self.trust_region(max_dtemp, max_dtokens)[inc]
+
+
+def nearest_allowed(catalog: ArmCatalog, arm: int, allowed: np.ndarray) -> int | None:
+    """The allowed arm closest to ``arm``: a deterministic fallback that stays in the mask.
+
+    ``arm`` itself when allowed; otherwise the allowed arm minimising
+    ``|Δtemperature| / 0.2 + |Δmax_tokens| / 200`` (one trust-region step in each
+    parameter weighs the same), ties broken by the lower index; ``None`` when ``allowed``
+    permits nothing.
+
+    Parameters
+    ----------
+    catalog : ArmCatalog
+    arm : int
+        Index of the preferred arm (usually the task type's baseline).
+    allowed : array of bool, shape (K,)
+
+    Examples
+    --------
+    >>> cat = ArmCatalog.from_grid()
+    >>> mask = np.zeros(len(cat), dtype=bool)
+    >>> nearest_allowed(cat, 0, mask) is None
+    True
+    >>> mask[5] = True
+    >>> nearest_allowed(cat, 0, mask)
+    5
+    """
+    allowed = np.asarray(allowed, dtype=bool)
+    if not allowed.any():
+        return None
+    if allowed[arm]:
+        return int(arm)
+    d = (np.abs(catalog.temperature - catalog.temperature[arm]) / 0.2
+         + np.abs(catalog.max_tokens - catalog.max_tokens[arm]) / 200.0)
+    d = np.where(allowed, d, np.inf)
+    return int(np.argmin(d))
