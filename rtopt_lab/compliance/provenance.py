@@ -4,6 +4,7 @@ appended under an exclusive ``flock`` (see :mod:`rtopt_lab.compliance`)."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -68,8 +69,12 @@ class ProvenanceLog:
     Notes
     -----
     See :mod:`rtopt_lab.compliance` for the chain, what :func:`verify` detects, and what needs
-    the head anchored elsewhere. ``append`` refuses to extend a log whose last line is
-    cut or whose last record does not match its hash, so damage is never buried.
+    the head anchored elsewhere. A last line without its newline is what a process killed
+    mid-append leaves behind: the next ``append`` moves those torn bytes to
+    :attr:`torn_path` (appended there, never deleted) and writes a ``recover`` record
+    (evidence: byte count, offset, SHA-256 and the sidecar's name) before its own, so the
+    log is never wedged. ``append`` still refuses to extend a log whose last complete record
+    does not match its hash: that is tampering, not a crash, and is never buried.
 
     Examples
     --------
@@ -101,7 +106,7 @@ class ProvenanceLog:
         actor : str
             Who acted (a person, a service, a CI job).
         action : str
-            One of ``evaluate``, ``approve``, ``promote``, ``rollback``, ``config_change``.
+            One of :data:`~rtopt_lab.compliance.ACTIONS`.
         policy_version : str
             The policy version concerned.
         reason : str
@@ -139,14 +144,19 @@ class ProvenanceLog:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             size = os.fstat(fd).st_size
+            recovered = self._move_torn_tail(fd, size)
+            if recovered is not None:
+                size = recovered["offset"]
             last = _last_record(fd, self.path)
-            body = {"seq": 0 if last is None else last.seq + 1, "timestamp": timestamp,
-                    "actor": actor, "action": action, "policy_version": policy_version,
-                    "reason": reason, "evidence": evidence_norm,
-                    "prev_hash": GENESIS_HASH if last is None else last.hash}
-            rec = ProvenanceRecord(**{**body, "evidence": MappingProxyType(evidence_norm)},
-                                   hash=_sha256(canonical_json(body)))
-            data = rec.to_line().encode("utf-8")
+            records: list[ProvenanceRecord] = []
+            if recovered is not None:
+                last = _chain(last, timestamp, actor, "recover", policy_version,
+                              f"moved {recovered['bytes']} torn bytes (an append cut short) to "
+                              f"{recovered['sidecar']}", recovered)
+                records.append(last)
+            rec = _chain(last, timestamp, actor, action, policy_version, reason, evidence_norm)
+            records.append(rec)
+            data = "".join(r.to_line() for r in records).encode("utf-8")
             try:
                 view = memoryview(data)
                 while view:
@@ -160,6 +170,42 @@ class ProvenanceLog:
         finally:
             os.close(fd)  # releases the lock
         return rec
+
+    @property
+    def torn_path(self) -> Path:
+        """The sidecar that keeps torn last lines moved aside by :meth:`append` (``<log>.torn``)."""
+        return self.path.with_name(self.path.name + ".torn")
+
+    def _move_torn_tail(self, fd: int, size: int) -> dict[str, Any] | None:
+        """Under the exclusive lock: move bytes after the last newline to :attr:`torn_path`.
+
+        The torn bytes are appended to the sidecar (one line each, never overwritten) and
+        made durable before the log is cut back to its last complete line.
+        """
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return None
+        start = size
+        while start > 0:
+            lo = max(0, start - 65_536)
+            nl = os.pread(fd, start - lo, lo).rfind(b"\n")
+            if nl >= 0:
+                start = lo + nl + 1
+                break
+            start = lo
+        torn = os.pread(fd, size - start, start)
+        side = os.open(self.torn_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(torn + b"\n")
+            while view:
+                view = view[os.write(side, view):]
+            os.fsync(side)
+        finally:
+            os.close(side)
+        _fsync_dir(self.path.parent)
+        os.ftruncate(fd, start)
+        os.fsync(fd)
+        return {"bytes": len(torn), "offset": start, "sha256": hashlib.sha256(torn).hexdigest(),
+                "sidecar": self.torn_path.name}
 
     def records(self) -> Iterator[ProvenanceRecord]:
         """Iterate the records in file order (the chain is not checked: see :meth:`verify`).
@@ -207,6 +253,16 @@ class ProvenanceLog:
     def verify(self, *, head: str | None = None) -> VerifyResult:
         """:func:`verify` this log."""
         return verify(self.path, head=head)
+
+
+def _chain(last: ProvenanceRecord | None, timestamp: str, actor: str, action: str, policy_version: str,
+           reason: str, evidence: dict[str, Any]) -> ProvenanceRecord:
+    """The record that follows ``last`` (the genesis record when ``last`` is None)."""
+    body = {"seq": 0 if last is None else last.seq + 1, "timestamp": timestamp, "actor": actor,
+            "action": action, "policy_version": policy_version, "reason": reason, "evidence": evidence,
+            "prev_hash": GENESIS_HASH if last is None else last.hash}
+    return ProvenanceRecord(**{**body, "evidence": MappingProxyType(evidence)},
+                            hash=_sha256(canonical_json(body)))
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-#: The actions a provenance record may carry.
-ACTIONS = frozenset({"evaluate", "approve", "promote", "rollback", "config_change"})
+#: The actions a provenance record may carry. ``reconcile`` records a registry state found
+#: outside the rules and accepted by a person (``rtopt provenance reconcile``); ``recover``
+#: notes a torn last line (an interrupted append) moved aside before the next append.
+ACTIONS = frozenset({"evaluate", "approve", "promote", "rollback", "config_change", "reconcile", "recover"})
 #: ``prev_hash`` of the first record of a chain.
 GENESIS_HASH = "0" * 64
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,9 @@ class Problem:
         unknown.
     kind : str
         ``modified``, ``removed``, ``broken_link``, ``reordered``, ``duplicate``,
-        ``truncated``, ``malformed`` or ``head_not_found``.
+        ``truncated``, ``malformed``, ``head_not_found`` or ``after_head`` (a record
+        appended after the anchored head: a forgery, or an append whose anchoring never
+        finished; either way nothing vouches for it).
     detail : str
         What is wrong, in words.
     """
@@ -72,7 +75,8 @@ def _guess_seq(raw: bytes) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def verify(path: str | os.PathLike[str], *, head: str | None = None) -> VerifyResult:
+def verify(path: str | os.PathLike[str], *, head: str | None = None,
+           scope: Callable[[ProvenanceRecord], bool] | None = None) -> VerifyResult:
     """Check the hash chain of a provenance log and name every broken record.
 
     Parameters
@@ -81,8 +85,14 @@ def verify(path: str | os.PathLike[str], *, head: str | None = None) -> VerifyRe
         The JSONL log.
     head : str, optional
         A head hash anchored elsewhere earlier (:meth:`ProvenanceLog.head`); the log then
-        fails unless a record still has this hash. This is what catches the removal of the
-        last records and a rewrite of the chain, which the chain alone cannot.
+        fails unless a record has this hash **and** no record in ``scope`` comes after it
+        (``after_head``: nothing anchored it, so nothing vouches for it). This is what
+        catches the removal of the last records, a rewrite of the chain and a well-formed
+        record appended by hand, which the chain alone cannot.
+    scope : callable, optional
+        ``scope(record) -> bool`` selects the records the anchored ``head`` vouches for
+        (default: all). Several writers sharing one log each anchor their own head: the
+        registry passes the records of one registered model.
 
     Returns
     -------
@@ -97,6 +107,8 @@ def verify(path: str | os.PathLike[str], *, head: str | None = None) -> VerifyRe
         When ``path`` is a directory or ``head`` is not a SHA-256 hex digest.
     """
     path = Path(path)
+    if scope is not None and not callable(scope):
+        raise TypeError(f"`scope` must be callable (record -> bool); got {type(scope).__name__}")
     if head is not None and (not isinstance(head, str) or not _HEX64.fullmatch(head)):
         raise ValueError(f"`head` must be 64 lowercase hex digits; got {head!r}")
     if path.is_dir():
@@ -179,10 +191,18 @@ def verify(path: str | os.PathLike[str], *, head: str | None = None) -> VerifyRe
                                     f"(line {pl}): a record was removed, inserted or re-hashed"))
 
     last_hash = first[max_seq][1].hash if max_seq >= 0 else None
-    if head is not None and not any(rec.hash == head for _, rec in good):
+    head_line = next((lineno for lineno, rec in good if rec.hash == head), None)
+    if head is not None and head_line is None:
         problems.append(Problem(0, None, "head_not_found",
                                 f"anchored head {head[:12]}... is not the hash of any record: records "
                                 "were removed from the end or the chain was rewritten"))
+    elif head is not None:
+        for lineno, rec in good:
+            if lineno > head_line and (scope is None or scope(rec)):
+                problems.append(Problem(lineno, rec.seq, "after_head",
+                                        f"record seq {rec.seq} ({rec.action} {rec.policy_version}) comes "
+                                        f"after the anchored head (line {head_line}): nothing anchored it, "
+                                        "so it is a forgery or an append whose anchoring did not finish"))
     problems.sort(key=lambda p: (p.line == 0, p.line))
     return VerifyResult(ok=not problems, records=len(good), problems=tuple(problems),
                         head=last_hash, path=str(path))
