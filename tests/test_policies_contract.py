@@ -158,20 +158,44 @@ def test_malformed_input_gets_the_baseline_with_a_reason(kind, sim, bad):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_bad_masks_and_request_ids_never_raise(kind, sim):
+def test_bad_masks_block_and_odd_request_ids_are_normalised(kind, sim):
     p = make(kind, sim)
     f = TaskFeatures(task_type="brainstorming")
     empty = np.zeros(len(sim.catalog), dtype=bool)
     res = p.select(f, request_id="r", allowed=empty)
-    assert res.reason.startswith("empty allowed mask") and res.arm_id == "t0.60-p1.00-m600"
-    for mask in (np.ones(3, bool), np.ones(len(sim.catalog)), "all"):
-        assert p.select(f, allowed=mask).reason is not None
-    assert p.select(f, request_id="").reason is not None
-    assert p.select(f, request_id="\x00" * 500).request_id == "invalid-request"
+    assert res.blocked and res.reason.startswith("blocked, do not call: empty allowed mask")
+    assert res.arm_id == "t0.60-p1.00-m600"  # the baseline's, for reference only
+    for mask in (np.ones(3, bool), np.ones(len(sim.catalog)), "all", [[True]]):
+        res = p.select(f, allowed=mask)
+        assert res.blocked and "`allowed` must be a boolean array" in res.reason
+    assert not p.select(f).blocked
+    # odd ids are normalised deterministically, and the answer is the policy's own
+    for odd in ("", "  ", "\x00" * 500, "x" * 129, "\ud800", 3, b"x"):
+        a, b = p.select(f, request_id=odd), p.select(f, request_id=odd)
+        assert a == b and a.request_id.startswith("rid-") and a.reason is None and not a.blocked
     one = np.zeros(len(sim.catalog), dtype=bool)
     one[5] = True
     for i in range(20):
         assert p.select(f, request_id=f"q{i}", allowed=one).arm_id == sim.catalog.arm_ids[5]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_malformed_input_stays_inside_a_mask_that_excludes_the_baseline(kind, sim):
+    p = make(kind, sim)
+    cat = sim.catalog
+    base = cat.baseline_arm("summarization")
+    mask = ~cat.trust_region(0.2, 200)[base]  # everything near the baseline is forbidden
+    bad = {"task_type": "summarization", "risk_tier": 9}
+    res = p.select(bad, request_id="r1", allowed=mask)
+    k = cat.index(res.arm_id)
+    assert mask[k] and res.propensity == 1.0 and not res.blocked
+    assert "nearest the baseline" in res.reason and "risk_tier" in res.reason
+    d = np.abs(cat.temperature - cat.temperature[base]) / 0.2 + np.abs(
+        cat.max_tokens - cat.max_tokens[base]
+    ) / 200
+    assert d[k] == d[mask].min() and k == np.flatnonzero(mask & (d == d[mask].min()))[0]
+    assert p.select(bad, request_id="r1", allowed=mask) == res
+    assert p.select(bad, allowed=np.zeros(len(cat), dtype=bool)).blocked
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -27,10 +27,14 @@ from the context alone; a batch ``action_dist`` without ``keys`` hashes each row
 
 Safety
 ------
-``select`` never raises and never returns an arm outside the mask. On malformed input
-(wrong types, NaN, out-of-range values, missing fields, over-long or empty strings) or an
-empty mask it returns the task type's baseline (production) arm, with propensity 1 and
-the ``reason``.
+``select`` never raises and never returns an arm outside the mask. When the mask permits
+nothing (or cannot be read) it returns ``blocked=True``: the caller must not make the LLM
+call. On malformed features (wrong types, NaN, out-of-range values, missing fields,
+over-long or empty strings) it returns the task type's baseline (production) arm if the
+mask allows it, else the allowed arm nearest to it (:func:`rtopt_lab.arms.nearest_allowed`),
+with propensity 1 and the ``reason``. Request ids go through
+:func:`rtopt_lab.hashing.safe_request_id`, so an odd id never raises and the same input
+always gets the same answer.
 """
 
 from __future__ import annotations
@@ -44,16 +48,17 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from rtopt_lab.arms import ArmCatalog
+from rtopt_lab.arms import ArmCatalog, nearest_allowed
 from rtopt_lab.features import DEFAULT_SPEC, FeatureSpec, context_fingerprint, featurize
 from rtopt_lab.hashing import GOLDEN as _GOLDEN
 from rtopt_lab.hashing import M64 as _M64
 from rtopt_lab.hashing import mix as _mix
 from rtopt_lab.hashing import mix_np as _mix_np
+from rtopt_lab.hashing import safe_request_id
 from rtopt_lab.hashing import str64 as _str64
 from rtopt_lab.types import SelectionResult, TaskFeatures
 
-__all__ = ["BasePolicy", "Policy", "load_policy", "uniforms"]
+__all__ = ["BasePolicy", "Policy", "load_policy", "readable_task_type", "uniforms"]
 
 _U_SALT = 0xA0761D6478BD642F
 _REGISTRY: dict[str, type[BasePolicy]] = {}
@@ -118,6 +123,31 @@ def row_keys(X: np.ndarray, seed_key: int) -> np.ndarray:
     return h
 
 
+# ----------------------------------------------------------------------------- odd input
+def _safe_rid(request_id: Any) -> str | None:
+    """:func:`~rtopt_lab.hashing.safe_request_id`, total: an object whose repr raises gets a
+    fixed id."""
+    try:
+        return safe_request_id(request_id)
+    except Exception:
+        return "invalid-request"
+
+
+def readable_task_type(features: Any) -> str | None:
+    """The task type of ``features`` when it is a valid one (a TaskFeatures, or a mapping
+    whose ``task_type`` passes TaskFeatures' own check), else None; never raises."""
+    try:
+        if isinstance(features, TaskFeatures):
+            return features.task_type
+        if isinstance(features, Mapping):
+            t = features.get("task_type")
+            if isinstance(t, str):
+                return TaskFeatures(task_type=t).task_type
+    except Exception:
+        pass
+    return None
+
+
 # ----------------------------------------------------------------------------- base class
 class BasePolicy:
     """Shared machinery; subclasses implement ``_dist`` (and ``_update`` / state if they learn).
@@ -179,7 +209,9 @@ class BasePolicy:
         """Per-arm scores for the SelectionResult (None when the policy has none)."""
         return None
 
-    def _dist_scores(self, X: np.ndarray, allowed: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def _dist_scores(
+        self, X: np.ndarray, allowed: np.ndarray, keys: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """``_dist`` and ``_scores`` together; override when they share work."""
         return self._dist(X, allowed, keys), self._scores(X)
 
@@ -314,68 +346,142 @@ class BasePolicy:
     ) -> SelectionResult:
         """Choose parameters for one request; never raises, never leaves the mask.
 
-        Returns the baseline arm, with propensity 1 and a ``reason``, when the input is
-        malformed or ``allowed`` permits nothing.
+        Parameters
+        ----------
+        features : TaskFeatures or mapping
+            The context; a mapping is validated with :meth:`TaskFeatures.from_dict`.
+        request_id : str, optional
+            Keys the randomisation; normalised by :func:`rtopt_lab.hashing.safe_request_id`
+            (an odd id, e.g. empty, over-long or with control characters, becomes a
+            deterministic ``"rid-<hex>"``), so the same input always gets the same answer.
+        allowed : bool array of shape (K,), optional
+            The arms the rules permit (default: every arm).
+
+        Returns
+        -------
+        SelectionResult
+            The sampled arm and its exact propensity. Otherwise, with a ``reason``:
+
+            - ``allowed`` permits nothing, or is not a boolean array of shape (K,) (so no
+              arm can be shown to be permitted): ``blocked=True``; the caller must not
+              make the LLM call (the params are the baseline's, for reference only);
+            - the features are malformed (wrong types, NaN, out-of-range values,
+              missing or unknown fields, not a mapping): the deterministic in-mask
+              fallback :func:`rtopt_lab.arms.nearest_allowed`, i.e. the task type's
+              baseline arm if allowed, else the allowed arm nearest to it in
+              (temperature, max_tokens), ties to the lower index; propensity 1.
         """
+        rid = _safe_rid(request_id)
+        task = readable_task_type(features)
+        mask, bad = self._read_mask(allowed)
+        if mask is None:
+            return self._blocked(task, rid, bad)
+        if not mask.any():
+            return self._blocked(task, rid, "empty allowed mask: no arm is permitted")
         try:
             f = features if isinstance(features, TaskFeatures) else TaskFeatures.from_dict(features)
-            rid = None if request_id is None else str(request_id)
-            if rid is not None and not 0 < len(rid) <= 128:
-                raise ValueError(f"`request_id` must have 1-128 characters; got {len(rid)}")
-            if allowed is None:
-                mask = self._all_allowed
-            else:
-                mask = np.asarray(allowed)
-                if mask.dtype != bool or mask.shape != self._all_allowed.shape:
-                    raise ValueError(
-                        f"`allowed` must be a boolean array of shape ({len(self.catalog)},)"
-                    )
-                if not mask.any():
-                    return self._fallback(
-                        f.task_type, rid, "empty allowed mask: no arm is permitted"
-                    )
             x = featurize(f, self.spec)[None, :]
             if x.shape[1] != self.n_features:
                 raise ValueError(
                     f"policy expects {self.n_features} features; the spec gives {x.shape[1]}"
                 )
-            key = np.array([self._key(context_fingerprint(f), rid)], dtype=np.uint64)
+            fp = context_fingerprint(f)
+            key = np.array([self._key(fp, rid)], dtype=np.uint64)
             dist, scores = self._dist_scores(x, mask[None, :], key)
             arms, prop = self.sample(dist, key)
             a = int(arms[0])
+            if not mask[a]:  # a policy bug must not reach the caller as an unsafe arm
+                raise RuntimeError(f"{self.kind} sampled arm {a}, outside the allowed mask")
             return SelectionResult(
-                request_id=rid if rid is not None else f"ctx-{context_fingerprint(f):016x}",
+                request_id=rid if rid is not None else f"ctx-{fp:016x}",
                 arm_id=self.catalog.arm_ids[a],
                 params=self.catalog.params[a],
                 propensity=float(prop[0]),
                 policy_version=self.version,
                 scores=() if scores is None else scores[0],
             )
-        except Exception as exc:  # the serving path never raises: fall back, say why
-            task = (
-                getattr(features, "task_type", None)
-                if not isinstance(features, Mapping)
-                else features.get("task_type")
-            )
-            return self._fallback(task, request_id, f"invalid request, baseline served: {exc}")
+        except Exception as exc:  # the serving path never raises: fall back inside the mask
+            return self.fallback(task, rid, f"invalid request, {{served}}: {exc}", mask)
 
-    def _fallback(self, task_type: Any, request_id: Any, reason: str) -> SelectionResult:
-        task = task_type if isinstance(task_type, str) and 0 < len(task_type) <= 128 else "default"
-        k = self.catalog.baseline_arm(task)
-        rid = (
-            request_id
-            if isinstance(request_id, str)
-            and 0 < len(request_id) <= 128
-            and request_id.isprintable()
-            else "invalid-request"
-        )
+    def _read_mask(self, allowed: Any) -> tuple[np.ndarray | None, str | None]:
+        """``allowed`` as a (K,) bool array, or None and why it cannot be read."""
+        if allowed is None:
+            return self._all_allowed, None
+        k = len(self.catalog)
+        try:
+            mask = np.asarray(allowed)
+        except Exception as exc:
+            return None, f"`allowed` is not an array ({exc}); no arm can be shown to be permitted"
+        if mask.dtype != bool or mask.shape != (k,):
+            return None, (
+                f"`allowed` must be a boolean array of shape ({k},); got {mask.dtype} "
+                f"{mask.shape}: no arm can be shown to be permitted"
+            )
+        return mask, None
+
+    def _blocked(
+        self, task_type: str | None, request_id: str | None, reason: str
+    ) -> SelectionResult:
+        """No arm satisfies the rules: ``blocked=True``, the baseline's params for reference."""
+        k = self.catalog.baseline_arm(task_type or "default")
         return SelectionResult(
-            request_id=rid,
+            request_id=request_id or "invalid-request",
             arm_id=self.catalog.arm_ids[k],
             params=self.catalog.params[k],
             propensity=1.0,
             policy_version=self.version,
-            reason=reason[:300],
+            reason=f"blocked, do not call: {reason}"[:300],
+            blocked=True,
+        )
+
+    def fallback(
+        self,
+        task_type: str | None,
+        request_id: str | None,
+        reason: str,
+        allowed: np.ndarray,
+        *,
+        prefer: int | None = None,
+    ) -> SelectionResult:
+        """The deterministic answer to a request that cannot be scored, inside ``allowed``.
+
+        The arm is :func:`rtopt_lab.arms.nearest_allowed` to ``prefer`` (default: the
+        baseline arm of ``task_type``, or of ``"default"`` when it is None), with
+        propensity 1; when ``allowed`` permits nothing the result is blocked.
+        ``{served}`` in ``reason`` is replaced by what was served.
+
+        Parameters
+        ----------
+        task_type : str or None
+            A readable task type (:func:`readable_task_type`).
+        request_id : str or None
+            Already normalised (:func:`rtopt_lab.hashing.safe_request_id`).
+        reason : str
+        allowed : bool array of shape (K,)
+        prefer : int, optional
+            The arm to stay nearest to.
+        """
+        base = self.catalog.baseline_arm(task_type or "default")
+        centre = base if prefer is None else int(prefer)
+        k = nearest_allowed(self.catalog, centre, allowed)
+        if k is None:
+            return self._blocked(
+                task_type, request_id, reason.replace("{served}", "nothing allowed")
+            )
+        if k == base:
+            served = "baseline served"
+        elif k == centre:
+            served = "incumbent's arm served"
+        else:
+            what = "baseline" if prefer is None else "incumbent"
+            served = f"allowed arm nearest the {what} served"
+        return SelectionResult(
+            request_id=request_id or "invalid-request",
+            arm_id=self.catalog.arm_ids[k],
+            params=self.catalog.params[k],
+            propensity=1.0,
+            policy_version=self.version,
+            reason=reason.replace("{served}", served)[:300],
         )
 
     def update(
@@ -477,7 +583,9 @@ class BasePolicy:
         return path
 
     @classmethod
-    def _from_config(cls, config: dict[str, Any], catalog: ArmCatalog, spec: FeatureSpec) -> BasePolicy:
+    def _from_config(
+        cls, config: dict[str, Any], catalog: ArmCatalog, spec: FeatureSpec
+    ) -> BasePolicy:
         """Rebuild from :meth:`config`: its keys are the constructor's keyword arguments."""
         kwargs = {k: v for k, v in config.items() if k not in ("kind", "catalog", "spec")}
         return cls(catalog, spec=spec, **kwargs)
@@ -529,7 +637,11 @@ def argmax_dist(scores: np.ndarray, allowed: np.ndarray, epsilon: float) -> np.n
         d = out[lo:hi]
         np.multiply(best, (1.0 - epsilon) / best.sum(axis=1, keepdims=True), out=d)
         if epsilon > 0:
-            d += (epsilon / k) if full else allowed[lo:hi] * (epsilon / allowed[lo:hi].sum(axis=1, keepdims=True))
+            d += (
+                (epsilon / k)
+                if full
+                else allowed[lo:hi] * (epsilon / allowed[lo:hi].sum(axis=1, keepdims=True))
+            )
     return out
 
 
