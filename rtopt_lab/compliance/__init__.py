@@ -6,6 +6,10 @@ Two durable, multi-process-safe records that the gates and the rollout read:
   database in WAL mode, so a restarted optimizer forgets no spend. Check-and-spend is one
   ``BEGIN IMMEDIATE`` transaction, so threads and processes sharing the file never
   overspend together.
+  :meth:`BudgetTracker.open_lease` gives a process a :class:`BudgetLease`: reservations
+  in memory against a block of tokens held in the ledger, settled with the real count and
+  booked in batches, so several processes share one budget without a transaction per call
+  and together never pass the limit (:mod:`rtopt_lab.compliance.lease`).
 * :class:`ProvenanceLog`: an append-only JSONL file of who did what to which policy
   version and why (evaluate, approve, promote, rollback, config change), made
   tamper-evident by a SHA-256 hash chain; :func:`verify` checks it and names every broken
@@ -53,8 +57,8 @@ on one host are serialised and each returns only once durable. Readers take a sh
 ``flock`` is advisory and local: do not share a log over NFS.
 """
 
-
-from rtopt_lab.compliance.budget import BudgetTracker, SpendResult
+from rtopt_lab.compliance.budget import BudgetTracker, LeaseRow, RecoverResult, SpendResult
+from rtopt_lab.compliance.lease import BudgetLease, LeaseState, Reservation, Settlement
 from rtopt_lab.compliance.provenance import ProvenanceLog
 from rtopt_lab.compliance.record import ACTIONS, GENESIS_HASH, ProvenanceRecord, canonical_json
 from rtopt_lab.compliance.verification import Problem, VerifyResult, verify
@@ -62,10 +66,16 @@ from rtopt_lab.compliance.verification import Problem, VerifyResult, verify
 __all__ = [
     "ACTIONS",
     "GENESIS_HASH",
+    "BudgetLease",
     "BudgetTracker",
+    "LeaseRow",
+    "LeaseState",
     "Problem",
     "ProvenanceLog",
     "ProvenanceRecord",
+    "RecoverResult",
+    "Reservation",
+    "Settlement",
     "SpendResult",
     "VerifyResult",
     "canonical_json",

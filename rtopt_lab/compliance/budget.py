@@ -1,12 +1,13 @@
 """Daily token budgets: :class:`BudgetTracker`, a SQLite (WAL) ledger per task type and
-UTC day, and :class:`SpendResult` (see :mod:`rtopt_lab.compliance`)."""
+UTC day, :class:`SpendResult`, and the ledger side of leases (:class:`LeaseRow`,
+:class:`RecoverResult`; the process-local allocator is :mod:`rtopt_lab.compliance.lease`)."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -21,6 +22,7 @@ from rtopt_lab.compliance._checks import (
     _check_tokens,
     _system_clock,
 )
+from rtopt_lab.compliance.lease import BudgetLease
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,75 @@ CREATE TABLE IF NOT EXISTS spend (
     recorded_at TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS spend_task_day ON spend (task_type, day);
+CREATE TABLE IF NOT EXISTS leases (
+    lease_id    TEXT    NOT NULL,
+    owner       TEXT    NOT NULL,
+    task_type   TEXT    NOT NULL,
+    day         TEXT    NOT NULL,
+    tokens_held INTEGER NOT NULL CHECK (tokens_held >= 0),
+    created_at  TEXT    NOT NULL,
+    updated_at  TEXT    NOT NULL,
+    PRIMARY KEY (lease_id, task_type, day)
+);
+CREATE INDEX IF NOT EXISTS leases_task_day ON leases (task_type, day);
+CREATE INDEX IF NOT EXISTS leases_owner ON leases (owner);
 """
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRow:
+    """One row of the ``leases`` table: tokens a live lease holds for a task type and day.
+
+    Attributes
+    ----------
+    lease_id : str
+        The :attr:`BudgetLease.lease_id` (one per :meth:`BudgetTracker.open_lease` call).
+    owner : str
+        The id the caller passed to :meth:`BudgetTracker.open_lease`.
+    task_type, day : str
+        What the tokens are held for (``day`` is the UTC date ``YYYY-MM-DD``).
+    tokens_held : int
+        Tokens counted against the day's limit until they are spent or given back.
+    created_at, updated_at : str
+        UTC ISO 8601 times of the row's first grant and last change.
+    """
+
+    lease_id: str
+    owner: str
+    task_type: str
+    day: str
+    tokens_held: int
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverResult:
+    """Outcome of :meth:`BudgetTracker.recover_lease`.
+
+    Attributes
+    ----------
+    owner : str
+        The dead owner whose leases were settled.
+    spends_booked, spend_tokens : int
+        Settled spends newly written to the ledger, and their tokens.
+    in_flight_booked, in_flight_tokens : int
+        Reservations without an acknowledged outcome, booked as spend of kind
+        ``'in_flight'`` at their reserved tokens (the call may have happened).
+    duplicates : int
+        Entries whose request id was already in the ledger (not counted again).
+    leases_deleted, tokens_released : int
+        Lease rows of ``owner`` deleted, and the tokens they held.
+    """
+
+    owner: str
+    spends_booked: int
+    spend_tokens: int
+    in_flight_booked: int
+    in_flight_tokens: int
+    duplicates: int
+    leases_deleted: int
+    tokens_released: int
 
 
 class BudgetTracker:
@@ -106,13 +176,29 @@ class BudgetTracker:
     because the tokens are gone. Both are idempotent per ``request_id``: a request id
     already in the ledger is never counted twice. The tracker keeps one connection,
     guarded by a lock; a tracker used in a forked child opens its own.
+
+    **Leases** (:meth:`open_lease`) are the fast path for a serving process: it holds a
+    block of a day's tokens in the ``leases`` table and reserves from it in memory. The
+    day's *committed* total of a task type is ``SUM(spend.tokens) + SUM(leases.tokens_held)``;
+    :meth:`remaining`, :meth:`try_spend` and every lease grant check the limit against it,
+    so the tokens spent and held by all processes together never pass the limit (only a
+    :meth:`record` or a settlement of more tokens than were reserved can, because those
+    tokens are already gone). :meth:`recover_lease` settles the leases of a dead process.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, limits: Mapping[str, int],
-                 default_limit: int | None = None,
-                 clock: Callable[[], datetime] | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        limits: Mapping[str, int],
+        default_limit: int | None = None,
+        clock: Callable[[], datetime] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         if not isinstance(limits, Mapping):
-            raise TypeError(f"`limits` must be a mapping of task type to tokens; got {type(limits).__name__}")
+            raise TypeError(
+                f"`limits` must be a mapping of task type to tokens; got {type(limits).__name__}"
+            )
         checked: dict[str, int] = {}
         for key, value in limits.items():
             if not isinstance(key, str) or not key.strip():
@@ -143,8 +229,9 @@ class BudgetTracker:
             return self._conn
         if self._conn is not None:  # forked: never use (or close) the parent's connection
             self._inherited.append(self._conn)
-        conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None,
-                               check_same_thread=False)
+        conn = sqlite3.connect(
+            self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+        )
         conn.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -194,7 +281,9 @@ class BudgetTracker:
     def _today(self) -> str:
         now = self._clock()
         if isinstance(now, datetime) and (now.tzinfo is None or now.utcoffset() is None):
-            raise ValueError(f"`clock` must return a timezone-aware datetime; got naive {now.isoformat()}")
+            raise ValueError(
+                f"`clock` must return a timezone-aware datetime; got naive {now.isoformat()}"
+            )
         return _check_aware("clock()", now).date().isoformat()
 
     def _day(self, day: date | datetime | str | None) -> str:
@@ -218,9 +307,26 @@ class BudgetTracker:
 
     @staticmethod
     def _sum(conn: sqlite3.Connection, task_type: str, day: str) -> int:
-        row = conn.execute("SELECT COALESCE(SUM(tokens), 0) FROM spend WHERE task_type = ? AND day = ?",
-                           (task_type, day)).fetchone()
+        row = conn.execute(
+            "SELECT COALESCE(SUM(tokens), 0) FROM spend WHERE task_type = ? AND day = ?",
+            (task_type, day),
+        ).fetchone()
         return int(row[0])
+
+    @staticmethod
+    def _held(conn: sqlite3.Connection, task_type: str, day: str) -> int:
+        row = conn.execute(
+            "SELECT COALESCE(SUM(tokens_held), 0) FROM leases WHERE task_type = ? AND day = ?",
+            (task_type, day),
+        ).fetchone()
+        return int(row[0])
+
+    def held(self, task_type: str, day: date | datetime | str | None = None) -> int:
+        """Tokens held by leases for ``task_type`` on ``day`` (default: today), not yet spent."""
+        task_type = _check_name("task_type", task_type)
+        day_s = self._day(day)
+        with self._lock:
+            return self._held(self._connection(), task_type, day_s)
 
     def spent(self, task_type: str, day: date | datetime | str | None = None) -> int:
         """Tokens spent by ``task_type`` on the UTC ``day`` (default: today)."""
@@ -230,10 +336,17 @@ class BudgetTracker:
             return self._sum(self._connection(), task_type, day_s)
 
     def remaining(self, task_type: str, day: date | datetime | str | None = None) -> int | None:
-        """Tokens left for ``task_type`` on ``day`` (default: today), never below 0; ``None`` = unlimited."""
+        """Tokens left for ``task_type`` on ``day`` (default: today), never below 0; ``None`` = unlimited.
+
+        What is neither spent nor held by a lease: ``limit - spent - held``.
+        """
         limit = self.limit(task_type)
-        spent = self.spent(task_type, day)
-        return None if limit is None else max(limit - spent, 0)
+        task_type = _check_name("task_type", task_type)
+        day_s = self._day(day)
+        with self._lock:
+            conn = self._connection()
+            used = self._sum(conn, task_type, day_s) + self._held(conn, task_type, day_s)
+        return None if limit is None else max(limit - used, 0)
 
     def can_afford(self, task_type: str, tokens: int) -> bool:
         """Whether ``tokens`` more fit in today's budget (a hint: use :meth:`try_spend` to reserve)."""
@@ -242,11 +355,30 @@ class BudgetTracker:
         return left is None or tokens <= left
 
     # ---------------------------------------------------------------- spending
-    def _result(self, allowed: bool, spent: int, limit: int | None, reason: str, task_type: str,
-                day: str, tokens: int, counted: bool) -> SpendResult:
-        remaining = None if limit is None else max(limit - spent, 0)
-        return SpendResult(allowed=allowed, spent_after=spent, limit=limit, remaining=remaining,
-                           reason=reason, task_type=task_type, day=day, tokens=tokens, counted=counted)
+    def _result(
+        self,
+        allowed: bool,
+        spent: int,
+        limit: int | None,
+        reason: str,
+        task_type: str,
+        day: str,
+        tokens: int,
+        counted: bool,
+        held: int = 0,
+    ) -> SpendResult:
+        remaining = None if limit is None else max(limit - spent - held, 0)
+        return SpendResult(
+            allowed=allowed,
+            spent_after=spent,
+            limit=limit,
+            remaining=remaining,
+            reason=reason,
+            task_type=task_type,
+            day=day,
+            tokens=tokens,
+            counted=counted,
+        )
 
     def _spend(self, kind: str, task_type: Any, tokens: Any, request_id: Any) -> SpendResult:
         task_type = _check_name("task_type", task_type)
@@ -256,35 +388,56 @@ class BudgetTracker:
         with self._immediate() as conn:
             day = self._today()
             if request_id is not None:
-                row = conn.execute("SELECT task_type, day, tokens FROM spend WHERE request_id = ?",
-                                   (request_id,)).fetchone()
+                row = conn.execute(
+                    "SELECT task_type, day, tokens FROM spend WHERE request_id = ?", (request_id,)
+                ).fetchone()
                 if row is not None:
                     spent = self._sum(conn, row[0], row[1])
+                    held = self._held(conn, row[0], row[1])
                     lim = self.limits.get(row[0], self.default_limit)
-                    reason = (f"request_id {request_id!r} already counted ({row[2]} tokens of "
-                              f"{row[0]!r} on {row[1]}); not counted again")
-                    fits = lim is None or spent <= lim
-                    return self._result(fits, spent, lim, reason, row[0], row[1], tokens, False)
+                    reason = (
+                        f"request_id {request_id!r} already counted ({row[2]} tokens of "
+                        f"{row[0]!r} on {row[1]}); not counted again"
+                    )
+                    fits = lim is None or spent + held <= lim
+                    return self._result(
+                        fits, spent, lim, reason, row[0], row[1], tokens, False, held
+                    )
             spent = self._sum(conn, task_type, day)
+            held = self._held(conn, task_type, day)
             after = spent + tokens
-            over = limit is not None and after > limit
+            over = limit is not None and after + held > limit
             if kind == "try_spend" and over:
-                reason = (f"refused: {spent} + {tokens} tokens would exceed the daily limit of "
-                          f"{limit} for {task_type!r} on {day} (remaining {max(limit - spent, 0)})")
-                return self._result(False, spent, limit, reason, task_type, day, tokens, False)
-            conn.execute("INSERT INTO spend (task_type, day, tokens, request_id, kind, recorded_at) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
-                         (task_type, day, tokens, request_id, kind, datetime.now(UTC).isoformat()))
+                in_leases = f" + {held} held by leases" if held else ""
+                reason = (
+                    f"refused: {spent}{in_leases} + {tokens} tokens would exceed the daily "
+                    f"limit of {limit} for {task_type!r} on {day} "
+                    f"(remaining {max(limit - spent - held, 0)})"
+                )
+                return self._result(
+                    False, spent, limit, reason, task_type, day, tokens, False, held
+                )
+            conn.execute(
+                "INSERT INTO spend (task_type, day, tokens, request_id, kind, recorded_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (task_type, day, tokens, request_id, kind, datetime.now(UTC).isoformat()),
+            )
         if limit is None:
             reason = f"{kind}: {tokens} tokens for {task_type!r} on {day}; no limit"
         elif over:
-            reason = (f"recorded beyond the daily limit: {after} > {limit} tokens for {task_type!r} "
-                      f"on {day} (over by {after - limit})")
+            in_leases = f" (+ {held} held by leases)" if held else ""
+            reason = (
+                f"recorded beyond the daily limit: {after}{in_leases} > {limit} tokens for "
+                f"{task_type!r} on {day} (over by {after + held - limit})"
+            )
         else:
-            reason = f"{kind}: {after} of {limit} tokens used for {task_type!r} on {day}"
-        return self._result(not over, after, limit, reason, task_type, day, tokens, True)
+            in_leases = f" (+ {held} held by leases)" if held else ""
+            reason = f"{kind}: {after}{in_leases} of {limit} tokens used for {task_type!r} on {day}"
+        return self._result(not over, after, limit, reason, task_type, day, tokens, True, held)
 
-    def try_spend(self, task_type: str, tokens: int, *, request_id: str | None = None) -> SpendResult:
+    def try_spend(
+        self, task_type: str, tokens: int, *, request_id: str | None = None
+    ) -> SpendResult:
         """Atomically spend ``tokens`` today unless that would exceed the limit.
 
         Parameters
@@ -312,4 +465,137 @@ class BudgetTracker:
         """
         return self._spend("record", task_type, tokens, request_id)
 
+    # ---------------------------------------------------------------- leases
+    def open_lease(self, owner: str, *, block: int = 20_000, refresh_s: float = 0.5) -> BudgetLease:
+        """A process-local, thread-safe allocator of this ledger's tokens (the fast path).
 
+        Parameters
+        ----------
+        owner : str
+            An id unique per process run (the optimizer passes its journal id); it names
+            the lease rows so :meth:`recover_lease` can settle them if the process dies.
+        block : int, default=20_000
+            Tokens taken from the ledger per grant (smaller near the limit; see
+            :class:`~rtopt_lab.compliance.lease.BudgetLease`), and the most a lease keeps
+            idle per task type after a flush.
+        refresh_s : float, default=0.5
+            After a refusal, requests that cannot fit in what the ledger had left are
+            refused from memory for this long, without a transaction.
+
+        Returns
+        -------
+        BudgetLease
+
+        Raises
+        ------
+        ValueError
+            When ``owner`` still holds lease rows in the ledger (a reused id, or a dead
+            run not yet recovered: call :meth:`recover_lease` first).
+        """
+        owner = _check_name("owner", owner)
+        with self._lock:
+            row = (
+                self._connection()
+                .execute(
+                    "SELECT COUNT(*), COALESCE(SUM(tokens_held), 0) FROM leases WHERE owner = ?",
+                    (owner,),
+                )
+                .fetchone()
+            )
+        if row[0]:
+            raise ValueError(
+                f"`owner` {owner!r} still holds {row[1]} tokens in {row[0]} lease rows of {self.path}; "
+                "pass an id unique per process run, or call recover_lease() for a dead run first"
+            )
+        return BudgetLease(self, owner, block=block, refresh_s=refresh_s)
+
+    def leases(self, owner: str | None = None) -> list[LeaseRow]:
+        """The lease rows of the ledger (of ``owner`` only, if given), oldest first."""
+        sql = "SELECT lease_id, owner, task_type, day, tokens_held, created_at, updated_at FROM leases"
+        args: tuple[str, ...] = ()
+        if owner is not None:
+            sql, args = sql + " WHERE owner = ?", (_check_name("owner", owner),)
+        with self._lock:
+            rows = self._connection().execute(sql + " ORDER BY created_at, rowid", args).fetchall()
+        return [LeaseRow(*r) for r in rows]
+
+    def recover_lease(
+        self,
+        owner: str,
+        *,
+        spends: Iterable[tuple[str, int, str]],
+        in_flight: Iterable[tuple[str, int, str]] = (),
+    ) -> RecoverResult:
+        """Settle the leases of a process that died, in one transaction.
+
+        Call it only for an ``owner`` known to be dead, with what its journal says.
+
+        Parameters
+        ----------
+        owner : str
+            The dead process's lease owner.
+        spends : iterable of (task_type, tokens, request_id)
+            Outcomes it acknowledged (settled), with their real token counts; booked as
+            spend of kind ``'recovered'``, except request ids already in the ledger (the
+            ones its last flush wrote), which are not counted twice.
+        in_flight : iterable of (task_type, tokens, request_id), default=()
+            Reservations with no acknowledged outcome: the LLM call may have happened, so
+            they are booked conservatively, at their reserved tokens, as kind
+            ``'in_flight'`` (unless their request id is already in the ledger).
+
+        Returns
+        -------
+        RecoverResult
+
+        Notes
+        -----
+        Spends are charged to today's UTC day (the tracker's clock): the journal's entries
+        carry no day. The owner's lease rows are deleted, which gives back what they held.
+        """
+        owner = _check_name("owner", owner)
+        booked = [self._check_entry("spends", e) for e in spends]
+        flying = [self._check_entry("in_flight", e) for e in in_flight]
+        now = datetime.now(UTC).isoformat()
+        counts = []
+        with self._immediate() as conn:
+            day = self._today()
+            for kind, entries in (("recovered", booked), ("in_flight", flying)):
+                before = conn.total_changes
+                tokens = 0
+                for task_type, n, request_id in entries:
+                    cur = conn.execute(
+                        "INSERT OR IGNORE INTO spend (task_type, day, tokens, request_id, kind, "
+                        "recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        (task_type, day, n, request_id, kind, now),
+                    )
+                    tokens += n if cur.rowcount == 1 else 0
+                counts.append((conn.total_changes - before, tokens))
+            n_rows, released = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(tokens_held), 0) FROM leases WHERE owner = ?",
+                (owner,),
+            ).fetchone()
+            conn.execute("DELETE FROM leases WHERE owner = ?", (owner,))
+        (n_spent, t_spent), (n_flying, t_flying) = counts
+        return RecoverResult(
+            owner=owner,
+            spends_booked=n_spent,
+            spend_tokens=t_spent,
+            in_flight_booked=n_flying,
+            in_flight_tokens=t_flying,
+            duplicates=len(booked) + len(flying) - n_spent - n_flying,
+            leases_deleted=int(n_rows),
+            tokens_released=int(released),
+        )
+
+    @staticmethod
+    def _check_entry(name: str, entry: Any) -> tuple[str, int, str]:
+        if not isinstance(entry, tuple | list) or len(entry) != 3:
+            raise TypeError(
+                f"`{name}` entries must be (task_type, tokens, request_id); got {entry!r}"
+            )
+        task_type, tokens, request_id = entry
+        return (
+            _check_name(f"{name} task_type", task_type),
+            _check_tokens(f"{name} tokens", tokens),
+            _check_name(f"{name} request_id", request_id),
+        )
