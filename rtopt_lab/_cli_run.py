@@ -18,7 +18,17 @@ experiment, tagged rtopt.experiment and rtopt.status). Experiments run stage by 
 parallel processes within a stage; one failure never stops the others.
 
 Every file is checked before anything runs: unknown keys, non-scalar parameters, a
-missing notebook, parameters the notebook's `parameters` cell does not define.
+missing notebook, parameters the notebook's `parameters` cell does not define, and paths.
+
+Nothing outside the project is touched. The notebook, and every path-like parameter
+(out, log, report, names ending in _path, _dir, _file, ...; values that are absolute or
+climb with ..), from the file or from --set, must resolve inside the project root (the
+folder holding rtopt-lab's pyproject.toml, else the working directory), not to the root
+itself nor into .git; symlinks are followed. A path elsewhere is refused before any kernel
+starts, with the parameter named, unless it lies in a folder named with --allow-path DIR
+(repeatable; $RTOPT_ALLOW_PATHS, separated by ':', counts too). The notebooks themselves
+resolve their paths with the same rule, and replace an existing output folder only when it
+is a decision log they wrote and `overwrite` is true.
 
 Exit status: 0 when every experiment succeeded, 1 when any failed (the notebook and the
 cell are printed), 2 on an invalid experiment file or argument."""
@@ -30,6 +40,7 @@ examples:
   rtopt run experiments/ --set n=60000            only experiments whose notebook has `n`
   rtopt run experiments/ --jobs 4 --timeout 600 --experiment rtopt/nightly
   rtopt run experiments/smoke.yaml --no-mlflow --runs-dir /tmp/runs
+  rtopt run experiments/simulate_logs.yaml --allow-path /data/shared --set out=/data/shared/log
 
 An experiment file:
   name: replay-compare-small
@@ -73,8 +84,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    metavar="KEY=VALUE",
                    help="override a parameter in every experiment whose notebook defines it; VALUE "
                         "is read as YAML, so n=2000 is an int and fast=true a bool (repeatable)")
+    r.add_argument("--allow-path", dest="allowed", type=Path, action="append", default=[],
+                   metavar="DIR",
+                   help="a folder outside the project that paths of the experiments may point into "
+                        "(repeatable); without it every path must stay inside the project")
     r.add_argument("--runs-dir", type=Path, default=Path("runs"),
-                   help="where executed notebooks are written (default: %(default)s)")
+                   help="where executed notebooks are written: relative to the project root and "
+                        "inside it, or an absolute folder you name (only new files are created "
+                        "there) (default: %(default)s)")
     r.add_argument("--timeout", type=_positive_int, default=None, metavar="S",
                    help="per-cell execution timeout in seconds (default: the file's timeout_s, "
                         "else 1800)")
@@ -100,17 +117,18 @@ def format_results(results) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from rtopt_lab.workbench.experiments import ExperimentError, discover
-    from rtopt_lab.workbench.runner import run_staged
+    from rtopt_lab.workbench.experiments import discover
+    from rtopt_lab.workbench.runner import check_runs_dir, run_staged
 
     try:
-        exps = discover(args.path)
+        exps = discover(args.path, allowed=args.allowed)
         overrides = dict(args.overrides)
         for key in overrides:  # a key no notebook defines is a typo: say so, with a suggestion
             if not any(key in e.defined for e in exps):
                 exps[0].with_parameters(**{key: overrides[key]})
         exps = [e.with_parameters(**{k: v for k, v in overrides.items() if k in e.defined}) for e in exps]
-    except (ExperimentError, FileNotFoundError) as exc:
+        check_runs_dir(args.runs_dir, allowed=args.allowed)
+    except (ValueError, TypeError, FileNotFoundError) as exc:  # ExperimentError, a path outside
         print(f"rtopt: error: {exc}", file=sys.stderr)
         return 2
     try:

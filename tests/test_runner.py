@@ -62,7 +62,8 @@ def store(store_uri, request):
 
 
 @pytest.fixture
-def workdir(tmp_path):
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.setenv("RTOPT_ALLOW_PATHS", str(tmp_path))  # outside the project: allowed explicitly
     (tmp_path / "nb").mkdir()
     (tmp_path / "exp").mkdir()
     _notebook(tmp_path / "nb" / "echo.ipynb", "total = sum(range(n))", ECHO)

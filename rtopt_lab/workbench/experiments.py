@@ -16,6 +16,15 @@ nearest folder above it holding ``pyproject.toml``, else the working directory),
 absolute path. Every parameter must be assigned in the notebook's cell tagged
 ``parameters``; the runner's own parameters (:data:`RUNNER_PARAMETERS`) are reserved.
 
+Nothing outside the project is touched. The notebook must lie inside the YAML file's
+project or the working directory's (:func:`~rtopt_lab.workbench.paths.project_root`), and
+every path-like parameter (:func:`is_path_parameter`: ``out``, ``log``, ``report``, a name
+ending in ``_path``, ``_dir``, ``_file``..., or a value that is absolute or climbs with
+``..``) must resolve inside the project root, not to the root itself, unless it lies in a
+folder allowed explicitly (``allowed=``, ``rtopt run --allow-path``, ``$RTOPT_ALLOW_PATHS``).
+A ``report`` must be an ``.html`` file. This is checked when the file is loaded and again
+before a run starts, before any kernel.
+
 Everything is checked when the file is loaded, and every error names the file and the key.
 """
 
@@ -25,6 +34,7 @@ import ast
 import dataclasses
 import datetime as dt
 import difflib
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -34,14 +44,22 @@ from typing import Any
 
 import yaml
 
-__all__ = ["KEYS", "RUNNER_PARAMETERS", "Experiment", "ExperimentError", "discover", "display_path",
-           "load_experiment", "notebook_parameters", "parse_override"]
+from rtopt_lab.workbench.paths import allowed_folders, inside_project, project_path
+
+__all__ = ["KEYS", "PATH_NAMES", "PATH_SUFFIXES", "RUNNER_PARAMETERS", "Experiment", "ExperimentError",
+           "check_paths", "discover", "display_path", "is_path_parameter", "load_experiment",
+           "notebook_parameters", "parse_override"]
 
 KEYS = ("name", "notebook", "parameters", "description", "timeout_s", "tags", "stage")
 """The keys an experiment file may hold."""
 
 RUNNER_PARAMETERS = ("tracking_uri", "experiment_id", "run_id_file")
 """Parameters the runner injects itself (when the notebook's parameters cell defines them)."""
+
+PATH_NAMES = ("out", "log", "report", "path", "dir", "file", "input", "output", "runs_dir")
+"""Parameter names that always hold a path."""
+PATH_SUFFIXES = ("_path", "_dir", "_file", "_out", "_log", "_report")
+"""Name endings of parameters that hold a path."""
 
 Scalar = str | int | float | bool | None
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -94,6 +112,10 @@ class Experiment:
         The YAML file it came from.
     defined : tuple of str
         The names the notebook's ``parameters`` cell assigns.
+    allowed : tuple of pathlib.Path
+        Folders outside the project its paths may point into, named explicitly by the
+        user (``load_experiment(allowed=...)``, ``rtopt run --allow-path``); the runner
+        passes them, with ``$RTOPT_ALLOW_PATHS``, to the notebook's kernel.
     """
 
     name: str
@@ -105,6 +127,7 @@ class Experiment:
     stage: int = 0
     source: Path | None = None
     defined: tuple[str, ...] = ()
+    allowed: tuple[Path, ...] = ()
 
     def with_parameters(self, **overrides: Any) -> Experiment:
         """A copy with ``overrides`` merged into the parameters, validated like the file.
@@ -112,13 +135,15 @@ class Experiment:
         Raises
         ------
         ExperimentError
-            An override is not a scalar, is reserved for the runner, or is not defined in
-            the notebook's parameters cell (with a did-you-mean suggestion).
+            An override is not a scalar, is reserved for the runner, is not defined in
+            the notebook's parameters cell (with a did-you-mean suggestion), or is a path
+            leading outside the project (:func:`check_paths`).
         """
         params = dict(self.parameters)
         for key, value in overrides.items():
             params[key] = _check_parameter(key, value, defined=self.defined, notebook=self.notebook,
-                                           where=f"experiment {self.name!r}: override", path=self.source)
+                                           where=f"experiment {self.name!r}: override", path=self.source,
+                                           allowed=self.allowed)
         return dataclasses.replace(self, parameters=params)
 
 
@@ -147,20 +172,20 @@ def notebook_parameters(notebook: str | os.PathLike[str]) -> tuple[str, ...] | N
     ExperimentError
         The notebook cannot be read, or its parameters cell is not valid Python.
     """
-    import nbformat
-
     path = Path(notebook)
-    try:
-        nb = nbformat.read(path, as_version=4)
-    except (OSError, ValueError) as exc:  # nbformat's NotJSONError is a ValueError
-        raise ExperimentError(f"{display_path(path)}: cannot read the notebook: {exc}",
+    try:  # plain JSON: nbformat's import alone takes seconds, and a bad path must fail at once
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        cells = nb["cells"]
+        cell = next((c for c in cells if c.get("cell_type") == "code"
+                     and "parameters" in (c.get("metadata") or {}).get("tags", [])), None)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ExperimentError(f"{display_path(path)}: cannot read the notebook: {type(exc).__name__}: {exc}",
                               path=path, key="notebook") from exc
-    cell = next((c for c in nb.cells
-                 if c.cell_type == "code" and "parameters" in c.get("metadata", {}).get("tags", [])), None)
     if cell is None:
         return None
+    source = cell.get("source", "")
     try:
-        tree = ast.parse(cell.source)
+        tree = ast.parse("".join(source) if isinstance(source, list) else str(source))
     except SyntaxError as exc:
         raise ExperimentError(f"{display_path(path)}: the parameters cell is not valid Python "
                               f"(line {exc.lineno}: {exc.msg})", path=path, key="notebook") from exc
@@ -180,8 +205,55 @@ def _as_scalar(value: Any) -> Any:
     return value
 
 
+def is_path_parameter(name: str, value: Any) -> bool:
+    """True when the parameter ``name = value`` holds a path the runner must check.
+
+    A non-empty string whose name is in :data:`PATH_NAMES` or ends with one of
+    :data:`PATH_SUFFIXES`, or any string without spaces that is absolute, starts with
+    ``~`` or climbs with a ``..`` component.
+
+    >>> is_path_parameter("out", "data/log"), is_path_parameter("label", "../x"), is_path_parameter("n", 3)
+    (True, True, False)
+    """
+    if not isinstance(value, str) or not value.strip():
+        return False
+    if name in PATH_NAMES or name.endswith(PATH_SUFFIXES):
+        return True
+    text = value.strip()
+    return not any(c.isspace() for c in text) and (
+        text.startswith(("/", "~", "\\")) or ".." in Path(text).parts or ".." in text.split("\\"))
+
+
+def _check_path(key: str, value: Any, *, where: str, path: Path | None, allowed: Iterable[Path]) -> None:
+    if not is_path_parameter(key, value):
+        return
+    if (key == "report" or key.endswith("_report")) and not value.lower().endswith((".html", ".htm")):
+        raise ExperimentError(f"{where}: parameters.{key}: a report is an .html file; got {value!r} "
+                              f"(a report replaces the file it names, so it never names another kind)",
+                              path=path, key=f"parameters.{key}")
+    try:
+        project_path(value, name=f"parameters.{key}", allowed=allowed)
+    except ValueError as exc:  # PathOutsideProject, or a NUL character
+        raise ExperimentError(f"{where}: {exc}", path=path, key=f"parameters.{key}") from None
+
+
+def check_paths(exp: Experiment) -> None:
+    """Check every path of ``exp`` again, as :func:`load_experiment` does; run before a kernel.
+
+    Raises
+    ------
+    ExperimentError
+        The notebook, or a path-like parameter, leads outside the project (root itself
+        and ``.git`` included) and every allowed folder; a report is not ``.html``.
+    """
+    where = str(exp.source) if exp.source is not None else f"experiment {exp.name!r}"
+    _check_notebook_place(exp.notebook, exp.notebook, exp.source or exp.notebook, exp.allowed, where)
+    for key, value in exp.parameters.items():
+        _check_path(key, value, where=where, path=exp.source, allowed=exp.allowed)
+
+
 def _check_parameter(key: Any, value: Any, *, defined: tuple[str, ...], notebook: Path, where: str,
-                     path: Path | None) -> Scalar:
+                     path: Path | None, allowed: Iterable[Path] = ()) -> Scalar:
     if not isinstance(key, str) or not key.isidentifier():
         raise ExperimentError(f"{where}: parameters.{key}: a parameter name must be a Python "
                               f"identifier", path=path, key=f"parameters.{key}")
@@ -198,6 +270,7 @@ def _check_parameter(key: Any, value: Any, *, defined: tuple[str, ...], notebook
         raise ExperimentError(f"{where}: parameters.{key}: not defined in the parameters cell of "
                               f"{display_path(notebook)}{_suggest(key, defined)}; it defines: {have}",
                               path=path, key=f"parameters.{key}")
+    _check_path(key, value, where=where, path=path, allowed=allowed)
     return value
 
 
@@ -206,15 +279,39 @@ def _project_roots(start: Path) -> list[Path]:
     return [*roots, Path.cwd()]
 
 
-def _resolve_notebook(value: Any, path: Path) -> Path:
-    if not isinstance(value, str) or not value.strip():
+def _notebook_roots(source: Path) -> list[Path]:
+    """The projects a notebook may live in: the experiment file's, and the working directory's."""
+    from rtopt_lab.workbench.paths import project_root
+
+    here = source.parent.resolve()
+    own = next((d for d in (here, *here.parents) if (d / "pyproject.toml").is_file()), None)
+    return list(dict.fromkeys(r for r in (own, project_root()) if r is not None))
+
+
+def _check_notebook_place(value: Any, candidate: Path, source: Path, allowed: Iterable[Path], where: str) -> None:
+    roots = _notebook_roots(source)
+    if any(inside_project(candidate, root=r, allowed=allowed) for r in roots):
+        return
+    extra = allowed_folders(allowed)
+    also = f" or the allowed folders ({', '.join(map(str, extra))})" if extra else ""
+    raise ExperimentError(f"{where}: notebook: {str(value)!r} ({candidate}) is outside the project "
+                          f"({', '.join(map(str, roots))}){also}; keep notebooks in the project's "
+                          f"notebooks/ folder, or allow the folder explicitly: `rtopt run ... --allow-path "
+                          f"DIR`", path=source, key="notebook")
+
+
+def _resolve_notebook(value: Any, path: Path, allowed: Iterable[Path] = ()) -> Path:
+    if not isinstance(value, str) or not value.strip() or not value.strip().lower().endswith(".ipynb"):
         raise ExperimentError(f"{path}: notebook: expected a path to a .ipynb file; got {value!r}",
                               path=path, key="notebook")
     rel = Path(value).expanduser()
+    if rel.is_absolute():  # refused before looking: an absolute path elsewhere is never read
+        _check_notebook_place(value, rel.resolve(), path, allowed, str(path))
     bases = [Path("/")] if rel.is_absolute() else [path.parent, *_project_roots(path.parent.resolve())]
     tried = list(dict.fromkeys((b / rel).resolve() for b in bases))
     for candidate in tried:
         if candidate.is_file():
+            _check_notebook_place(value, candidate, path, allowed, str(path))
             return candidate
     raise ExperimentError(f"{path}: notebook: {value!r} not found (looked for "
                           f"{', '.join(map(str, tried))})", path=path, key="notebook")
@@ -260,13 +357,16 @@ def _check_fields(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
             "stage": stage, "parameters": params}
 
 
-def load_experiment(path: str | os.PathLike[str]) -> Experiment:
+def load_experiment(path: str | os.PathLike[str], *, allowed: Iterable[str | os.PathLike[str]] = ()) -> Experiment:
     """Read and validate one experiment file.
 
     Parameters
     ----------
     path : path-like
         A ``.yaml`` / ``.yml`` file.
+    allowed : iterable of path-like, default ()
+        Folders outside the project its notebook and paths may point into, named
+        explicitly by the user (``$RTOPT_ALLOW_PATHS`` counts too).
 
     Returns
     -------
@@ -277,8 +377,10 @@ def load_experiment(path: str | os.PathLike[str]) -> Experiment:
     FileNotFoundError
         ``path`` does not exist.
     ExperimentError
-        The file is not valid YAML or breaks a rule; the message names the file and the key.
+        The file is not valid YAML or breaks a rule (a path outside the project among
+        them); the message names the file and the key.
     """
+    folders = allowed_folders(allowed)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"experiment file not found: {path}")
@@ -291,22 +393,24 @@ def load_experiment(path: str | os.PathLike[str]) -> Experiment:
                               f"{type(data).__name__}", path=path)
     _check_keys(data, path)
     fields = _check_fields(data, path)
-    notebook = _resolve_notebook(data["notebook"], path)
+    notebook = _resolve_notebook(data["notebook"], path, folders)
     defined = notebook_parameters(notebook)
     if defined is None and fields["parameters"]:
         raise ExperimentError(f"{path}: parameters: {display_path(notebook)} has no cell tagged "
                               f"'parameters' to override", path=path, key="parameters")
     defined = defined or ()
-    params = {k: _check_parameter(k, v, defined=defined, notebook=notebook, where=str(path), path=path)
+    params = {k: _check_parameter(k, v, defined=defined, notebook=notebook, where=str(path), path=path,
+                                  allowed=folders)
               for k, v in fields.pop("parameters").items()}
     return Experiment(notebook=notebook, parameters=params, source=path.resolve(), defined=defined,
-                      **fields)
+                      allowed=folders, **fields)
 
 
-def discover(path: str | os.PathLike[str]) -> list[Experiment]:
+def discover(path: str | os.PathLike[str], *, allowed: Iterable[str | os.PathLike[str]] = ()) -> list[Experiment]:
     """Load one experiment file, or every ``*.yaml`` / ``*.yml`` in a folder (sorted by name).
 
     All files are checked before anything runs; every invalid file is reported at once.
+    ``allowed`` is passed to :func:`load_experiment`.
 
     Raises
     ------
@@ -317,7 +421,7 @@ def discover(path: str | os.PathLike[str]) -> list[Experiment]:
     """
     path = Path(path)
     if path.is_file():
-        return [load_experiment(path)]
+        return [load_experiment(path, allowed=allowed)]
     if not path.is_dir():
         raise FileNotFoundError(f"no experiment file or folder at {path}")
     files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")], key=lambda p: p.name)
@@ -326,7 +430,7 @@ def discover(path: str | os.PathLike[str]) -> list[Experiment]:
     exps, problems = [], []
     for f in files:
         try:
-            exps.append(load_experiment(f))
+            exps.append(load_experiment(f, allowed=allowed))
         except ExperimentError as exc:
             problems.append(exc)
     seen: dict[str, Path | None] = {}

@@ -14,26 +14,35 @@ One experiment (:func:`run_experiment`) or many in parallel processes (:func:`ru
 
 A failure never raises: it comes back as a :class:`RunResult` whose :class:`CellFailure`
 names the notebook, the cell and the exception.
+
+Nothing outside the project is touched: every experiment's paths are checked again
+(:func:`~rtopt_lab.workbench.experiments.check_paths`) before the kernel starts (and before
+a batch fans out), a relative ``runs_dir`` must stay inside the project root (an absolute
+one is the caller's explicit choice, and the runner only ever creates new files there),
+and the kernel receives the experiment's allowed folders in ``$RTOPT_ALLOW_PATHS`` so that
+the notebook's own :func:`~rtopt_lab.workbench.paths.project_path` calls enforce the same rule.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rtopt_lab.workbench.experiments import Experiment, Scalar, display_path
+from rtopt_lab.workbench.experiments import Experiment, Scalar, check_paths, display_path
 from rtopt_lab.workbench.kernel import ensure_kernel
+from rtopt_lab.workbench.paths import ALLOW_ENV, allowed_folders, project_path
 
 __all__ = ["DEFAULT_EXECUTION_TIMEOUT_S", "DEFAULT_EXPERIMENT", "DEFAULT_START_TIMEOUT_S", "CellFailure",
-           "RunResult", "report_run_id", "run_batch", "run_experiment", "run_staged"]
+           "RunResult", "check_runs_dir", "report_run_id", "run_batch", "run_experiment", "run_staged"]
 
 DEFAULT_EXPERIMENT = "rtopt/workbench"
 """MLflow experiment of workbench runs unless another is named."""
@@ -129,6 +138,35 @@ def report_run_id(run_id_file: str | os.PathLike[str] | None, run_id: str) -> No
 
 
 # -- where things go ---------------------------------------------------------------------
+
+def check_runs_dir(runs_dir: str | os.PathLike[str], *,
+                   allowed: Iterable[str | os.PathLike[str]] = ()) -> Path:
+    """Where executed notebooks go: an absolute ``runs_dir`` as given (the caller named it;
+    the runner only creates new files in it), a relative one resolved inside the project.
+
+    Raises
+    ------
+    PathOutsideProject
+        A relative ``runs_dir`` climbs out of the project (``..``, a symlink) or is the
+        project root itself.
+    """
+    p = Path(runs_dir).expanduser()
+    return p if p.is_absolute() else project_path(p, name="runs_dir", allowed=allowed)
+
+
+@contextlib.contextmanager
+def _kernel_allowance(folders: Iterable[Path]) -> Iterator[None]:
+    """``$RTOPT_ALLOW_PATHS`` for the kernel papermill starts (it inherits the environment)."""
+    old = os.environ.get(ALLOW_ENV)
+    os.environ[ALLOW_ENV] = os.pathsep.join(map(str, folders))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ALLOW_ENV, None)
+        else:
+            os.environ[ALLOW_ENV] = old
+
 
 def _reserve_output(runs_dir: Path, name: str) -> Path:
     """Create ``runs_dir/<name>-<UTC time>.ipynb`` exclusively (a suffix avoids clashes)."""
@@ -281,7 +319,9 @@ def run_experiment(exp: Experiment, *, runs_dir: str | os.PathLike[str] = "runs"
     exp : Experiment
         From :func:`~rtopt_lab.workbench.experiments.load_experiment`.
     runs_dir : path-like, default "runs"
-        Where the executed notebook is written (created if needed).
+        Where the executed notebook is written (created if needed): relative to the
+        project root and inside it, or an absolute folder (an explicit choice; only new
+        files are created there).
     kernel : str, optional
         Kernel name; default the project kernel (:func:`~rtopt_lab.workbench.kernel.ensure_kernel`).
     execution_timeout_s : float, optional
@@ -307,7 +347,17 @@ def run_experiment(exp: Experiment, *, runs_dir: str | os.PathLike[str] = "runs"
         Status "failed" with a :class:`CellFailure` when a cell raised or timed out, the
         kernel did not start, the notebook vanished, or MLflow logging failed; never raises
         for those.
+
+    Raises
+    ------
+    ExperimentError
+        A path of the experiment leads outside the project and every allowed folder
+        (checked first, before the kernel or MLflow is touched).
+    PathOutsideProject
+        A relative ``runs_dir`` leads outside the project.
     """
+    check_paths(exp)
+    runs = check_runs_dir(runs_dir, allowed=exp.allowed)
     if execution_timeout_s is None:
         execution_timeout_s = exp.timeout_s or DEFAULT_EXECUTION_TIMEOUT_S
     timeout = _check_seconds("execution_timeout_s", execution_timeout_s)
@@ -318,13 +368,15 @@ def run_experiment(exp: Experiment, *, runs_dir: str | os.PathLike[str] = "runs"
         uri, experiment_id_ = _store(tracking_uri, experiment_id, experiment)
     import papermill  # noqa: F401 (imported before the clock starts: duration_s is the run alone)
 
-    output = _reserve_output(Path(runs_dir), exp.name)
+    output = _reserve_output(runs, exp.name)
     with tempfile.TemporaryDirectory(prefix="rtopt-run-") as tmp:
         id_file = Path(tmp) / "run_id" if log_to_mlflow else None
         params = _injected(exp, uri, experiment_id_, id_file)
         t0 = time.perf_counter()
-        error = _execute(exp, output, params, kernel=kernel, timeout_s=timeout,
-                         start_timeout_s=start_timeout, progress=progress)
+        # the kernel may write only inside the project, the allowed folders and this run's own tmp
+        with _kernel_allowance([*allowed_folders(exp.allowed), Path(tmp).resolve()]):
+            error = _execute(exp, output, params, kernel=kernel, timeout_s=timeout,
+                             start_timeout_s=start_timeout, progress=progress)
         duration = time.perf_counter() - t0
         notebook_run = id_file.read_text(encoding="utf-8").strip() if id_file and id_file.is_file() else None
     if not output.is_file() or output.stat().st_size == 0:  # papermill wrote nothing: drop the placeholder
@@ -394,16 +446,25 @@ def run_batch(exps: Iterable[Experiment], *, jobs: int = 2, runs_dir: str | os.P
     -------
     list of RunResult
         In the order of ``exps``.
+
+    Raises
+    ------
+    ExperimentError
+        A path of an experiment leads outside the project (every experiment is checked
+        before the kernel, the store or any process is touched).
     """
     exps = list(exps)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"`jobs` must be a whole number >= 1; got {jobs!r}")
     if not exps:
         return []
+    for exp in exps:
+        check_paths(exp)
+    runs = check_runs_dir(runs_dir, allowed=[f for e in exps for f in e.allowed])
     kernel = kernel or ensure_kernel()
     if log_to_mlflow:
         tracking_uri, experiment_id = _store(tracking_uri, experiment_id, experiment)
-    kwargs = {"runs_dir": Path(runs_dir).resolve(), "kernel": kernel, "execution_timeout_s": execution_timeout_s,
+    kwargs = {"runs_dir": runs, "kernel": kernel, "execution_timeout_s": execution_timeout_s,
               "start_timeout_s": start_timeout_s, "tracking_uri": tracking_uri,
               "experiment_id": experiment_id, "log_to_mlflow": log_to_mlflow, "progress": False}
     from tqdm.auto import tqdm
@@ -438,9 +499,12 @@ def run_staged(exps: Iterable[Experiment], *, jobs: int = 2, **kwargs: Any) -> l
 
     A stage starts only when the previous one has finished; when an experiment fails,
     the later stages still run (each reports its own failure, e.g. a missing input), so
-    one command shows everything that is wrong. Results come back in input order.
+    one command shows everything that is wrong. Results come back in input order. Every
+    experiment's paths are checked before the first stage starts.
     """
     exps = list(exps)
+    for exp in exps:
+        check_paths(exp)
     results: list[RunResult | None] = [None] * len(exps)
     for stage in sorted({e.stage for e in exps}):
         idx = [i for i, e in enumerate(exps) if e.stage == stage]
