@@ -9,8 +9,11 @@ scoring and tests use the same code as the server.
 Columns in: every :class:`TaskFeatures` field (``task_type`` required, the others
 optional with the dataclass defaults) and an optional ``request_id``, which keys the
 policy's randomisation exactly as ``select(features, request_id=...)`` does. Columns out:
-:data:`OUTPUT_COLUMNS`, one row per input row, in input order. A malformed row never
-raises: it gets the baseline arm with propensity 1 and a ``reason``, as ``select`` does.
+:data:`OUTPUT_COLUMNS`, one row per input row, in input order, ``reason`` None (JSON
+null) unless a fallback was taken. A malformed row never raises and never fails the other
+rows: it gets the baseline arm (or, with a guard, the strict fallback inside the serving
+masks) with propensity 1 and a ``reason``, as ``select`` does; ``blocked`` is True when no
+arm satisfies the rules (the caller must not make the LLM call).
 
 Examples
 --------
@@ -23,14 +26,13 @@ Examples
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from rtopt_lab.features import featurize
 from rtopt_lab.policies.base import BasePolicy
 from rtopt_lab.types import SelectionResult, TaskFeatures
 
@@ -44,7 +46,8 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (*FEATURE_COLUMNS[1:], "request_id")
 #: Output columns, one row per request.
 OUTPUT_COLUMNS: tuple[str, ...] = ("request_id", "arm_id", "temperature", "top_p", "max_tokens",
                                    "frequency_penalty", "presence_penalty", "seed", "model_name",
-                                   "propensity", "policy_version", "reason")
+                                   "propensity", "policy_version", "reason", "blocked")
+_NULLABLE_TEXT = ("model_name", "reason")
 
 
 def input_example() -> pd.DataFrame:
@@ -62,29 +65,48 @@ def selection_record(sel: SelectionResult) -> dict[str, Any]:
     return {"request_id": sel.request_id, "arm_id": sel.arm_id, "temperature": p.temperature,
             "top_p": p.top_p, "max_tokens": p.max_tokens, "frequency_penalty": p.frequency_penalty,
             "presence_penalty": p.presence_penalty, "seed": p.seed, "model_name": p.model_name,
-            "propensity": sel.propensity, "policy_version": sel.policy_version, "reason": sel.reason}
+            "propensity": sel.propensity, "policy_version": sel.policy_version, "reason": sel.reason,
+            "blocked": sel.blocked}
 
 
 def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
+    """A cell left empty: None, NaN (float or numpy), pandas' NA or NaT."""
+    if v is None or v is pd.NA or v is pd.NaT:
+        return True
+    try:
+        return isinstance(v, (float, np.floating)) and bool(np.isnan(v))
+    except Exception:
+        return False
 
 
 def _select(policy: BasePolicy, row: Mapping[str, Any], guard: Any = None) -> SelectionResult:
     """One row through :meth:`TaskFeatures.from_record` (NaN, numpy and JSON types handled).
 
     A cell left empty (a field one JSON record has and another lacks) takes the field's
-    default; a row that still does not validate goes to ``select`` as it is, which
-    answers with the baseline and the reason.
+    default; a row that still does not validate goes to ``select`` as it is: without a
+    guard, the baseline with the reason; with one, the guard's strict fallback for an
+    unknown context (:meth:`Constrained.select`: the incumbent's trust region at tier 1's
+    rules, blocked when empty). The request id goes through
+    :func:`~rtopt_lab.hashing.safe_request_id` (in ``select``); a missing one is None.
     """
     rid = row.get("request_id")
-    rid = None if _missing(rid) else str(rid)
+    rid = None if _missing(rid) else rid
     present = {k: v for k, v in row.items() if k != "request_id" and not _missing(v)}
     try:
         features: TaskFeatures | Mapping[str, Any] = TaskFeatures.from_record(present)
-    except (TypeError, ValueError):
-        return policy.select(present, request_id=rid)  # the baseline, with the reason
-    allowed = None if guard is None else guard.serving_mask(featurize(features, policy.spec)[None, :])[0]
-    return policy.select(features, request_id=rid, allowed=allowed)
+    except Exception:
+        features = present  # select answers it with the fallback and the reason
+    if guard is None:
+        return policy.select(features, request_id=rid)
+    return guard.select(features, request_id=rid)
+
+
+def _row_record(policy: BasePolicy, row: Mapping[str, Any], guard: Any) -> dict[str, Any]:
+    """:func:`selection_record` of one row; a row that breaks even ``select`` is blocked."""
+    try:
+        return selection_record(_select(policy, row, guard))
+    except Exception as exc:  # never fail the other rows of the request
+        return selection_record(policy._blocked(None, None, f"row could not be answered: {exc}"))
 
 
 def select_frame(policy: BasePolicy, frame: pd.DataFrame, *, guard: Any = None) -> pd.DataFrame:
@@ -97,20 +119,30 @@ def select_frame(policy: BasePolicy, frame: pd.DataFrame, *, guard: Any = None) 
         One request per row: :data:`FEATURE_COLUMNS` (``task_type`` required) and an
         optional ``request_id``.
     guard : Constrained, optional
-        Serving masks (trust region around the incumbent, tier rules): each row is then
-        ``policy.select(..., allowed=guard.serving_mask(x))``, the distribution the
-        replay and the gates judged; the propensity is exact under that mask.
+        Serving masks (trust region around the incumbent, tier rules) wrapping
+        ``policy``: each row is then ``guard.select(...)``, i.e. ``policy.select(...,
+        allowed=guard.serving_mask(x, strict=True))``, the distribution the replay and
+        the gates judged (the propensity is exact under that mask); blocked when the
+        mask is empty. A row whose features do not validate gets the guard's strict
+        fallback: the trust region around the incumbent's arm for its task type
+        intersected with tier 1's rules (see :class:`~rtopt_lab.policies.Constrained`).
 
     Raises
     ------
     TypeError
         When ``frame`` is not a DataFrame.
     ValueError
-        When ``frame`` has no ``task_type`` column (a schema error, not a bad row).
+        When ``frame`` has no ``task_type`` column (a schema error, not a bad row), or
+        ``guard`` does not wrap ``policy``.
     """
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"`frame` must be a pandas DataFrame of task features; got {type(frame).__name__}")
     if "task_type" not in frame.columns:
         raise ValueError(f"`frame` needs a `task_type` column; got columns {list(frame.columns)}")
-    rows = [selection_record(_select(policy, row, guard)) for row in frame.to_dict("records")]
-    return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+    if guard is not None and getattr(guard, "policy", None) is not policy:
+        raise ValueError("`guard` must wrap `policy` itself (Constrained(policy, incumbent, ...))")
+    rows = [_row_record(policy, row, guard) for row in frame.to_dict("records")]
+    out = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+    for name in _NULLABLE_TEXT:  # None stays None (JSON null), not the NaN of a str column
+        out[name] = pd.Series([r[name] for r in rows], index=out.index, dtype=object)
+    return out

@@ -9,12 +9,14 @@ batches so it can be passed to :func:`rtopt_lab.ope.evaluate` like any policy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from rtopt_lab.policies.base import BasePolicy
+from rtopt_lab.features import featurize
+from rtopt_lab.policies.base import BasePolicy, _safe_rid, readable_task_type
+from rtopt_lab.types import SelectionResult, TaskFeatures
 
 __all__ = ["Constrained"]
 
@@ -39,7 +41,20 @@ class Constrained:
     -----
     ``action_dist(X, allowed, keys)`` is ``policy.action_dist(X, allowed & M(X), keys)``
     with ``M(X)`` the serving mask; a context where ``M`` permits nothing keeps the
-    incumbent's arm (the serving fallback).
+    incumbent's arm there (a distribution needs one arm; :meth:`select` blocks instead).
+
+    :meth:`select` answers one request inside the masks, never raising:
+
+    - a valid context: ``policy.select(features, allowed=M(x) & allowed)`` with the
+      strict ``M`` (no incumbent fill-in); blocked when that permits nothing;
+    - a request whose features do not validate (its context, so its tier and the
+      incumbent's arm, are unknown): the most restrictive applicable mask,
+      :meth:`strict_mask`, the trust region around the incumbent's arm for the task
+      type (its most probable arm on the bare context of that task type at tier 1; the
+      default baseline's arm when the task type is unreadable) intersected with tier 1's
+      rules (the strictest) and ``allowed``. The answer is the allowed arm nearest that
+      centre (the centre itself when tier 1 permits it), propensity 1, with the reason;
+      blocked when the mask is empty.
     """
 
     def __init__(self, policy: BasePolicy, incumbent: BasePolicy, *, max_dtemp: float = 0.2,
@@ -55,6 +70,7 @@ class Constrained:
         self.policy, self.incumbent, self.tier_masks = policy, incumbent, tm
         self.max_dtemp, self.max_dtokens = float(max_dtemp), float(max_dtokens)
         self.catalog, self.spec, self.randomized = policy.catalog, policy.spec, policy.randomized
+        self._centres: dict[int, int] = {}  # incumbent's arm on the bare context, per task index
 
     @property
     def version(self) -> str:
@@ -63,15 +79,89 @@ class Constrained:
     def request_keys(self, fingerprints: np.ndarray, request_ids: Sequence[str] | None = None) -> np.ndarray:
         return self.policy.request_keys(fingerprints, request_ids)
 
-    def serving_mask(self, X: np.ndarray) -> np.ndarray:
-        """(n, K) arms allowed per context: trust region around the incumbent x tier rules."""
+    def serving_mask(self, X: np.ndarray, *, strict: bool = False) -> np.ndarray:
+        """(n, K) arms allowed per context: trust region around the incumbent x tier rules.
+
+        A row where that permits nothing keeps the incumbent's arm, unless ``strict``
+        (then it stays empty: the serving path blocks it).
+        """
         inc = self.incumbent.action_dist(X).argmax(axis=1)
         tr = self.catalog.trust_region_mask(inc, self.max_dtemp, self.max_dtokens)
         mask = tr & self.tier_masks[self.spec.risk_tiers(X)]
         empty = ~mask.any(axis=1)
-        if empty.any():
+        if empty.any() and not strict:
             mask[empty, inc[empty]] = True
         return mask
+
+    def strict_centre(self, task_type: str | None) -> int:
+        """The incumbent's arm for a request whose context is unknown (see the Notes)."""
+        if task_type is None:
+            return self.catalog.baseline_arm("default")
+        t = self.spec.task_index(task_type)
+        if t not in self._centres:
+            x = featurize(TaskFeatures(task_type=task_type, risk_tier=1), self.spec)[None, :]
+            self._centres[t] = int(self.incumbent.action_dist(x).argmax(axis=1)[0])
+        return self._centres[t]
+
+    def strict_mask(self, task_type: str | None) -> np.ndarray:
+        """(K,) arms allowed to a request whose features do not validate (see the Notes)."""
+        tr = self.catalog.trust_region(self.max_dtemp, self.max_dtokens)
+        return tr[self.strict_centre(task_type)] & self.tier_masks[1]
+
+    def select(
+        self,
+        features: TaskFeatures | Mapping[str, Any],
+        *,
+        request_id: str | None = None,
+        allowed: np.ndarray | None = None,
+    ) -> SelectionResult:
+        """``policy.select`` under the serving masks; never raises, never leaves them.
+
+        Parameters
+        ----------
+        features : TaskFeatures or mapping
+        request_id : str, optional
+            Normalised by :func:`rtopt_lab.hashing.safe_request_id`.
+        allowed : bool array of shape (K,), optional
+            Further rules (intersected with the serving mask).
+
+        Returns
+        -------
+        SelectionResult
+            See the class Notes: the policy's choice inside ``M(x) & allowed``, the
+            strict fallback for features that do not validate, ``blocked=True`` when
+            the applicable mask permits nothing.
+        """
+        policy = self.policy
+        rid = _safe_rid(request_id)
+        task = readable_task_type(features)
+        extra, bad = policy._read_mask(allowed)
+        if extra is None:
+            return policy._blocked(task, rid, str(bad))
+        try:
+            f = features if isinstance(features, TaskFeatures) else TaskFeatures.from_dict(features)
+        except Exception as exc:  # unknown context: the most restrictive mask
+            return self._strict(task, rid, f"invalid request, {{served}}: {exc}", extra)
+        try:
+            mask = self.serving_mask(featurize(f, self.spec)[None, :], strict=True)[0] & extra
+        except Exception as exc:  # the guard failed on this context: the most restrictive mask
+            return self._strict(task, rid, f"serving mask failed, {{served}}: {exc}", extra)
+        if not mask.any():
+            return policy._blocked(
+                task, rid, f"no arm within the trust region is allowed in risk tier {f.risk_tier}"
+            )
+        return policy.select(f, request_id=rid, allowed=mask)
+
+    def _strict(
+        self, task: str | None, rid: str | None, reason: str, extra: np.ndarray
+    ) -> SelectionResult:
+        try:
+            centre = self.strict_centre(task)
+            mask = self.strict_mask(task) & extra
+        except Exception as exc:  # not even the strict mask: nothing is shown to be allowed
+            return self.policy._blocked(task, rid, f"{reason} (strict mask failed: {exc})")
+        reason = reason.replace("{served}", "{served} under the strictest mask (tier 1)")
+        return self.policy.fallback(task, rid, reason, mask, prefer=centre)
 
     def serving_config(self) -> dict[str, Any]:
         """The masks' parameters as JSON-able data (the incumbent is saved on its own)."""

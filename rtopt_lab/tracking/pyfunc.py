@@ -19,34 +19,31 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from mlflow.models import ModelSignature
-from mlflow.types.schema import AnyType, Array, ColSpec, Schema
+from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from rtopt_lab.policies.base import BasePolicy, load_policy
 from rtopt_lab.policies.constrained import Constrained
-from rtopt_lab.serving import select_frame
+from rtopt_lab.serving import FEATURE_COLUMNS, select_frame
 
 __all__ = ["CODE_PATH", "PolicyModel", "policy_signature"]
 
 #: The models-from-code file logged with every policy model.
 CODE_PATH = Path(__file__).with_name("_policy_model_code.py")
 
-_INPUT_TYPES = {"task_type": "string", "risk_tier": "long", "title_length": "long",
-                "description_length": "long", "acceptance_criteria_count": "long",
-                "scope_files_count": "long", "max_files": "long", "max_loc": "long",
-                "has_external_deps": "boolean", "complexity_indicators": Array("string"),
-                # nullable counts: an int, or NaN when pandas carries a missing int as a float
-                "model_name": "string", "prompt_tokens": AnyType(), "prior_failures": AnyType(),
-                "request_id": "string"}
+#: Every input column is typed Any: each row is validated on its own by ``select_frame``,
+#: so one bad record (a missing count, NaN in an int column, a wrong type) gets its own
+#: fallback instead of failing the whole request at schema enforcement.
+_INPUT_COLUMNS = (*FEATURE_COLUMNS, "request_id")
 _OUTPUT_TYPES = {"request_id": "string", "arm_id": "string", "temperature": "double", "top_p": "double",
                  "max_tokens": "long", "frequency_penalty": "double", "presence_penalty": "double",
                  "seed": "long", "model_name": "string", "propensity": "double",
-                 "policy_version": "string", "reason": "string"}
+                 "policy_version": "string", "reason": "string", "blocked": "boolean"}
 _OUTPUT_OPTIONAL = frozenset({"seed", "model_name", "reason"})
 
 
 def policy_signature() -> ModelSignature:
     """Input: the task-feature columns (only ``task_type`` required); output: the decision."""
-    inputs = Schema([ColSpec(t, name, required=name == "task_type") for name, t in _INPUT_TYPES.items()])
+    inputs = Schema([ColSpec(AnyType(), name, required=name == "task_type") for name in _INPUT_COLUMNS])
     outputs = Schema([ColSpec(t, name, required=name not in _OUTPUT_OPTIONAL)
                       for name, t in _OUTPUT_TYPES.items()])
     return ModelSignature(inputs=inputs, outputs=outputs)
