@@ -1,4 +1,12 @@
-"""``rtopt register | promote | rollback | status | ui | serve``: the registry from the shell."""
+"""``rtopt register | promote | rollback | status | ui | serve`` and ``rtopt provenance
+reconcile``: the registry from the shell.
+
+Exit status of ``status``, ``promote``, ``rollback`` and ``register``: 3
+(:data:`EXIT_INTEGRITY`) when the registry and its provenance disagree (an alias moved or
+an evidence tag edited outside the workbench, a record after the anchored head, a broken
+chain, a missing log), each problem printed by name; ``promote`` and ``rollback`` then
+refuse to act until ``rtopt provenance reconcile --reason "..."`` has recorded the state.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +15,12 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["add_parsers"]
+__all__ = ["EXIT_INTEGRITY", "add_parsers", "add_reconcile_parser"]
 
 _PHASES = ("shadow", "canary", "guarded", "general")
 _MODEL = "rtopt-policy"
+#: Exit status when the registry and its provenance disagree.
+EXIT_INTEGRITY = 3
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +52,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                     "rules: no skipped phases; gates must pass beyond shadow; canary needs "
                                     "an off-policy lower bound >= 0 and, for tier-1 versions, a named "
                                     "approver. The move is written to the provenance log first. Exit "
-                                    "status 1 when refused, with every reason.")
+                                    "status 1 when refused, with every reason; 3 when the registry does "
+                                    "not match its provenance (see `rtopt status`).")
     pr.add_argument("--version", required=True, help="model version number")
     pr.add_argument("--to", required=True, choices=_PHASES, help="target phase")
     pr.add_argument("--approved-by", default=None, help="approver's name (recorded; required for tier 1)")
@@ -52,7 +63,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     rb = sub.add_parser("rollback", parents=[store], help="take a version out of its phase at once",
                         description="Roll back the version in --phase (or --version): it leaves its phase "
                                     "immediately; leaving general restores the version it displaced. "
-                                    "Never refused once the version is found; written to the provenance log.")
+                                    "Never refused by the rules once the version is found; written to the "
+                                    "provenance log. Refused (exit 3) when the registry does not match "
+                                    "its verified provenance: the version to restore comes from verified "
+                                    "records only.")
     g = rb.add_mutually_exclusive_group(required=True)
     g.add_argument("--phase", choices=_PHASES, help="roll back the version holding this phase")
     g.add_argument("--version", help="roll back this version from whatever phase it is in")
@@ -62,23 +76,77 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     st = sub.add_parser("status", parents=[store], help="which version is in which phase, with its evidence",
                         description="A table of the phases: the version in each, its policy, gate status, "
-                                    "DR estimate and improvement, the off-policy lower bound, and the "
-                                    "provenance log's check against the head hash tagged in the registry.")
+                                    "DR estimate and improvement, the off-policy lower bound; then the "
+                                    "registry checked against its provenance: the chain verifies, the "
+                                    "model's last record is the head anchored in the registry, and the "
+                                    "aliases and evidence tags are what that record says. Every problem "
+                                    "is printed by name; exit status 3 when there is any.")
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     st.set_defaults(func=_cmd_status)
 
     ui = sub.add_parser("ui", parents=[store], help="the MLflow UI over this store, on 127.0.0.1",
-                        description="Start `mlflow ui` on 127.0.0.1 over the project's store (Ctrl-C stops it).")
+                        description="Start `mlflow ui` on 127.0.0.1 over the project's store; the address is "
+                                    "printed once it answers. Requests whose Host header is not "
+                                    "127.0.0.1:PORT or localhost:PORT get 403. Ctrl-C, SIGTERM or SIGHUP "
+                                    "stop every process of it. Exit status 1 when it cannot start.")
     ui.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
     ui.set_defaults(func=_cmd_ui)
 
     sv = sub.add_parser("serve", parents=[store], help="serve the model in a phase on 127.0.0.1",
-                        description="`mlflow models serve` of models:/MODEL@PHASE with --env-manager local on "
-                                    "127.0.0.1. POST rows of task features to /invocations, e.g. "
-                                    "{\"dataframe_records\": [{\"task_type\": \"summarization\"}]}.")
+                        description="Serve models:/MODEL@PHASE on 127.0.0.1 as `mlflow models serve "
+                                    "--env-manager local` does (same /invocations JSON), printing the address "
+                                    "once /ping answers. POST rows of task features to /invocations, e.g. "
+                                    "{\"dataframe_records\": [{\"task_type\": \"summarization\"}]}. Requests "
+                                    "whose Host header is not 127.0.0.1:PORT or localhost:PORT get 403. "
+                                    "Ctrl-C, SIGTERM or SIGHUP stop every process of it. Exit status 1, with "
+                                    "one line, when no version holds the phase or the server cannot start.")
     sv.add_argument("--phase", default="general", choices=_PHASES, help="phase alias to serve (default: %(default)s)")
     sv.add_argument("--port", type=int, default=5001, help="port (default: %(default)s)")
     sv.set_defaults(func=_cmd_serve)
+
+
+def add_reconcile_parser(pvsub: argparse._SubParsersAction) -> None:
+    """Add ``rtopt provenance reconcile`` (called by :mod:`rtopt_lab.cli`)."""
+    rc = pvsub.add_parser(
+        "reconcile", help="record the registry state as found and re-anchor the provenance head",
+        description="After `rtopt status` named problems (an alias moved or a tag edited outside the "
+                    "workbench, records after the anchored head, a broken or missing chain) and they "
+                    "are understood: write a `reconcile` record with every problem and the current "
+                    "registry state, and anchor it. Records after the anchored head stay in the log, "
+                    "listed as rejected (rollback ignores them); a broken chain is renamed to "
+                    "<log>.rejected-<timestamp> (never deleted) and a new chain starts. Exit status 0.")
+    rc.add_argument("--reason", required=True, help="why the state is accepted (recorded)")
+    rc.add_argument("--by", default=None, help="who (default: the OS user)")
+    rc.add_argument("--model", default=_MODEL, help="registered model name (default: %(default)s)")
+    rc.add_argument("--tracking-uri", default=None,
+                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow/mlflow.db)")
+    rc.set_defaults(func=_cmd_reconcile)
+
+
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    from rtopt_lab.tracking.registry import reconcile
+
+    res = reconcile(args.model, reason=args.reason, uri=_uri(args), actor=args.by)
+    if res.record_hash is None:
+        print(f"{args.model}: registry and provenance agree; nothing to reconcile")
+        return 0
+    print(f"{args.model}: reconciled {len(res.problems)} problem(s):")
+    for p in res.problems:
+        print(f"  {p.kind}: {p}")
+    if res.rejected_records:
+        print("  records rejected (kept in the log, ignored by rollback): seq "
+              + ", ".join(map(str, res.rejected_records)))
+    if res.rejected_file:
+        print(f"  the broken log was moved aside to {res.rejected_file}; a new chain starts")
+    print(f"reconcile record {res.record_hash[:12]} anchored")
+    return 0
+
+
+def _refused(exc: Exception) -> int:
+    from rtopt_lab.tracking.registry import RegistryIntegrityError
+
+    print(f"refused: {exc}", file=sys.stderr)
+    return EXIT_INTEGRITY if isinstance(exc, RegistryIntegrityError) else 1
 
 
 def _uri(args: argparse.Namespace) -> str:
@@ -107,10 +175,13 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
         verdicts, tags = gate_evidence(json.loads(args.report.read_text()))
     uri = _uri(args)
-    rv = register_policy(policy, experiment_id=ensure_experiment(args.experiment, uri=uri), model=args.model,
-                         uri=uri, gate_verdicts=verdicts, tags=tags, approval_required=args.approval_required,
-                         into_shadow=False, actor=args.by, reason=f"registered from {args.policy}",
-                         serving=serving)
+    try:
+        rv = register_policy(policy, experiment_id=ensure_experiment(args.experiment, uri=uri),
+                             model=args.model, uri=uri, gate_verdicts=verdicts, tags=tags,
+                             approval_required=args.approval_required, into_shadow=False, actor=args.by,
+                             reason=f"registered from {args.policy}", serving=serving)
+    except PermissionError as exc:
+        return _refused(exc)
     print(f"registered {args.model} version {rv.version} ({policy.version}, run {rv.run_id})")
     if args.shadow:
         return _promote(args.model, rv.version, "shadow", uri, None, args.by, "entered shadow at registration")
@@ -124,8 +195,7 @@ def _promote(model: str, version: str, to: str, uri: str, approved_by: str | Non
     try:
         move = promote(model, version, to, uri=uri, approved_by=approved_by, actor=actor, reason=reason)
     except PermissionError as exc:
-        print(f"refused: {exc}", file=sys.stderr)
-        return 1
+        return _refused(exc)
     extra = f"; version {move.displaced} left {move.to}" if move.displaced else ""
     print(f"{model} version {version}: {move.frm or 'registered'} -> {move.to}{extra} "
           f"(provenance {move.provenance_hash[:12]})")
@@ -142,6 +212,8 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     try:
         move = rollback(args.model, phase=args.phase, version=args.version, uri=_uri(args), actor=args.by,
                         reason=args.reason)
+    except PermissionError as exc:
+        return _refused(exc)
     except LookupError as exc:
         print(f"rtopt: error: {exc}", file=sys.stderr)
         return 1
@@ -156,8 +228,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from rtopt_lab.compliance import verify
-    from rtopt_lab.tracking import provenance_head, provenance_path, status
+    from rtopt_lab.tracking.registry import status, verify_registry
 
     uri = _uri(args)
     try:
@@ -165,46 +236,64 @@ def _cmd_status(args: argparse.Namespace) -> int:
     except LookupError as exc:
         print(f"rtopt: error: {exc}; register one with `rtopt register --policy FILE.npz`", file=sys.stderr)
         return 1
-    head = provenance_head(args.model, uri=uri)
-    path = provenance_path(uri)
-    res = verify(path, head=head) if path.exists() else None
+    chk = verify_registry(args.model, uri=uri)
     if args.json:
-        print(table.to_json(orient="records"))
+        print(json.dumps({"phases": json.loads(table.to_json(orient="records")),
+                          "provenance": chk.to_dict()}))
+        return 0 if chk.ok else EXIT_INTEGRITY
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        print(table.drop(columns=["gate_reasons", "run_id"], errors="ignore").to_string(index=False))
+    for _, row in table.dropna(subset=["version"]).iterrows():
+        if row.get("gate_reasons"):
+            print(f"  {row['phase']} v{row['version']} gate reasons: {row['gate_reasons']}")
+    if chk.ok:
+        where = "no log yet" if chk.head is None and chk.records == 0 else (
+            f"valid, {chk.records} records, head matches the registry, aliases and evidence tags as recorded")
+        print(f"provenance: {chk.path}: {where}")
     else:
-        with pd.option_context("display.width", 200, "display.max_colwidth", 60):
-            print(table.drop(columns=["gate_reasons", "run_id"], errors="ignore").to_string(index=False))
-        for _, row in table.dropna(subset=["version"]).iterrows():
-            if row.get("gate_reasons"):
-                print(f"  {row['phase']} v{row['version']} gate reasons: {row['gate_reasons']}")
-    if res is None:
-        print(f"provenance: no log at {path}")
-        return 0
-    print(f"provenance: {path}: " + (f"valid, {res.records} records, head matches the registry"
-                                     if res.ok else "BROKEN: " + "; ".join(res.problems)))
-    return 0 if res.ok else 1
+        print(f"provenance: {chk.path}: {len(chk.problems)} PROBLEM(S): the registry does not match its "
+              "verified provenance")
+        for p in chk.problems:
+            print(f"  {p.kind}: {p}")
+        print('  promote and rollback are refused until `rtopt provenance reconcile --reason "..."` '
+              "records the state")
+    for note in chk.notes:
+        print(f"  note: {note}")
+    return 0 if chk.ok else EXIT_INTEGRITY
 
 
-def _run_foreground(cmd_env: tuple[list[str], dict[str, str]], url: str) -> int:
-    from rtopt_lab.tracking.server import start
+def _run_foreground(cmd_env: tuple[list[str], dict[str, str]], *, port: int, health: str, banner: str) -> int:
+    """Run a server until it exits or is stopped; print ``banner`` only once ``health`` answers."""
+    from rtopt_lab.tracking.server import HOST, port_is_free, run_foreground
 
-    print(f"serving on {url} (Ctrl-C stops it)", flush=True)
-    proc = start(cmd_env)
+    if not port_is_free(port):
+        print(f"rtopt: port {port} on {HOST} is in use; choose another with --port", file=sys.stderr)
+        return 1
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=30)
-        return 0
+        return run_foreground(cmd_env, health_url=f"http://{HOST}:{port}{health}",
+                              on_up=lambda: print(banner, flush=True))
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"rtopt: {exc}", file=sys.stderr)
+        return 1
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
     from rtopt_lab.tracking.server import HOST, ui_command
 
-    return _run_foreground(ui_command(uri=_uri(args), port=args.port), f"http://{HOST}:{args.port}")
+    return _run_foreground(ui_command(uri=_uri(args), port=args.port), port=args.port, health="/",
+                           banner=f"MLflow UI on http://{HOST}:{args.port} (Ctrl-C stops it)")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from rtopt_lab.tracking.server import HOST, serve_command
+    from rtopt_lab.tracking.server import HOST, phase_version, serve_command
 
-    return _run_foreground(serve_command(model=args.model, phase=args.phase, uri=_uri(args), port=args.port),
-                           f"http://{HOST}:{args.port}/invocations")
+    uri = _uri(args)
+    cmd_env = serve_command(model=args.model, phase=args.phase, uri=uri, port=args.port)
+    version = phase_version(args.model, args.phase, uri=uri)
+    if version is None:
+        print(f"rtopt: nothing in {args.phase}: no version of {args.model!r} holds the alias; promote one "
+              f"first (rtopt promote --version N --to {args.phase})", file=sys.stderr)
+        return 1
+    return _run_foreground(cmd_env, port=args.port, health="/ping",
+                           banner=f"serving on http://{HOST}:{args.port}/invocations: {args.model} version "
+                                  f"{version} ({args.phase}); Ctrl-C stops it")
