@@ -4,6 +4,7 @@
     rtopt log validate data/log
     rtopt log summary data/log
     rtopt provenance verify provenance.jsonl
+    rtopt provenance reconcile --reason "alias moved by hand during the incident"
     rtopt check offline --candidate policy.npz --log data/log --report offline.json
     rtopt register --policy policy.npz --report offline.json --shadow
     rtopt promote --version 2 --to canary --approved-by alice --reason "replay DR +0.03"
@@ -15,7 +16,8 @@
     rtopt demo
 
 Every subcommand has ``--help``. Exit status: 0 on success, 1 when a check finds a problem
-(for example quarantined rows), 2 on bad arguments or unusable input.
+(for example quarantined rows), 2 on bad arguments or unusable input, 3 when the registry
+does not match its provenance (``status``, ``promote``, ``rollback``, ``register``).
 """
 
 from __future__ import annotations
@@ -112,8 +114,12 @@ def _build_parser() -> argparse.ArgumentParser:
     pvv.add_argument("path", type=Path, help="provenance log (.jsonl)")
     pvv.add_argument("--head", default=None, metavar="HASH",
                      help="a head hash anchored earlier (for example an MLflow tag); the check "
-                          "fails unless a record still has this hash")
+                          "fails unless a record has this hash and no record comes after it "
+                          "(`rtopt status` checks one model's records in a shared log)")
     pvv.set_defaults(func=_cmd_provenance_verify)
+    from rtopt_lab import _cli_registry
+
+    _cli_registry.add_reconcile_parser(pvsub)
 
     ck = sub.add_parser("check", help="the offline suite for a candidate policy",
                         description="Checks a candidate before anyone is exposed to it.")

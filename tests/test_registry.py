@@ -254,7 +254,9 @@ def test_cli_promote_rollback_status(sim, store, tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "canary" in out and "head matches the registry" in out
     assert main(["status", "--json", *base]) == 0
-    rows = json.loads(capsys.readouterr().out.splitlines()[0])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["provenance"]["ok"] and doc["provenance"]["problems"] == []
+    rows = doc["phases"]
     assert {r["phase"]: r["version"] for r in rows}["canary"] == "1"
     assert next(r for r in rows if r["phase"] == "canary")["lower_bound"] == 0.01
     assert main(["rollback", "--phase", "canary", "--reason", "latency", *base]) == 0

@@ -61,6 +61,9 @@ class VerifyResult:
         ``hash`` of the record with the highest ``seq`` (``None`` for an empty log).
     path : str
         The file checked.
+    anchored_line : int or None
+        The line of the record whose hash is the anchored ``head`` (``None`` when no head was
+        given or it was not found).
     """
 
     ok: bool
@@ -68,6 +71,7 @@ class VerifyResult:
     problems: tuple[Problem, ...]
     head: str | None
     path: str
+    anchored_line: int | None = None
 
 
 def _guess_seq(raw: bytes) -> int | None:
@@ -205,6 +209,6 @@ def verify(path: str | os.PathLike[str], *, head: str | None = None,
                                         "so it is a forgery or an append whose anchoring did not finish"))
     problems.sort(key=lambda p: (p.line == 0, p.line))
     return VerifyResult(ok=not problems, records=len(good), problems=tuple(problems),
-                        head=last_hash, path=str(path))
+                        head=last_hash, path=str(path), anchored_line=head_line)
 
 

@@ -21,7 +21,13 @@ Moves follow the rollout manager's rules (:mod:`rtopt_lab.rollout.phases`):
 MLflow keeps no history of alias moves, so every move is first written to the
 hash-chained :class:`~rtopt_lab.compliance.ProvenanceLog`, and its head hash is tagged on
 the version (``provenance.head``) and the registered model, anchoring the chain outside
-the file (``rtopt provenance verify --head``).
+the file. Every record also carries the registry state it leaves behind (aliases and
+the evidence tags of the versions in phases, :mod:`rtopt_lab.tracking.integrity`), so
+an alias moved or a tag edited outside the workbench is named by :func:`verify_registry`
+(``rtopt status``). Every write here (register, tag, adopt, promote, rollback) first
+requires a clean check and raises :class:`RegistryIntegrityError` (a ``PermissionError``)
+naming the problems otherwise; :func:`reconcile` (``rtopt provenance reconcile``) records
+an accepted state. Rollback reads the version to restore from verified records only.
 
 In MLflow 3.17 ``search_model_versions`` returns empty aliases; this module reads them
 with ``get_registered_model`` / ``get_model_version`` only.
@@ -43,12 +49,22 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from rtopt_lab.compliance import ProvenanceLog
+from rtopt_lab.compliance import ProvenanceLog, ProvenanceRecord
 from rtopt_lab.gates import GateVerdict, combine
 from rtopt_lab.policies.base import BasePolicy
 from rtopt_lab.policies.constrained import Constrained
 from rtopt_lab.rollout.phases import Phase
 from rtopt_lab.serving import input_example
+from rtopt_lab.tracking import integrity as _integrity
+from rtopt_lab.tracking.integrity import (
+    ReconcileResult,
+    RegistryCheck,
+    RegistryIntegrityError,
+    current_aliases,
+    registry_state,
+    require_clean,
+    verified_records,
+)
 from rtopt_lab.tracking.pyfunc import CODE_PATH, policy_signature
 from rtopt_lab.tracking.store import provenance_path, tracking_uri
 
@@ -56,7 +72,10 @@ __all__ = [
     "MODEL_NAME",
     "PHASES",
     "AliasMove",
+    "ReconcileResult",
     "RegisteredVersion",
+    "RegistryCheck",
+    "RegistryIntegrityError",
     "adopt_incumbent",
     "evidence_tags",
     "load_phase_guarded",
@@ -66,10 +85,12 @@ __all__ = [
     "promote",
     "promotion_refusals",
     "provenance_head",
+    "reconcile",
     "register_policy",
     "rollback",
     "status",
     "tag_version",
+    "verify_registry",
 ]
 
 MODEL_NAME = "rtopt-policy"
@@ -208,6 +229,8 @@ def register_policy(policy: BasePolicy, *, experiment_id: str, model: str = MODE
     if not isinstance(policy, BasePolicy):
         raise TypeError(f"`policy` must be a BasePolicy; got {type(policy).__name__}")
     client, uri = _client(uri)
+    log = _provenance(provenance, uri)
+    require_clean(client, model, log, "registration")
     tags = {**evidence_tags(evaluation=evaluation, candidate=candidate, gate_verdicts=gate_verdicts),
             "policy.kind": policy.config()["kind"], "policy.version": policy.version,
             "approval_required": str(bool(approval_required)).lower(),
@@ -237,11 +260,11 @@ def register_policy(policy: BasePolicy, *, experiment_id: str, model: str = MODE
     version = str(info.registered_model_version)
     for k, v in tags.items():
         client.set_model_version_tag(model, version, k, v)
-    log = _provenance(provenance, uri)
     record = log.append(actor=actor or getpass.getuser(), action="config_change",
                         policy_version=f"{model}/{version}", reason=reason,
                         evidence={"model": model, "version": version, "run_id": run_id,
-                                  "policy_version": policy.version, "gates": tags["gates.status"]})
+                                  "policy_version": policy.version, "gates": tags["gates.status"],
+                                  "registry": registry_state(client, model, versions=[version])})
     _anchor(client, model, version, record.hash)
     if into_shadow:
         promote(model, version, "shadow", uri=uri, actor=actor, reason="entered shadow at registration",
@@ -252,20 +275,34 @@ def register_policy(policy: BasePolicy, *, experiment_id: str, model: str = MODE
 def tag_version(model: str, version: str | int, *, uri: str | None = None,
                 evaluation: pd.DataFrame | None = None, candidate: str | None = None,
                 gate_verdicts: Mapping[str, GateVerdict | Mapping[str, Any]] | None = None,
-                tags: Mapping[str, str] | None = None) -> dict[str, str]:
+                tags: Mapping[str, str] | None = None, actor: str | None = None,
+                reason: str = "new evidence", provenance: ProvenanceLog | str | Path | None = None
+                ) -> dict[str, str]:
     """Record new evidence on a version (:func:`evidence_tags` of what is given, then ``tags``).
 
     Gate tags are written only when ``gate_verdicts`` is given, so a later evaluation
-    does not erase the gates' verdict; returns the tags written.
+    does not erase the gates' verdict; returns the tags written. The new evidence is an
+    ``evaluate`` provenance record (with the registry state it leaves) written first and
+    anchored after, so :func:`verify_registry` tells it from an edit outside the workbench.
     """
-    client, _ = _client(uri)
-    _version(client, model, version)
+    client, uri = _client(uri)
+    version = str(version)
+    mv = _version(client, model, version)
+    log = _provenance(provenance, uri)
+    require_clean(client, model, log, "tagging", versions=[version])
     new = evidence_tags(evaluation=evaluation, candidate=candidate, gate_verdicts=gate_verdicts)
     if gate_verdicts is None:
         new = {k: v for k, v in new.items() if not k.startswith("gate")}
     new.update({str(k): _tag(v) for k, v in (tags or {}).items()})
+    after = {**mv.tags, **new}
+    record = log.append(actor=actor or getpass.getuser(), action="evaluate",
+                        policy_version=f"{model}/{version}", reason=reason,
+                        evidence={"model": model, "version": version, "tags": sorted(new),
+                                  "registry": registry_state(client, model, versions=[version],
+                                                             tags={version: after})})
     for k, v in new.items():
-        client.set_model_version_tag(model, str(version), k, v)
+        client.set_model_version_tag(model, version, k, v)
+    _anchor(client, model, version, record.hash)
     return new
 
 
@@ -293,7 +330,11 @@ def adopt_incumbent(policy: BasePolicy, *, experiment_id: str, model: str = MODE
     record = log.append(actor=actor or getpass.getuser(), action="promote", policy_version=f"{model}/{rv.version}",
                         reason=f"adopted as general: {reason}",
                         evidence={"model": model, "version": rv.version, "from": None, "to": Phase.GENERAL.value,
-                                  "displaced": None, "adopted": True})
+                                  "displaced": None, "adopted": True,
+                                  "registry": registry_state(
+                                      client, model, versions=[rv.version],
+                                      aliases={**current_aliases(client, model),
+                                               Phase.GENERAL.value: rv.version})})
     client.set_registered_model_alias(model, Phase.GENERAL.value, rv.version)
     _anchor(client, model, rv.version, record.hash)
     return RegisteredVersion(model, rv.version, rv.run_id, rv.model_uri, Phase.GENERAL.value)
@@ -353,6 +394,8 @@ def promote(model: str, version: str | int, to: str, *, uri: str | None = None,
     client, uri = _client(uri)
     version = str(version)
     mv = _version(client, model, version)
+    log = _provenance(provenance, uri)
+    checked = require_clean(client, model, log, "promotion", versions=[version])
     current = phase_of(model, version, uri=uri)
     refusals = promotion_refusals(current, to, mv.tags, approved_by=approved_by)
     if refusals:
@@ -360,18 +403,22 @@ def promote(model: str, version: str | int, to: str, *, uri: str | None = None,
     target = Phase.parse(to).value
     displaced = _holder(client, model, target)
     displaced = None if displaced == version else displaced
-    log = _provenance(provenance, uri)
     who = actor or approved_by or getpass.getuser()
+    after = {**checked.state["aliases"], target: version}
+    if current is not None:
+        del after[current]
     if approved_by:
         log.append(actor=approved_by, action="approve", policy_version=f"{model}/{version}",
                    reason=reason or f"approved for {target}", evidence={"model": model, "version": version,
-                                                                        "to": target})
+                                                                        "to": target,
+                                                                        "registry": dict(checked.state)})
     record = log.append(actor=who, action="promote", policy_version=f"{model}/{version}",
                         reason=reason or f"{current or 'registered'} -> {target}",
                         evidence={"model": model, "version": version, "from": current, "to": target,
                                   "displaced": displaced, "gates": mv.tags.get("gates.status"),
                                   "ope_lower_bound": mv.tags.get("ope.lower_bound"),
-                                  "approved_by": approved_by})
+                                  "approved_by": approved_by,
+                                  "registry": registry_state(client, model, aliases=after, versions=[version])})
     client.set_registered_model_alias(model, target, version)
     if current is not None:
         client.delete_registered_model_alias(model, current)
@@ -388,12 +435,19 @@ def rollback(model: str, *, phase: str | None = None, version: str | int | None 
     Name the version by ``phase`` (the version holding that alias) or by ``version``. The
     version's alias moves one phase down when that alias is free (else the version is
     parked with no alias); leaving ``general`` restores the version it displaced, which
-    the provenance log remembers. With no version to restore, rolling back ``general``
-    would leave nothing to serve, so that one case raises.
+    the provenance log remembers (read from verified records only). With no version to
+    restore, rolling back ``general`` would leave nothing to serve, so that one case raises.
+
+    Raises
+    ------
+    RegistryIntegrityError
+        When the registry and its provenance disagree (:func:`verify_registry`).
     """
     client, uri = _client(uri)
     if (phase is None) == (version is None):
         raise ValueError("give exactly one of `phase` or `version`")
+    log = _provenance(provenance, uri)
+    checked = require_clean(client, model, log, "rollback")
     if version is None:
         frm = Phase.parse(phase).value
         version = _holder(client, model, frm)
@@ -404,18 +458,25 @@ def rollback(model: str, *, phase: str | None = None, version: str | int | None 
         frm = phase_of(model, version, uri=uri)
         if frm is None:
             raise LookupError(f"{model} version {version} is in no phase: nothing to roll back")
-    log = _provenance(provenance, uri)
     restored = None
     if frm == Phase.GENERAL.value:
-        restored = _displaced_by(log, model, version)
+        restored = _displaced_by(verified_records(client, model, log, checked=checked), model, version)
         if restored is None:
             raise LookupError(f"{model} version {version} displaced no earlier general version: nothing "
                               "to restore (promote a replacement instead)")
+        require_clean(client, model, log, "rollback", versions=[restored])  # its evidence unedited
     down = Phase.parse(frm).previous
     to = down.value if down is not None and _holder(client, model, down.value) in (None, version) else None
+    after = {k: v for k, v in checked.state["aliases"].items() if k != frm}
+    if restored is not None:
+        after[frm] = restored
+    if to is not None:
+        after[to] = version
     record = log.append(actor=actor or getpass.getuser(), action="rollback", policy_version=f"{model}/{version}",
                         reason=reason, evidence={"model": model, "version": version, "from": frm, "to": to,
-                                                 "restored": restored})
+                                                 "restored": restored,
+                                                 "registry": registry_state(client, model, aliases=after,
+                                                                            versions=[version])})
     if restored is not None:
         client.set_registered_model_alias(model, frm, restored)
     else:
@@ -426,10 +487,10 @@ def rollback(model: str, *, phase: str | None = None, version: str | int | None 
     return AliasMove(model, version, "rollback", frm, to, None, restored, record.hash)
 
 
-def _displaced_by(log: ProvenanceLog, model: str, version: str) -> str | None:
-    """The version that ``version`` displaced from general on its latest promotion there."""
+def _displaced_by(records: list[ProvenanceRecord], model: str, version: str) -> str | None:
+    """The version that ``version`` displaced from general on its latest verified promotion there."""
     found = None
-    for r in log.records():
+    for r in records:
         ev = r.evidence or {}
         if r.action == "promote" and ev.get("model") == model and ev.get("version") == version \
                 and ev.get("to") == Phase.GENERAL.value:
@@ -459,6 +520,44 @@ def status(model: str = MODEL_NAME, *, uri: str | None = None) -> pd.DataFrame:
                         "run_id": mv.run_id, "gate_reasons": _gate_reasons(t)})
         rows.append(row)
     return pd.DataFrame(rows).astype({"version": object})
+
+
+def verify_registry(model: str = MODEL_NAME, *, uri: str | None = None,
+                    provenance: ProvenanceLog | str | Path | None = None) -> RegistryCheck:
+    """Check the registry against its provenance chain; every problem named.
+
+    Passes when (a) the chain verifies, (b) the model's last record is exactly the anchored
+    head, and (c) the phase aliases and the evidence tags of the versions in phases equal
+    what that record says (details in :mod:`rtopt_lab.tracking.integrity`).
+
+    Raises
+    ------
+    LookupError
+        When ``model`` is not registered in this store.
+    """
+    client, uri = _client(uri)
+    _registered(client, model)
+    return _integrity.check_registry(client, model, _provenance(provenance, uri))
+
+
+def reconcile(model: str = MODEL_NAME, *, reason: str, uri: str | None = None, actor: str | None = None,
+              provenance: ProvenanceLog | str | Path | None = None) -> ReconcileResult:
+    """Accept the registry as it is: a ``reconcile`` record of the problems and the state.
+
+    Records after the anchored head are listed as rejected (rollback then ignores them); a
+    broken chain is renamed to ``<log>.rejected-<timestamp>`` and a new chain starts. After
+    it :func:`verify_registry` is clean. Nothing is written when it already was.
+    """
+    client, uri = _client(uri)
+    _registered(client, model)
+    return _integrity.reconcile(client, model, _provenance(provenance, uri), reason=reason, actor=actor)
+
+
+def _registered(client: MlflowClient, model: str) -> None:
+    try:
+        client.get_registered_model(model)
+    except MlflowException:
+        raise LookupError(f"no registered model named {model!r} in this store") from None
 
 
 def provenance_head(model: str = MODEL_NAME, *, uri: str | None = None) -> str | None:
