@@ -41,6 +41,7 @@ def world(sim, tmp_path_factory, monkeypatch_module):
     root = tmp_path_factory.mktemp("experiments")
     uri = default_tracking_uri(root)
     monkeypatch_module.setenv("RTOPT_PROVENANCE", str(root / "provenance.jsonl"))
+    monkeypatch_module.setenv("RTOPT_ALLOW_PATHS", str(root))  # outside the project: allowed explicitly
     eid = ensure_experiment("rtopt/experiments-test", uri=uri)
     log_dir = root / "log"
     write_log(sim.iter_log(30_000, logging_policy="epsilon", seed=5), log_dir, total_rows=30_000,
