@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
+from rtopt_lab.features import context_fingerprint_frame
 from rtopt_lab.logstore import LOG_SCHEMA, LogStore
 
 TASK_TYPES = ("code_generation", "summarization", "brainstorming")
@@ -45,7 +46,7 @@ def build_batch(run: int, batch: int) -> tuple[pa.Table, int]:
         "task_type": pa.array(np.asarray(TASK_TYPES)[rng.integers(0, 3, n)]),
         "model_name": ["llm-small"] * n,
         "policy_version": [f"crash-{run}"] * n,
-        "context_fingerprint": rng.integers(0, 2**63, n, dtype=np.uint64),
+        "context_fingerprint": np.zeros(n, np.uint64),          # set below
         "risk_tier": rng.integers(1, 4, n).astype(np.int8),
         "title_length": rng.integers(0, 200, n).astype(np.int32),
         "description_length": rng.integers(0, 5000, n).astype(np.int32),
@@ -75,7 +76,10 @@ def build_batch(run: int, batch: int) -> tuple[pa.Table, int]:
         "truncated": np.zeros(n, bool),
         "reward": quality - 0.1,
     }
-    return pa.table(cols, schema=LOG_SCHEMA), n_valid
+    table = pa.table(cols, schema=LOG_SCHEMA)
+    i = table.schema.get_field_index("context_fingerprint")     # the hash of the features
+    table = table.set_column(i, table.schema.field(i), pa.array(context_fingerprint_frame(table)))
+    return table, n_valid
 
 
 def main(argv: list[str]) -> int:

@@ -61,6 +61,7 @@ out and counted, not written anywhere. :meth:`LogStore.iter_batches` returns a
 ``reasons`` and counts; :meth:`LogStore.read` is that stream concatenated.
 """
 
+from rtopt_lab.logstore._files import MARKER, is_log_store
 from rtopt_lab.logstore.convert import decisions_to_table, table_to_decisions, to_table
 from rtopt_lab.logstore.io import WriteResult, read_log, write_log
 from rtopt_lab.logstore.schema import (
@@ -70,15 +71,23 @@ from rtopt_lab.logstore.schema import (
     SCHEMA_VERSION,
     SchemaDriftError,
 )
-from rtopt_lab.logstore.store import AppendResult, LogStore, LogStream, ReadResult
+from rtopt_lab.logstore.store import (
+    AppendResult,
+    CorruptFileWarning,
+    LogStore,
+    LogStream,
+    ReadResult,
+)
 from rtopt_lab.logstore.validate import Validated, ValidationReport, validate_path, validate_table
 
 __all__ = [
     "LOG_COLUMNS",
     "LOG_SCHEMA",
+    "MARKER",
     "QUARANTINE_SCHEMA",
     "SCHEMA_VERSION",
     "AppendResult",
+    "CorruptFileWarning",
     "LogStore",
     "LogStream",
     "ReadResult",
@@ -87,6 +96,7 @@ __all__ = [
     "ValidationReport",
     "WriteResult",
     "decisions_to_table",
+    "is_log_store",
     "read_log",
     "table_to_decisions",
     "to_table",

@@ -4,6 +4,7 @@ and the listing of a store's visible data files (see :mod:`rtopt_lab.logstore`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -80,3 +81,82 @@ def _data_files(root: Path) -> list[Path]:
                 if f.endswith(".parquet") and not f.startswith(("_", "."))]
     return out
 
+
+
+# --------------------------------------------------------------------------- the store marker
+#: The marker file :class:`~rtopt_lab.logstore.LogStore` writes at a store's root.
+MARKER = "_rtopt_log.json"
+_MARKER_FORMAT = "rtopt-decision-log"
+#: Entries a store's root may hold before its marker exists (a first append cut short).
+_PRE_MARKER = frozenset({"_tmp"})
+
+
+def _legacy_data(root: Path) -> bool:
+    """Whether ``root`` holds ``date=*/part-*.parquet`` data (a store older than the marker)."""
+    return any(d.is_dir() and not d.is_symlink() and any(f.is_file() for f in d.glob("part-*.parquet"))
+               for d in root.glob("date=*"))
+
+
+def is_log_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder holding a decision log written by this project.
+
+    That is: the marker ``_rtopt_log.json`` at its root, or (a store written before the
+    marker existed) at least one ``date=*/part-*.parquet`` file or a ``_quarantine/``
+    folder. Symlinks are not followed into.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> is_log_store(tempfile.mkdtemp())
+    False
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a path; got {path!r} ({type(path).__name__})")
+    root = Path(path)
+    if root.is_symlink() or not root.is_dir():
+        return False
+    if (root / MARKER).is_file():
+        return True
+    quarantine = root / "_quarantine"
+    return (quarantine.is_dir() and not quarantine.is_symlink()) or _legacy_data(root)
+
+
+def _claim_root(root: Path, schema_version: int) -> None:
+    """Make ``root`` a store: refuse a non-empty folder that is not one, else write the marker.
+
+    The marker is written atomically and never overwritten (the first writer's stays).
+    """
+    if (root / MARKER).is_file():
+        return
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"`root` {str(root)!r} is a file, not a folder; choose an empty or new folder")
+    if root.is_dir() and not root.is_symlink():
+        entries = [e.name for e in root.iterdir()]
+        if entries and not set(entries) <= _PRE_MARKER and not is_log_store(root):
+            shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+            raise ValueError(f"`root` {str(root)!r} is not empty and is not a decision log (it holds "
+                             f"{shown}); choose an empty or new folder")
+    elif root.is_symlink():
+        raise ValueError(f"`root` {str(root)!r} is a symlink; choose an empty or new folder")
+    body = json.dumps({"format": _MARKER_FORMAT, "schema_version": schema_version,
+                       "created_at": datetime.now(UTC).isoformat()}, indent=1) + "\n"
+    final = root / MARKER
+    tmp_dir = root / "_tmp"
+    _ensure_dir(tmp_dir)
+    tmp = tmp_dir / f"{MARKER}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "x", encoding="utf-8") as fh:
+            fh.write(body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, final)              # no-clobber: a concurrent first writer may win
+        except FileExistsError:
+            pass
+        except OSError:                      # no hard links here: a plain rename
+            if not final.exists():
+                os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    _fsync_dir(root)

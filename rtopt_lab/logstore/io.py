@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from rtopt_lab.logstore._files import _ROW_GROUP, _atomic_file, _atomic_write
 from rtopt_lab.logstore.schema import LOG_SCHEMA
 from rtopt_lab.logstore.store import LogStore, ReadResult
-from rtopt_lab.logstore.validate import _arm_set, _validate
+from rtopt_lab.logstore.validate import _arm_set, _validate_ids
 from rtopt_lab.types import LoggedDecision
 
 
@@ -44,7 +44,9 @@ def write_log(batches: Iterable[Sequence[LoggedDecision] | pd.DataFrame | pa.Tab
     path : str or os.PathLike
         A ``.parquet`` file (written whole to a temporary name, then renamed, so a reader
         never sees a partial file; rejected rows go to ``<path>.quarantine.parquet``), or a
-        :class:`LogStore` directory (one atomic append per batch).
+        :class:`LogStore` directory (one atomic append per batch, see
+        :meth:`LogStore.append`: a request id already in the store is quarantined). In a
+        single file a duplicate request id is caught within its batch only.
     known_arms : iterable of str or ArmCatalog, optional
     total_rows : int, optional
         Expected rows, for the progress bar.
@@ -66,7 +68,8 @@ def write_log(batches: Iterable[Sequence[LoggedDecision] | pd.DataFrame | pa.Tab
             with _atomic_file(p, p.parent / "_tmp") as fh:
                 with pq.ParquetWriter(fh, LOG_SCHEMA, compression="zstd") as w:
                     for batch in batches:
-                        checked = _validate(batch, arms, source=str(p), row_offset=written + quarantined)
+                        checked = _validate_ids(batch, arms, source=str(p),
+                                                row_offset=written + quarantined).validated
                         if checked.valid.num_rows:
                             w.write_table(checked.valid, row_group_size=_ROW_GROUP)
                         written += checked.valid.num_rows

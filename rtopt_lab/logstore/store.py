@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -14,14 +16,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from rtopt_lab.logstore._files import _atomic_write, _compact_now, _data_files
+from rtopt_lab.logstore._files import _atomic_write, _claim_root, _compact_now, _data_files
 from rtopt_lab.logstore.convert import _conform
+from rtopt_lab.logstore.dedupe import _IdIndex
 from rtopt_lab.logstore.schema import (
     _NULLABLE,
     _STR,
@@ -31,19 +35,39 @@ from rtopt_lab.logstore.schema import (
     _schema_problems,
     _short,
 )
-from rtopt_lab.logstore.validate import _arm_set, _validate, validate_table
-from rtopt_lab.types import LoggedDecision
+from rtopt_lab.logstore.validate import _arm_set, _validate, _validate_ids
+from rtopt_lab.types import SCHEMA_VERSION, LoggedDecision
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
+_DEDUPE = ("store", "batch", "off")
+#: Reason under which the rows of a file that broke off mid-read are counted.
+UNREADABLE = "unreadable file"
+
+
+class CorruptFileWarning(UserWarning):
+    """A data file of a store was skipped by a read: unreadable (truncated, garbage bytes,
+    a corrupt page) or drifted (wrong schema). ``path`` names it, ``reason`` says why."""
+
+    def __init__(self, path: str, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(f"skipped {path}: {reason}; run `rtopt log validate` on the store")
 
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    """Result of :meth:`LogStore.append`: where the valid rows went and what was rejected."""
+    """Result of :meth:`LogStore.append`: where the valid rows went and what was rejected.
+
+    ``already_written`` is True when the append was a no-op because its ``segment`` was
+    already in the store (``path`` is then that segment's file, or None if every row of
+    the segment was quarantined, and the counts are 0).
+    """
 
     path: str | None
     rows_written: int
     rows_quarantined: int
     reasons: dict[str, int]
     quarantine_path: str | None = None
+    already_written: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +85,10 @@ class ReadResult:
     reasons: dict[str, int]
     skipped_files: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def files_skipped(self) -> int:
+        """How many files were skipped (unreadable or drifted); see ``skipped_files``."""
+        return len(self.skipped_files)
 
 
 def _utc_arg(name: str, value: Any) -> datetime | None:
@@ -155,20 +183,35 @@ class LogStore:
             raise TypeError(f"`root` must be a path; got {root!r} ({type(root).__name__})")
         self.root = Path(root)
         self._info: dict[tuple[str, int, int], _FileInfo] = {}
+        self._ids = _IdIndex()
 
     def __repr__(self) -> str:
         return f"LogStore({str(self.root)!r})"
 
     # ------------------------------------------------------------------ writing
     def append(self, batch: Sequence[LoggedDecision] | pd.DataFrame | pa.Table, *,
-               known_arms: Iterable[str] | None = None) -> AppendResult:
+               known_arms: Iterable[str] | None = None, segment: str | None = None,
+               dedupe: str = "store") -> AppendResult:
         """Validate a batch and write its valid rows durably as one new Parquet file.
 
         Parameters
         ----------
         batch : list of LoggedDecision, pandas.DataFrame or pyarrow.Table
         known_arms : iterable of str or ArmCatalog, optional
-            Arm ids a row may name (see :func:`validate_table`).
+            Arm ids a row may name (see :func:`validate_table`); with an ArmCatalog, each
+            row's parameters must also be its arm's.
+        segment : str, optional
+            Makes the append idempotent (a journal replayed after a crash): the file is
+            ``date=<ingest date>/part-seg-<segment>.parquet`` and, if a file of that
+            segment is already in the store (any date), nothing is written and the result
+            has ``already_written=True``. Letters, digits, ``_``, ``.`` and ``-``; at most
+            200 characters.
+        dedupe : {"store", "batch", "off"}, default "store"
+            Quarantine a row whose ``request_id`` is already in the store or earlier in
+            the batch (``"store"``), earlier in the batch only (``"batch"``), or never.
+            The store's ids are indexed in memory (8 bytes a row) on the first append and
+            kept up to date; the check is exact for one writer and best effort between
+            writers appending the same new id at the same instant.
 
         Returns
         -------
@@ -176,21 +219,53 @@ class LogStore:
             ``path`` is the new data file (None when no row was valid). Rejected rows are
             written to ``root/_quarantine`` first; the data file's rename is the commit
             point, so a batch is in the log whole or not at all.
+
+        Raises
+        ------
+        ValueError
+            If ``root`` is a non-empty folder that is not a decision log (nothing is
+            written there), or for a bad ``segment`` or ``dedupe``.
         """
-        checked = validate_table(batch, known_arms=known_arms)
+        if segment is not None and not isinstance(segment, str):
+            raise TypeError(f"`segment` must be a string or None; got {type(segment).__name__}")
+        if segment is not None and not _SEGMENT.fullmatch(segment):
+            raise ValueError(f"`segment` must be 1-200 letters, digits, '_', '.' or '-' (not starting "
+                             f"with '.' or '-'); got {segment!r}")
+        if dedupe not in _DEDUPE:
+            raise ValueError(f"`dedupe` must be one of {_DEDUPE}; got {dedupe!r}")
+        arms = _arm_set(known_arms)
+        name = f"part-seg-{segment}.parquet" if segment is not None else None
+        if name is not None:
+            done = sorted(self.root.glob(f"date=*/{name}")) if self.root.is_dir() else []
+            if done:
+                return AppendResult(path=str(done[0]), rows_written=0, rows_quarantined=0, reasons={},
+                                    already_written=True)
+        _claim_root(self.root, SCHEMA_VERSION)
+        seen = None
+        if dedupe == "store":
+            self._ids.sync(_data_files(self.root))
+            seen = self._ids
+        checked = _validate_ids(batch, arms, dedupe=dedupe != "off", seen=seen)
+        valid, quarantine = checked.validated.valid, checked.validated.quarantine
         now, stamp = _compact_now()
-        name = f"part-{stamp}-{uuid.uuid4().hex}.parquet"
+        name = name or f"part-{stamp}-{uuid.uuid4().hex}.parquet"
         qpath = path = None
-        if checked.quarantine.num_rows:
+        if quarantine.num_rows:
             qpath = self.root / "_quarantine" / name
-            _atomic_write(checked.quarantine, qpath, self.root / "_tmp")
-        if checked.valid.num_rows:
+            if segment is not None and qpath.is_file():      # written by the attempt that died
+                if not valid.num_rows:
+                    return AppendResult(path=None, rows_written=0, rows_quarantined=0, reasons={},
+                                        quarantine_path=str(qpath), already_written=True)
+            else:
+                _atomic_write(quarantine, qpath, self.root / "_tmp")
+        if valid.num_rows:
             path = self.root / f"date={now:%Y-%m-%d}" / name
-            table = checked.valid.sort_by([("task_type", "ascending"), ("timestamp", "ascending")])
+            table = valid.sort_by([("task_type", "ascending"), ("timestamp", "ascending")])
             _atomic_write(table, path, self.root / "_tmp")
-        return AppendResult(path=None if path is None else str(path),
-                            rows_written=checked.valid.num_rows,
-                            rows_quarantined=checked.quarantine.num_rows, reasons=checked.reasons,
+            if seen is not None and checked.valid_hashes is not None:
+                seen.add(path, checked.valid_hashes)
+        return AppendResult(path=None if path is None else str(path), rows_written=valid.num_rows,
+                            rows_quarantined=quarantine.num_rows, reasons=checked.validated.reasons,
                             quarantine_path=None if qpath is None else str(qpath))
 
     def cleanup_tmp(self, older_than_s: float = 3600.0) -> int:
@@ -275,41 +350,70 @@ class LogStore:
             if source is not None:                          # a compatible file: cast, then filter
                 conf = _conform(t)
                 if conf.table is None:
-                    stream.skipped_files[source] = "; ".join(conf.problems)
+                    reason = "; ".join(conf.problems)
+                    stream.skipped_files[source] = reason
                     stream._count(t.num_rows, t.num_rows, dict.fromkeys(conf.problems, t.num_rows))
+                    warnings.warn(CorruptFileWarning(source, reason), stacklevel=2)
                     return
-                t = conf.table if expr is None else conf.table.filter(expr)
+                if expr is not None:                        # keep the raw rows: bad cells are
+                    n = conf.table.num_rows                 # reported by _validate below
+                    keep = conf.table.append_column("__row", pa.array(np.arange(n))).filter(expr)
+                    t = t.take(keep.column("__row"))
             if t.num_rows:
                 v = _validate(t, arms, quarantine=False)
                 stream._count(t.num_rows, t.num_rows - v.valid.num_rows, v.reasons)
                 if v.valid.num_rows:
                     yield v.valid.select(cols)
 
+        def guarded(stream: LogStream, path: Path, info: _FileInfo,
+                    tables: Iterator[tuple[pa.Table, int]], cast: bool) -> Iterator[pa.Table]:
+            """Yield the checked tables of one file; a file that breaks off is skipped from there."""
+            scanned = 0
+            try:
+                for t, rows in tables:
+                    scanned += rows
+                    yield from checked(stream, t, str(path) if cast else None)
+            except (OSError, pa.ArrowException) as exc:
+                reason = f"unreadable file after {scanned} row(s) ({_short(exc)})"
+                left = max(info.rows - scanned, 0)
+                stream.skipped_files[str(path)] = reason
+                stream._count(left, left, {UNREADABLE: left} if left else {})
+                warnings.warn(CorruptFileWarning(str(path), reason), stacklevel=2)
+
+        def row_groups(path: Path, cast: bool) -> Iterator[tuple[pa.Table, int]]:
+            with pq.ParquetFile(path) as pf:              # one row group at a time: flat memory
+                for i in range(pf.num_row_groups):
+                    group = pf.read_row_group(i)
+                    group = group if cast else group.cast(LOG_SCHEMA)
+                    for lo in range(0, group.num_rows, batch_rows):
+                        part = group.slice(lo, batch_rows)
+                        yield part, part.num_rows
+
+        def scanned(fragment: ds.Fragment) -> Iterator[tuple[pa.Table, int]]:
+            for rb in fragment.to_batches(schema=LOG_SCHEMA, filter=expr, batch_size=batch_rows,
+                                          batch_readahead=2):
+                yield pa.Table.from_batches([rb]), rb.num_rows
+
         def batches(stream: LogStream) -> Iterator[pa.Table]:
-            exact = [str(p) for p, info in infos if info.kind == "exact"]
-            if exact and expr is not None:                  # filters: one pushed-down scan
-                scanner = ds.dataset(exact, schema=LOG_SCHEMA, format="parquet").scanner(
-                    filter=expr, batch_size=batch_rows, batch_readahead=2, fragment_readahead=2)
-                for rb in scanner.to_batches():
-                    yield from checked(stream, pa.Table.from_batches([rb]))
-            elif exact:                                     # a full pass: one row group at a time,
-                for f in exact:                             # so memory stays flat however long the log
-                    with pq.ParquetFile(f) as pf:
-                        for i in range(pf.num_row_groups):
-                            group = pf.read_row_group(i).cast(LOG_SCHEMA)
-                            for lo in range(0, group.num_rows, batch_rows):
-                                yield from checked(stream, group.slice(lo, batch_rows))
+            exact = [(p, info) for p, info in infos if info.kind == "exact"]
+            if exact and expr is not None:                # filters pushed down, file by file
+                dataset = ds.dataset([str(p) for p, _ in exact], schema=LOG_SCHEMA, format="parquet")
+                for (p, info), fragment in zip(exact, dataset.get_fragments(), strict=True):
+                    yield from guarded(stream, p, info, scanned(fragment), cast=False)
+            else:
+                for p, info in exact:
+                    yield from guarded(stream, p, info, row_groups(p, cast=False), cast=False)
             for p, info in infos:
                 if info.kind == "compatible":
-                    with pq.ParquetFile(p) as pf:
-                        for rb in pf.iter_batches(batch_size=batch_rows):
-                            yield from checked(stream, pa.Table.from_batches([rb]), source=str(p))
+                    yield from guarded(stream, p, info, row_groups(p, cast=True), cast=True)
 
         stream = LogStream(batches)
         for p, info in infos:                               # drifted files: counted up front
             if info.kind in ("drifted", "unreadable"):
-                stream.skipped_files[str(p)] = "; ".join(info.problems)
+                reason = "; ".join(info.problems)
+                stream.skipped_files[str(p)] = reason
                 stream._count(info.rows, info.rows, dict.fromkeys(info.problems, info.rows) if info.rows else {})
+                warnings.warn(CorruptFileWarning(str(p), reason), stacklevel=2)
         return stream
 
     def read(self, *, task_type: str | Sequence[str] | None = None, start: datetime | None = None,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from datetime import time as dtime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -21,13 +21,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rtopt_lab.logstore._files import _atomic_write, _compact_now, _data_files
-from rtopt_lab.logstore.convert import _conform
+from rtopt_lab.logstore.convert import _conform, _Conformed
+from rtopt_lab.logstore.dedupe import _hash_ids, _IdIndex, _later_duplicates
 from rtopt_lab.logstore.schema import (
     _NULLABLE,
     _STR,
     LOG_COLUMNS,
     LOG_SCHEMA,
     QUARANTINE_SCHEMA,
+    _schema_problems,
     _short,
 )
 from rtopt_lab.types import MAX_INDICATORS, MAX_NAME_LENGTH, LoggedDecision
@@ -35,6 +37,15 @@ from rtopt_lab.types import MAX_INDICATORS, MAX_NAME_LENGTH, LoggedDecision
 _MEMORY = "<memory>"
 _MIN_US = -62_135_596_800_000_000      # 0001-01-01T00:00:00Z
 _MAX_US = 253_402_300_799_999_999      # 9999-12-31T23:59:59.999999Z
+_TOL = 1e-9                            # arm parameters compared to the catalog's within this
+
+#: Reasons of the checks that compare a row with other rows or with the catalog.
+DUPLICATE_IN_BATCH = "duplicate request_id in the batch"
+DUPLICATE_IN_STORE = "request_id already in the store"
+ARM_MISMATCH = "arm_id does not match its parameters"
+FINGERPRINT_MISMATCH = "context_fingerprint does not match the features"
+_PARAM_COLUMNS = ("temperature", "top_p", "max_tokens", "frequency_penalty", "presence_penalty",
+                  "seed", "param_model_name")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +68,11 @@ class Validated:
 
 @dataclass(frozen=True, slots=True)
 class ValidationReport:
-    """Result of :func:`validate_path`; ``quarantine_path`` is None when nothing was rejected."""
+    """Result of :func:`validate_path`; ``quarantine_path`` is None when nothing was rejected.
+
+    ``skipped_files`` maps each unreadable or drifted file to why; ``ok`` is True only
+    when every row is valid and every file readable.
+    """
 
     path: str
     rows: int
@@ -66,6 +81,11 @@ class ValidationReport:
     reasons: dict[str, int]
     quarantine_path: str | None
     skipped_files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every row is valid and no file was skipped."""
+        return not self.quarantined_rows and not self.skipped_files
 
 
 # --------------------------------------------------------------------------- validation
@@ -114,20 +134,28 @@ def _name_checks(name: str, col: pa.Array | pa.ChunkedArray,
     ]
 
 
-def _check_rows(t: pa.Table, arms: frozenset[str] | None) -> list[tuple[str, np.ndarray]]:
-    """Every failed row check as (reason, boolean mask of failing rows), schema order."""
+def _check_rows(t: pa.Table, arms: _Arms | None,
+                converted: dict[str, np.ndarray] | None = None) -> list[tuple[str, np.ndarray]]:
+    """Every failed row check as (reason, boolean mask of failing rows), schema order.
+
+    ``converted`` maps a column to the rows whose input value could not be converted
+    (null now, already reported): they are not reported again as nulls.
+    """
     checks: list[tuple[str, np.ndarray]] = []
     nulls = {name: _nulls(t.column(name)) for name in LOG_COLUMNS}
+    missing = dict(nulls)                   # nulls in the input, not left by a failed conversion
+    for name, mask in (converted or {}).items():
+        missing[name] = nulls[name] & ~mask
     for name in LOG_COLUMNS:
         if name == "timestamp":
-            checks.append(("missing timestamp", nulls[name]))
+            checks.append(("missing timestamp", missing[name]))
         elif name not in _NULLABLE and name != "request_id":
-            checks.append((f"null in required column {name!r}", nulls[name]))
+            checks.append((f"null in required column {name!r}", missing[name]))
 
     def num(name: str) -> tuple[np.ndarray, np.ndarray]:
         return _np(t.column(name), 0), ~nulls[name]
 
-    checks += _name_checks("request_id", t.column("request_id"), nulls["request_id"])
+    checks += _name_checks("request_id", t.column("request_id"), missing["request_id"])
     for name in ("task_type", "model_name", "policy_version", "arm_id", "requested_model", "param_model_name"):
         checks += _name_checks(name, t.column(name))
     ts = _np(t.column("timestamp").cast(pa.int64()), 0)
@@ -168,22 +196,89 @@ def _check_rows(t: pa.Table, arms: frozenset[str] | None) -> list[tuple[str, np.
     v, ok = num("reward")
     checks.append(("reward is NaN or infinite", ok & ~np.isfinite(v)))
     if arms is not None:
-        known = _np(pc.is_in(t.column("arm_id"), value_set=pa.array(sorted(arms), _STR)), True)
-        checks.append(("unknown arm_id", ~nulls["arm_id"] & ~known))
+        index = pc.index_in(t.column("arm_id"), value_set=arms.id_array)
+        k = _np(index, -1).astype(np.int64)
+        checks.append(("unknown arm_id", ~nulls["arm_id"] & (k < 0)))
+        if arms.params is not None:
+            checks.append((ARM_MISMATCH, _arm_mismatch(t, arms.params, k)))
     return [(reason, mask) for reason, mask in checks if mask.any()]
 
 
-def _arm_set(known_arms: Any) -> frozenset[str] | None:
-    if known_arms is None:
+def _arm_mismatch(t: pa.Table, params: dict[str, np.ndarray], k: np.ndarray) -> np.ndarray:
+    """Rows naming a catalog arm (``k >= 0``) whose parameters differ from that arm's."""
+    known = k >= 0
+    kk = np.where(known, k, 0)
+    bad = np.zeros(t.num_rows, dtype=bool)
+    for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty"):
+        v = _np(t.column(name), np.nan)
+        bad |= ~(np.abs(v - params[name][kk]) <= _TOL)
+    bad |= _np(t.column("max_tokens"), -1).astype(np.int64) != params["max_tokens"][kk]
+    seed_null = _nulls(t.column("seed"))
+    seed = _np(t.column("seed"), 0).astype(np.int64)
+    want_null = params["seed_null"][kk]
+    bad |= (seed_null != want_null) | (~seed_null & (seed != params["seed"][kk]))
+    models = params["model_names"]
+    code = _np(pc.index_in(t.column("param_model_name"), value_set=models), -2).astype(np.int64)
+    code[_nulls(t.column("param_model_name"))] = -1
+    bad |= code != params["model_code"][kk]
+    return known & bad
+
+
+def _fingerprint_mismatch(t: pa.Table, ok: np.ndarray) -> np.ndarray:
+    """Rows among ``ok`` whose ``context_fingerprint`` is not the hash of their features."""
+    from rtopt_lab.features import context_fingerprint_frame
+
+    out = np.zeros(t.num_rows, dtype=bool)
+    if not ok.any():
+        return out
+    sub = t if ok.all() else t.filter(pa.array(ok))
+    fp = context_fingerprint_frame(sub)
+    stored = np.asarray(sub.column("context_fingerprint").to_numpy(zero_copy_only=False), dtype=np.uint64)
+    out[np.flatnonzero(ok)[fp != stored]] = True
+    return out
+
+
+class _Arms(NamedTuple):
+    """The known arms: ids, and per-arm parameters when a catalog was given."""
+
+    ids: frozenset[str]
+    id_array: pa.Array                           # the ids, in catalog order
+    params: dict[str, Any] | None                # per-arm parameter arrays (a catalog only)
+
+
+def _catalog_params(catalog: Any) -> dict[str, Any] | None:
+    params = getattr(catalog, "params", None)
+    if params is None or isinstance(params, (str, bytes)) or not isinstance(params, Sequence):
         return None
+    models = sorted({p.model_name for p in params if p.model_name is not None})
+    out: dict[str, Any] = {name: np.array([getattr(p, name) for p in params], dtype=float)
+                           for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty")}
+    out["max_tokens"] = np.array([p.max_tokens for p in params], dtype=np.int64)
+    out["seed"] = np.array([0 if p.seed is None else p.seed for p in params], dtype=np.int64)
+    out["seed_null"] = np.array([p.seed is None for p in params], dtype=bool)
+    out["model_names"] = pa.array(models, _STR)
+    out["model_code"] = np.array([-1 if p.model_name is None else models.index(p.model_name)
+                                  for p in params], dtype=np.int64)
+    return out
+
+
+def _arm_set(known_arms: Any) -> _Arms | None:
+    """The known arms of ``known_arms`` (ids, or an ArmCatalog: ids and parameters)."""
+    if known_arms is None or isinstance(known_arms, _Arms):
+        return known_arms
     arms = getattr(known_arms, "arm_ids", known_arms)     # an ArmCatalog, or ids
     if isinstance(arms, (str, bytes)) or not isinstance(arms, Iterable):
         raise TypeError(f"`known_arms` must be an iterable of arm ids; got {known_arms!r}")
-    arms = frozenset(arms)
-    bad = [a for a in arms if not isinstance(a, str)]
+    ordered = list(arms)
+    bad = [a for a in ordered if not isinstance(a, str)]
     if bad:
         raise TypeError(f"`known_arms` must hold strings; got {bad[0]!r} ({type(bad[0]).__name__})")
-    return arms
+    params = _catalog_params(known_arms) if hasattr(known_arms, "arm_ids") else None
+    if params is not None and len(params["max_tokens"]) != len(ordered):
+        params = None                                     # not a catalog after all
+    if params is None:
+        ordered = sorted(set(ordered))
+    return _Arms(frozenset(ordered), pa.array(ordered, _STR), params)
 
 
 def _clean(v: Any) -> Any:
@@ -207,8 +302,17 @@ def _clean(v: Any) -> Any:
     return str(v)
 
 
+def _record_json(record: dict[str, Any]) -> str:
+    text = json.dumps(_clean(record), ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:          # a lone surrogate: keep it, as a JSON escape
+        text = json.dumps(_clean(record), ensure_ascii=True, allow_nan=False)
+    return text
+
+
 def _records_json(records: Iterable[dict[str, Any]]) -> list[str]:
-    return [json.dumps(_clean(r), ensure_ascii=False, allow_nan=False) for r in records]
+    return [_record_json(r) for r in records]
 
 
 def _quarantine(source: str, rows: np.ndarray, reasons: pa.Array, records: list[str]) -> pa.Table:
@@ -217,26 +321,54 @@ def _quarantine(source: str, rows: np.ndarray, reasons: pa.Array, records: list[
          reasons, pa.array(records, _STR)], schema=QUARANTINE_SCHEMA)
 
 
-def _validate(batch: Any, arms: frozenset[str] | None, *, source: str = _MEMORY,
+class _Checked(NamedTuple):
+    validated: Validated
+    valid_hashes: np.ndarray | None     # request-id hashes of the valid rows (when deduped)
+
+
+def _validate(batch: Any, arms: _Arms | None, *, source: str = _MEMORY,
               row_offset: int = 0, quarantine: bool = True) -> Validated:
     """Validate one batch; ``quarantine=False`` skips building the quarantine table (reads)."""
+    return _validate_ids(batch, arms, source=source, row_offset=row_offset, quarantine=quarantine,
+                         dedupe=False).validated
+
+
+def _validate_ids(batch: Any, arms: _Arms | None, *, source: str = _MEMORY, row_offset: int = 0,
+                  quarantine: bool = True, dedupe: bool = True, seen: _IdIndex | None = None) -> _Checked:
+    """Validate one batch, with the duplicate checks (in the batch; against ``seen``)."""
     conf = _conform(batch)
     empty_q = QUARANTINE_SCHEMA.empty_table()
     if conf.table is None:
         reasons = dict.fromkeys(conf.problems, conf.n_rows) if conf.n_rows else {}
         q = empty_q
         if quarantine and conf.n_rows:
-            raw = conf.raw
-            records = raw.to_pylist() if isinstance(raw, pa.Table) else raw.to_dict("records")
             label = "; ".join(conf.problems)
             q = _quarantine(source, np.arange(conf.n_rows) + row_offset,
-                            pa.array(np.full(conf.n_rows, label, dtype=object), _STR), _records_json(records))
-        return Validated(LOG_SCHEMA.empty_table(), q, reasons)
+                            pa.array(np.full(conf.n_rows, label, dtype=object), _STR),
+                            _records_json(_raw_records(conf.raw)))
+        return _Checked(Validated(LOG_SCHEMA.empty_table(), q, reasons), None)
     t = conf.table
-    checks = _check_rows(t, arms)
+    converted: dict[str, np.ndarray] = {}
+    for cell in conf.cells:
+        converted[cell.column] = converted.get(cell.column, False) | cell.mask
+    checks = [(c.reason, c.mask) for c in conf.cells] + _check_rows(t, arms, converted)
+    bad = np.logical_or.reduce([m for _, m in checks]) if checks else np.zeros(t.num_rows, dtype=bool)
+    late = [(FINGERPRINT_MISMATCH, _fingerprint_mismatch(t, ~bad))]
+    bad |= late[0][1]
+    hashes = None
+    if dedupe:
+        rows = np.flatnonzero(~bad)
+        ids = t.column("request_id")
+        hashes = _hash_ids(ids.take(pa.array(rows)) if rows.size < t.num_rows else ids)
+        late.append((DUPLICATE_IN_BATCH, _later_duplicates(ids, hashes, rows, t.num_rows)))
+        if seen is not None:
+            late.append((DUPLICATE_IN_STORE, seen.hits(ids, hashes, rows, t.num_rows) & ~late[-1][1]))
+        for _, m in late[1:]:
+            bad |= m
+        hashes = hashes[~bad[rows]]
+    checks += [(r, m) for r, m in late if m.any()]
     if not checks:
-        return Validated(t, empty_q, {})
-    bad = np.logical_or.reduce([m for _, m in checks])
+        return _Checked(Validated(t, empty_q, {}), hashes)
     reasons = {r: int(m.sum()) for r, m in checks}
     q = empty_q
     if quarantine:
@@ -245,8 +377,29 @@ def _validate(batch: Any, arms: frozenset[str] | None, *, source: str = _MEMORY,
         combos, inverse = np.unique(matrix, axis=0, return_inverse=True)
         labels = ["; ".join(r for (r, _), hit in zip(checks, combo, strict=True) if hit) for combo in combos]
         reason_col = pa.array(labels, _STR).take(pa.array(np.asarray(inverse).ravel()))
-        q = _quarantine(source, rows + row_offset, reason_col, _records_json(t.take(rows).to_pylist()))
-    return Validated(t.filter(pa.array(~bad)), q, reasons)
+        q = _quarantine(source, rows + row_offset, reason_col, _records_json(_bad_records(conf, t, rows)))
+    return _Checked(Validated(t.filter(pa.array(~bad)), q, reasons), hashes)
+
+
+def _raw_records(raw: Any) -> list[dict[str, Any]]:
+    """Every row of a drifted batch as a dict (its own columns, as given)."""
+    if isinstance(raw, pa.Table):
+        return raw.to_pylist()
+    if isinstance(raw, pd.DataFrame):
+        return raw.to_dict("records")
+    cols = raw.columns                                       # decisions, as columns
+    return [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
+
+
+def _bad_records(conf: _Conformed, t: pa.Table, rows: np.ndarray) -> list[dict[str, Any]]:
+    """The quarantined rows; a cell that could not be converted keeps its input value."""
+    records = t.take(pa.array(rows)).to_pylist()
+    if conf.cells and conf.raw_value is not None:
+        where = {int(r): k for k, r in enumerate(rows)}
+        for cell in conf.cells:
+            for r in np.flatnonzero(cell.mask):
+                records[where[int(r)]][cell.column] = conf.raw_value(cell.column, int(r))
+    return records
 
 
 def validate_table(batch: Sequence[LoggedDecision] | pd.DataFrame | pa.Table, *,
@@ -257,7 +410,9 @@ def validate_table(batch: Sequence[LoggedDecision] | pd.DataFrame | pa.Table, *,
     ----------
     batch : list of LoggedDecision, pandas.DataFrame or pyarrow.Table
     known_arms : iterable of str, or an object with ``arm_ids`` (an ArmCatalog), optional
-        When given, a row whose ``arm_id`` is not among them fails with ``"unknown arm_id"``.
+        When given, a row whose ``arm_id`` is not among them fails with ``"unknown arm_id"``;
+        with an ArmCatalog, a row whose parameters differ from its arm's fails with
+        ``"arm_id does not match its parameters"``.
     source : str, default "<memory>"
         Written to the quarantine table's ``source`` column (a file path, say).
 
@@ -266,10 +421,20 @@ def validate_table(batch: Sequence[LoggedDecision] | pd.DataFrame | pa.Table, *,
     Validated
         ``valid.num_rows + quarantine.num_rows`` equals the rows of ``batch``. A batch with
         schema drift has every row quarantined, counted under each ``"schema: ..."`` reason.
+
+    Notes
+    -----
+    Besides the per-row checks, a value that cannot be converted to its column's type
+    quarantines its row only (``"column 'reward' has a value that cannot be converted to
+    double"``, ``"column 'request_id' has text that is not valid UTF-8"``; the record keeps
+    the input value); a row whose ``context_fingerprint`` is not the hash of its features
+    fails with ``"context_fingerprint does not match the features"``, and a later row
+    repeating the ``request_id`` of an earlier valid row with ``"duplicate request_id in
+    the batch"``. These two are reported only for rows passing every other check.
     """
     if not isinstance(source, str):
         raise TypeError(f"`source` must be a string; got {source!r}")
-    return _validate(batch, _arm_set(known_arms), source=source)
+    return _validate_ids(batch, _arm_set(known_arms), source=source).validated
 
 
 # --------------------------------------------------------------------------- validate_path
@@ -288,6 +453,16 @@ def validate_path(path: str | os.PathLike[str], *, known_arms: Iterable[str] | N
         ``row`` = index in that file). Default ``<path>.quarantine.parquet`` beside a file,
         ``<root>/_quarantine/validate-<UTC time>.parquet`` for a directory. Written only
         when some row was rejected.
+
+    Returns
+    -------
+    ValidationReport
+        Counts and reasons of the rows; ``skipped_files`` names every file that readers
+        skip, with why: unreadable (truncated, garbage bytes, a corrupt page: the rows
+        before the damage are counted) or drifted (wrong schema; its rows are also
+        quarantined). A request id seen in an earlier valid row of ``path`` (any file)
+        is reported as ``"request_id already in the store"``; nothing in ``path`` is
+        modified or removed.
 
     Raises
     ------
@@ -313,20 +488,27 @@ def validate_path(path: str | os.PathLike[str], *, known_arms: Iterable[str] | N
     reasons: Counter[str] = Counter()
     parts: list[pa.Table] = []
     skipped: dict[str, str] = {}
+    seen = _IdIndex()
     for f in files:
         offset = 0
         try:
             with pq.ParquetFile(f) as pf:
+                drift, _ = _schema_problems(pf.schema_arrow)
+                if drift:
+                    skipped[str(f)] = "; ".join(drift)
                 for rb in pf.iter_batches(batch_size=65_536):
-                    checked = _validate(pa.Table.from_batches([rb]), arms, source=str(f),
-                                        row_offset=offset)
+                    checked = _validate_ids(pa.Table.from_batches([rb]), arms, source=str(f),
+                                            row_offset=offset, seen=seen)
                     offset += rb.num_rows
-                    valid += checked.valid.num_rows
-                    reasons.update(checked.reasons)
-                    if checked.quarantine.num_rows:
-                        parts.append(checked.quarantine)
+                    valid += checked.validated.valid.num_rows
+                    reasons.update(checked.validated.reasons)
+                    if checked.validated.quarantine.num_rows:
+                        parts.append(checked.validated.quarantine)
+                    if checked.valid_hashes is not None:
+                        seen.add(f, checked.valid_hashes)
         except (OSError, pa.ArrowException) as exc:
-            skipped[str(f)] = f"unreadable file after {offset} row(s) ({_short(exc)})"
+            skipped[str(f)] = (f"unreadable file after {offset} row(s) ({_short(exc)})" if offset
+                               else f"unreadable file ({_short(exc)})")
         rows += offset
     quarantined = rows - valid
     qpath = None
