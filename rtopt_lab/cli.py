@@ -88,7 +88,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "validate", help="count valid and quarantined rows, by reason",
         description="Check every row of a decision log: propensity in (0, 1], finite reward, "
                     "known arm, required columns and types. Quarantined rows are written with "
-                    "their reason. Exit status 1 when any row is quarantined, 2 when no row is valid.")
+                    "their reason; unreadable or drifted files are named. Exit status 1 when any "
+                    "row is quarantined or any file is bad, 2 when no row is valid.")
     v.add_argument("path", type=Path, help="log directory or .parquet file")
     v.add_argument("--arms", type=Path, default=None,
                    help="YAML arm grid whose arm ids are the known arms (default: the 48-arm grid)")
@@ -202,15 +203,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from rtopt_lab.logstore import validate_path
 
-    known = None if args.any_arm else _catalog(args.arms).arm_ids
+    known = None if args.any_arm else _catalog(args.arms)   # a catalog: ids and parameters
     rep = validate_path(args.path, known_arms=known, quarantine_path=args.quarantine)
     print(f"{args.path}: {rep.rows:,} rows, {rep.valid_rows:,} valid, {rep.quarantined_rows:,} quarantined")
     for reason, count in sorted(rep.reasons.items(), key=lambda kv: -kv[1]):
         print(f"  {count:>10,}  {reason}")
+    for file, why in rep.skipped_files.items():
+        print(f"bad file (skipped by readers): {file}: {why}")
     if rep.quarantined_rows:
         print(f"quarantined rows written to {rep.quarantine_path}")
-        return 1
-    return 0
+    return 0 if rep.ok else 1
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
