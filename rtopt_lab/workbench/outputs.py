@@ -4,7 +4,9 @@ A notebook never deletes a folder it did not create. :func:`prepare_log_dir` rea
 folder a decision log is written to (``simulate_logs``' ``out``):
 
 - missing or empty: created, used as is;
-- a decision log written by this project (:func:`is_log_store`): replaced only when the
+- a decision log written by this project (:func:`rtopt_lab.logstore.is_log_store`, the
+  marker ``_rtopt_log.json`` or, for older stores, ``date=*/part-*.parquet`` files or a
+  ``_quarantine/`` folder; re-exported here): replaced only when the
   caller says so (``overwrite=True``), and then only the store's own files are removed
   (:data:`STORE_FILES`); a store that holds anything else (a user's notes, a symlink,
   an unknown folder) is refused and left untouched, so nothing of the user's is lost;
@@ -21,11 +23,12 @@ from collections.abc import Iterable
 from fnmatch import fnmatch
 from pathlib import Path
 
+from rtopt_lab.logstore import MARKER, is_log_store
 from rtopt_lab.workbench.paths import project_path
 
 __all__ = ["STORE_FILES", "STORE_MARKER", "is_log_store", "prepare_log_dir", "store_files"]
 
-STORE_MARKER = "_rtopt_log.json"
+STORE_MARKER = MARKER
 """The marker file :class:`~rtopt_lab.logstore.LogStore` writes at a store's root."""
 
 STORE_FILES = {
@@ -40,26 +43,6 @@ STORE_FILES = {
 def _store_dir(name: str) -> str | None:
     return next(
         (pattern for pattern in STORE_FILES if pattern != "." and fnmatch(name, pattern)), None
-    )
-
-
-def is_log_store(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a folder holding a decision log written by this project.
-
-    That is: the marker :data:`STORE_MARKER` at its root, or (stores written before the
-    marker existed) at least one ``date=*/part-*.parquet`` file or a ``_quarantine/``
-    folder at its root. Symlinks are not followed into.
-    """
-    root = Path(path)
-    if root.is_symlink() or not root.is_dir():
-        return False
-    if (root / STORE_MARKER).is_file():
-        return True
-    if (root / "_quarantine").is_dir() and not (root / "_quarantine").is_symlink():
-        return True
-    return any(
-        d.is_dir() and not d.is_symlink() and any(f.is_file() for f in d.glob("part-*.parquet"))
-        for d in root.glob("date=*")
     )
 
 
