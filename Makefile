@@ -52,5 +52,8 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 bench: $(STAMP)  ## every benchmark, quick mode
 	@for b in benchmarks/[a-z]*.py; do m=$$(basename $$b .py); echo "== $$m"; $(PY) -m benchmarks.$$m --quick || exit 1; done
 
-clean:  ## remove the venv, caches and generated data (keeps data/sample)
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info runs
+clean:  ## remove the venv, caches, build files and runs/; keeps data/ (data/sample too) and mlflow/
+	@case "$(abspath $(VENV))/" in "$(CURDIR)/"?*) ;; \
+	  *) echo "make clean: VENV=$(VENV) is not inside $(CURDIR); remove it yourself"; exit 1;; esac
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist *.egg-info runs
+	for d in rtopt_lab tests benchmarks; do [ ! -d $$d ] || find $$d -depth -type d -name __pycache__ -exec rm -rf {} +; done

@@ -411,3 +411,50 @@ def test_the_kernel_enforces_the_rule_and_receives_the_allowed_folders(project):
     assert res.ok, res.error
     assert (outside / "written.txt").read_text() == "ok"
     assert ALLOW_ENV not in os.environ  # the runner restored this process's environment
+
+
+# -- make clean -------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_clean_removes_only_generated_things(tmp_path):
+    root = tmp_path / "copy"
+    root.mkdir()
+    shutil.copy(REPO / "Makefile", root / "Makefile")
+    keep = [
+        "data/sample/s.parquet",
+        "data/mylog/date=x/part-1.parquet",
+        "mlflow/mlflow.db",
+        "README.md",
+        "rtopt_lab/m.py",
+        "notebooks/n.ipynb",
+    ]
+    gone = [
+        ".venv/bin/python",
+        "runs/e.ipynb",
+        "runs/reports/r.html",
+        ".pytest_cache/x",
+        "build/x",
+        "rtopt_lab/__pycache__/m.pyc",
+        "tests/__pycache__/t.pyc",
+    ]
+    for rel in keep + gone:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(rel)
+    (tmp_path / "sibling").mkdir()
+    refused = subprocess.run(
+        ["make", "-s", "clean", "VENV=../sibling"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0 and "is not inside" in refused.stdout
+    assert (tmp_path / "sibling").is_dir() and all((root / rel).exists() for rel in keep + gone)
+    done = subprocess.run(
+        ["make", "-s", "clean"], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert all((root / rel).read_text() == rel for rel in keep)
+    assert not any((root / rel).exists() for rel in gone)
+    assert not (root / "runs").exists() and not (root / ".venv").exists()

@@ -15,14 +15,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 
 from rtopt_lab.arms import ArmCatalog
 from rtopt_lab.policies import FixedPolicy
-from rtopt_lab.workbench.experiments import discover
-from rtopt_lab.workbench.runner import run_staged
+from rtopt_lab.workbench.experiments import discover, display_path
+from rtopt_lab.workbench.runner import check_runs_dir, run_staged
 
 __all__ = ["candidate_summary", "run_demo"]
 
@@ -65,11 +64,16 @@ def run_demo(*, experiments: str | os.PathLike[str] = "experiments", jobs: int =
 
     ``n`` overrides the size of the simulated log (the experiments whose notebook has
     an ``n`` parameter); paths in the experiments resolve against the project root, or
-    the working directory outside a checkout.
+    the working directory outside a checkout, and must stay inside it (or in a folder of
+    ``$RTOPT_ALLOW_PATHS``): every path is checked before the store or a kernel is touched.
     """
     from rtopt_lab import tracking as T
 
     t0 = time.perf_counter()
+    exps = discover(experiments)  # every file and path checked first: a bad one touches nothing
+    if n is not None:
+        exps = [e.with_parameters(n=n) if "n" in e.defined else e for e in exps]
+    runs = check_runs_dir(runs_dir)
     uri = T.tracking_uri()
     print(f"1/4 MLflow store {uri}", flush=True)
     eid = T.ensure_experiment(EXPERIMENT, uri=uri)
@@ -81,11 +85,8 @@ def run_demo(*, experiments: str | os.PathLike[str] = "experiments", jobs: int =
         rv = T.adopt_incumbent(FixedPolicy(ArmCatalog.from_grid()), experiment_id=eid, uri=uri,
                                reason="the hand-picked parameters production runs today")
         print(f"    adopted the production policy as rtopt-policy version {rv.version} (general)")
-    exps = discover(experiments)
-    if n is not None:
-        exps = [e.with_parameters(n=n) if "n" in e.defined else e for e in exps]
     print(f"2/4 running {len(exps)} experiments from {experiments} ({jobs} in parallel within a stage)", flush=True)
-    results = run_staged(exps, jobs=jobs, runs_dir=runs_dir, tracking_uri=uri, experiment_id=eid)
+    results = run_staged(exps, jobs=jobs, runs_dir=runs, tracking_uri=uri, experiment_id=eid)
     failed = [r for r in results if r.status != "ok"]
     for r in failed:
         print(f"    FAILED {r.name}: {r.error}", file=sys.stderr)
@@ -97,11 +98,11 @@ def run_demo(*, experiments: str | os.PathLike[str] = "experiments", jobs: int =
     with pd.option_context("display.width", 200, "display.float_format", "{:.4f}".format):
         print(T.status(uri=uri).drop(columns=["gate_reasons", "run_id"], errors="ignore").fillna("-")
               .to_string(index=False))
-    reports = sorted(Path(runs_dir, "reports").glob("*.html")) if Path(runs_dir, "reports").exists() else []
+    reports = sorted((runs / "reports").glob("*.html")) if (runs / "reports").exists() else []
     print(f"\n4/4 done in {time.perf_counter() - t0:.0f} s. Next:")
     print("    make lab                     JupyterLab on notebooks/ with the project's kernel")
     print("    .venv/bin/rtopt ui           the MLflow UI on http://127.0.0.1:5000 (runs, models, aliases)")
     print("    .venv/bin/rtopt status       which version is in which phase")
     for r in reports:
-        print(f"    {r}")
+        print(f"    {display_path(r)}")
     return 1 if failed else 0
