@@ -184,6 +184,23 @@ def test_grants_shrink_near_the_limit_and_refusals_give_idle_tokens_back(tmp_pat
     check_books(b, one, two)
 
 
+def test_the_block_grows_with_a_busy_process_up_to_64_times(tmp_path):
+    b = tracker(tmp_path, limit=10**12)
+    lease = b.open_lease("p1", block=10)
+    grants, held = [], 0
+    for i in range(2_000):  # outstanding reservations: each grant is a step of the row
+        assert lease.reserve(TASK, 10, request_id=f"r{i}").allowed
+        now = lease.status()[0].held
+        if now != held:
+            grants.append(now - held)
+            held = now
+    # grants within 0.25 s of each other double it (a slow commit on a loaded disk may
+    # hold it one step), up to 64 x block: 10, 20, 40, ..., 640, 640, ...
+    assert grants[0] == 10 and all(g in (f, 2 * f) for f, g in zip(grants, grants[1:]))
+    assert max(grants) == 640 and len(grants) < 45
+    assert b.held(TASK) == held == sum(grants) >= 20_000
+
+
 def test_a_refusal_is_remembered_for_refresh_s(tmp_path):
     b = tracker(tmp_path, limit=1_000)
     other = b.open_lease("other", block=1_000)

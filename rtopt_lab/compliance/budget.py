@@ -214,6 +214,7 @@ class BudgetTracker:
         self.limits: Mapping[str, int] = MappingProxyType(checked)
         self.default_limit = default_limit
         self._clock = clock or _system_clock
+        self._day_cache: tuple[date | None, str] = (None, "")
         self._timeout = float(timeout)
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
@@ -280,6 +281,12 @@ class BudgetTracker:
     # ---------------------------------------------------------------- queries
     def _today(self) -> str:
         now = self._clock()
+        if type(now) is datetime and now.tzinfo is UTC:  # the common case, without conversions
+            d = now.date()
+            cached = self._day_cache
+            if cached[0] != d:
+                cached = self._day_cache = (d, d.isoformat())
+            return cached[1]
         if isinstance(now, datetime) and (now.tzinfo is None or now.utcoffset() is None):
             raise ValueError(
                 f"`clock` must return a timezone-aware datetime; got naive {now.isoformat()}"

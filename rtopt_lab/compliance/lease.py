@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from rtopt_lab.compliance.budget import BudgetTracker
 
 _MAX_ATTEMPTS = 8  # ledger grants per reserve before giving up to other threads
+_FAST_GRANT_S = 0.25  # grants closer than this double the block; 8x further apart halve it
+_MAX_GROWTH = 64  # the block never grows past 64 x `block`
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +119,21 @@ class LeaseState:
 class _Held:
     """In-memory state of one (task type, day) of a lease: ``db == free + reserved + settled``."""
 
-    __slots__ = ("db", "free", "ledger_free", "refused_at", "reserved", "settled")
+    __slots__ = (
+        "block",
+        "db",
+        "free",
+        "granted_at",
+        "ledger_free",
+        "refused_at",
+        "reserved",
+        "settled",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, block: int) -> None:
         self.free = self.reserved = self.settled = self.db = 0
+        self.block = block  # the current grant size (adaptive, see BudgetLease Notes)
+        self.granted_at: float | None = None
         self.ledger_free: int | None = None  # the ledger's free tokens at the last transaction
         self.refused_at: float | None = None
 
@@ -145,7 +158,8 @@ class BudgetLease:
     owner : str
         The caller's id for this process run (see :meth:`BudgetTracker.recover_lease`).
     block : int, default=20_000
-        Tokens per grant, and the most kept idle per task type after a flush.
+        Tokens of the first grant per task type and day; the grant size adapts (see
+        Notes), and the most a lease keeps idle after a flush is the current size.
     refresh_s : float, default=0.5
         How long a refusal is remembered (see :meth:`reserve`).
 
@@ -157,7 +171,10 @@ class BudgetLease:
         grant = max(need, min(block, free // 4))     if need <= free, else refused
 
     so near the limit grants shrink and several processes share the last tokens rather
-    than one holding them idle. A refusal gives this lease's idle tokens of that task
+    than one holding them idle. ``block`` adapts to the rate of spend, so a busy process
+    does not pay a ``synchronous=FULL`` transaction every few calls: it doubles when two
+    grants come within 0.25 s (up to 64 x ``block``) and halves, down to ``block``, when
+    they come more than 2 s apart. A refusal gives this lease's idle tokens of that task
     type back to the ledger in the same transaction (another process may fit in them),
     and for ``refresh_s`` seconds requests larger than what was then left are refused
     from memory, so an exhausted budget costs no transaction per request.
@@ -271,7 +288,7 @@ class BudgetLease:
             )
         st = self._held.get((task_type, day))
         if st is None:
-            st = self._held[(task_type, day)] = _Held()
+            st = self._held[(task_type, day)] = _Held(self.block)
         if st.free >= tokens:
             st.free -= tokens
             st.reserved += tokens
@@ -530,11 +547,9 @@ class BudgetLease:
         return granted, ledger_free, written
 
     def _excess(self, st: _Held, day: str, today: str | None) -> int:
-        """Idle tokens to give back: beyond ``block`` today, all of a past day or when closed."""
+        """Idle tokens to give back: beyond the block today, all of a past day or when closed."""
         keep = (
-            0
-            if self._closed or self._revoked or (today is not None and day != today)
-            else self.block
+            0 if self._closed or self._revoked or (today is not None and day != today) else st.block
         )
         return max(st.free - keep, 0)
 
@@ -556,7 +571,14 @@ class BudgetLease:
         )
         ledger_free = limit - committed + self._held[key].db - targets[key]  # rows not yet written
         if ledger_free >= need:
-            granted = max(need, min(self.block, ledger_free // 4))
+            st = self._held[key]
+            now = time.monotonic()
+            if st.granted_at is not None and now - st.granted_at < _FAST_GRANT_S:
+                st.block = min(st.block * 2, self.block * _MAX_GROWTH)
+            elif st.granted_at is not None and now - st.granted_at > 8 * _FAST_GRANT_S:
+                st.block = max(st.block // 2, self.block)
+            st.granted_at = now
+            granted = max(need, min(st.block, ledger_free // 4))
             targets[key] += granted
             return granted, ledger_free - granted
         with self._lock:  # refused: this lease's idle tokens may serve another process
