@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -196,7 +197,7 @@ def test_the_block_grows_with_a_busy_process_up_to_64_times(tmp_path):
             held = now
     # grants within 0.25 s of each other double it (a slow commit on a loaded disk may
     # hold it one step), up to 64 x block: 10, 20, 40, ..., 640, 640, ...
-    assert grants[0] == 10 and all(g in (f, 2 * f) for f, g in zip(grants, grants[1:]))
+    assert grants[0] == 10 and all(g in (f, 2 * f) for f, g in itertools.pairwise(grants))
     assert max(grants) == 640 and len(grants) < 45
     assert b.held(TASK) == held == sum(grants) >= 20_000
 
