@@ -218,6 +218,9 @@ def test_the_runner_checks_paths_before_the_kernel(project):
         run_experiment(made_by_hand, kernel="no-such-kernel", log_to_mlflow=False, progress=False)
     assert time.perf_counter() - t0 < 1.0
     assert not (root / "runs").exists()
+    elsewhere = Experiment(name="e", notebook=root.parent / "outside" / "nb.ipynb")
+    with pytest.raises(ExperimentError, match=r"notebook: .* is outside the project"):
+        run_experiment(elsewhere, kernel="no-such-kernel", log_to_mlflow=False, progress=False)
     ok = Experiment(name="e", notebook=root / "notebooks" / "nb.ipynb", parameters={})
     with pytest.raises(PathOutsideProject, match="`runs_dir`"):
         run_experiment(ok, runs_dir="../runs", kernel="no-such-kernel", log_to_mlflow=False)
