@@ -189,7 +189,26 @@ class BudgetLease:
     held until the end of its day, or until :meth:`BudgetTracker.recover_lease`.
 
     A request id already in the ledger when a settlement is flushed is not counted
-    again (``INSERT OR IGNORE``), as with :meth:`BudgetTracker.record`.
+    again (``INSERT OR IGNORE``), as with :meth:`BudgetTracker.record`. Do not keep a
+    lease open across a ``fork``: both copies would reserve from the same idle tokens.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from rtopt_lab.compliance import BudgetTracker
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> tracker = BudgetTracker(Path(tmp.name) / "budget.db", limits={"summarization": 100_000})
+    >>> lease = tracker.open_lease("worker-1")
+    >>> r = lease.reserve("summarization", 1_200, request_id="req-1")
+    >>> r.allowed, tracker.held("summarization")  # one block of 20_000 taken from the ledger
+    (True, 20000)
+    >>> lease.settle("req-1", 950).counted
+    True
+    >>> lease.close()  # books the spend and gives the idle tokens back
+    >>> tracker.spent("summarization"), tracker.held("summarization")
+    (950, 0)
+    >>> tracker.close(); tmp.cleanup()
     """
 
     def __init__(
