@@ -360,6 +360,19 @@ def test_recover_lease_books_the_journal_once(tmp_path):
     b.open_lease("dead")  # the owner holds nothing now
 
 
+def test_recover_lease_charges_each_entry_to_its_day(tmp_path):
+    clock = Clock(datetime(2026, 1, 5, 23, 59, tzinfo=UTC))
+    b = tracker(tmp_path, limit=10_000, clock=clock)
+    dead = b.open_lease("dead")
+    r = dead.reserve(TASK, 900, request_id="late")
+    clock.now += timedelta(minutes=2)  # it dies; it is recovered on the next UTC day
+    res = b.recover_lease("dead", spends=[], in_flight=[(TASK, r.tokens, r.request_id, r.day)])
+    assert res.in_flight_tokens == 900 and res.tokens_released == 2_500
+    assert b.spent(TASK, "2026-01-05") == 900 and b.spent(TASK) == 0
+    b.recover_lease("dead", spends=[(TASK, 10, "undated")])
+    assert b.spent(TASK, "2026-01-06") == 10
+
+
 def test_recovering_a_live_lease_revokes_it(tmp_path):
     b = tracker(tmp_path, limit=10_000)
     lease = b.open_lease("p1", block=2_000)
@@ -409,7 +422,7 @@ def test_recovering_a_live_lease_revokes_it(tmp_path):
         (
             lambda b: b.recover_lease("p", spends=[(TASK, 1)]),
             TypeError,
-            r"`spends` entries must be \(task_type, tokens, request_id\)",
+            r"`spends` entries must be \(task_type, tokens, request_id\[, day\]\)",
         ),
         (
             lambda b: b.recover_lease("p", spends=[], in_flight=[(TASK, -1, "a")]),
@@ -417,6 +430,11 @@ def test_recovering_a_live_lease_revokes_it(tmp_path):
             "`in_flight tokens` must be >= 0",
         ),
         (lambda b: b.leases(owner=""), ValueError, "`owner` must be a non-empty string"),
+        (
+            lambda b: b.recover_lease("p", spends=[(TASK, 1, "a", "5 Jan")]),
+            ValueError,
+            "`day` must be a date 'YYYY-MM-DD'",
+        ),
     ],
 )
 def test_lease_iv(tmp_path, call, exc, match):

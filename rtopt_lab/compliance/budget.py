@@ -541,11 +541,11 @@ class BudgetTracker:
         ----------
         owner : str
             The dead process's lease owner.
-        spends : iterable of (task_type, tokens, request_id)
+        spends : iterable of (task_type, tokens, request_id[, day])
             Outcomes it acknowledged (settled), with their real token counts; booked as
             spend of kind ``'recovered'``, except request ids already in the ledger (the
             ones its last flush wrote), which are not counted twice.
-        in_flight : iterable of (task_type, tokens, request_id), default=()
+        in_flight : iterable of (task_type, tokens, request_id[, day]), default=()
             Reservations with no acknowledged outcome: the LLM call may have happened, so
             they are booked conservatively, at their reserved tokens, as kind
             ``'in_flight'`` (unless their request id is already in the ledger).
@@ -556,8 +556,9 @@ class BudgetTracker:
 
         Notes
         -----
-        Spends are charged to today's UTC day (the tracker's clock): the journal's entries
-        carry no day. The owner's lease rows are deleted, which gives back what they held.
+        An entry is charged to its ``day`` (``Reservation.day``, a UTC date) when it has
+        one, else to today's (the tracker's clock). The owner's lease rows are deleted,
+        which gives back what they held.
         """
         owner = _check_name("owner", owner)
         booked = [self._check_entry("spends", e) for e in spends]
@@ -569,11 +570,11 @@ class BudgetTracker:
             for kind, entries in (("recovered", booked), ("in_flight", flying)):
                 before = conn.total_changes
                 tokens = 0
-                for task_type, n, request_id in entries:
+                for task_type, n, request_id, on in entries:
                     cur = conn.execute(
                         "INSERT OR IGNORE INTO spend (task_type, day, tokens, request_id, kind, "
                         "recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
-                        (task_type, day, n, request_id, kind, now),
+                        (task_type, on or day, n, request_id, kind, now),
                     )
                     tokens += n if cur.rowcount == 1 else 0
                 counts.append((conn.total_changes - before, tokens))
@@ -594,15 +595,15 @@ class BudgetTracker:
             tokens_released=int(released),
         )
 
-    @staticmethod
-    def _check_entry(name: str, entry: Any) -> tuple[str, int, str]:
-        if not isinstance(entry, tuple | list) or len(entry) != 3:
+    def _check_entry(self, name: str, entry: Any) -> tuple[str, int, str, str | None]:
+        if not isinstance(entry, tuple | list) or len(entry) not in (3, 4):
             raise TypeError(
-                f"`{name}` entries must be (task_type, tokens, request_id); got {entry!r}"
+                f"`{name}` entries must be (task_type, tokens, request_id[, day]); got {entry!r}"
             )
-        task_type, tokens, request_id = entry
+        task_type, tokens, request_id, *day = entry
         return (
             _check_name(f"{name} task_type", task_type),
             _check_tokens(f"{name} tokens", tokens),
             _check_name(f"{name} request_id", request_id),
+            self._day(day[0]) if day else None,
         )
