@@ -75,8 +75,9 @@ PHASES: tuple[str, ...] = tuple(p.value for p in Phase)
 #: Tag name prefixes that are evidence (gate verdicts, off-policy estimates).
 EVIDENCE_TAG_PREFIXES: tuple[str, ...] = ("gate.", "gates.", "ope.")
 #: Single tags that are evidence.
-EVIDENCE_TAG_NAMES = frozenset({"approval_required", "policy.kind", "policy.version",
-                                "incumbent.adopted", "serving.masks"})
+EVIDENCE_TAG_NAMES = frozenset(
+    {"approval_required", "policy.kind", "policy.version", "incumbent.adopted", "serving.masks"}
+)
 ANCHOR_TAG = "provenance.head"
 _SHORT = 200
 #: Exit status of ``rtopt status``, ``promote`` and ``rollback`` when the check fails.
@@ -146,9 +147,15 @@ class RegistryCheck:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what ``rtopt status --json`` prints under ``provenance``)."""
-        return {"model": self.model, "path": self.path, "head": self.head, "ok": self.ok,
-                "records": self.records, "notes": list(self.notes),
-                "problems": [{"kind": p.kind, "detail": p.detail} for p in self.problems]}
+        return {
+            "model": self.model,
+            "path": self.path,
+            "head": self.head,
+            "ok": self.ok,
+            "records": self.records,
+            "notes": list(self.notes),
+            "problems": [{"kind": p.kind, "detail": p.detail} for p in self.problems],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +178,10 @@ class RegistryIntegrityError(PermissionError):
 
     def __init__(self, model: str, action: str, problems: Iterable[RegistryProblem]) -> None:
         self.problems = tuple(problems)
-        super().__init__(f"{action} of {model} refused: the registry does not match its verified "
-                         f"provenance: " + "; ".join(str(p) for p in self.problems)
-                         + f"; {_RECONCILE_HINT}")
+        super().__init__(
+            f"{action} of {model} refused: the registry does not match its verified "
+            f"provenance: " + "; ".join(str(p) for p in self.problems) + f"; {_RECONCILE_HINT}"
+        )
 
 
 # --------------------------------------------------------------------------- state
@@ -183,8 +191,10 @@ def _short(v: str) -> str:
 
 def _evidence_of(tags: Mapping[str, str]) -> dict[str, Any]:
     ev = {k: str(v) for k, v in sorted(tags.items()) if is_evidence_tag(k)}
-    return {"digest": hashlib.sha256(canonical_json(ev).encode("utf-8")).hexdigest(),
-            "tags": {k: _short(v) for k, v in ev.items()}}
+    return {
+        "digest": hashlib.sha256(canonical_json(ev).encode("utf-8")).hexdigest(),
+        "tags": {k: _short(v) for k, v in ev.items()},
+    }
 
 
 def current_aliases(client: MlflowClient, model: str) -> dict[str, str]:
@@ -196,9 +206,14 @@ def current_aliases(client: MlflowClient, model: str) -> dict[str, str]:
     return {p: str(aliases[p]) for p in PHASES if p in aliases}
 
 
-def registry_state(client: MlflowClient, model: str, *, aliases: Mapping[str, str] | None = None,
-                   versions: Iterable[str] = (),
-                   tags: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, Any]:
+def registry_state(
+    client: MlflowClient,
+    model: str,
+    *,
+    aliases: Mapping[str, str] | None = None,
+    versions: Iterable[str] = (),
+    tags: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, Any]:
     """The registry state a provenance record carries.
 
     Parameters
@@ -266,8 +281,9 @@ def _readable(path: Path) -> list[tuple[int, ProvenanceRecord]]:
 
 
 # --------------------------------------------------------------------------- check
-def check_registry(client: MlflowClient, model: str, log: ProvenanceLog, *,
-                   versions: Iterable[str] = ()) -> RegistryCheck:
+def check_registry(
+    client: MlflowClient, model: str, log: ProvenanceLog, *, versions: Iterable[str] = ()
+) -> RegistryCheck:
     """Check ``model`` in the registry against its provenance ``log`` (rules (a)-(c) above).
 
     ``versions`` adds versions outside the phases whose evidence tags must equal the last
@@ -281,45 +297,89 @@ def check_registry(client: MlflowClient, model: str, log: ProvenanceLog, *,
     mine = lambda r: record_model(r) == model  # noqa: E731
     if not path.exists():
         if head is not None:
-            problems.append(RegistryProblem("file_missing", f"provenance file missing: {path} (the "
-                                            f"registry anchors head {head[:12]}...)"))
+            problems.append(
+                RegistryProblem(
+                    "file_missing",
+                    f"provenance file missing: {path} (the registry anchors head {head[:12]}...)",
+                )
+            )
         elif aliases:
-            problems.append(RegistryProblem("unrecorded", "phase aliases "
-                                            + ", ".join(f"{p}={v}" for p, v in aliases.items())
-                                            + f" are set but there is no provenance log at {path}"))
+            problems.append(
+                RegistryProblem(
+                    "unrecorded",
+                    "phase aliases "
+                    + ", ".join(f"{p}={v}" for p, v in aliases.items())
+                    + f" are set but there is no provenance log at {path}",
+                )
+            )
         state = registry_state(client, model, aliases=aliases, versions=versions)
         return RegistryCheck(model, str(path), head, tuple(problems), (), 0, state)
 
     res = verify(path, head=head, scope=mine)
     for p in res.problems:
         if p.kind == "after_head":
-            problems.append(RegistryProblem("after_head", f"record seq {p.seq} after the anchored head "
-                                            f"(line {p.line}): {p.detail}"))
+            problems.append(
+                RegistryProblem(
+                    "after_head",
+                    f"record seq {p.seq} after the anchored head (line {p.line}): {p.detail}",
+                )
+            )
         elif p.kind == "head_not_found":
-            problems.append(RegistryProblem("head_not_found", f"anchored head {head[:12]}... is not in "
-                                            f"{path}: records were removed from its end or the chain "
-                                            "was rewritten"))
+            problems.append(
+                RegistryProblem(
+                    "head_not_found",
+                    f"anchored head {head[:12]}... is not in "
+                    f"{path}: records were removed from its end or the chain "
+                    "was rewritten",
+                )
+            )
         elif p.kind == "truncated" and res.anchored_line is not None and p.line > res.anchored_line:
-            notes.append(f"a torn last line (line {p.line}) after the anchored head: an append that never "
-                         "finished; the next append moves it aside")
+            notes.append(
+                f"a torn last line (line {p.line}) after the anchored head: an append that never "
+                "finished; the next append moves it aside"
+            )
         else:
             problems.append(RegistryProblem("chain", f"provenance chain broken at {p}"))
     readable = _readable(path)
     ours = [(ln, r) for ln, r in readable if mine(r)]
     if head is None:
         if ours:
-            problems.append(RegistryProblem("anchor_missing", f"no provenance head is anchored on {model} "
-                                            f"(tag {ANCHOR_TAG}), but the log has {len(ours)} records "
-                                            "about it: the tag was removed"))
+            problems.append(
+                RegistryProblem(
+                    "anchor_missing",
+                    f"no provenance head is anchored on {model} "
+                    f"(tag {ANCHOR_TAG}), but the log has {len(ours)} records "
+                    "about it: the tag was removed",
+                )
+            )
         elif aliases:
-            problems.append(RegistryProblem("unrecorded", "phase aliases "
-                                            + ", ".join(f"{p}={v}" for p, v in aliases.items())
-                                            + " are set but no provenance record is about this model"))
+            problems.append(
+                RegistryProblem(
+                    "unrecorded",
+                    "phase aliases "
+                    + ", ".join(f"{p}={v}" for p, v in aliases.items())
+                    + " are set but no provenance record is about this model",
+                )
+            )
     anchored = next((r for ln, r in ours if ln == res.anchored_line), None) if head else None
-    state = registry_state(client, model, aliases=aliases, versions=versions)
+    recorded = (_recorded_state(anchored) or {}) if anchored is not None else {}
+    state = registry_state(
+        client,
+        model,
+        aliases=aliases,
+        versions={*map(str, versions), *recorded.get("versions", {})},
+    )
     if anchored is not None and not problems:
-        problems.extend(_compare(model, anchored, [r for ln, r in ours if ln <= res.anchored_line],
-                                 aliases, state, versions))
+        problems.extend(
+            _compare(
+                model,
+                anchored,
+                [r for ln, r in ours if ln <= res.anchored_line],
+                aliases,
+                state,
+                versions,
+            )
+        )
     return RegistryCheck(model, str(path), head, tuple(problems), tuple(notes), res.records, state)
 
 
@@ -328,13 +388,23 @@ def _recorded_state(rec: ProvenanceRecord) -> Mapping[str, Any] | None:
     return st if isinstance(st, Mapping) and isinstance(st.get("aliases"), Mapping) else None
 
 
-def _compare(model: str, anchored: ProvenanceRecord, verified: list[ProvenanceRecord],
-             aliases: Mapping[str, str], state: Mapping[str, Any],
-             versions: Iterable[str]) -> list[RegistryProblem]:
+def _compare(
+    model: str,
+    anchored: ProvenanceRecord,
+    verified: list[ProvenanceRecord],
+    aliases: Mapping[str, str],
+    state: Mapping[str, Any],
+    versions: Iterable[str],
+) -> list[RegistryProblem]:
     recorded = _recorded_state(anchored)
     if recorded is None:
-        return [RegistryProblem("unrecorded", f"the anchored record (seq {anchored.seq}, {anchored.action}) "
-                                "carries no registry state: it was written before states were recorded")]
+        return [
+            RegistryProblem(
+                "unrecorded",
+                f"the anchored record (seq {anchored.seq}, {anchored.action}) "
+                "carries no registry state: it was written before states were recorded",
+            )
+        ]
     out = []
     was = recorded["aliases"]
     for p in PHASES:
@@ -349,8 +419,9 @@ def _compare(model: str, anchored: ProvenanceRecord, verified: list[ProvenanceRe
             how, says = "moved", f"provenance says version {a}, registry says {b}"
         out.append(RegistryProblem("alias_moved", f"alias {p} {how} outside the workbench: {says}"))
     # evidence tags: each version against the latest verified record that includes it
-    wanted = sorted({*aliases.values(), *recorded.get("versions", {}), *map(str, versions)},
-                    key=_version_key)
+    wanted = sorted(
+        {*aliases.values(), *recorded.get("versions", {}), *map(str, versions)}, key=_version_key
+    )
     latest: dict[str, Mapping[str, Any]] = {}
     for rec in verified:
         st = _recorded_state(rec)
@@ -363,8 +434,12 @@ def _compare(model: str, anchored: ProvenanceRecord, verified: list[ProvenanceRe
             continue
         if then is None:
             if v in extra:
-                out.append(RegistryProblem("unrecorded", f"the evidence tags of version {v} were never "
-                                           "recorded in provenance"))
+                out.append(
+                    RegistryProblem(
+                        "unrecorded",
+                        f"the evidence tags of version {v} were never recorded in provenance",
+                    )
+                )
             continue
         if now["digest"] == then.get("digest"):
             continue
@@ -382,8 +457,9 @@ def _compare(model: str, anchored: ProvenanceRecord, verified: list[ProvenanceRe
     return out
 
 
-def verified_records(client: MlflowClient, model: str, log: ProvenanceLog, *,
-                     checked: RegistryCheck | None = None) -> list[ProvenanceRecord]:
+def verified_records(
+    client: MlflowClient, model: str, log: ProvenanceLog, *, checked: RegistryCheck | None = None
+) -> list[ProvenanceRecord]:
     """The records about ``model`` that a clean check vouches for, in order.
 
     Those up to the anchored head, minus any a later ``reconcile`` record rejected.
@@ -395,14 +471,24 @@ def verified_records(client: MlflowClient, model: str, log: ProvenanceLog, *,
         raise RegistryIntegrityError(model, "reading provenance", chk.problems)
     ours = [r for _, r in _readable(log.path) if record_model(r) == model]
     upto = next((i for i, r in enumerate(ours) if r.hash == chk.head), len(ours) - 1)
-    ours = ours[:upto + 1]
-    rejected = {h for r in ours if r.action == "reconcile"
-                for h in (x.get("hash") for x in r.evidence.get("rejected", ()) if isinstance(x, Mapping))}
+    ours = ours[: upto + 1]
+    rejected = {
+        h
+        for r in ours
+        if r.action == "reconcile"
+        for h in (x.get("hash") for x in r.evidence.get("rejected", ()) if isinstance(x, Mapping))
+    }
     return [r for r in ours if r.hash not in rejected]
 
 
-def require_clean(client: MlflowClient, model: str, log: ProvenanceLog, action: str, *,
-                  versions: Iterable[str] = ()) -> RegistryCheck:
+def require_clean(
+    client: MlflowClient,
+    model: str,
+    log: ProvenanceLog,
+    action: str,
+    *,
+    versions: Iterable[str] = (),
+) -> RegistryCheck:
     """:func:`check_registry`, raising :class:`RegistryIntegrityError` on any problem."""
     chk = check_registry(client, model, log, versions=versions)
     if not chk.ok:
@@ -414,15 +500,18 @@ def require_clean(client: MlflowClient, model: str, log: ProvenanceLog, action: 
 _REJECT_FILE = frozenset({"chain", "head_not_found"})
 
 
-def reconcile(client: MlflowClient, model: str, log: ProvenanceLog, *, reason: str,
-              actor: str | None = None) -> ReconcileResult:
+def reconcile(
+    client: MlflowClient, model: str, log: ProvenanceLog, *, reason: str, actor: str | None = None
+) -> ReconcileResult:
     """Accept the registry as it is now: record the problems and the state, re-anchor.
 
     See the module docstring for what happens to records after the anchored head and to a
     broken chain. Returns what was done; nothing is written when the check is clean.
     """
     if not isinstance(reason, str) or not reason.strip():
-        raise ValueError(f"`reason` must say why the state is accepted (a non-empty string); got {reason!r}")
+        raise ValueError(
+            f"`reason` must say why the state is accepted (a non-empty string); got {reason!r}"
+        )
     chk = check_registry(client, model, log)
     if chk.ok:
         return ReconcileResult(model, (), None, (), None)
@@ -438,15 +527,29 @@ def reconcile(client: MlflowClient, model: str, log: ProvenanceLog, *, reason: s
             head_seen = head_seen or r.hash == chk.head
         if chk.head is None:
             after = []  # no anchor: nothing is "after" it
-    evidence = {"model": model, "previous_head": chk.head,
-                "problems": [{"kind": p.kind, "detail": p.detail} for p in chk.problems],
-                "rejected": after, "rejected_file": rejected_file,
-                "registry": registry_state(client, model)}
-    rec = log.append(actor=actor or getpass.getuser(), action="reconcile", policy_version=f"{model}/registry",
-                     reason=reason, evidence=evidence)
+    evidence = {
+        "model": model,
+        "previous_head": chk.head,
+        "problems": [{"kind": p.kind, "detail": p.detail} for p in chk.problems],
+        "rejected": after,
+        "rejected_file": rejected_file,
+        "registry": registry_state(client, model),
+    }
+    rec = log.append(
+        actor=actor or getpass.getuser(),
+        action="reconcile",
+        policy_version=f"{model}/registry",
+        reason=reason,
+        evidence=evidence,
+    )
     client.set_registered_model_tag(model, ANCHOR_TAG, rec.hash)
-    return ReconcileResult(model, chk.problems, rec.hash, tuple(a["seq"] for a in after),
-                           None if rejected_file is None else rejected_file["file"])
+    return ReconcileResult(
+        model,
+        chk.problems,
+        rec.hash,
+        tuple(a["seq"] for a in after),
+        None if rejected_file is None else rejected_file["file"],
+    )
 
 
 def _move_aside(path: Path) -> dict[str, Any]:
@@ -462,5 +565,9 @@ def _move_aside(path: Path) -> dict[str, Any]:
         os.fsync(fd)
     finally:
         os.close(fd)
-    return {"file": target.name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-            "readable_records": len(_readable(target))}
+    return {
+        "file": target.name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "readable_records": len(_readable(target)),
+    }
