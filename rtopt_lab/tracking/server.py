@@ -24,6 +24,7 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -155,20 +156,41 @@ def serve_command(
     return cmd, _env(uri)
 
 
+def _no_alias_in_sqlite(path: Path, model: str, alias: str) -> bool:
+    # MLflow's registry table, read-only: no row in any workspace proves there is no such
+    # alias, without the client's schema check (seconds); anything else asks the client
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            rows = db.execute(
+                "SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?",
+                (model, alias),
+            ).fetchall()
+    except sqlite3.Error:
+        return False
+    return not rows
+
+
 def phase_version(model: str, phase: str, *, uri: str | None = None) -> str | None:
-    """The version holding the alias ``phase`` of ``model``, or None (also when no such model)."""
+    """The version holding the alias ``phase`` of ``model``, or None.
+
+    None also when there is no such model, or when ``uri`` names an SQLite file that does
+    not exist (which is then not created). On an SQLite store, an absent alias is found
+    by reading MLflow's alias table directly (fast); a present one is confirmed by
+    :class:`mlflow.MlflowClient`.
+    """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     if phase not in PHASES:
         raise ValueError(f"`phase` must be one of {list(PHASES)}; got {phase!r}")
     uri = uri or tracking_uri()
+    if _sqlite_folder(uri) is not None:
+        path = Path(uri[len("sqlite:///") :])
+        if not path.is_file() or _no_alias_in_sqlite(path, model, phase):
+            return None  # and no empty store is created as a side effect
     try:
-        return str(
-            MlflowClient(tracking_uri=uri, registry_uri=uri)
-            .get_model_version_by_alias(model, phase)
-            .version
-        )
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return str(client.get_model_version_by_alias(model, phase).version)
     except MlflowException:
         return None
 
