@@ -1,11 +1,12 @@
-"""Served policy: latency of single-row requests to ``mlflow models serve`` on loopback.
+"""Served policy: latency of single-row requests to the model server on loopback.
 
     python -m benchmarks.serving [--quick] [--json]
 
 Set-up: a LinUCB fitted on a simulated log, registered in a fresh SQLite store and
 promoted shadow -> canary -> guarded -> general; then exactly what ``rtopt serve --phase
-general`` starts (``mlflow models serve -m models:/rtopt-policy@general --env-manager
-local`` on 127.0.0.1, one worker). Requests are sequential, one row each
+general`` starts (``rtopt_lab.tracking.scoring``: what ``mlflow models serve -m
+models:/rtopt-policy@general --env-manager local`` runs, behind the Host-header guard, on
+127.0.0.1, one worker), stopped with its whole process group afterwards. Requests are sequential, one row each
 (``dataframe_records``), over a keep-alive HTTP connection, with distinct contexts and
 request ids, after 20 warm-up requests.
 
@@ -33,7 +34,7 @@ from rtopt_lab.policies import LinUCB, fit_from_log
 from rtopt_lab.serving import FEATURE_COLUMNS, select_frame
 from rtopt_lab.simulate import LLMTaskSimulator
 from rtopt_lab.tracking import default_tracking_uri, ensure_experiment, promote, register_policy
-from rtopt_lab.tracking.server import HOST, serve_command, start, wait_until_up
+from rtopt_lab.tracking.server import HOST, serve_command, start, stop, wait_until_up
 
 
 def _free_port() -> int:
@@ -46,7 +47,9 @@ def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     n = 50 if args.quick else 200
     sim = LLMTaskSimulator()
-    policy = fit_from_log(LinUCB(sim.catalog, seed=1), sim.simulate_log(5_000, seed=2, logging_policy="uniform"))
+    policy = fit_from_log(
+        LinUCB(sim.catalog, seed=1), sim.simulate_log(5_000, seed=2, logging_policy="uniform")
+    )
     ctx = sim.sample_contexts(n + 20, seed=3)
     frame = ctx[[c for c in FEATURE_COLUMNS if c in ctx.columns]].copy()
     frame["request_id"] = [f"bench-{i}" for i in range(len(frame))]
@@ -55,15 +58,20 @@ def main() -> None:
     local = []
     for i in range(len(frame)):
         t = time.perf_counter()
-        select_frame(policy, frame.iloc[i:i + 1])
+        select_frame(policy, frame.iloc[i : i + 1])
         local.append(time.perf_counter() - t)
 
     with tempfile.TemporaryDirectory() as d:
         uri = default_tracking_uri(d)
         prov = ProvenanceLog(Path(d) / "provenance.jsonl")
-        v = register_policy(policy, experiment_id=ensure_experiment("bench", uri=uri), uri=uri,
-                            gate_verdicts={"all": {"status": "pass"}}, tags={"ope.lower_bound": "0"},
-                            provenance=prov).version
+        v = register_policy(
+            policy,
+            experiment_id=ensure_experiment("bench", uri=uri),
+            uri=uri,
+            gate_verdicts={"all": {"status": "pass"}},
+            tags={"ope.lower_bound": "0"},
+            provenance=prov,
+        ).version
         for to in ("shadow", "canary", "guarded", "general"):
             promote("rtopt-policy", v, to, uri=uri, provenance=prov)
         port = _free_port()
@@ -87,8 +95,7 @@ def main() -> None:
                 answers.append(json.loads(payload)["predictions"][0]["arm_id"])
             conn.close()
         finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+            stop(proc)
             log.close()
     want = select_frame(policy, frame)["arm_id"].tolist()
     served = np.array(times[20:]) * 1e3

@@ -42,7 +42,7 @@ from rtopt_lab.tracking import (
     rollback,
     status,
 )
-from rtopt_lab.tracking.server import serve_command, start, wait_until_up
+from rtopt_lab.tracking.server import serve_command, start, stop, wait_until_up
 from rtopt_lab.types import TaskFeatures
 
 REPO = Path(__file__).resolve().parents[1]
@@ -284,7 +284,7 @@ def test_served_general_model_answers_invocations_like_the_policy(sim, store, fi
         promote(model, v, to, uri=uri, provenance=prov)
     port = _free_port()
     cmd, env = serve_command(model=model, phase="general", uri=uri, port=port)
-    assert "--env-manager" in cmd and "127.0.0.1" in cmd
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     proc = start((cmd, env), stdout=open(tmp_path / "serve.log", "w"), stderr=open(tmp_path / "serve.err", "w"))
     try:
         wait_until_up(f"http://127.0.0.1:{port}/ping", proc=proc, timeout_s=180)
@@ -295,8 +295,7 @@ def test_served_general_model_answers_invocations_like_the_policy(sim, store, fi
         with urllib.request.urlopen(req, timeout=60) as r:
             got = pd.DataFrame(json.loads(r.read())["predictions"])
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        stop(proc)
     want = _in_process(policy, frame)
     assert list(got["arm_id"]) == [s.arm_id for s in want]
     assert got["propensity"].tolist() == [s.propensity for s in want]
@@ -325,6 +324,5 @@ def test_ui_answers_on_loopback_over_the_store(store, tmp_path):
         with urllib.request.urlopen(url, timeout=30) as r:
             exp = json.loads(r.read())["experiment"]
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        stop(proc)
     assert exp["experiment_id"] == store[1]   # the UI serves this very store
