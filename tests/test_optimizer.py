@@ -16,7 +16,9 @@ from rtopt_lab.rollout.manager import RolloutManager
 from rtopt_lab.rollout.phases import PhaseConfig
 from rtopt_lab.types import TaskFeatures, TaskOutcome
 
-OUT = TaskOutcome(quality=0.8, latency_ms=900.0, prompt_tokens=300, completion_tokens=400, success=True)
+OUT = TaskOutcome(
+    quality=0.8, latency_ms=900.0, prompt_tokens=300, completion_tokens=400, success=True
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,9 @@ def candidate(sim):
 
 
 def _feat(i=0, tier=2, task="code_generation"):
-    return TaskFeatures(task_type=task, risk_tier=tier, description_length=100 + i, complexity_indicators=("api",))
+    return TaskFeatures(
+        task_type=task, risk_tier=tier, description_length=100 + i, complexity_indicators=("api",)
+    )
 
 
 def test_incumbent_serves_and_outcomes_are_logged_once(sim, tmp_path):
@@ -38,7 +42,7 @@ def test_incumbent_serves_and_outcomes_are_logged_once(sim, tmp_path):
         ids.append(r.request_id)
     for rid in ids:
         assert not opt.record_outcome(rid, OUT).duplicate
-    assert opt.record_outcome(ids[0], OUT).duplicate           # idempotent
+    assert opt.record_outcome(ids[0], OUT).duplicate  # idempotent
     opt.flush()
     assert len(store) == 25
     with pytest.raises(ValueError, match=r"`request_id` 'nope' was not recommended"):
@@ -46,16 +50,21 @@ def test_incumbent_serves_and_outcomes_are_logged_once(sim, tmp_path):
 
 
 def test_masks_trust_region_tiers_and_constraints(sim, candidate, tmp_path):
-    opt = LLMParameterOptimizer(incumbent=FixedPolicy(sim.catalog), candidate=candidate,
-                                rollout=_rollout(tmp_path, "guarded"))
+    opt = LLMParameterOptimizer(
+        incumbent=FixedPolicy(sim.catalog),
+        candidate=candidate,
+        rollout=_rollout(tmp_path, "guarded"),
+    )
     cat = sim.catalog
     base = cat.index("t0.60-p1.00-m600")
     inside = cat.trust_region()[base]
     for i in range(300):
-        r = opt.recommend_parameters("code_generation", _feat(i, tier=1 + i % 3), request_id=f"q{i}")
+        r = opt.recommend_parameters(
+            "code_generation", _feat(i, tier=1 + i % 3), request_id=f"q{i}"
+        )
         k = cat.index(r.arm_id)
         assert inside[k], r.arm_id
-        if i % 3 == 0:                                            # tier 1: t <= 0.8, max_tokens <= 800
+        if i % 3 == 0:  # tier 1: t <= 0.8, max_tokens <= 800
             assert r.params.temperature <= 0.8 and r.params.max_tokens <= 800
     c = OptimizationConstraints(max_tokens=400, max_temperature=0.5)
     for i in range(50):
@@ -64,9 +73,15 @@ def test_masks_trust_region_tiers_and_constraints(sim, candidate, tmp_path):
 
 
 def _rollout(tmp_path, phase):
-    m = RolloutManager(tmp_path / "state.json", ProvenanceLog(tmp_path / "prov.jsonl"),
-                       config=PhaseConfig(min_samples={"canary": 0, "guarded": 0},
-                                          min_duration_s={"canary": 0, "guarded": 0}, cooldown_s=0))
+    m = RolloutManager(
+        tmp_path / "state.json",
+        ProvenanceLog(tmp_path / "prov.jsonl"),
+        config=PhaseConfig(
+            min_samples={"canary": 0, "guarded": 0},
+            min_duration_s={"canary": 0, "guarded": 0},
+            cooldown_s=0,
+        ),
+    )
     m.start("cand", "prod")
     good = dict(gates="pass", slo="ok", ope_lower_bound=0.1, online_lower_bound=0.1)
     while m.phase.value != phase:
@@ -75,41 +90,75 @@ def _rollout(tmp_path, phase):
 
 
 def test_rollout_assignment_and_shadow_logging(sim, candidate, tmp_path):
-    shadow = LLMParameterOptimizer(incumbent=FixedPolicy(sim.catalog), candidate=candidate,
-                                   rollout=_rollout(tmp_path / "a", "shadow"))
+    shadow = LLMParameterOptimizer(
+        incumbent=FixedPolicy(sim.catalog),
+        candidate=candidate,
+        rollout=_rollout(tmp_path / "a", "shadow"),
+    )
     for i in range(200):
-        r = shadow.recommend_parameters("brainstorming", _feat(i, task="brainstorming"), request_id=f"s{i}")
+        r = shadow.recommend_parameters(
+            "brainstorming", _feat(i, task="brainstorming"), request_id=f"s{i}"
+        )
         assert r.phase == "shadow" and r.policy_version == shadow.incumbent.version
     assert len(shadow.shadow_log) == 200
     _, version, dist = shadow.shadow_log[0]
-    assert version == candidate.version and dist.shape == (len(sim.catalog),) and dist.sum() == pytest.approx(1)
-    guarded = LLMParameterOptimizer(incumbent=FixedPolicy(sim.catalog), candidate=candidate,
-                                    rollout=_rollout(tmp_path / "b", "guarded"))
-    served = [guarded.recommend_parameters("brainstorming", _feat(i, task="brainstorming"),
-                                           request_id=f"g{i}").policy_version for i in range(4000)]
+    assert (
+        version == candidate.version
+        and dist.shape == (len(sim.catalog),)
+        and dist.sum() == pytest.approx(1)
+    )
+    guarded = LLMParameterOptimizer(
+        incumbent=FixedPolicy(sim.catalog),
+        candidate=candidate,
+        rollout=_rollout(tmp_path / "b", "guarded"),
+    )
+    served = [
+        guarded.recommend_parameters(
+            "brainstorming", _feat(i, task="brainstorming"), request_id=f"g{i}"
+        ).policy_version
+        for i in range(4000)
+    ]
     share = np.mean([v == candidate.version for v in served])
-    assert 0.22 < share < 0.28                                   # 25 % by the request-id hash
+    assert 0.22 < share < 0.28  # 25 % by the request-id hash
     for i in range(200):
         guarded.record_outcome(f"g{i}", OUT)
     guarded.flush()
     assert guarded.rollout.state.samples == sum(v == candidate.version for v in served[:200])
 
 
-def test_budget_falls_back_to_cheaper_arms(sim, tmp_path):
-    budget = BudgetTracker(tmp_path / "b.db", limits={"code_generation": 1_000})
+def test_budget_reserves_falls_back_to_cheaper_arms_then_blocks(sim, tmp_path):
+    budget = BudgetTracker(tmp_path / "b.db", limits={"code_generation": 1_200})
     opt = LLMParameterOptimizer(incumbent=FixedPolicy(sim.catalog), budget=budget)
-    r = opt.recommend_parameters("code_generation", _feat(), request_id="b1")
-    assert r.params.max_tokens == 600 and r.reason is None
-    opt.record_outcome("b1", TaskOutcome(quality=0.7, latency_ms=10.0, prompt_tokens=200, completion_tokens=300))
-    r2 = opt.recommend_parameters("code_generation", _feat(), request_id="b2")   # 500 left: only 400-token arms
-    assert r2.params.max_tokens == 400 and "budget" in r2.reason   # unbooked spend already counts
-    assert budget.spent("code_generation") == 0                     # booked at flush, in one transaction
+    f = TaskFeatures(task_type="code_generation", prompt_tokens=200)
+    r = opt.recommend_parameters("code_generation", f, request_id="b1")  # reserves 600 + 200
+    assert r.params.max_tokens == 600 and r.reason is None and not r.blocked
+    opt.record_outcome(
+        "b1", TaskOutcome(quality=0.7, latency_ms=10.0, prompt_tokens=200, completion_tokens=300)
+    )
+    r2 = opt.recommend_parameters(
+        "code_generation", f, request_id="b2"
+    )  # 700 left: 400-token arms only
+    assert r2.params.max_tokens == 400 and "budget" in r2.reason and not r2.blocked
+    r3 = opt.recommend_parameters("code_generation", f, request_id="b3")  # 100 left: nothing fits
+    assert r3.blocked and "do not call" in r3.reason
+    opt.release("b2")  # the call was not made
     opt.flush()
     assert budget.spent("code_generation") == 500
+    r4 = opt.recommend_parameters("code_generation", f, request_id="b4")
+    assert not r4.blocked and r4.params.max_tokens == 400
 
 
-@pytest.mark.parametrize("bad", [None, "text", {"risk_tier": 9}, {"description_length": float("nan")},
-                                 {"task_type": "other"}, {"complexity_indicators": [""] * 5}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None,
+        "text",
+        {"risk_tier": 9},
+        {"description_length": float("nan")},
+        {"task_type": "other"},
+        {"complexity_indicators": [""] * 5},
+    ],
+)
 def test_bad_input_gets_the_baseline_never_an_exception(sim, bad):
     opt = LLMParameterOptimizer(incumbent=FixedPolicy(sim.catalog))
     r = opt.recommend_parameters("code_generation", bad)
@@ -118,12 +167,16 @@ def test_bad_input_gets_the_baseline_never_an_exception(sim, bad):
 
 def test_thread_safe(sim, candidate, tmp_path):
     store = LogStore(tmp_path / "log")
-    opt = LLMParameterOptimizer(incumbent=candidate, log_store=store, learn_online=True, log_batch=64)
+    opt = LLMParameterOptimizer(
+        incumbent=candidate, log_store=store, learn_online=True, log_batch=64
+    )
 
     def work(t):
         for i in range(100):
             rid = f"t{t}-{i}"
-            opt.recommend_parameters("summarization", _feat(i, task="summarization"), request_id=rid)
+            opt.recommend_parameters(
+                "summarization", _feat(i, task="summarization"), request_id=rid
+            )
             opt.record_outcome(rid, OUT)
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
