@@ -343,7 +343,8 @@ def context_fingerprint_frame(frame: pd.DataFrame | pa.Table) -> np.ndarray:
         parents, icodes, iuniq = _indicator_lists(frame)
         ind = np.zeros(n, dtype=np.uint64)
         if iuniq:
-            pair = np.unique(parents * len(iuniq) + icodes)
+            pair = np.sort(parents * len(iuniq) + icodes)   # unique by sorting: numpy 2.4's
+            pair = pair[np.concatenate(([True], pair[1:] != pair[:-1]))]   # np.unique is ~15x slower
             rows, codes = np.divmod(pair, len(iuniq))
             hv = np.array([_mix(_str64(s)) for s in iuniq], dtype=np.uint64)
             np.add.at(ind, rows, hv[codes])
