@@ -16,14 +16,24 @@ Layout on disk
 --------------
 ::
 
+    root/_rtopt_log.json                                       the marker: schema version, created_at
     root/date=YYYY-MM-DD/part-<UTC time>-<uuid4 hex>.parquet   one file per append, rows
                                                                sorted by (task_type, timestamp)
-    root/_quarantine/part-<UTC time>-<uuid4 hex>.parquet       rows rejected by append
+    root/date=YYYY-MM-DD/part-seg-<segment>.parquet            an append under a journal segment
+    root/_quarantine/part-<...>.parquet                        rows rejected by append (same name)
     root/_quarantine/validate-<UTC time>.parquet               rows rejected by validate_path
     root/_tmp/<name>.<random>.tmp                              files being written
 
 ``date`` is the UTC date of the append (ingest date), not of the decisions. Readers look
 only at ``*.parquet`` files outside directories whose name starts with ``_`` or ``.``.
+
+The first :meth:`LogStore.append` writes the marker (atomically; :func:`is_log_store`
+recognises it, and also a store older than the marker by its ``date=*/part-*.parquet``
+files or its ``_quarantine/`` folder). An append into a folder that is not empty and is
+not a store is refused with a ``ValueError`` and writes nothing there.
+``append(batch, segment="j-...-000042")`` is idempotent: if that segment's file already
+exists (under any date) nothing is written and ``AppendResult.already_written`` is True,
+so a crashed process's journal can be replayed exactly once.
 
 Atomicity
 ---------
@@ -48,6 +58,20 @@ valid + quarantined rows always equals the input rows.
 reasons (so the counts may sum to more than the quarantined rows), and the quarantine
 table's ``reason`` column holds all of the row's failed checks joined with ``"; "``.
 
+One bad row never costs other rows: a value that cannot be converted to its column's type
+(a string among numbers, a fraction or an out-of-range number for an integer column,
+text that is not valid UTF-8 such as a lone surrogate) quarantines its row, with a reason
+naming the column (``"column 'reward' has a value that cannot be converted to double"``)
+and the input value kept in ``record_json``; the other rows are written. Columns convert
+whole (the fast path); only a column that fails is bisected to find its bad cells. A
+column none of whose values fit is still drift. Rows passing every check are then
+compared with each other and with the rules that need more than one cell:
+``"context_fingerprint does not match the features"`` (the hash of
+:func:`rtopt_lab.features.context_fingerprint`), ``"arm_id does not match its
+parameters"`` (when ``known_arms`` is an ArmCatalog), ``"duplicate request_id in the
+batch"`` (the first valid occurrence is kept) and, on append (``dedupe="store"``, the
+default), ``"request_id already in the store"``.
+
 Reading
 -------
 :meth:`LogStore.read` and :meth:`LogStore.iter_batches` check each file's footer first
@@ -55,8 +79,11 @@ Reading
 are scanned together by one ``pyarrow.dataset`` scan with the filters pushed down;
 files with compatible but different types (int64 for int32, nanosecond timestamps, ...)
 are cast one batch at a time; files with drifted schemas or unreadable footers are
-skipped and counted under their reason, never raised. Rows that fail validation are left
-out and counted, not written anywhere. :meth:`LogStore.iter_batches` returns a
+skipped and counted under their reason, never raised, each with a
+:class:`CorruptFileWarning` naming the file (a file whose pages turn out corrupt while it
+is read is skipped from there, its remaining rows counted as ``"unreadable file"``);
+``ReadResult.files_skipped`` counts them and ``rtopt log validate`` names them and exits
+1. Rows that fail validation are left out and counted, not written anywhere. :meth:`LogStore.iter_batches` returns a
 :class:`LogStream`: iterate it for ``pa.Table`` batches of valid rows, then read its
 ``reasons`` and counts; :meth:`LogStore.read` is that stream concatenated.
 """
