@@ -195,6 +195,11 @@ def tag_deleted(s: Store) -> None:
     s.client.delete_model_version_tag(MODEL, "2", "approval_required")
 
 
+def tag_displaced_version(s: Store) -> None:
+    """The version a rollback out of general would restore (in no phase now)."""
+    s.client.set_model_version_tag(MODEL, "1", "incumbent.adopted", "false")
+
+
 def anchor_deleted(s: Store) -> None:
     s.client.delete_registered_model_tag(MODEL, "provenance.head")
 
@@ -249,6 +254,11 @@ CASES = {
         False,
     ),
     "evidence tag deleted": (tag_deleted, "tag approval_required of version 2 removed", False),
+    "displaced version's tag edited": (
+        tag_displaced_version,
+        "tag incumbent.adopted of version 1 edited: recorded 'true', now 'false'",
+        False,
+    ),
     "anchor tag deleted": (anchor_deleted, "no provenance head is anchored", False),
 }
 
@@ -398,3 +408,28 @@ def test_status_exit_code_in_a_subprocess(store):
     assert out.returncode == 3, out.stderr
     assert "alias general moved outside the workbench" in out.stdout
     assert "Traceback" not in out.stderr
+
+
+def test_concurrent_workbench_writes_never_leave_a_record_after_the_head(store):
+    import threading
+
+    errors = []
+
+    def work(k: int) -> None:
+        try:
+            for i in range(3):
+                tag_version(
+                    MODEL, "2", uri=store.uri, tags={f"ope.extra{k}": str(i)}, reason=f"t{k}-{i}"
+                )
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    chk = verify_registry(MODEL, uri=store.uri)
+    assert chk.ok, chk.problems
+    assert [r.action for r in ProvenanceLog(store.path).records()].count("evaluate") == 9

@@ -48,7 +48,9 @@ import getpass
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,6 +186,39 @@ class RegistryIntegrityError(PermissionError):
         )
 
 
+# --------------------------------------------------------------------------- lock
+_GUARD = threading.Lock()
+_LOCKS: dict[str, threading.RLock] = {}
+_DEPTH: dict[str, int] = {}
+
+
+@contextmanager
+def registry_lock(log: ProvenanceLog) -> Iterator[None]:
+    """Serialise the registry writes that share ``log``: check, record, alias moves, anchor.
+
+    An exclusive ``flock`` on ``<log>.lock`` (created beside the log) across processes,
+    re-entrant within one (a registration that enters shadow promotes under the same lock).
+    Without it, two writers could anchor out of order and leave a record after the head.
+    """
+    key = str(log.path.absolute())
+    with _GUARD:
+        lock = _LOCKS.setdefault(key, threading.RLock())
+    with lock:
+        depth = _DEPTH.get(key, 0)
+        fd = None
+        if depth == 0:
+            log.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(log.path.with_name(log.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        _DEPTH[key] = depth + 1
+        try:
+            yield
+        finally:
+            _DEPTH[key] = depth
+            if fd is not None:
+                os.close(fd)
+
+
 # --------------------------------------------------------------------------- state
 def _short(v: str) -> str:
     return v if len(v) <= _SHORT else "sha256:" + hashlib.sha256(v.encode("utf-8")).hexdigest()
@@ -246,6 +281,15 @@ def registry_state(
     return {"aliases": {p: aliases[p] for p in PHASES if p in aliases}, "versions": out}
 
 
+def all_version_tags(client: MlflowClient, model: str) -> dict[str, dict[str, str]]:
+    """Version -> tags for every version of ``model``, in one search (``{}`` if no model)."""
+    try:
+        found = client.search_model_versions(f"name = '{model}'")
+    except MlflowException:
+        return {}
+    return {str(mv.version): dict(mv.tags) for mv in found}
+
+
 def _version_key(v: str) -> tuple[int, str]:
     return (int(v), v) if v.isdigit() else (1 << 62, v)
 
@@ -292,6 +336,7 @@ def check_registry(
     path = log.path
     head = _anchor(client, model)
     aliases = current_aliases(client, model)
+    tags_now = all_version_tags(client, model)
     problems: list[RegistryProblem] = []
     notes: list[str] = []
     mine = lambda r: record_model(r) == model  # noqa: E731
@@ -312,7 +357,7 @@ def check_registry(
                     + f" are set but there is no provenance log at {path}",
                 )
             )
-        state = registry_state(client, model, aliases=aliases, versions=versions)
+        state = registry_state(client, model, aliases=aliases, versions=versions, tags=tags_now)
         return RegistryCheck(model, str(path), head, tuple(problems), (), 0, state)
 
     res = verify(path, head=head, scope=mine)
@@ -362,24 +407,21 @@ def check_registry(
                 )
             )
     anchored = next((r for ln, r in ours if ln == res.anchored_line), None) if head else None
-    recorded = (_recorded_state(anchored) or {}) if anchored is not None else {}
-    state = registry_state(
-        client,
-        model,
-        aliases=aliases,
-        versions={*map(str, versions), *recorded.get("versions", {})},
-    )
-    if anchored is not None and not problems:
-        problems.extend(
-            _compare(
-                model,
-                anchored,
-                [r for ln, r in ours if ln <= res.anchored_line],
-                aliases,
-                state,
-                versions,
+    if head is not None and res.anchored_line is not None and anchored is None:
+        problems.append(
+            RegistryProblem(
+                "head_not_found",
+                f"anchored head {head[:12]}... is line {res.anchored_line} of {path}, a record "
+                f"that is not about {model}: the tag was pointed elsewhere",
             )
         )
+    verified = [r for ln, r in ours if anchored is not None and ln <= res.anchored_line]
+    recorded = {v for r in verified for v in (_recorded_state(r) or {}).get("versions", {})}
+    state = registry_state(
+        client, model, aliases=aliases, versions={*map(str, versions), *recorded}, tags=tags_now
+    )
+    if anchored is not None and not problems:
+        problems.extend(_compare(model, anchored, verified, aliases, state, versions))
     return RegistryCheck(model, str(path), head, tuple(problems), tuple(notes), res.records, state)
 
 
@@ -418,15 +460,13 @@ def _compare(
         else:
             how, says = "moved", f"provenance says version {a}, registry says {b}"
         out.append(RegistryProblem("alias_moved", f"alias {p} {how} outside the workbench: {says}"))
-    # evidence tags: each version against the latest verified record that includes it
-    wanted = sorted(
-        {*aliases.values(), *recorded.get("versions", {}), *map(str, versions)}, key=_version_key
-    )
+    # evidence tags: every version ever recorded, against the latest verified record of it
     latest: dict[str, Mapping[str, Any]] = {}
     for rec in verified:
         st = _recorded_state(rec)
         for v, ev in (st or {}).get("versions", {}).items():
             latest[v] = ev
+    wanted = sorted({*aliases.values(), *latest, *map(str, versions)}, key=_version_key)
     extra = set(map(str, versions))
     for v in wanted:
         now, then = state["versions"].get(v), latest.get(v)
@@ -512,7 +552,8 @@ def reconcile(
         raise ValueError(
             f"`reason` must say why the state is accepted (a non-empty string); got {reason!r}"
         )
-    chk = check_registry(client, model, log)
+    every = sorted(all_version_tags(client, model), key=_version_key)
+    chk = check_registry(client, model, log, versions=every)
     if chk.ok:
         return ReconcileResult(model, (), None, (), None)
     rejected_file = None
@@ -533,7 +574,7 @@ def reconcile(
         "problems": [{"kind": p.kind, "detail": p.detail} for p in chk.problems],
         "rejected": after,
         "rejected_file": rejected_file,
-        "registry": registry_state(client, model),
+        "registry": registry_state(client, model, versions=every),
     }
     rec = log.append(
         actor=actor or getpass.getuser(),

@@ -61,6 +61,7 @@ from rtopt_lab.tracking.integrity import (
     RegistryCheck,
     RegistryIntegrityError,
     current_aliases,
+    registry_lock,
     registry_state,
     require_clean,
     verified_records,
@@ -230,7 +231,7 @@ def register_policy(policy: BasePolicy, *, experiment_id: str, model: str = MODE
         raise TypeError(f"`policy` must be a BasePolicy; got {type(policy).__name__}")
     client, uri = _client(uri)
     log = _provenance(provenance, uri)
-    require_clean(client, model, log, "registration")
+    require_clean(client, model, log, "registration")  # fail fast, before the slow model logging
     tags = {**evidence_tags(evaluation=evaluation, candidate=candidate, gate_verdicts=gate_verdicts),
             "policy.kind": policy.config()["kind"], "policy.version": policy.version,
             "approval_required": str(bool(approval_required)).lower(),
@@ -258,18 +259,20 @@ def register_policy(policy: BasePolicy, *, experiment_id: str, model: str = MODE
                                            registered_model_name=model)
             run_id = run.info.run_id
     version = str(info.registered_model_version)
-    for k, v in tags.items():
-        client.set_model_version_tag(model, version, k, v)
-    record = log.append(actor=actor or getpass.getuser(), action="config_change",
-                        policy_version=f"{model}/{version}", reason=reason,
-                        evidence={"model": model, "version": version, "run_id": run_id,
-                                  "policy_version": policy.version, "gates": tags["gates.status"],
-                                  "registry": registry_state(client, model, versions=[version])})
-    _anchor(client, model, version, record.hash)
-    if into_shadow:
-        promote(model, version, "shadow", uri=uri, actor=actor, reason="entered shadow at registration",
-                provenance=log)
-    return RegisteredVersion(model, version, run_id, info.model_uri, phase_of(model, version, uri=uri))
+    with registry_lock(log):  # the new version is in no phase: nothing checked depends on it yet
+        require_clean(client, model, log, "registration")
+        for k, v in tags.items():
+            client.set_model_version_tag(model, version, k, v)
+        record = log.append(actor=actor or getpass.getuser(), action="config_change",
+                            policy_version=f"{model}/{version}", reason=reason,
+                            evidence={"model": model, "version": version, "run_id": run_id,
+                                      "policy_version": policy.version, "gates": tags["gates.status"],
+                                      "registry": registry_state(client, model, versions=[version])})
+        _anchor(client, model, version, record.hash)
+        if into_shadow:
+            promote(model, version, "shadow", uri=uri, actor=actor, reason="entered shadow at registration",
+                    provenance=log)
+        return RegisteredVersion(model, version, run_id, info.model_uri, phase_of(model, version, uri=uri))
 
 
 def tag_version(model: str, version: str | int, *, uri: str | None = None,
@@ -287,23 +290,25 @@ def tag_version(model: str, version: str | int, *, uri: str | None = None,
     """
     client, uri = _client(uri)
     version = str(version)
-    mv = _version(client, model, version)
+    _version(client, model, version)
     log = _provenance(provenance, uri)
-    require_clean(client, model, log, "tagging", versions=[version])
-    new = evidence_tags(evaluation=evaluation, candidate=candidate, gate_verdicts=gate_verdicts)
-    if gate_verdicts is None:
-        new = {k: v for k, v in new.items() if not k.startswith("gate")}
-    new.update({str(k): _tag(v) for k, v in (tags or {}).items()})
-    after = {**mv.tags, **new}
-    record = log.append(actor=actor or getpass.getuser(), action="evaluate",
-                        policy_version=f"{model}/{version}", reason=reason,
-                        evidence={"model": model, "version": version, "tags": sorted(new),
-                                  "registry": registry_state(client, model, versions=[version],
-                                                             tags={version: after})})
-    for k, v in new.items():
-        client.set_model_version_tag(model, version, k, v)
-    _anchor(client, model, version, record.hash)
-    return new
+    with registry_lock(log):
+        require_clean(client, model, log, "tagging", versions=[version])
+        mv = _version(client, model, version)
+        new = evidence_tags(evaluation=evaluation, candidate=candidate, gate_verdicts=gate_verdicts)
+        if gate_verdicts is None:
+            new = {k: v for k, v in new.items() if not k.startswith("gate")}
+        new.update({str(k): _tag(v) for k, v in (tags or {}).items()})
+        after = {**mv.tags, **new}
+        record = log.append(actor=actor or getpass.getuser(), action="evaluate",
+                            policy_version=f"{model}/{version}", reason=reason,
+                            evidence={"model": model, "version": version, "tags": sorted(new),
+                                      "registry": registry_state(client, model, versions=[version],
+                                                                 tags={version: after})})
+        for k, v in new.items():
+            client.set_model_version_tag(model, version, k, v)
+        _anchor(client, model, version, record.hash)
+        return new
 
 
 def adopt_incumbent(policy: BasePolicy, *, experiment_id: str, model: str = MODEL_NAME, uri: str | None = None,
@@ -316,28 +321,29 @@ def adopt_incumbent(policy: BasePolicy, *, experiment_id: str, model: str = MODE
     of its own, so rolling a later version back out of ``general`` restores this one.
     """
     client, uri = _client(uri)
-    try:
-        holder = _holder(client, model, Phase.GENERAL.value)
-    except MlflowException:
-        holder = None
-    if holder is not None:
-        raise PermissionError(f"{model} version {holder} is already general: promote a new version through "
-                              "the phases instead")
     log = _provenance(provenance, uri)
-    rv = register_policy(policy, experiment_id=experiment_id, model=model, uri=uri, actor=actor,
-                         reason=f"adopted as the incumbent: {reason}", provenance=log,
-                         tags={"gates.status": "pass", "incumbent.adopted": "true"})
-    record = log.append(actor=actor or getpass.getuser(), action="promote", policy_version=f"{model}/{rv.version}",
-                        reason=f"adopted as general: {reason}",
-                        evidence={"model": model, "version": rv.version, "from": None, "to": Phase.GENERAL.value,
-                                  "displaced": None, "adopted": True,
-                                  "registry": registry_state(
-                                      client, model, versions=[rv.version],
-                                      aliases={**current_aliases(client, model),
-                                               Phase.GENERAL.value: rv.version})})
-    client.set_registered_model_alias(model, Phase.GENERAL.value, rv.version)
-    _anchor(client, model, rv.version, record.hash)
-    return RegisteredVersion(model, rv.version, rv.run_id, rv.model_uri, Phase.GENERAL.value)
+    with registry_lock(log):
+        try:
+            holder = _holder(client, model, Phase.GENERAL.value)
+        except MlflowException:
+            holder = None
+        if holder is not None:
+            raise PermissionError(f"{model} version {holder} is already general: promote a new version through "
+                                  "the phases instead")
+        rv = register_policy(policy, experiment_id=experiment_id, model=model, uri=uri, actor=actor,
+                             reason=f"adopted as the incumbent: {reason}", provenance=log,
+                             tags={"gates.status": "pass", "incumbent.adopted": "true"})
+        record = log.append(actor=actor or getpass.getuser(), action="promote", policy_version=f"{model}/{rv.version}",
+                            reason=f"adopted as general: {reason}",
+                            evidence={"model": model, "version": rv.version, "from": None, "to": Phase.GENERAL.value,
+                                      "displaced": None, "adopted": True,
+                                      "registry": registry_state(
+                                          client, model, versions=[rv.version],
+                                          aliases={**current_aliases(client, model),
+                                                   Phase.GENERAL.value: rv.version})})
+        client.set_registered_model_alias(model, Phase.GENERAL.value, rv.version)
+        _anchor(client, model, rv.version, record.hash)
+        return RegisteredVersion(model, rv.version, rv.run_id, rv.model_uri, Phase.GENERAL.value)
 
 
 def _anchor(client: MlflowClient, model: str, version: str, head: str) -> None:
@@ -390,40 +396,45 @@ def promote(model: str, version: str | int, to: str, *, uri: str | None = None,
     ------
     PermissionError
         When :func:`promotion_refusals` gives any reason; the message lists them all.
+    RegistryIntegrityError
+        (a ``PermissionError``) when the registry does not match its verified provenance
+        (:func:`verify_registry`): every problem is named; nothing is written or moved.
     """
     client, uri = _client(uri)
     version = str(version)
-    mv = _version(client, model, version)
+    _version(client, model, version)
     log = _provenance(provenance, uri)
-    checked = require_clean(client, model, log, "promotion", versions=[version])
-    current = phase_of(model, version, uri=uri)
-    refusals = promotion_refusals(current, to, mv.tags, approved_by=approved_by)
-    if refusals:
-        raise PermissionError(f"{model} version {version} may not enter {to}: " + "; ".join(refusals))
-    target = Phase.parse(to).value
-    displaced = _holder(client, model, target)
-    displaced = None if displaced == version else displaced
-    who = actor or approved_by or getpass.getuser()
-    after = {**checked.state["aliases"], target: version}
-    if current is not None:
-        del after[current]
-    if approved_by:
-        log.append(actor=approved_by, action="approve", policy_version=f"{model}/{version}",
-                   reason=reason or f"approved for {target}", evidence={"model": model, "version": version,
-                                                                        "to": target,
-                                                                        "registry": dict(checked.state)})
-    record = log.append(actor=who, action="promote", policy_version=f"{model}/{version}",
-                        reason=reason or f"{current or 'registered'} -> {target}",
-                        evidence={"model": model, "version": version, "from": current, "to": target,
-                                  "displaced": displaced, "gates": mv.tags.get("gates.status"),
-                                  "ope_lower_bound": mv.tags.get("ope.lower_bound"),
-                                  "approved_by": approved_by,
-                                  "registry": registry_state(client, model, aliases=after, versions=[version])})
-    client.set_registered_model_alias(model, target, version)
-    if current is not None:
-        client.delete_registered_model_alias(model, current)
-    _anchor(client, model, version, record.hash)
-    return AliasMove(model, version, "promote", current, target, displaced, None, record.hash)
+    with registry_lock(log):
+        checked = require_clean(client, model, log, "promotion", versions=[version])
+        mv = _version(client, model, version)  # the tags just checked against provenance
+        current = phase_of(model, version, uri=uri)
+        refusals = promotion_refusals(current, to, mv.tags, approved_by=approved_by)
+        if refusals:
+            raise PermissionError(f"{model} version {version} may not enter {to}: " + "; ".join(refusals))
+        target = Phase.parse(to).value
+        displaced = _holder(client, model, target)
+        displaced = None if displaced == version else displaced
+        who = actor or approved_by or getpass.getuser()
+        after = {**checked.state["aliases"], target: version}
+        if current is not None:
+            del after[current]
+        if approved_by:
+            log.append(actor=approved_by, action="approve", policy_version=f"{model}/{version}",
+                       reason=reason or f"approved for {target}", evidence={"model": model, "version": version,
+                                                                            "to": target,
+                                                                            "registry": dict(checked.state)})
+        record = log.append(actor=who, action="promote", policy_version=f"{model}/{version}",
+                            reason=reason or f"{current or 'registered'} -> {target}",
+                            evidence={"model": model, "version": version, "from": current, "to": target,
+                                      "displaced": displaced, "gates": mv.tags.get("gates.status"),
+                                      "ope_lower_bound": mv.tags.get("ope.lower_bound"),
+                                      "approved_by": approved_by,
+                                      "registry": registry_state(client, model, aliases=after, versions=[version])})
+        client.set_registered_model_alias(model, target, version)
+        if current is not None:
+            client.delete_registered_model_alias(model, current)
+        _anchor(client, model, version, record.hash)
+        return AliasMove(model, version, "promote", current, target, displaced, None, record.hash)
 
 
 # --------------------------------------------------------------------------- rollback
@@ -447,44 +458,45 @@ def rollback(model: str, *, phase: str | None = None, version: str | int | None 
     if (phase is None) == (version is None):
         raise ValueError("give exactly one of `phase` or `version`")
     log = _provenance(provenance, uri)
-    checked = require_clean(client, model, log, "rollback")
-    if version is None:
-        frm = Phase.parse(phase).value
-        version = _holder(client, model, frm)
+    with registry_lock(log):
+        checked = require_clean(client, model, log, "rollback")
         if version is None:
-            raise LookupError(f"no version of {model} is in {frm}")
-    else:
-        version = str(version)
-        frm = phase_of(model, version, uri=uri)
-        if frm is None:
-            raise LookupError(f"{model} version {version} is in no phase: nothing to roll back")
-    restored = None
-    if frm == Phase.GENERAL.value:
-        restored = _displaced_by(verified_records(client, model, log, checked=checked), model, version)
-        if restored is None:
-            raise LookupError(f"{model} version {version} displaced no earlier general version: nothing "
-                              "to restore (promote a replacement instead)")
-        require_clean(client, model, log, "rollback", versions=[restored])  # its evidence unedited
-    down = Phase.parse(frm).previous
-    to = down.value if down is not None and _holder(client, model, down.value) in (None, version) else None
-    after = {k: v for k, v in checked.state["aliases"].items() if k != frm}
-    if restored is not None:
-        after[frm] = restored
-    if to is not None:
-        after[to] = version
-    record = log.append(actor=actor or getpass.getuser(), action="rollback", policy_version=f"{model}/{version}",
-                        reason=reason, evidence={"model": model, "version": version, "from": frm, "to": to,
-                                                 "restored": restored,
-                                                 "registry": registry_state(client, model, aliases=after,
-                                                                            versions=[version])})
-    if restored is not None:
-        client.set_registered_model_alias(model, frm, restored)
-    else:
-        client.delete_registered_model_alias(model, frm)
-    if to is not None:
-        client.set_registered_model_alias(model, to, version)
-    _anchor(client, model, version, record.hash)
-    return AliasMove(model, version, "rollback", frm, to, None, restored, record.hash)
+            frm = Phase.parse(phase).value
+            version = _holder(client, model, frm)
+            if version is None:
+                raise LookupError(f"no version of {model} is in {frm}")
+        else:
+            version = str(version)
+            frm = phase_of(model, version, uri=uri)
+            if frm is None:
+                raise LookupError(f"{model} version {version} is in no phase: nothing to roll back")
+        restored = None
+        if frm == Phase.GENERAL.value:
+            restored = _displaced_by(verified_records(client, model, log, checked=checked), model, version)
+            if restored is None:
+                raise LookupError(f"{model} version {version} displaced no earlier general version: nothing "
+                                  "to restore (promote a replacement instead)")
+            require_clean(client, model, log, "rollback", versions=[restored])  # its evidence unedited
+        down = Phase.parse(frm).previous
+        to = down.value if down is not None and _holder(client, model, down.value) in (None, version) else None
+        after = {k: v for k, v in checked.state["aliases"].items() if k != frm}
+        if restored is not None:
+            after[frm] = restored
+        if to is not None:
+            after[to] = version
+        record = log.append(actor=actor or getpass.getuser(), action="rollback", policy_version=f"{model}/{version}",
+                            reason=reason, evidence={"model": model, "version": version, "from": frm, "to": to,
+                                                     "restored": restored,
+                                                     "registry": registry_state(client, model, aliases=after,
+                                                                                versions=[version])})
+        if restored is not None:
+            client.set_registered_model_alias(model, frm, restored)
+        else:
+            client.delete_registered_model_alias(model, frm)
+        if to is not None:
+            client.set_registered_model_alias(model, to, version)
+        _anchor(client, model, version, record.hash)
+        return AliasMove(model, version, "rollback", frm, to, None, restored, record.hash)
 
 
 def _displaced_by(records: list[ProvenanceRecord], model: str, version: str) -> str | None:
@@ -537,7 +549,11 @@ def verify_registry(model: str = MODEL_NAME, *, uri: str | None = None,
     """
     client, uri = _client(uri)
     _registered(client, model)
-    return _integrity.check_registry(client, model, _provenance(provenance, uri))
+    log = _provenance(provenance, uri)
+    if not log.path.parent.is_dir():
+        return _integrity.check_registry(client, model, log)
+    with registry_lock(log):  # never see a move half done
+        return _integrity.check_registry(client, model, log)
 
 
 def reconcile(model: str = MODEL_NAME, *, reason: str, uri: str | None = None, actor: str | None = None,
@@ -550,7 +566,9 @@ def reconcile(model: str = MODEL_NAME, *, reason: str, uri: str | None = None, a
     """
     client, uri = _client(uri)
     _registered(client, model)
-    return _integrity.reconcile(client, model, _provenance(provenance, uri), reason=reason, actor=actor)
+    log = _provenance(provenance, uri)
+    with registry_lock(log):
+        return _integrity.reconcile(client, model, log, reason=reason, actor=actor)
 
 
 def _registered(client: MlflowClient, model: str) -> None:
