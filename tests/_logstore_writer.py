@@ -42,11 +42,13 @@ def build_batch(run: int, batch: int) -> tuple[pa.Table, int]:
     quality = rng.uniform(0, 1, n)
     cols = {
         "request_id": ids,
-        "timestamp": pa.array(_T0_US + rng.integers(0, 14 * 86_400_000_000, n), pa.timestamp("us", tz="UTC")),
+        "timestamp": pa.array(
+            _T0_US + rng.integers(0, 14 * 86_400_000_000, n), pa.timestamp("us", tz="UTC")
+        ),
         "task_type": pa.array(np.asarray(TASK_TYPES)[rng.integers(0, 3, n)]),
         "model_name": ["llm-small"] * n,
         "policy_version": [f"crash-{run}"] * n,
-        "context_fingerprint": np.zeros(n, np.uint64),          # set below
+        "context_fingerprint": np.zeros(n, np.uint64),  # set below
         "risk_tier": rng.integers(1, 4, n).astype(np.int8),
         "title_length": rng.integers(0, 200, n).astype(np.int32),
         "description_length": rng.integers(0, 5000, n).astype(np.int32),
@@ -77,7 +79,7 @@ def build_batch(run: int, batch: int) -> tuple[pa.Table, int]:
         "reward": quality - 0.1,
     }
     table = pa.table(cols, schema=LOG_SCHEMA)
-    i = table.schema.get_field_index("context_fingerprint")     # the hash of the features
+    i = table.schema.get_field_index("context_fingerprint")  # the hash of the features
     table = table.set_column(i, table.schema.field(i), pa.array(context_fingerprint_frame(table)))
     return table, n_valid
 

@@ -30,14 +30,17 @@ KILLS = 25
 
 def _run_and_kill(root: Path, run: int, delay: float) -> tuple[dict[int, int], dict[int, int]]:
     """Start writer ``run``, SIGKILL it ``delay`` s after it is ready; return (begun, acked)."""
-    proc = subprocess.Popen([sys.executable, str(WRITER), str(root), str(run), "0"],
-                            stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, str(WRITER), str(root), str(run), "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert proc.stdout.readline().strip() == "READY"
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)
-        out = proc.stdout.read()              # not communicate(): it would skip what readline buffered
+        out = proc.stdout.read()  # not communicate(): it would skip what readline buffered
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
@@ -71,7 +74,7 @@ def test_sigkilled_writers_never_leave_partial_or_lost_batches(tmp_path):
 
     store = LogStore(root)
     visible = store.files()
-    for path in visible:                                      # no torn file is ever visible
+    for path in visible:  # no torn file is ever visible
         assert "_tmp" not in path.parts
         pq.read_table(path)
     quarantine_files = sorted((root / "_quarantine").glob("*.parquet"))
@@ -84,16 +87,16 @@ def test_sigkilled_writers_never_leave_partial_or_lost_batches(tmp_path):
     assert r.rows_quarantined == 0 and r.skipped_files == {}
     ids = r.table.column("request_id").to_pylist()
     assert len(ids) == len(set(ids)), "a request id is stored twice"
-    per_batch = Counter(rid[:11] for rid in ids)              # "rRRR-bBBBBB"
+    per_batch = Counter(rid[:11] for rid in ids)  # "rRRR-bBBBBB"
     key = {(run, batch): f"r{run:03d}-b{batch:05d}" for run, batch in begun}
 
-    for rb, n in acked.items():                               # acknowledged => durable, exactly once
+    for rb, n in acked.items():  # acknowledged => durable, exactly once
         assert per_batch[key[rb]] == n, (rb, per_batch[key[rb]], n)
         assert quarantined[key[rb]] == (rb[1] % 5 == 0)
     in_flight = [rb for rb in begun if rb not in acked]
     assert len(in_flight) <= KILLS
     committed = [rb for rb in in_flight if per_batch[key[rb]]]
-    for rb in committed:                                      # all or nothing
+    for rb in committed:  # all or nothing
         assert per_batch[key[rb]] == begun[rb], (rb, per_batch[key[rb]], begun[rb])
     assert set(per_batch) == {key[rb] for rb in [*acked, *committed]}, "rows of an unknown batch"
     assert len(ids) == sum(acked.values()) + sum(begun[rb] for rb in committed)

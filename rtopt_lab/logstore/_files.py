@@ -24,7 +24,7 @@ def _compact_now() -> tuple[datetime, str]:
 
 
 def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":           # directories cannot be opened for fsync on Windows
+    if os.name == "nt":  # directories cannot be opened for fsync on Windows
         return
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -77,10 +77,12 @@ def _data_files(root: Path) -> list[Path]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(("_", ".")))
-        out += [Path(dirpath, f) for f in sorted(filenames)
-                if f.endswith(".parquet") and not f.startswith(("_", "."))]
+        out += [
+            Path(dirpath, f)
+            for f in sorted(filenames)
+            if f.endswith(".parquet") and not f.startswith(("_", "."))
+        ]
     return out
-
 
 
 # --------------------------------------------------------------------------- the store marker
@@ -93,8 +95,10 @@ _PRE_MARKER = frozenset({"_tmp", "_journal", "_shadow"})  # _journal, _shadow: t
 
 def _legacy_data(root: Path) -> bool:
     """Whether ``root`` holds ``date=*/part-*.parquet`` data (a store older than the marker)."""
-    return any(d.is_dir() and not d.is_symlink() and any(f.is_file() for f in d.glob("part-*.parquet"))
-               for d in root.glob("date=*"))
+    return any(
+        d.is_dir() and not d.is_symlink() and any(f.is_file() for f in d.glob("part-*.parquet"))
+        for d in root.glob("date=*")
+    )
 
 
 def is_log_store(path: str | os.PathLike[str]) -> bool:
@@ -129,17 +133,30 @@ def _claim_root(root: Path, schema_version: int) -> None:
     if (root / MARKER).is_file():
         return
     if root.exists() and not root.is_dir():
-        raise ValueError(f"`root` {str(root)!r} is a file, not a folder; choose an empty or new folder")
+        raise ValueError(
+            f"`root` {str(root)!r} is a file, not a folder; choose an empty or new folder"
+        )
     if root.is_dir() and not root.is_symlink():
         entries = [e.name for e in root.iterdir()]
         if entries and not set(entries) <= _PRE_MARKER and not is_log_store(root):
             shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
-            raise ValueError(f"`root` {str(root)!r} is not empty and is not a decision log (it holds "
-                             f"{shown}); choose an empty or new folder")
+            raise ValueError(
+                f"`root` {str(root)!r} is not empty and is not a decision log (it holds "
+                f"{shown}); choose an empty or new folder"
+            )
     elif root.is_symlink():
         raise ValueError(f"`root` {str(root)!r} is a symlink; choose an empty or new folder")
-    body = json.dumps({"format": _MARKER_FORMAT, "schema_version": schema_version,
-                       "created_at": datetime.now(UTC).isoformat()}, indent=1) + "\n"
+    body = (
+        json.dumps(
+            {
+                "format": _MARKER_FORMAT,
+                "schema_version": schema_version,
+                "created_at": datetime.now(UTC).isoformat(),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     final = root / MARKER
     tmp_dir = root / "_tmp"
     _ensure_dir(tmp_dir)
@@ -150,10 +167,10 @@ def _claim_root(root: Path, schema_version: int) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         try:
-            os.link(tmp, final)              # no-clobber: a concurrent first writer may win
+            os.link(tmp, final)  # no-clobber: a concurrent first writer may win
         except FileExistsError:
             pass
-        except OSError:                      # no hard links here: a plain rename
+        except OSError:  # no hard links here: a plain rename
             if not final.exists():
                 os.replace(tmp, final)
     finally:

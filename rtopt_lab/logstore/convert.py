@@ -26,20 +26,50 @@ from rtopt_lab.types import LoggedDecision, ParameterSet, TaskFeatures, TaskOutc
 def _decision_columns(decisions: Iterable[LoggedDecision]) -> dict[str, list[Any]]:
     """The values of every :data:`LOG_COLUMNS` column as Python lists, one item per decision."""
     if isinstance(decisions, (str, bytes)) or not isinstance(decisions, Iterable):
-        raise TypeError(f"`decisions` must be an iterable of LoggedDecision; got {type(decisions).__name__}")
+        raise TypeError(
+            f"`decisions` must be an iterable of LoggedDecision; got {type(decisions).__name__}"
+        )
     cols: dict[str, list[Any]] = {name: [] for name in LOG_COLUMNS}
     for i, d in enumerate(decisions):
         if not isinstance(d, LoggedDecision):
             raise TypeError(f"`decisions[{i}]` must be a LoggedDecision; got {type(d).__name__}")
         f, p, o = d.features, d.params, d.outcome
-        row = (d.request_id, d.timestamp, d.task_type, d.model_name, d.policy_version,
-               d.context_fingerprint, f.risk_tier, f.title_length, f.description_length,
-               f.acceptance_criteria_count, f.scope_files_count, f.max_files, f.max_loc,
-               f.has_external_deps, list(f.complexity_indicators), f.model_name, f.prompt_tokens,
-               f.prior_failures, d.arm_id, p.temperature, p.top_p, p.max_tokens,
-               p.frequency_penalty, p.presence_penalty, p.seed, p.model_name, d.propensity,
-               o.quality, o.latency_ms, o.prompt_tokens, o.completion_tokens, o.success,
-               o.truncated, d.reward)
+        row = (
+            d.request_id,
+            d.timestamp,
+            d.task_type,
+            d.model_name,
+            d.policy_version,
+            d.context_fingerprint,
+            f.risk_tier,
+            f.title_length,
+            f.description_length,
+            f.acceptance_criteria_count,
+            f.scope_files_count,
+            f.max_files,
+            f.max_loc,
+            f.has_external_deps,
+            list(f.complexity_indicators),
+            f.model_name,
+            f.prompt_tokens,
+            f.prior_failures,
+            d.arm_id,
+            p.temperature,
+            p.top_p,
+            p.max_tokens,
+            p.frequency_penalty,
+            p.presence_penalty,
+            p.seed,
+            p.model_name,
+            d.propensity,
+            o.quality,
+            o.latency_ms,
+            o.prompt_tokens,
+            o.completion_tokens,
+            o.success,
+            o.truncated,
+            d.reward,
+        )
         for col, value in zip(cols.values(), row, strict=True):
             col.append(value)
     return cols
@@ -55,9 +85,10 @@ def decisions_to_table(decisions: Iterable[LoggedDecision]) -> pa.Table:
     conformed = _conform(_Decisions(_decision_columns(decisions)))
     if conformed.cells:
         cell = conformed.cells[0]
-        raise ValueError(f"`decisions[{int(np.flatnonzero(cell.mask)[0])}]` cannot be stored: "
-                         f"{cell.reason}")
-    if conformed.table is None:          # typed columns: not expected, but never silent
+        raise ValueError(
+            f"`decisions[{int(np.flatnonzero(cell.mask)[0])}]` cannot be stored: {cell.reason}"
+        )
+    if conformed.table is None:  # typed columns: not expected, but never silent
         raise SchemaDriftError(conformed.problems)
     return conformed.table
 
@@ -68,34 +99,65 @@ def table_to_decisions(table: pa.Table | pd.DataFrame) -> list[LoggedDecision]:
     Raises :class:`SchemaDriftError` if the columns do not fit :data:`LOG_SCHEMA` and
     ``ValueError`` naming the row if a row is not a valid decision.
     """
-    cols = {name: c.to_pylist() for name, c in zip(LOG_COLUMNS, to_table(table).columns, strict=True)}
+    cols = {
+        name: c.to_pylist() for name, c in zip(LOG_COLUMNS, to_table(table).columns, strict=True)
+    }
     out = []
     for i in range(len(cols["request_id"])):
         r = {name: c[i] for name, c in cols.items()}
         try:
             features = TaskFeatures(
-                task_type=r["task_type"], risk_tier=r["risk_tier"], title_length=r["title_length"],
+                task_type=r["task_type"],
+                risk_tier=r["risk_tier"],
+                title_length=r["title_length"],
                 description_length=r["description_length"],
                 acceptance_criteria_count=r["acceptance_criteria_count"],
-                scope_files_count=r["scope_files_count"], max_files=r["max_files"],
-                max_loc=r["max_loc"], has_external_deps=r["has_external_deps"],
-                complexity_indicators=(None if r["complexity_indicators"] is None
-                                       else tuple(r["complexity_indicators"])),
-                model_name=r["requested_model"], prompt_tokens=r["prompt_tokens"],
-                prior_failures=r["prior_failures"])
+                scope_files_count=r["scope_files_count"],
+                max_files=r["max_files"],
+                max_loc=r["max_loc"],
+                has_external_deps=r["has_external_deps"],
+                complexity_indicators=(
+                    None
+                    if r["complexity_indicators"] is None
+                    else tuple(r["complexity_indicators"])
+                ),
+                model_name=r["requested_model"],
+                prompt_tokens=r["prompt_tokens"],
+                prior_failures=r["prior_failures"],
+            )
             params = ParameterSet(
-                temperature=r["temperature"], top_p=r["top_p"], max_tokens=r["max_tokens"],
-                frequency_penalty=r["frequency_penalty"], presence_penalty=r["presence_penalty"],
-                seed=r["seed"], model_name=r["param_model_name"])
+                temperature=r["temperature"],
+                top_p=r["top_p"],
+                max_tokens=r["max_tokens"],
+                frequency_penalty=r["frequency_penalty"],
+                presence_penalty=r["presence_penalty"],
+                seed=r["seed"],
+                model_name=r["param_model_name"],
+            )
             outcome = TaskOutcome(
-                quality=r["quality"], latency_ms=r["latency_ms"],
-                prompt_tokens=r["outcome_prompt_tokens"], completion_tokens=r["completion_tokens"],
-                success=r["success"], truncated=r["truncated"])
-            out.append(LoggedDecision(
-                request_id=r["request_id"], task_type=r["task_type"], model_name=r["model_name"],
-                context_fingerprint=r["context_fingerprint"], features=features, arm_id=r["arm_id"],
-                params=params, propensity=r["propensity"], outcome=outcome, reward=r["reward"],
-                policy_version=r["policy_version"], timestamp=r["timestamp"]))
+                quality=r["quality"],
+                latency_ms=r["latency_ms"],
+                prompt_tokens=r["outcome_prompt_tokens"],
+                completion_tokens=r["completion_tokens"],
+                success=r["success"],
+                truncated=r["truncated"],
+            )
+            out.append(
+                LoggedDecision(
+                    request_id=r["request_id"],
+                    task_type=r["task_type"],
+                    model_name=r["model_name"],
+                    context_fingerprint=r["context_fingerprint"],
+                    features=features,
+                    arm_id=r["arm_id"],
+                    params=params,
+                    propensity=r["propensity"],
+                    outcome=outcome,
+                    reward=r["reward"],
+                    policy_version=r["policy_version"],
+                    timestamp=r["timestamp"],
+                )
+            )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"row {i} of `table` is not a valid decision: {exc}") from exc
     return out
@@ -106,16 +168,16 @@ class _BadCells(NamedTuple):
 
     column: str
     reason: str
-    mask: np.ndarray                # bool, shape (n_rows,)
+    mask: np.ndarray  # bool, shape (n_rows,)
 
 
 class _Conformed(NamedTuple):
-    table: pa.Table | None          # LOG_SCHEMA table, or None on schema drift
-    problems: tuple[str, ...]       # "schema: ..." reasons
-    raw: Any                        # the input batch (for the records of quarantined rows)
+    table: pa.Table | None  # LOG_SCHEMA table, or None on schema drift
+    problems: tuple[str, ...]  # "schema: ..." reasons
+    raw: Any  # the input batch (for the records of quarantined rows)
     n_rows: int
     cells: tuple[_BadCells, ...] = ()
-    raw_value: Callable[[str, int], Any] | None = None   # (column, row) -> the input's value
+    raw_value: Callable[[str, int], Any] | None = None  # (column, row) -> the input's value
 
 
 class _Decisions(NamedTuple):
@@ -142,7 +204,9 @@ def _cast(col: pa.Array | pa.ChunkedArray, dst: pa.DataType) -> pa.Array | pa.Ch
     return col.cast(dst, safe=True)
 
 
-def _checked(name: str, arr: pa.Array | pa.ChunkedArray, dst: pa.DataType) -> pa.Array | pa.ChunkedArray:
+def _checked(
+    name: str, arr: pa.Array | pa.ChunkedArray, dst: pa.DataType
+) -> pa.Array | pa.ChunkedArray:
     if not _compatible(arr.type, dst):
         raise _Drift(f"schema: column {name!r} has type {_type_name(arr.type)}, expected {dst}")
     return _cast(arr, dst)
@@ -150,8 +214,8 @@ def _checked(name: str, arr: pa.Array | pa.ChunkedArray, dst: pa.DataType) -> pa
 
 def _series_to_arrow(s: pd.Series, dst: pa.DataType) -> pa.ChunkedArray:
     if pa.types.is_floating(dst) and isinstance(s.dtype, np.dtype) and s.dtype.kind == "f":
-        arr = pa.array(s.to_numpy(), from_pandas=False)       # keep NaN as NaN, not null
-    elif isinstance(s.dtype, pd.DatetimeTZDtype):             # via UTC values: Series.values is deprecated
+        arr = pa.array(s.to_numpy(), from_pandas=False)  # keep NaN as NaN, not null
+    elif isinstance(s.dtype, pd.DatetimeTZDtype):  # via UTC values: Series.values is deprecated
         arr = pa.array(s.dt.tz_convert(None).to_numpy(), from_pandas=True)
         arr = arr.cast(pa.timestamp(arr.type.unit, tz="UTC"))
     else:
@@ -165,8 +229,9 @@ def _cell_reason(name: str, dst: pa.DataType, exc: BaseException) -> str:
     return f"column {name!r} has a value that cannot be converted to {dst}"
 
 
-def _tolerant(name: str, n: int, convert: Callable[[int, int], Any],
-              dst: pa.DataType) -> tuple[pa.ChunkedArray | None, str | None, list[_BadCells]]:
+def _tolerant(
+    name: str, n: int, convert: Callable[[int, int], Any], dst: pa.DataType
+) -> tuple[pa.ChunkedArray | None, str | None, list[_BadCells]]:
     """Convert a column whole (the fast path) or, when that fails, find the bad cells.
 
     ``convert(lo, hi)`` converts rows ``lo:hi`` to an array of type ``dst`` or raises.
@@ -204,11 +269,14 @@ def _tolerant(name: str, n: int, convert: Callable[[int, int], Any],
         probe(lo, mid)
         probe(mid, hi)
 
-    if n >= _PROBES and all(sl is None for sl in slices):     # every slice fails: drift?
+    if n >= _PROBES and all(sl is None for sl in slices):  # every slice fails: drift?
         probe(0, min(n, step))
         if sum(map(len, bad.values())) * 2 > min(n, step):
-            return None, (f"schema: column {name!r} cannot be converted to {dst} "
-                          f"({_short(first)})"), []
+            return (
+                None,
+                (f"schema: column {name!r} cannot be converted to {dst} ({_short(first)})"),
+                [],
+            )
         pieces.clear()
         bad.clear()
     for k, sl in enumerate(slices):
@@ -241,7 +309,7 @@ def _conform(batch: Any) -> _Conformed:
         table = batch
         for f in LOG_SCHEMA if not problems else ():
             col = table.column(f.name)
-            converters[f.name] = (lambda lo, hi, c=col, t=f.type: _cast(c.slice(lo, hi - lo), t))
+            converters[f.name] = lambda lo, hi, c=col, t=f.type: _cast(c.slice(lo, hi - lo), t)
         raw_value: Callable[[str, int], Any] = lambda name, i: table.column(name)[i].as_py()  # noqa: E731
     elif isinstance(batch, pd.DataFrame):
         for name in LOG_COLUMNS:
@@ -253,18 +321,21 @@ def _conform(batch: Any) -> _Conformed:
         frame = batch
         for f in LOG_SCHEMA if not problems else ():
             s = frame[f.name]
-            converters[f.name] = (lambda lo, hi, s=s, name=f.name, t=f.type:
-                                  _checked(name, _series_to_arrow(s.iloc[lo:hi], t), t))
+            converters[f.name] = lambda lo, hi, s=s, name=f.name, t=f.type: _checked(
+                name, _series_to_arrow(s.iloc[lo:hi], t), t
+            )
         raw_value = lambda name, i: frame[name].iloc[i]  # noqa: E731
     elif isinstance(batch, _Decisions):
         cols = batch.columns
         n = len(cols["request_id"])
         for f in LOG_SCHEMA:
-            converters[f.name] = (lambda lo, hi, v=cols[f.name], t=f.type: pa.array(v[lo:hi], type=t))
+            converters[f.name] = lambda lo, hi, v=cols[f.name], t=f.type: pa.array(v[lo:hi], type=t)
         raw_value = lambda name, i: cols[name][i]  # noqa: E731
     elif isinstance(batch, (str, bytes, dict)) or not isinstance(batch, Iterable):
-        raise TypeError("`batch` must be a list of LoggedDecision, a pandas DataFrame or a pyarrow "
-                        f"Table; got {type(batch).__name__}")
+        raise TypeError(
+            "`batch` must be a list of LoggedDecision, a pandas DataFrame or a pyarrow "
+            f"Table; got {type(batch).__name__}"
+        )
     else:
         return _conform(_Decisions(_decision_columns(batch)))
     arrays, cells = [], []
@@ -276,7 +347,9 @@ def _conform(batch: Any) -> _Conformed:
         cells += bad
     if problems:
         return _Conformed(None, tuple(problems), batch, n)
-    return _Conformed(pa.Table.from_arrays(arrays, schema=LOG_SCHEMA), (), batch, n, tuple(cells), raw_value)
+    return _Conformed(
+        pa.Table.from_arrays(arrays, schema=LOG_SCHEMA), (), batch, n, tuple(cells), raw_value
+    )
 
 
 def to_table(batch: Sequence[LoggedDecision] | pd.DataFrame | pa.Table) -> pa.Table:
@@ -304,8 +377,8 @@ def to_table(batch: Sequence[LoggedDecision] | pd.DataFrame | pa.Table) -> pa.Ta
     if conformed.table is None:
         raise SchemaDriftError(conformed.problems)
     if conformed.cells:
-        shown = "; ".join(f"{c.reason} (row(s) {np.flatnonzero(c.mask)[:5].tolist()})"
-                          for c in conformed.cells)
+        shown = "; ".join(
+            f"{c.reason} (row(s) {np.flatnonzero(c.mask)[:5].tolist()})" for c in conformed.cells
+        )
         raise ValueError(f"`batch` has values that cannot be stored: {shown}")
     return conformed.table
-

@@ -29,7 +29,9 @@ def _hash_ids(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return pd.util.hash_array(values, categorize=False).astype(np.uint64, copy=False)
 
 
-def _later_duplicates(ids: pa.ChunkedArray, hashes: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+def _later_duplicates(
+    ids: pa.ChunkedArray, hashes: np.ndarray, rows: np.ndarray, n: int
+) -> np.ndarray:
     """Mask of shape (n,): rows among ``rows`` whose id equals the id of an earlier one.
 
     ``hashes[k]`` is the hash of ``ids[rows[k]]``; the first occurrence is kept.
@@ -37,13 +39,15 @@ def _later_duplicates(ids: pa.ChunkedArray, hashes: np.ndarray, rows: np.ndarray
     out = np.zeros(n, dtype=bool)
     if rows.size < 2:
         return out
-    order = np.argsort(hashes, kind="stable")            # stable: earlier rows first
+    order = np.argsort(hashes, kind="stable")  # stable: earlier rows first
     sorted_h = hashes[order]
     same = sorted_h[1:] == sorted_h[:-1]
     if not same.any():
         return out
     pos = np.arange(1, rows.size)
-    start = np.maximum.accumulate(np.where(np.concatenate(([True], ~same)), np.arange(rows.size), 0))
+    start = np.maximum.accumulate(
+        np.where(np.concatenate(([True], ~same)), np.arange(rows.size), 0)
+    )
     later, first = rows[order[pos[same]]], rows[order[start[pos[same]]]]
     equal = pc.equal(ids.take(pa.array(later)), ids.take(pa.array(first)))
     out[later[np.asarray(pc.fill_null(equal, False).to_numpy(zero_copy_only=False))]] = True
@@ -79,8 +83,11 @@ class _IdIndex:
     def sync(self, files: Iterable[Path]) -> None:
         """Index files not seen yet; forget (and re-index) files removed or changed."""
         current = {str(p): p for p in files}
-        stale = [f for f, (key, _) in self._files.items()
-                 if f not in current or _stat_key(current[f]) != key]
+        stale = [
+            f
+            for f, (key, _) in self._files.items()
+            if f not in current or _stat_key(current[f]) != key
+        ]
         if stale:
             for f in stale:
                 del self._files[f]
@@ -93,8 +100,13 @@ class _IdIndex:
                 hashes = _EMPTY if ids is None else _hash_ids(ids.filter(pc.is_valid(ids)))
                 self.add(f, hashes, key=key)
 
-    def add(self, source: str | os.PathLike[str], hashes: np.ndarray, *,
-            key: tuple[int, int] | None = None) -> None:
+    def add(
+        self,
+        source: str | os.PathLike[str],
+        hashes: np.ndarray,
+        *,
+        key: tuple[int, int] | None = None,
+    ) -> None:
         """Record the hashes of rows now stored in ``source`` (merged with earlier ones)."""
         new = np.sort(np.asarray(hashes, dtype=np.uint64))
         f = str(source)
@@ -104,7 +116,9 @@ class _IdIndex:
         if new.size:
             self._all = np.insert(self._all, np.searchsorted(self._all, new), new)
 
-    def hits(self, ids: pa.ChunkedArray, hashes: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    def hits(
+        self, ids: pa.ChunkedArray, hashes: np.ndarray, rows: np.ndarray, n: int
+    ) -> np.ndarray:
         """Mask of shape (n,): rows among ``rows`` whose id is already indexed (exactly)."""
         out = np.zeros(n, dtype=bool)
         if not self._all.size or not rows.size:
@@ -116,7 +130,7 @@ class _IdIndex:
         cand_rows, cand_h = rows[cand], hashes[cand]
         cand_ids = ids.take(pa.array(cand_rows))
         found = np.zeros(cand_rows.size, dtype=bool)
-        for f, (_, h) in self._files.items():           # confirm against the ids themselves
+        for f, (_, h) in self._files.items():  # confirm against the ids themselves
             if not h.size:
                 continue
             p = np.minimum(np.searchsorted(h, cand_h), h.size - 1)
@@ -125,6 +139,8 @@ class _IdIndex:
                 stored = _file_ids(f)
                 if stored is not None:
                     hit = pc.is_in(cand_ids, value_set=stored.combine_chunks())
-                    found |= inside & np.asarray(pc.fill_null(hit, False).to_numpy(zero_copy_only=False))
+                    found |= inside & np.asarray(
+                        pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
+                    )
         out[cand_rows[found]] = True
         return out

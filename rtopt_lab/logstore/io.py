@@ -33,9 +33,14 @@ class WriteResult:
     reasons: dict[str, int]
 
 
-def write_log(batches: Iterable[Sequence[LoggedDecision] | pd.DataFrame | pa.Table],
-              path: str | os.PathLike[str], *, known_arms: Iterable[str] | None = None,
-              total_rows: int | None = None, progress: bool = False) -> WriteResult:
+def write_log(
+    batches: Iterable[Sequence[LoggedDecision] | pd.DataFrame | pa.Table],
+    path: str | os.PathLike[str],
+    *,
+    known_arms: Iterable[str] | None = None,
+    total_rows: int | None = None,
+    progress: bool = False,
+) -> WriteResult:
     """Write a stream of batches as a decision log, validating every row.
 
     Parameters
@@ -68,8 +73,9 @@ def write_log(batches: Iterable[Sequence[LoggedDecision] | pd.DataFrame | pa.Tab
             with _atomic_file(p, p.parent / "_tmp") as fh:
                 with pq.ParquetWriter(fh, LOG_SCHEMA, compression="zstd") as w:
                     for batch in batches:
-                        checked = _validate_ids(batch, arms, source=str(p),
-                                                row_offset=written + quarantined).validated
+                        checked = _validate_ids(
+                            batch, arms, source=str(p), row_offset=written + quarantined
+                        ).validated
                         if checked.valid.num_rows:
                             w.write_table(checked.valid, row_group_size=_ROW_GROUP)
                         written += checked.valid.num_rows
@@ -98,12 +104,18 @@ def write_log(batches: Iterable[Sequence[LoggedDecision] | pd.DataFrame | pa.Tab
     finally:
         if bar is not None:
             bar.close()
-    return WriteResult(path=str(p), rows_written=written, rows_quarantined=quarantined,
-                       files=files, reasons=dict(reasons))
+    return WriteResult(
+        path=str(p),
+        rows_written=written,
+        rows_quarantined=quarantined,
+        files=files,
+        reasons=dict(reasons),
+    )
 
 
-def read_log(path: str | os.PathLike[str], *, known_arms: Iterable[str] | None = None,
-             **filters: Any) -> ReadResult:
+def read_log(
+    path: str | os.PathLike[str], *, known_arms: Iterable[str] | None = None, **filters: Any
+) -> ReadResult:
     """Read the valid rows of a log directory (:meth:`LogStore.read`) or a ``.parquet`` file.
 
     Rows failing validation are left out and counted in the result; ``filters``

@@ -18,18 +18,39 @@ _TS = pa.timestamp("us", tz="UTC")
 #: The decision-log schema, version 1 (field order is part of the schema).
 LOG_SCHEMA = pa.schema(
     [
-        pa.field("request_id", _STR, nullable=False), ("timestamp", _TS), ("task_type", _STR),
-        ("model_name", _STR), ("policy_version", _STR), ("context_fingerprint", pa.uint64()),
-        ("risk_tier", pa.int8()), ("title_length", _I32), ("description_length", _I32),
-        ("acceptance_criteria_count", _I32), ("scope_files_count", _I32), ("max_files", _I32),
-        ("max_loc", _I32), ("has_external_deps", pa.bool_()),
-        ("complexity_indicators", pa.list_(_STR)), ("requested_model", _STR),
-        ("prompt_tokens", _I32), ("prior_failures", _I32),
-        ("arm_id", _STR), ("temperature", _F64), ("top_p", _F64), ("max_tokens", _I32),
-        ("frequency_penalty", _F64), ("presence_penalty", _F64), ("seed", pa.int64()),
-        ("param_model_name", _STR), ("propensity", _F64),
-        ("quality", _F64), ("latency_ms", _F64), ("outcome_prompt_tokens", _I32),
-        ("completion_tokens", _I32), ("success", pa.bool_()), ("truncated", pa.bool_()),
+        pa.field("request_id", _STR, nullable=False),
+        ("timestamp", _TS),
+        ("task_type", _STR),
+        ("model_name", _STR),
+        ("policy_version", _STR),
+        ("context_fingerprint", pa.uint64()),
+        ("risk_tier", pa.int8()),
+        ("title_length", _I32),
+        ("description_length", _I32),
+        ("acceptance_criteria_count", _I32),
+        ("scope_files_count", _I32),
+        ("max_files", _I32),
+        ("max_loc", _I32),
+        ("has_external_deps", pa.bool_()),
+        ("complexity_indicators", pa.list_(_STR)),
+        ("requested_model", _STR),
+        ("prompt_tokens", _I32),
+        ("prior_failures", _I32),
+        ("arm_id", _STR),
+        ("temperature", _F64),
+        ("top_p", _F64),
+        ("max_tokens", _I32),
+        ("frequency_penalty", _F64),
+        ("presence_penalty", _F64),
+        ("seed", pa.int64()),
+        ("param_model_name", _STR),
+        ("propensity", _F64),
+        ("quality", _F64),
+        ("latency_ms", _F64),
+        ("outcome_prompt_tokens", _I32),
+        ("completion_tokens", _I32),
+        ("success", pa.bool_()),
+        ("truncated", pa.bool_()),
         ("reward", _F64),
     ],
     metadata={_VERSION_KEY: str(SCHEMA_VERSION).encode()},
@@ -37,12 +58,18 @@ LOG_SCHEMA = pa.schema(
 #: Column names of :data:`LOG_SCHEMA`, in order.
 LOG_COLUMNS: tuple[str, ...] = tuple(LOG_SCHEMA.names)
 #: Columns that may hold nulls; every other column is required.
-_NULLABLE = frozenset({"requested_model", "prompt_tokens", "prior_failures", "seed", "param_model_name"})
+_NULLABLE = frozenset(
+    {"requested_model", "prompt_tokens", "prior_failures", "seed", "param_model_name"}
+)
 #: Schema of quarantined rows: fits any row, drifted or not.
-QUARANTINE_SCHEMA = pa.schema([
-    pa.field("source", _STR, nullable=False), pa.field("row", pa.int64(), nullable=False),
-    pa.field("reason", _STR, nullable=False), pa.field("record_json", _STR, nullable=False),
-])
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("source", _STR, nullable=False),
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("reason", _STR, nullable=False),
+        pa.field("record_json", _STR, nullable=False),
+    ]
+)
 
 
 class SchemaDriftError(ValueError):
@@ -50,7 +77,9 @@ class SchemaDriftError(ValueError):
 
     def __init__(self, reasons: Sequence[str]):
         self.reasons = tuple(reasons)
-        super().__init__("`batch` does not match the decision-log schema: " + "; ".join(self.reasons))
+        super().__init__(
+            "`batch` does not match the decision-log schema: " + "; ".join(self.reasons)
+        )
 
 
 def _short(exc: BaseException) -> str:
@@ -86,8 +115,9 @@ def _compatible(src: pa.DataType, dst: pa.DataType) -> bool:
     if pa.types.is_timestamp(dst):
         return pa.types.is_timestamp(src) and src.tz is not None
     if pa.types.is_list(dst):
-        return ((pa.types.is_list(src) or pa.types.is_large_list(src))
-                and (_is_str(src.value_type) or pa.types.is_null(src.value_type)))
+        return (pa.types.is_list(src) or pa.types.is_large_list(src)) and (
+            _is_str(src.value_type) or pa.types.is_null(src.value_type)
+        )
     return src == dst
 
 
@@ -96,8 +126,10 @@ def _schema_problems(schema: pa.Schema) -> tuple[list[str], bool]:
     problems: list[str] = []
     version = (schema.metadata or {}).get(_VERSION_KEY)
     if version is not None and version != str(SCHEMA_VERSION).encode():
-        problems.append(f"schema: version {version.decode(errors='replace')} is not supported "
-                        f"(expected {SCHEMA_VERSION})")
+        problems.append(
+            f"schema: version {version.decode(errors='replace')} is not supported "
+            f"(expected {SCHEMA_VERSION})"
+        )
     exact = True
     for f in LOG_SCHEMA:
         idx = schema.get_all_field_indices(f.name)
@@ -108,7 +140,8 @@ def _schema_problems(schema: pa.Schema) -> tuple[list[str], bool]:
         elif schema.field(idx[0]).type != f.type:
             exact = False
             if not _compatible(schema.field(idx[0]).type, f.type):
-                problems.append(f"schema: column {f.name!r} has type "
-                                f"{_type_name(schema.field(idx[0]).type)}, expected {f.type}")
+                problems.append(
+                    f"schema: column {f.name!r} has type "
+                    f"{_type_name(schema.field(idx[0]).type)}, expected {f.type}"
+                )
     return problems, exact and not problems
-

@@ -95,7 +95,9 @@ def _utc_arg(name: str, value: Any) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, datetime):
-        raise TypeError(f"`{name}` must be a timezone-aware datetime; got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"`{name}` must be a timezone-aware datetime; got {value!r} ({type(value).__name__})"
+        )
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"`{name}` must be timezone-aware (UTC); got naive {value.isoformat()}")
     return value.astimezone(UTC)
@@ -106,7 +108,9 @@ def _filter_expr(task_type: Any, start: Any, end: Any) -> ds.Expression | None:
     if task_type is not None:
         if isinstance(task_type, str):
             exprs.append(pc.field("task_type") == task_type)
-        elif isinstance(task_type, (list, tuple, set, frozenset)) and all(isinstance(x, str) for x in task_type):
+        elif isinstance(task_type, (list, tuple, set, frozenset)) and all(
+            isinstance(x, str) for x in task_type
+        ):
             exprs.append(pc.field("task_type").isin(pa.array(sorted(task_type), _STR)))
         else:
             raise TypeError(f"`task_type` must be a string or a list of strings; got {task_type!r}")
@@ -130,12 +134,14 @@ def _columns_arg(columns: Any) -> list[str]:
         raise TypeError(f"`columns` must be a list of column names; got {columns!r}")
     unknown = [c for c in columns if c not in LOG_COLUMNS]
     if unknown:
-        raise ValueError(f"`columns` has unknown column(s) {unknown}; expected names from LOG_COLUMNS")
+        raise ValueError(
+            f"`columns` has unknown column(s) {unknown}; expected names from LOG_COLUMNS"
+        )
     return list(columns)
 
 
 class _FileInfo(NamedTuple):
-    kind: str                 # "exact", "compatible", "drifted" or "unreadable"
+    kind: str  # "exact", "compatible", "drifted" or "unreadable"
     rows: int
     problems: tuple[str, ...]
 
@@ -189,9 +195,14 @@ class LogStore:
         return f"LogStore({str(self.root)!r})"
 
     # ------------------------------------------------------------------ writing
-    def append(self, batch: Sequence[LoggedDecision] | pd.DataFrame | pa.Table, *,
-               known_arms: Iterable[str] | None = None, segment: str | None = None,
-               dedupe: str = "store") -> AppendResult:
+    def append(
+        self,
+        batch: Sequence[LoggedDecision] | pd.DataFrame | pa.Table,
+        *,
+        known_arms: Iterable[str] | None = None,
+        segment: str | None = None,
+        dedupe: str = "store",
+    ) -> AppendResult:
         """Validate a batch and write its valid rows durably as one new Parquet file.
 
         Parameters
@@ -229,8 +240,10 @@ class LogStore:
         if segment is not None and not isinstance(segment, str):
             raise TypeError(f"`segment` must be a string or None; got {type(segment).__name__}")
         if segment is not None and not _SEGMENT.fullmatch(segment):
-            raise ValueError(f"`segment` must be 1-200 letters, digits, '_', '.' or '-' (not starting "
-                             f"with '.' or '-'); got {segment!r}")
+            raise ValueError(
+                f"`segment` must be 1-200 letters, digits, '_', '.' or '-' (not starting "
+                f"with '.' or '-'); got {segment!r}"
+            )
         if dedupe not in _DEDUPE:
             raise ValueError(f"`dedupe` must be one of {_DEDUPE}; got {dedupe!r}")
         arms = _arm_set(known_arms)
@@ -238,8 +251,13 @@ class LogStore:
         if name is not None:
             done = sorted(self.root.glob(f"date=*/{name}")) if self.root.is_dir() else []
             if done:
-                return AppendResult(path=str(done[0]), rows_written=0, rows_quarantined=0, reasons={},
-                                    already_written=True)
+                return AppendResult(
+                    path=str(done[0]),
+                    rows_written=0,
+                    rows_quarantined=0,
+                    reasons={},
+                    already_written=True,
+                )
         _claim_root(self.root, SCHEMA_VERSION)
         seen = None
         if dedupe == "store":
@@ -252,10 +270,16 @@ class LogStore:
         qpath = path = None
         if quarantine.num_rows:
             qpath = self.root / "_quarantine" / name
-            if segment is not None and qpath.is_file():      # written by the attempt that died
+            if segment is not None and qpath.is_file():  # written by the attempt that died
                 if not valid.num_rows:
-                    return AppendResult(path=None, rows_written=0, rows_quarantined=0, reasons={},
-                                        quarantine_path=str(qpath), already_written=True)
+                    return AppendResult(
+                        path=None,
+                        rows_written=0,
+                        rows_quarantined=0,
+                        reasons={},
+                        quarantine_path=str(qpath),
+                        already_written=True,
+                    )
             else:
                 _atomic_write(quarantine, qpath, self.root / "_tmp")
         if valid.num_rows:
@@ -264,9 +288,13 @@ class LogStore:
             _atomic_write(table, path, self.root / "_tmp")
             if seen is not None and checked.valid_hashes is not None:
                 seen.add(path, checked.valid_hashes)
-        return AppendResult(path=None if path is None else str(path), rows_written=valid.num_rows,
-                            rows_quarantined=quarantine.num_rows, reasons=checked.validated.reasons,
-                            quarantine_path=None if qpath is None else str(qpath))
+        return AppendResult(
+            path=None if path is None else str(path),
+            rows_written=valid.num_rows,
+            rows_quarantined=quarantine.num_rows,
+            reasons=checked.validated.reasons,
+            quarantine_path=None if qpath is None else str(qpath),
+        )
 
     def cleanup_tmp(self, older_than_s: float = 3600.0) -> int:
         """Remove files under ``root/_tmp`` older than ``older_than_s`` seconds; return how many.
@@ -275,7 +303,11 @@ class LogStore:
         longest append, or a live writer's file may be removed (its append then fails and
         is not acknowledged; no acknowledged batch is ever affected).
         """
-        if isinstance(older_than_s, bool) or not isinstance(older_than_s, (int, float)) or older_than_s < 0:
+        if (
+            isinstance(older_than_s, bool)
+            or not isinstance(older_than_s, (int, float))
+            or older_than_s < 0
+        ):
             raise ValueError(f"`older_than_s` must be a number >= 0; got {older_than_s!r}")
         tmp = self.root / "_tmp"
         removed = 0
@@ -291,13 +323,15 @@ class LogStore:
     def files(self) -> list[Path]:
         """The visible data files, in path order (ingest date, then time of append)."""
         if not self.root.is_dir():
-            raise FileNotFoundError(f"`root` {str(self.root)!r} does not exist or is not a directory")
+            raise FileNotFoundError(
+                f"`root` {str(self.root)!r} does not exist or is not a directory"
+            )
         return _data_files(self.root)
 
     def _file_info(self, path: Path) -> _FileInfo:
         st = path.stat()
         key = (str(path), st.st_size, st.st_mtime_ns)
-        if key not in self._info:           # data files are immutable once visible
+        if key not in self._info:  # data files are immutable once visible
             try:
                 pf = pq.ParquetFile(path)
                 schema, rows = pf.schema_arrow, pf.metadata.num_rows
@@ -316,10 +350,16 @@ class LogStore:
     def __len__(self) -> int:
         return self.count_rows()
 
-    def iter_batches(self, *, batch_rows: int = 65_536, task_type: str | Sequence[str] | None = None,
-                     start: datetime | None = None, end: datetime | None = None,
-                     columns: Sequence[str] | None = None,
-                     known_arms: Iterable[str] | None = None) -> LogStream:
+    def iter_batches(
+        self,
+        *,
+        batch_rows: int = 65_536,
+        task_type: str | Sequence[str] | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        columns: Sequence[str] | None = None,
+        known_arms: Iterable[str] | None = None,
+    ) -> LogStream:
         """Stream the valid rows matching the filters, validated batch by batch.
 
         Parameters
@@ -346,8 +386,10 @@ class LogStore:
         arms = _arm_set(known_arms)
         infos = [(p, self._file_info(p)) for p in self.files()]
 
-        def checked(stream: LogStream, t: pa.Table, source: str | None = None) -> Iterator[pa.Table]:
-            if source is not None:                          # a compatible file: cast, then filter
+        def checked(
+            stream: LogStream, t: pa.Table, source: str | None = None
+        ) -> Iterator[pa.Table]:
+            if source is not None:  # a compatible file: cast, then filter
                 conf = _conform(t)
                 if conf.table is None:
                     reason = "; ".join(conf.problems)
@@ -355,8 +397,8 @@ class LogStore:
                     stream._count(t.num_rows, t.num_rows, dict.fromkeys(conf.problems, t.num_rows))
                     warnings.warn(CorruptFileWarning(source, reason), stacklevel=2)
                     return
-                if expr is not None:                        # keep the raw rows: bad cells are
-                    n = conf.table.num_rows                 # reported by _validate below
+                if expr is not None:  # keep the raw rows: bad cells are
+                    n = conf.table.num_rows  # reported by _validate below
                     keep = conf.table.append_column("__row", pa.array(np.arange(n))).filter(expr)
                     t = t.take(keep.column("__row"))
             if t.num_rows:
@@ -365,8 +407,13 @@ class LogStore:
                 if v.valid.num_rows:
                     yield v.valid.select(cols)
 
-        def guarded(stream: LogStream, path: Path, info: _FileInfo,
-                    tables: Iterator[tuple[pa.Table, int]], cast: bool) -> Iterator[pa.Table]:
+        def guarded(
+            stream: LogStream,
+            path: Path,
+            info: _FileInfo,
+            tables: Iterator[tuple[pa.Table, int]],
+            cast: bool,
+        ) -> Iterator[pa.Table]:
             """Yield the checked tables of one file; a file that breaks off is skipped from there."""
             scanned = 0
             try:
@@ -381,7 +428,7 @@ class LogStore:
                 warnings.warn(CorruptFileWarning(str(path), reason), stacklevel=2)
 
         def row_groups(path: Path, cast: bool) -> Iterator[tuple[pa.Table, int]]:
-            with pq.ParquetFile(path) as pf:              # one row group at a time: flat memory
+            with pq.ParquetFile(path) as pf:  # one row group at a time: flat memory
                 for i in range(pf.num_row_groups):
                     group = pf.read_row_group(i)
                     group = group if cast else group.cast(LOG_SCHEMA)
@@ -390,14 +437,17 @@ class LogStore:
                         yield part, part.num_rows
 
         def scanned(fragment: ds.Fragment) -> Iterator[tuple[pa.Table, int]]:
-            for rb in fragment.to_batches(schema=LOG_SCHEMA, filter=expr, batch_size=batch_rows,
-                                          batch_readahead=2):
+            for rb in fragment.to_batches(
+                schema=LOG_SCHEMA, filter=expr, batch_size=batch_rows, batch_readahead=2
+            ):
                 yield pa.Table.from_batches([rb]), rb.num_rows
 
         def batches(stream: LogStream) -> Iterator[pa.Table]:
             exact = [(p, info) for p, info in infos if info.kind == "exact"]
-            if exact and expr is not None:                # filters pushed down, file by file
-                dataset = ds.dataset([str(p) for p, _ in exact], schema=LOG_SCHEMA, format="parquet")
+            if exact and expr is not None:  # filters pushed down, file by file
+                dataset = ds.dataset(
+                    [str(p) for p, _ in exact], schema=LOG_SCHEMA, format="parquet"
+                )
                 for (p, info), fragment in zip(exact, dataset.get_fragments(), strict=True):
                     yield from guarded(stream, p, info, scanned(fragment), cast=False)
             else:
@@ -408,17 +458,27 @@ class LogStore:
                     yield from guarded(stream, p, info, row_groups(p, cast=True), cast=True)
 
         stream = LogStream(batches)
-        for p, info in infos:                               # drifted files: counted up front
+        for p, info in infos:  # drifted files: counted up front
             if info.kind in ("drifted", "unreadable"):
                 reason = "; ".join(info.problems)
                 stream.skipped_files[str(p)] = reason
-                stream._count(info.rows, info.rows, dict.fromkeys(info.problems, info.rows) if info.rows else {})
+                stream._count(
+                    info.rows,
+                    info.rows,
+                    dict.fromkeys(info.problems, info.rows) if info.rows else {},
+                )
                 warnings.warn(CorruptFileWarning(str(p), reason), stacklevel=2)
         return stream
 
-    def read(self, *, task_type: str | Sequence[str] | None = None, start: datetime | None = None,
-             end: datetime | None = None, columns: Sequence[str] | None = None,
-             known_arms: Iterable[str] | None = None) -> ReadResult:
+    def read(
+        self,
+        *,
+        task_type: str | Sequence[str] | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        columns: Sequence[str] | None = None,
+        known_arms: Iterable[str] | None = None,
+    ) -> ReadResult:
         """Read the valid rows matching the filters into one table.
 
         The filters (see :meth:`iter_batches`) are pushed down to ``pyarrow.dataset``, which
@@ -427,13 +487,26 @@ class LogStore:
         counted, never raised. Raises ``FileNotFoundError`` if ``root`` does not exist,
         ``ValueError`` for a naive ``start``/``end``.
         """
-        stream = self.iter_batches(batch_rows=1 << 20, task_type=task_type, start=start, end=end,
-                                   columns=columns, known_arms=known_arms)
+        stream = self.iter_batches(
+            batch_rows=1 << 20,
+            task_type=task_type,
+            start=start,
+            end=end,
+            columns=columns,
+            known_arms=known_arms,
+        )
         parts = list(stream)
-        schema = pa.schema([LOG_SCHEMA.field(c) for c in _columns_arg(columns)], metadata=LOG_SCHEMA.metadata)
+        schema = pa.schema(
+            [LOG_SCHEMA.field(c) for c in _columns_arg(columns)], metadata=LOG_SCHEMA.metadata
+        )
         table = pa.concat_tables(parts) if parts else schema.empty_table()
-        return ReadResult(table=table, rows_read=stream.rows_read, rows_quarantined=stream.rows_quarantined,
-                          reasons=dict(stream.reasons), skipped_files=dict(stream.skipped_files))
+        return ReadResult(
+            table=table,
+            rows_read=stream.rows_read,
+            rows_quarantined=stream.rows_quarantined,
+            reasons=dict(stream.reasons),
+            skipped_files=dict(stream.skipped_files),
+        )
 
     def to_pandas(self, **filters: Any) -> pd.DataFrame:
         """:meth:`read` as a DataFrame (same keyword filters).
@@ -449,4 +522,3 @@ class LogStore:
             if pa.types.is_integer(table.schema.field(name).type):
                 df[name] = table.column(name).to_pandas(types_mapper=mapper)
         return df
-

@@ -35,17 +35,24 @@ from rtopt_lab.logstore.schema import (
 from rtopt_lab.types import MAX_INDICATORS, MAX_NAME_LENGTH, LoggedDecision
 
 _MEMORY = "<memory>"
-_MIN_US = -62_135_596_800_000_000      # 0001-01-01T00:00:00Z
-_MAX_US = 253_402_300_799_999_999      # 9999-12-31T23:59:59.999999Z
-_TOL = 1e-9                            # arm parameters compared to the catalog's within this
+_MIN_US = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
+_MAX_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
+_TOL = 1e-9  # arm parameters compared to the catalog's within this
 
 #: Reasons of the checks that compare a row with other rows or with the catalog.
 DUPLICATE_IN_BATCH = "duplicate request_id in the batch"
 DUPLICATE_IN_STORE = "request_id already in the store"
 ARM_MISMATCH = "arm_id does not match its parameters"
 FINGERPRINT_MISMATCH = "context_fingerprint does not match the features"
-_PARAM_COLUMNS = ("temperature", "top_p", "max_tokens", "frequency_penalty", "presence_penalty",
-                  "seed", "param_model_name")
+_PARAM_COLUMNS = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "param_model_name",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +72,7 @@ class Validated:
     valid: pa.Table
     quarantine: pa.Table
     reasons: dict[str, int]
+
 
 @dataclass(frozen=True, slots=True)
 class ValidationReport:
@@ -112,30 +120,36 @@ def _control_chars(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
         _, offsets_buf, data_buf = chunk.buffers()[:3]
         if len(chunk) and data_buf is not None:
             width = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
-            offsets = np.frombuffer(offsets_buf, dtype=width)[chunk.offset:chunk.offset + len(chunk) + 1]
-            data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0]:offsets[-1]]
+            offsets = np.frombuffer(offsets_buf, dtype=width)[
+                chunk.offset : chunk.offset + len(chunk) + 1
+            ]
+            data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]]
             pos = np.flatnonzero(data < 32) + offsets[0]
             mask[np.searchsorted(offsets, pos, side="right") - 1] = True
         out.append(mask)
     return np.concatenate(out) if out else np.zeros(0, dtype=bool)
 
 
-def _name_checks(name: str, col: pa.Array | pa.ChunkedArray,
-                 null: np.ndarray | None = None) -> list[tuple[str, np.ndarray]]:
+def _name_checks(
+    name: str, col: pa.Array | pa.ChunkedArray, null: np.ndarray | None = None
+) -> list[tuple[str, np.ndarray]]:
     """Checks of an identifier column, as :func:`rtopt_lab.types._name` does them (nulls pass)."""
     blank = _np(pc.equal(pc.utf8_trim_whitespace(col), ""), False)
     empty = f"missing {name}" if name == "request_id" else f"empty {name}"
     valid = ~_nulls(col)
     return [
         (empty, blank if null is None else blank | null),
-        (f"{name} longer than {MAX_NAME_LENGTH} characters",
-         _np(pc.greater(pc.utf8_length(col), MAX_NAME_LENGTH), False)),
+        (
+            f"{name} longer than {MAX_NAME_LENGTH} characters",
+            _np(pc.greater(pc.utf8_length(col), MAX_NAME_LENGTH), False),
+        ),
         (f"{name} has control characters", valid & _control_chars(col)),
     ]
 
 
-def _check_rows(t: pa.Table, arms: _Arms | None,
-                converted: dict[str, np.ndarray] | None = None) -> list[tuple[str, np.ndarray]]:
+def _check_rows(
+    t: pa.Table, arms: _Arms | None, converted: dict[str, np.ndarray] | None = None
+) -> list[tuple[str, np.ndarray]]:
     """Every failed row check as (reason, boolean mask of failing rows), schema order.
 
     ``converted`` maps a column to the rows whose input value could not be converted
@@ -143,7 +157,7 @@ def _check_rows(t: pa.Table, arms: _Arms | None,
     """
     checks: list[tuple[str, np.ndarray]] = []
     nulls = {name: _nulls(t.column(name)) for name in LOG_COLUMNS}
-    missing = dict(nulls)                   # nulls in the input, not left by a failed conversion
+    missing = dict(nulls)  # nulls in the input, not left by a failed conversion
     for name, mask in (converted or {}).items():
         missing[name] = nulls[name] & ~mask
     for name in LOG_COLUMNS:
@@ -156,27 +170,52 @@ def _check_rows(t: pa.Table, arms: _Arms | None,
         return _np(t.column(name), 0), ~nulls[name]
 
     checks += _name_checks("request_id", t.column("request_id"), missing["request_id"])
-    for name in ("task_type", "model_name", "policy_version", "arm_id", "requested_model", "param_model_name"):
+    for name in (
+        "task_type",
+        "model_name",
+        "policy_version",
+        "arm_id",
+        "requested_model",
+        "param_model_name",
+    ):
         checks += _name_checks(name, t.column(name))
     ts = _np(t.column("timestamp").cast(pa.int64()), 0)
-    checks.append(("timestamp out of range", ~nulls["timestamp"] & ((ts < _MIN_US) | (ts > _MAX_US))))
+    checks.append(
+        ("timestamp out of range", ~nulls["timestamp"] & ((ts < _MIN_US) | (ts > _MAX_US)))
+    )
     v, ok = num("risk_tier")
     checks.append(("risk_tier outside 1-3", ok & ((v < 1) | (v > 3))))
-    for name in ("title_length", "description_length", "acceptance_criteria_count", "scope_files_count",
-                 "max_files", "max_loc", "prompt_tokens", "prior_failures", "seed",
-                 "outcome_prompt_tokens", "completion_tokens"):
+    for name in (
+        "title_length",
+        "description_length",
+        "acceptance_criteria_count",
+        "scope_files_count",
+        "max_files",
+        "max_loc",
+        "prompt_tokens",
+        "prior_failures",
+        "seed",
+        "outcome_prompt_tokens",
+        "completion_tokens",
+    ):
         v, ok = num(name)
         checks.append((f"{name} negative", ok & (v < 0)))
     ind = t.column("complexity_indicators").combine_chunks()
-    checks.append((f"complexity_indicators has more than {MAX_INDICATORS} items",
-                   _np(pc.greater(pc.list_value_length(ind), MAX_INDICATORS), False)))
+    checks.append(
+        (
+            f"complexity_indicators has more than {MAX_INDICATORS} items",
+            _np(pc.greater(pc.list_value_length(ind), MAX_INDICATORS), False),
+        )
+    )
     items = pc.list_flatten(ind)
     item_bad = _nulls(items)
     for _, mask in _name_checks("item", items):
         item_bad |= mask
     row_bad = np.zeros(t.num_rows, dtype=bool)
     row_bad[np.asarray(pc.list_parent_indices(ind).to_numpy(zero_copy_only=False))[item_bad]] = True
-    checks.append(("complexity_indicators has an empty, over-long or control-character item", row_bad))
+    checks.append(
+        ("complexity_indicators has an empty, over-long or control-character item", row_bad)
+    )
     # closed/open intervals written as "not inside", so NaN always fails
     for name, lo, hi, lo_open, reason in (
         ("temperature", 0.0, 2.0, False, "temperature outside [0, 2]"),
@@ -233,7 +272,9 @@ def _fingerprint_mismatch(t: pa.Table, ok: np.ndarray) -> np.ndarray:
         return out
     sub = t if ok.all() else t.filter(pa.array(ok))
     fp = context_fingerprint_frame(sub)
-    stored = np.asarray(sub.column("context_fingerprint").to_numpy(zero_copy_only=False), dtype=np.uint64)
+    stored = np.asarray(
+        sub.column("context_fingerprint").to_numpy(zero_copy_only=False), dtype=np.uint64
+    )
     out[np.flatnonzero(ok)[fp != stored]] = True
     return out
 
@@ -242,8 +283,8 @@ class _Arms(NamedTuple):
     """The known arms: ids, and per-arm parameters when a catalog was given."""
 
     ids: frozenset[str]
-    id_array: pa.Array                           # the ids, in catalog order
-    params: dict[str, Any] | None                # per-arm parameter arrays (a catalog only)
+    id_array: pa.Array  # the ids, in catalog order
+    params: dict[str, Any] | None  # per-arm parameter arrays (a catalog only)
 
 
 def _catalog_params(catalog: Any) -> dict[str, Any] | None:
@@ -251,14 +292,17 @@ def _catalog_params(catalog: Any) -> dict[str, Any] | None:
     if params is None or isinstance(params, (str, bytes)) or not isinstance(params, Sequence):
         return None
     models = sorted({p.model_name for p in params if p.model_name is not None})
-    out: dict[str, Any] = {name: np.array([getattr(p, name) for p in params], dtype=float)
-                           for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty")}
+    out: dict[str, Any] = {
+        name: np.array([getattr(p, name) for p in params], dtype=float)
+        for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty")
+    }
     out["max_tokens"] = np.array([p.max_tokens for p in params], dtype=np.int64)
     out["seed"] = np.array([0 if p.seed is None else p.seed for p in params], dtype=np.int64)
     out["seed_null"] = np.array([p.seed is None for p in params], dtype=bool)
     out["model_names"] = pa.array(models, _STR)
-    out["model_code"] = np.array([-1 if p.model_name is None else models.index(p.model_name)
-                                  for p in params], dtype=np.int64)
+    out["model_code"] = np.array(
+        [-1 if p.model_name is None else models.index(p.model_name) for p in params], dtype=np.int64
+    )
     return out
 
 
@@ -266,7 +310,7 @@ def _arm_set(known_arms: Any) -> _Arms | None:
     """The known arms of ``known_arms`` (ids, or an ArmCatalog: ids and parameters)."""
     if known_arms is None or isinstance(known_arms, _Arms):
         return known_arms
-    arms = getattr(known_arms, "arm_ids", known_arms)     # an ArmCatalog, or ids
+    arms = getattr(known_arms, "arm_ids", known_arms)  # an ArmCatalog, or ids
     if isinstance(arms, (str, bytes)) or not isinstance(arms, Iterable):
         raise TypeError(f"`known_arms` must be an iterable of arm ids; got {known_arms!r}")
     ordered = list(arms)
@@ -275,7 +319,7 @@ def _arm_set(known_arms: Any) -> _Arms | None:
         raise TypeError(f"`known_arms` must hold strings; got {bad[0]!r} ({type(bad[0]).__name__})")
     params = _catalog_params(known_arms) if hasattr(known_arms, "arm_ids") else None
     if params is not None and len(params["max_tokens"]) != len(ordered):
-        params = None                                     # not a catalog after all
+        params = None  # not a catalog after all
     if params is None:
         ordered = sorted(set(ordered))
     return _Arms(frozenset(ordered), pa.array(ordered, _STR), params)
@@ -306,7 +350,7 @@ def _record_json(record: dict[str, Any]) -> str:
     text = json.dumps(_clean(record), ensure_ascii=False, allow_nan=False)
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError:          # a lone surrogate: keep it, as a JSON escape
+    except UnicodeEncodeError:  # a lone surrogate: keep it, as a JSON escape
         text = json.dumps(_clean(record), ensure_ascii=True, allow_nan=False)
     return text
 
@@ -317,24 +361,45 @@ def _records_json(records: Iterable[dict[str, Any]]) -> list[str]:
 
 def _quarantine(source: str, rows: np.ndarray, reasons: pa.Array, records: list[str]) -> pa.Table:
     return pa.Table.from_arrays(
-        [pa.array(np.full(len(rows), source, dtype=object), _STR), pa.array(rows, pa.int64()),
-         reasons, pa.array(records, _STR)], schema=QUARANTINE_SCHEMA)
+        [
+            pa.array(np.full(len(rows), source, dtype=object), _STR),
+            pa.array(rows, pa.int64()),
+            reasons,
+            pa.array(records, _STR),
+        ],
+        schema=QUARANTINE_SCHEMA,
+    )
 
 
 class _Checked(NamedTuple):
     validated: Validated
-    valid_hashes: np.ndarray | None     # request-id hashes of the valid rows (when deduped)
+    valid_hashes: np.ndarray | None  # request-id hashes of the valid rows (when deduped)
 
 
-def _validate(batch: Any, arms: _Arms | None, *, source: str = _MEMORY,
-              row_offset: int = 0, quarantine: bool = True) -> Validated:
+def _validate(
+    batch: Any,
+    arms: _Arms | None,
+    *,
+    source: str = _MEMORY,
+    row_offset: int = 0,
+    quarantine: bool = True,
+) -> Validated:
     """Validate one batch; ``quarantine=False`` skips building the quarantine table (reads)."""
-    return _validate_ids(batch, arms, source=source, row_offset=row_offset, quarantine=quarantine,
-                         dedupe=False).validated
+    return _validate_ids(
+        batch, arms, source=source, row_offset=row_offset, quarantine=quarantine, dedupe=False
+    ).validated
 
 
-def _validate_ids(batch: Any, arms: _Arms | None, *, source: str = _MEMORY, row_offset: int = 0,
-                  quarantine: bool = True, dedupe: bool = True, seen: _IdIndex | None = None) -> _Checked:
+def _validate_ids(
+    batch: Any,
+    arms: _Arms | None,
+    *,
+    source: str = _MEMORY,
+    row_offset: int = 0,
+    quarantine: bool = True,
+    dedupe: bool = True,
+    seen: _IdIndex | None = None,
+) -> _Checked:
     """Validate one batch, with the duplicate checks (in the batch; against ``seen``)."""
     conf = _conform(batch)
     empty_q = QUARANTINE_SCHEMA.empty_table()
@@ -343,16 +408,21 @@ def _validate_ids(batch: Any, arms: _Arms | None, *, source: str = _MEMORY, row_
         q = empty_q
         if quarantine and conf.n_rows:
             label = "; ".join(conf.problems)
-            q = _quarantine(source, np.arange(conf.n_rows) + row_offset,
-                            pa.array(np.full(conf.n_rows, label, dtype=object), _STR),
-                            _records_json(_raw_records(conf.raw)))
+            q = _quarantine(
+                source,
+                np.arange(conf.n_rows) + row_offset,
+                pa.array(np.full(conf.n_rows, label, dtype=object), _STR),
+                _records_json(_raw_records(conf.raw)),
+            )
         return _Checked(Validated(LOG_SCHEMA.empty_table(), q, reasons), None)
     t = conf.table
     converted: dict[str, np.ndarray] = {}
     for cell in conf.cells:
         converted[cell.column] = converted.get(cell.column, False) | cell.mask
     checks = [(c.reason, c.mask) for c in conf.cells] + _check_rows(t, arms, converted)
-    bad = np.logical_or.reduce([m for _, m in checks]) if checks else np.zeros(t.num_rows, dtype=bool)
+    bad = (
+        np.logical_or.reduce([m for _, m in checks]) if checks else np.zeros(t.num_rows, dtype=bool)
+    )
     late = [(FINGERPRINT_MISMATCH, _fingerprint_mismatch(t, ~bad))]
     bad |= late[0][1]
     hashes = None
@@ -362,7 +432,9 @@ def _validate_ids(batch: Any, arms: _Arms | None, *, source: str = _MEMORY, row_
         hashes = _hash_ids(ids.take(pa.array(rows)) if rows.size < t.num_rows else ids)
         late.append((DUPLICATE_IN_BATCH, _later_duplicates(ids, hashes, rows, t.num_rows)))
         if seen is not None:
-            late.append((DUPLICATE_IN_STORE, seen.hits(ids, hashes, rows, t.num_rows) & ~late[-1][1]))
+            late.append(
+                (DUPLICATE_IN_STORE, seen.hits(ids, hashes, rows, t.num_rows) & ~late[-1][1])
+            )
         for _, m in late[1:]:
             bad |= m
         hashes = hashes[~bad[rows]]
@@ -375,9 +447,14 @@ def _validate_ids(batch: Any, arms: _Arms | None, *, source: str = _MEMORY, row_
         rows = np.flatnonzero(bad)
         matrix = np.stack([m[rows] for _, m in checks], axis=1)
         combos, inverse = np.unique(matrix, axis=0, return_inverse=True)
-        labels = ["; ".join(r for (r, _), hit in zip(checks, combo, strict=True) if hit) for combo in combos]
+        labels = [
+            "; ".join(r for (r, _), hit in zip(checks, combo, strict=True) if hit)
+            for combo in combos
+        ]
         reason_col = pa.array(labels, _STR).take(pa.array(np.asarray(inverse).ravel()))
-        q = _quarantine(source, rows + row_offset, reason_col, _records_json(_bad_records(conf, t, rows)))
+        q = _quarantine(
+            source, rows + row_offset, reason_col, _records_json(_bad_records(conf, t, rows))
+        )
     return _Checked(Validated(t.filter(pa.array(~bad)), q, reasons), hashes)
 
 
@@ -387,7 +464,7 @@ def _raw_records(raw: Any) -> list[dict[str, Any]]:
         return raw.to_pylist()
     if isinstance(raw, pd.DataFrame):
         return raw.to_dict("records")
-    cols = raw.columns                                       # decisions, as columns
+    cols = raw.columns  # decisions, as columns
     return [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
 
 
@@ -402,8 +479,12 @@ def _bad_records(conf: _Conformed, t: pa.Table, rows: np.ndarray) -> list[dict[s
     return records
 
 
-def validate_table(batch: Sequence[LoggedDecision] | pd.DataFrame | pa.Table, *,
-                   known_arms: Iterable[str] | None = None, source: str = _MEMORY) -> Validated:
+def validate_table(
+    batch: Sequence[LoggedDecision] | pd.DataFrame | pa.Table,
+    *,
+    known_arms: Iterable[str] | None = None,
+    source: str = _MEMORY,
+) -> Validated:
     """Split a batch into valid rows and quarantined rows with reasons (vectorised checks).
 
     Parameters
@@ -438,8 +519,12 @@ def validate_table(batch: Sequence[LoggedDecision] | pd.DataFrame | pa.Table, *,
 
 
 # --------------------------------------------------------------------------- validate_path
-def validate_path(path: str | os.PathLike[str], *, known_arms: Iterable[str] | None = None,
-                  quarantine_path: str | os.PathLike[str] | None = None) -> ValidationReport:
+def validate_path(
+    path: str | os.PathLike[str],
+    *,
+    known_arms: Iterable[str] | None = None,
+    quarantine_path: str | os.PathLike[str] | None = None,
+) -> ValidationReport:
     """Validate a Parquet file or a log directory and write its rejected rows aside.
 
     Parameters
@@ -497,8 +582,13 @@ def validate_path(path: str | os.PathLike[str], *, known_arms: Iterable[str] | N
                 if drift:
                     skipped[str(f)] = "; ".join(drift)
                 for rb in pf.iter_batches(batch_size=65_536):
-                    checked = _validate_ids(pa.Table.from_batches([rb]), arms, source=str(f),
-                                            row_offset=offset, seen=seen)
+                    checked = _validate_ids(
+                        pa.Table.from_batches([rb]),
+                        arms,
+                        source=str(f),
+                        row_offset=offset,
+                        seen=seen,
+                    )
                     offset += rb.num_rows
                     valid += checked.validated.valid.num_rows
                     reasons.update(checked.validated.reasons)
@@ -507,8 +597,11 @@ def validate_path(path: str | os.PathLike[str], *, known_arms: Iterable[str] | N
                     if checked.valid_hashes is not None:
                         seen.add(f, checked.valid_hashes)
         except (OSError, pa.ArrowException) as exc:
-            skipped[str(f)] = (f"unreadable file after {offset} row(s) ({_short(exc)})" if offset
-                               else f"unreadable file ({_short(exc)})")
+            skipped[str(f)] = (
+                f"unreadable file after {offset} row(s) ({_short(exc)})"
+                if offset
+                else f"unreadable file ({_short(exc)})"
+            )
         rows += offset
     quarantined = rows - valid
     qpath = None
@@ -521,9 +614,16 @@ def validate_path(path: str | os.PathLike[str], *, known_arms: Iterable[str] | N
         detail = f" (top reasons: {top})" if top else ""
         where = f"; rejected rows written to {qpath}" if qpath else ""
         extra = f"; {len(skipped)} unreadable file(s)" if skipped else ""
-        raise ValueError(f"`path` {str(p)!r} has no valid row: {rows} row(s), {quarantined} "
-                         f"quarantined{detail}{extra}{where}")
-    return ValidationReport(path=str(p), rows=rows, valid_rows=valid, quarantined_rows=quarantined,
-                            reasons=dict(reasons), quarantine_path=qpath, skipped_files=skipped)
-
-
+        raise ValueError(
+            f"`path` {str(p)!r} has no valid row: {rows} row(s), {quarantined} "
+            f"quarantined{detail}{extra}{where}"
+        )
+    return ValidationReport(
+        path=str(p),
+        rows=rows,
+        valid_rows=valid,
+        quarantined_rows=quarantined,
+        reasons=dict(reasons),
+        quarantine_path=qpath,
+        skipped_files=skipped,
+    )
