@@ -213,9 +213,15 @@ class OutcomeJournal:
         """The id of the segment being written (see :attr:`JournalSegment.segment_id`)."""
         return f"{self.owner}-{self.seq:06d}"
 
-    def append(self, record: dict[str, Any]) -> None:
-        """Write one record durably (one ``os.write``); raises ``OSError`` if the disk refuses."""
-        data = _encode(record)
+    @staticmethod
+    def encode(record: dict[str, Any]) -> bytes:
+        """One record as the line :meth:`append` writes (encode once, write many times)."""
+        return _encode(record)
+
+    def append(self, record: dict[str, Any] | bytes) -> None:
+        """Write one record (a dict, or a line from :meth:`encode`) durably with one
+        ``os.write``; raises ``OSError`` if the disk refuses."""
+        data = record if isinstance(record, bytes) else _encode(record)
         with self._mutex:
             if self._fd < 0:
                 raise ValueError("the journal is closed")
@@ -226,8 +232,8 @@ class OutcomeJournal:
             if self.fsync:
                 os.fsync(self._fd)
 
-    def rotate(self, carry: Iterable[dict[str, Any]] = ()) -> tuple[int, Path]:
-        """Start the next segment, first writing ``carry`` (records still open) into it.
+    def rotate(self, carry: Iterable[bytes] = ()) -> tuple[int, Path]:
+        """Start the next segment, first writing ``carry`` (encoded records still open) into it.
 
         Returns the closed segment's ``(seq, path)``; the caller writes its rows to the log
         store under its segment id and then calls :meth:`remove`. Until then both segments
@@ -237,7 +243,7 @@ class OutcomeJournal:
             old_seq, old_fd = self.seq, self._fd
             self.seq += 1
             fd = self._open(self.seq)
-            data = b"".join(_encode(r) for r in carry)
+            data = b"".join(carry)
             if data:
                 os.write(fd, data)
                 if self.fsync:

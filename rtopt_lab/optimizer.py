@@ -119,7 +119,7 @@ class _Pending:
     result: SelectionResult
     served_by: str
     row: dict[str, Any]  # the decision's log-row columns
-    line: dict[str, Any]  # its journal record, carried into every new segment
+    line: bytes  # its encoded journal record, carried into every new segment
     reserved: int  # tokens reserved in the budget (0: none)
 
 
@@ -545,6 +545,7 @@ class LLMParameterOptimizer:
         }
         if shadow is not None:
             line["shadow"] = {"version": shadow[0], "dist": shadow[1].tolist()}
+        line = OutcomeJournal.encode(line) if self._journal is not None else b""
         try:
             if self._journal is not None:
                 self._journal.append(line)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from rtopt_lab.compliance import BudgetTracker, ProvenanceLog
@@ -90,17 +91,27 @@ def _rollout(tmp_path, phase):
 
 
 def test_rollout_assignment_and_shadow_logging(sim, candidate, tmp_path):
+    store = LogStore(tmp_path / "log")
     shadow = LLMParameterOptimizer(
         incumbent=FixedPolicy(sim.catalog),
         candidate=candidate,
         rollout=_rollout(tmp_path / "a", "shadow"),
+        log_store=store,
+        shadow_keep=150,
     )
     for i in range(200):
         r = shadow.recommend_parameters(
             "brainstorming", _feat(i, task="brainstorming"), request_id=f"s{i}"
         )
         assert r.phase == "shadow" and r.policy_version == shadow.incumbent.version
-    assert len(shadow.shadow_log) == 200
+        shadow.record_outcome(r.request_id, OUT)
+    assert len(shadow.shadow_log) == 150  # bounded in memory; every one persisted at flush
+    shadow.flush()
+    persisted = pq.read_table(store.root / "_shadow")
+    assert persisted.num_rows == 200 and set(persisted.column("candidate_version").to_pylist()) == {
+        candidate.version
+    }
+    assert len(store) == 200  # the shadow folder is not read as decisions
     _, version, dist = shadow.shadow_log[0]
     assert (
         version == candidate.version

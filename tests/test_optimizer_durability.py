@@ -173,3 +173,24 @@ def test_record_outcome_throughput_is_not_a_timed_test_but_rows_match(sim, tmp_p
     assert t.num_rows == 2_000
     assert pc.all(pc.equal(t.column("completion_tokens"), 400)).as_py()
     assert os.listdir(store.root / "_journal") == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("procs", [4, 8])
+def test_processes_sharing_one_budget_never_pass_its_limit(tmp_path, procs):
+    limit = 200_000
+    db = tmp_path / "budget.db"
+    ps = [_spawn(tmp_path / f"log{i}", str(db), i, 400, limit) for i in range(procs)]
+    acked = blocked = 0
+    for p in ps:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        acked += sum(ln.startswith("ACK ") for ln in out.splitlines())
+        blocked += sum(ln.startswith("BLOCKED ") for ln in out.splitlines())
+    with sqlite3.connect(db) as conn:
+        by_task = dict(conn.execute("SELECT task_type, SUM(tokens) FROM spend GROUP BY task_type"))
+        held = conn.execute("SELECT COALESCE(SUM(tokens_held), 0) FROM leases").fetchone()[0]
+    assert blocked > 0 and acked > 0  # the budget ran out, and was used
+    assert all(v <= limit for v in by_task.values()), by_task
+    assert max(by_task.values()) >= 0.8 * limit  # leases do not strand the budget
+    assert held == 0
