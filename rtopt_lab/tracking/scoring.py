@@ -16,6 +16,7 @@ The model's artifacts go to a temporary folder this process creates and removes 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import tempfile
@@ -113,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        gc.collect()
+        gc.freeze()  # what download and loading left behind is never garbage: keep it out of GC passes
         target = app if args.workers == 1 else "rtopt_lab.tracking.scoring:create_app"
         uvicorn.run(
             target,
