@@ -213,6 +213,7 @@ def start(cmd_env: tuple[Sequence[str], dict[str, str]], **popen) -> subprocess.
     """
     cmd, env = cmd_env
     popen.setdefault("start_new_session", True)
+    popen.setdefault("stdin", subprocess.DEVNULL)  # no terminal to read from in its own session
     return subprocess.Popen(list(cmd), env=env, **popen)
 
 
@@ -323,8 +324,15 @@ class _Stop(BaseException):
         self.signum = signum
 
 
-def _raise_stop(signum, frame):
-    raise _Stop(signum)
+def _stop_handler():
+    raised = []
+
+    def handler(signum, frame):
+        if not raised:  # once: a second signal must not interrupt the clean-up
+            raised.append(signum)
+            raise _Stop(signum)
+
+    return handler
 
 
 def run_foreground(
@@ -354,7 +362,8 @@ def run_foreground(
         When the child exits, or does not answer, before ``health_url`` answers.
     """
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = {s: signal.signal(s, _raise_stop) for s in STOP_SIGNALS} if main_thread else {}
+    handler = _stop_handler()
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS} if main_thread else {}
     proc = None
     try:
         proc = start(cmd_env, **popen)
@@ -375,5 +384,5 @@ def run_foreground(
             if proc is not None:
                 stop(proc, timeout_s=stop_timeout_s)
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+            for s, old in previous.items():
+                signal.signal(s, old)
