@@ -619,3 +619,17 @@ def test_timestamps_of_trends_follow_span(sim):
     small = sim.simulate_log(500, seed=3, start=datetime(2026, 2, 1, tzinfo=UTC), span=timedelta(hours=12))
     tr = d.performance_trends(small, window="3h")
     assert len(tr) == 4 and tr["window_start"].iloc[0] == pd.Timestamp("2026-02-01", tz="UTC")
+
+
+def test_write_report_never_replaces_a_file_it_did_not_write(tmp_path):
+    results = pd.DataFrame({"candidate": ["a"], "estimator": ["dr"], "value": [0.5], "ci_low": [0.4],
+                            "ci_high": [0.6]})
+    mine = d.write_report(tmp_path / "r.html", title="t", results=results)
+    d.write_report(mine, title="again", results=results)          # its own report: replaced
+    other = tmp_path / "notes.html"
+    other.write_text("<p>my notes</p>")
+    with pytest.raises(FileExistsError, match="never replaced"):
+        d.write_report(other, title="t", results=results)
+    assert other.read_text() == "<p>my notes</p>"
+    with pytest.raises(ValueError, match=r"\.html"):
+        d.write_report(tmp_path / "README.md", title="t", results=results)

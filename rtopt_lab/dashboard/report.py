@@ -274,6 +274,7 @@ def render_report(*, title: str, results: pd.DataFrame, gates: Any = None, figur
         "<html lang=\"en\"><head><meta charset=\"utf-8\">",
         f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">",
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+        f"<meta name=\"generator\" content=\"{_GENERATOR}\">",
         f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>",
         f"<header><h1 id=\"title\">{_e(title)}</h1><p class=\"meta\" id=\"generated\">Generated {_e(when)} "
         f"by rtopt-lab</p>{desc}</header><main>",
@@ -285,6 +286,19 @@ def render_report(*, title: str, results: pd.DataFrame, gates: Any = None, figur
         "</main></body></html>",
     ]
     return "\n".join(parts) + "\n"
+
+
+_GENERATOR = "rtopt-lab report"
+
+
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is a report this module wrote (so it may be replaced)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2048)
+    except OSError:
+        return False
+    return f'<meta name="generator" content="{_GENERATOR}">'.encode() in head
 
 
 def write_report(path: str | os.PathLike[str], *, title: str, results: pd.DataFrame, gates: Any = None,
@@ -322,11 +336,24 @@ def write_report(path: str | os.PathLike[str], *, title: str, results: pd.DataFr
     Returns
     -------
     Path
+
+    Raises
+    ------
+    ValueError
+        When ``path`` does not end in ``.html`` or ``.htm``.
+    FileExistsError
+        When ``path`` exists and is not a report written by this function: a report only
+        ever replaces an earlier report, never another file.
     """
+    out = Path(path)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"`path` must name an .html file; got {str(path)!r}")
+    if (out.exists() or out.is_symlink()) and (out.is_symlink() or not out.is_file() or not _ours(out)):
+        raise FileExistsError(f"`path` {str(out)!r} exists and is not an rtopt-lab report: it is never "
+                              "replaced; choose another path or move that file")
     text = render_report(title=title, results=results, gates=gates, figures=figures, extra_tables=extra_tables,
                          phases=phases, estimator=estimator, description=description,
                          generated_at=generated_at, dpi=dpi)
-    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:

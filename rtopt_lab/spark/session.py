@@ -114,14 +114,29 @@ def _log4j_file(level: str) -> str:
             # the interpreter's logger, which Spark compares with the root level at start-up
             "logger.py.name = org.apache.spark.api.python.PythonGatewayServer\n"
             f"logger.py.level = {level.lower()}\n")
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    path = Path(tempfile.gettempdir(), f"rtopt-spark-{uid}-log4j2-{level.lower()}.properties")
+    path = _private_dir() / f"log4j2-{level.lower()}.properties"
     if not path.is_file() or path.read_text() != text:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, path)  # atomic: concurrent sessions never read half a file
     return path.as_uri()
+
+
+_PRIVATE: list[Path] = []
+
+
+def _private_dir() -> Path:
+    """A folder of this process's own (``mkdtemp``, mode 0700), removed at exit: the only
+    place outside the project this module writes to."""
+    if not _PRIVATE:
+        import atexit
+        import shutil
+
+        folder = Path(tempfile.mkdtemp(prefix="rtopt-spark-"))
+        _PRIVATE.append(folder)
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return _PRIVATE[0]
 
 
 def local_session(master: str = "local[2]", *, app_name: str = "rtopt-lab", driver_memory: str = "2g",
