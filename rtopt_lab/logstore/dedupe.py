@@ -31,19 +31,20 @@ def _hash_ids(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 def _later_duplicates(
     ids: pa.ChunkedArray, hashes: np.ndarray, rows: np.ndarray, n: int
-) -> np.ndarray:
-    """Mask of shape (n,): rows among ``rows`` whose id equals the id of an earlier one.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows among ``rows`` whose id equals the id of an earlier one, and the hash order.
 
-    ``hashes[k]`` is the hash of ``ids[rows[k]]``; the first occurrence is kept.
+    ``hashes[k]`` is the hash of ``ids[rows[k]]``; the first occurrence is kept. Returns
+    a mask of shape (n,) and ``order``, the stable argsort of ``hashes``.
     """
     out = np.zeros(n, dtype=bool)
-    if rows.size < 2:
-        return out
     order = np.argsort(hashes, kind="stable")  # stable: earlier rows first
+    if rows.size < 2:
+        return out, order
     sorted_h = hashes[order]
     same = sorted_h[1:] == sorted_h[:-1]
     if not same.any():
-        return out
+        return out, order
     pos = np.arange(1, rows.size)
     start = np.maximum.accumulate(
         np.where(np.concatenate(([True], ~same)), np.arange(rows.size), 0)
@@ -51,7 +52,7 @@ def _later_duplicates(
     later, first = rows[order[pos[same]]], rows[order[start[pos[same]]]]
     equal = pc.equal(ids.take(pa.array(later)), ids.take(pa.array(first)))
     out[later[np.asarray(pc.fill_null(equal, False).to_numpy(zero_copy_only=False))]] = True
-    return out
+    return out, order
 
 
 def _stat_key(path: Path) -> tuple[int, int] | None:
@@ -106,9 +107,11 @@ class _IdIndex:
         hashes: np.ndarray,
         *,
         key: tuple[int, int] | None = None,
+        presorted: bool = False,
     ) -> None:
         """Record the hashes of rows now stored in ``source`` (merged with earlier ones)."""
-        new = np.sort(np.asarray(hashes, dtype=np.uint64))
+        new = np.asarray(hashes, dtype=np.uint64)
+        new = new if presorted else np.sort(new)
         f = str(source)
         key = _stat_key(Path(f)) if key is None else key
         old = self._files.get(f, (key, _EMPTY))[1]

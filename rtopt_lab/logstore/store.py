@@ -287,7 +287,7 @@ class LogStore:
             table = valid.sort_by([("task_type", "ascending"), ("timestamp", "ascending")])
             _atomic_write(table, path, self.root / "_tmp")
             if seen is not None and checked.valid_hashes is not None:
-                seen.add(path, checked.valid_hashes)
+                seen.add(path, checked.valid_hashes, presorted=True)
         return AppendResult(
             path=None if path is None else str(path),
             rows_written=valid.num_rows,

@@ -373,7 +373,7 @@ def _quarantine(source: str, rows: np.ndarray, reasons: pa.Array, records: list[
 
 class _Checked(NamedTuple):
     validated: Validated
-    valid_hashes: np.ndarray | None  # request-id hashes of the valid rows (when deduped)
+    valid_hashes: np.ndarray | None  # sorted request-id hashes of the valid rows (deduped)
 
 
 def _validate(
@@ -430,14 +430,15 @@ def _validate_ids(
         rows = np.flatnonzero(~bad)
         ids = t.column("request_id")
         hashes = _hash_ids(ids.take(pa.array(rows)) if rows.size < t.num_rows else ids)
-        late.append((DUPLICATE_IN_BATCH, _later_duplicates(ids, hashes, rows, t.num_rows)))
+        dup, order = _later_duplicates(ids, hashes, rows, t.num_rows)
+        late.append((DUPLICATE_IN_BATCH, dup))
         if seen is not None:
             late.append(
                 (DUPLICATE_IN_STORE, seen.hits(ids, hashes, rows, t.num_rows) & ~late[-1][1])
             )
         for _, m in late[1:]:
             bad |= m
-        hashes = hashes[~bad[rows]]
+        hashes = hashes[order][~bad[rows[order]]]  # of the valid rows, sorted
     checks += [(r, m) for r, m in late if m.any()]
     if not checks:
         return _Checked(Validated(t, empty_q, {}), hashes)
@@ -595,7 +596,7 @@ def validate_path(
                     if checked.validated.quarantine.num_rows:
                         parts.append(checked.validated.quarantine)
                     if checked.valid_hashes is not None:
-                        seen.add(f, checked.valid_hashes)
+                        seen.add(f, checked.valid_hashes, presorted=True)
         except (OSError, pa.ArrowException) as exc:
             skipped[str(f)] = (
                 f"unreadable file after {offset} row(s) ({_short(exc)})"
