@@ -16,9 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rtopt_lab.logstore._files import _ROW_GROUP, _atomic_file, _atomic_write
+from rtopt_lab.logstore.known import _arm_set
 from rtopt_lab.logstore.schema import LOG_SCHEMA
 from rtopt_lab.logstore.store import LogStore, ReadResult
-from rtopt_lab.logstore.validate import _arm_set, _validate_ids
+from rtopt_lab.logstore.validate import _validate_ids
 from rtopt_lab.types import LoggedDecision
 
 

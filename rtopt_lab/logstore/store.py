@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from rtopt_lab.logstore._files import _atomic_write, _claim_root, _compact_now, _data_files
 from rtopt_lab.logstore.convert import _conform
 from rtopt_lab.logstore.dedupe import _IdIndex
+from rtopt_lab.logstore.known import _arm_set
 from rtopt_lab.logstore.schema import (
     _NULLABLE,
     _STR,
@@ -35,7 +36,7 @@ from rtopt_lab.logstore.schema import (
     _schema_problems,
     _short,
 )
-from rtopt_lab.logstore.validate import _arm_set, _validate, _validate_ids
+from rtopt_lab.logstore.validate import _validate, _validate_ids
 from rtopt_lab.types import SCHEMA_VERSION, LoggedDecision
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")

@@ -3,14 +3,10 @@ for a file or a store (see :mod:`rtopt_lab.logstore` for the reasons and their c
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from datetime import time as dtime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,9 +16,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rtopt_lab.logstore._arrays import _np, _nulls
 from rtopt_lab.logstore._files import _atomic_write, _compact_now, _data_files
-from rtopt_lab.logstore.convert import _conform, _Conformed
+from rtopt_lab.logstore.convert import _conform
 from rtopt_lab.logstore.dedupe import _hash_ids, _IdIndex, _later_duplicates
+from rtopt_lab.logstore.known import (
+    ARM_MISMATCH,
+    FINGERPRINT_MISMATCH,
+    _arm_mismatch,
+    _arm_set,
+    _Arms,
+    _fingerprint_mismatch,
+)
+from rtopt_lab.logstore.records import _bad_records, _quarantine, _raw_records, _records_json
 from rtopt_lab.logstore.schema import (
     _NULLABLE,
     _STR,
@@ -37,22 +43,9 @@ from rtopt_lab.types import MAX_INDICATORS, MAX_NAME_LENGTH, LoggedDecision
 _MEMORY = "<memory>"
 _MIN_US = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
 _MAX_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
-_TOL = 1e-9  # arm parameters compared to the catalog's within this
-
 #: Reasons of the checks that compare a row with other rows or with the catalog.
 DUPLICATE_IN_BATCH = "duplicate request_id in the batch"
 DUPLICATE_IN_STORE = "request_id already in the store"
-ARM_MISMATCH = "arm_id does not match its parameters"
-FINGERPRINT_MISMATCH = "context_fingerprint does not match the features"
-_PARAM_COLUMNS = (
-    "temperature",
-    "top_p",
-    "max_tokens",
-    "frequency_penalty",
-    "presence_penalty",
-    "seed",
-    "param_model_name",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,16 +90,6 @@ class ValidationReport:
 
 
 # --------------------------------------------------------------------------- validation
-def _np(col: pa.Array | pa.ChunkedArray, fill: Any) -> np.ndarray:
-    return np.asarray(pc.fill_null(col, fill).to_numpy(zero_copy_only=False))
-
-
-def _nulls(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    if col.null_count == 0:
-        return np.zeros(len(col), dtype=bool)
-    return np.asarray(col.is_null().to_numpy(zero_copy_only=False))
-
-
 def _control_chars(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Rows holding a character below U+0020, found by scanning the UTF-8 bytes with numpy.
 
@@ -243,134 +226,6 @@ def _check_rows(
     return [(reason, mask) for reason, mask in checks if mask.any()]
 
 
-def _arm_mismatch(t: pa.Table, params: dict[str, np.ndarray], k: np.ndarray) -> np.ndarray:
-    """Rows naming a catalog arm (``k >= 0``) whose parameters differ from that arm's."""
-    known = k >= 0
-    kk = np.where(known, k, 0)
-    bad = np.zeros(t.num_rows, dtype=bool)
-    for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty"):
-        v = _np(t.column(name), np.nan)
-        bad |= ~(np.abs(v - params[name][kk]) <= _TOL)
-    bad |= _np(t.column("max_tokens"), -1).astype(np.int64) != params["max_tokens"][kk]
-    seed_null = _nulls(t.column("seed"))
-    seed = _np(t.column("seed"), 0).astype(np.int64)
-    want_null = params["seed_null"][kk]
-    bad |= (seed_null != want_null) | (~seed_null & (seed != params["seed"][kk]))
-    models = params["model_names"]
-    code = _np(pc.index_in(t.column("param_model_name"), value_set=models), -2).astype(np.int64)
-    code[_nulls(t.column("param_model_name"))] = -1
-    bad |= code != params["model_code"][kk]
-    return known & bad
-
-
-def _fingerprint_mismatch(t: pa.Table, ok: np.ndarray) -> np.ndarray:
-    """Rows among ``ok`` whose ``context_fingerprint`` is not the hash of their features."""
-    from rtopt_lab.features import context_fingerprint_frame
-
-    out = np.zeros(t.num_rows, dtype=bool)
-    if not ok.any():
-        return out
-    sub = t if ok.all() else t.filter(pa.array(ok))
-    fp = context_fingerprint_frame(sub)
-    stored = np.asarray(
-        sub.column("context_fingerprint").to_numpy(zero_copy_only=False), dtype=np.uint64
-    )
-    out[np.flatnonzero(ok)[fp != stored]] = True
-    return out
-
-
-class _Arms(NamedTuple):
-    """The known arms: ids, and per-arm parameters when a catalog was given."""
-
-    ids: frozenset[str]
-    id_array: pa.Array  # the ids, in catalog order
-    params: dict[str, Any] | None  # per-arm parameter arrays (a catalog only)
-
-
-def _catalog_params(catalog: Any) -> dict[str, Any] | None:
-    params = getattr(catalog, "params", None)
-    if params is None or isinstance(params, (str, bytes)) or not isinstance(params, Sequence):
-        return None
-    models = sorted({p.model_name for p in params if p.model_name is not None})
-    out: dict[str, Any] = {
-        name: np.array([getattr(p, name) for p in params], dtype=float)
-        for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty")
-    }
-    out["max_tokens"] = np.array([p.max_tokens for p in params], dtype=np.int64)
-    out["seed"] = np.array([0 if p.seed is None else p.seed for p in params], dtype=np.int64)
-    out["seed_null"] = np.array([p.seed is None for p in params], dtype=bool)
-    out["model_names"] = pa.array(models, _STR)
-    out["model_code"] = np.array(
-        [-1 if p.model_name is None else models.index(p.model_name) for p in params], dtype=np.int64
-    )
-    return out
-
-
-def _arm_set(known_arms: Any) -> _Arms | None:
-    """The known arms of ``known_arms`` (ids, or an ArmCatalog: ids and parameters)."""
-    if known_arms is None or isinstance(known_arms, _Arms):
-        return known_arms
-    arms = getattr(known_arms, "arm_ids", known_arms)  # an ArmCatalog, or ids
-    if isinstance(arms, (str, bytes)) or not isinstance(arms, Iterable):
-        raise TypeError(f"`known_arms` must be an iterable of arm ids; got {known_arms!r}")
-    ordered = list(arms)
-    bad = [a for a in ordered if not isinstance(a, str)]
-    if bad:
-        raise TypeError(f"`known_arms` must hold strings; got {bad[0]!r} ({type(bad[0]).__name__})")
-    params = _catalog_params(known_arms) if hasattr(known_arms, "arm_ids") else None
-    if params is not None and len(params["max_tokens"]) != len(ordered):
-        params = None  # not a catalog after all
-    if params is None:
-        ordered = sorted(set(ordered))
-    return _Arms(frozenset(ordered), pa.array(ordered, _STR), params)
-
-
-def _clean(v: Any) -> Any:
-    """A JSON-ready copy of a value: non-finite floats as strings, dates in ISO format."""
-    if v is None or v is pd.NA or v is pd.NaT or isinstance(v, (str, bool, int)):
-        return None if v is pd.NA or v is pd.NaT else v
-    if isinstance(v, float):
-        return v if math.isfinite(v) else repr(v)
-    if isinstance(v, (datetime, date, dtime)):
-        return v.isoformat()
-    if isinstance(v, np.ndarray):
-        return [_clean(x) for x in v.tolist()]
-    if isinstance(v, np.generic):
-        return _clean(v.item())
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, bytes):
-        return v.hex()
-    return str(v)
-
-
-def _record_json(record: dict[str, Any]) -> str:
-    text = json.dumps(_clean(record), ensure_ascii=False, allow_nan=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: keep it, as a JSON escape
-        text = json.dumps(_clean(record), ensure_ascii=True, allow_nan=False)
-    return text
-
-
-def _records_json(records: Iterable[dict[str, Any]]) -> list[str]:
-    return [_record_json(r) for r in records]
-
-
-def _quarantine(source: str, rows: np.ndarray, reasons: pa.Array, records: list[str]) -> pa.Table:
-    return pa.Table.from_arrays(
-        [
-            pa.array(np.full(len(rows), source, dtype=object), _STR),
-            pa.array(rows, pa.int64()),
-            reasons,
-            pa.array(records, _STR),
-        ],
-        schema=QUARANTINE_SCHEMA,
-    )
-
-
 class _Checked(NamedTuple):
     validated: Validated
     valid_hashes: np.ndarray | None  # sorted request-id hashes of the valid rows (deduped)
@@ -457,27 +312,6 @@ def _validate_ids(
             source, rows + row_offset, reason_col, _records_json(_bad_records(conf, t, rows))
         )
     return _Checked(Validated(t.filter(pa.array(~bad)), q, reasons), hashes)
-
-
-def _raw_records(raw: Any) -> list[dict[str, Any]]:
-    """Every row of a drifted batch as a dict (its own columns, as given)."""
-    if isinstance(raw, pa.Table):
-        return raw.to_pylist()
-    if isinstance(raw, pd.DataFrame):
-        return raw.to_dict("records")
-    cols = raw.columns  # decisions, as columns
-    return [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
-
-
-def _bad_records(conf: _Conformed, t: pa.Table, rows: np.ndarray) -> list[dict[str, Any]]:
-    """The quarantined rows; a cell that could not be converted keeps its input value."""
-    records = t.take(pa.array(rows)).to_pylist()
-    if conf.cells and conf.raw_value is not None:
-        where = {int(r): k for k, r in enumerate(rows)}
-        for cell in conf.cells:
-            for r in np.flatnonzero(cell.mask):
-                records[where[int(r)]][cell.column] = conf.raw_value(cell.column, int(r))
-    return records
 
 
 def validate_table(
