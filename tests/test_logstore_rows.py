@@ -433,3 +433,27 @@ def test_segment_iv(tmp_path, log):
     with pytest.raises(TypeError, match="`segment` must be a string"):
         store.append(log.slice(0, 1), segment=42)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_rows_as_mappings_quarantine_a_lone_surrogate(tmp_path, log):
+    rows = log.slice(0, 20).to_pylist()  # what a service buffers: one dict per decision
+    rows[6]["request_id"] = "req-\ud800"
+    rows[7]["quality"] = "good"
+    del rows[8]["reward"]
+    res = LogStore(tmp_path).append(rows)
+    assert res.rows_written == 17 and res.reasons == {
+        "column 'request_id' has text that is not valid UTF-8": 1,
+        "column 'quality' has a value that cannot be converted to double": 1,
+        "null in required column 'reward'": 1,
+    }
+    by_row = {q["row"]: json.loads(q["record_json"]) for q in quarantined(res)}
+    assert by_row[6]["request_id"] == "req-\ud800" and by_row[7]["quality"] == "good"
+    assert (
+        LogStore(tmp_path)
+        .read()
+        .table.equals(
+            to_table(log.slice(0, 20).take([i for i in range(20) if i not in (6, 7, 8)])).sort_by(
+                [("task_type", "ascending"), ("timestamp", "ascending")]
+            )
+        )
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -181,7 +181,7 @@ class _Conformed(NamedTuple):
 
 
 class _Decisions(NamedTuple):
-    """A batch of decisions as columns of Python values (see :func:`_decision_columns`)."""
+    """A batch (decisions, or row mappings) as columns of Python values, one per LOG_COLUMNS."""
 
     columns: dict[str, list[Any]]
 
@@ -337,7 +337,10 @@ def _conform(batch: Any) -> _Conformed:
             f"Table; got {type(batch).__name__}"
         )
     else:
-        return _conform(_Decisions(_decision_columns(batch)))
+        items = batch if isinstance(batch, Sequence) else list(batch)
+        if items and all(isinstance(r, Mapping) for r in items):  # rows as mappings
+            return _conform(_Decisions({c: [r.get(c) for r in items] for c in LOG_COLUMNS}))
+        return _conform(_Decisions(_decision_columns(items)))
     arrays, cells = [], []
     for f in LOG_SCHEMA if not problems else ():
         col, problem, bad = _tolerant(f.name, n, converters[f.name], f.type)
@@ -357,8 +360,9 @@ def to_table(batch: Sequence[LoggedDecision] | pd.DataFrame | pa.Table) -> pa.Ta
 
     Parameters
     ----------
-    batch : list of LoggedDecision, pandas.DataFrame or pyarrow.Table
-        A frame or table needs every column of :data:`LOG_COLUMNS` (extra columns are
+    batch : list of LoggedDecision or of row mappings, pandas.DataFrame or pyarrow.Table
+        Row mappings are keyed by :data:`LOG_COLUMNS` (a missing key is a null, extra keys
+        are dropped). A frame or table needs every column of :data:`LOG_COLUMNS` (extra columns are
         dropped) with a compatible type: numbers of any width (values must fit; NaN in a
         float column of a nullable integer becomes null), strings, tz-aware timestamps.
 

@@ -208,7 +208,7 @@ class LogStore:
 
         Parameters
         ----------
-        batch : list of LoggedDecision, pandas.DataFrame or pyarrow.Table
+        batch : list of LoggedDecision or of row mappings (keyed by LOG_COLUMNS), DataFrame or Table
         known_arms : iterable of str or ArmCatalog, optional
             Arm ids a row may name (see :func:`validate_table`); with an ArmCatalog, each
             row's parameters must also be its arm's.

@@ -324,7 +324,7 @@ def validate_table(
 
     Parameters
     ----------
-    batch : list of LoggedDecision, pandas.DataFrame or pyarrow.Table
+    batch : list of LoggedDecision or of row mappings (keyed by LOG_COLUMNS), DataFrame or Table
     known_arms : iterable of str, or an object with ``arm_ids`` (an ArmCatalog), optional
         When given, a row whose ``arm_id`` is not among them fails with ``"unknown arm_id"``;
         with an ArmCatalog, a row whose parameters differ from its arm's fails with
