@@ -196,7 +196,8 @@ _DRIVER = textwrap.dedent("""
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         if mode == "dies":
-            cmd = [sys.executable, "-c", "import sys; sys.exit(3)"]
+            cmd = [sys.executable, "-c", "import sys; sys.stderr.write('starting\\\\nTraceback (most recent "
+                   "call last):\\\\n  ...\\\\nValueError: no model in general\\\\n'); sys.exit(3)"]
         else:   # a server that spawns a helper, as mlflow ui spawns uvicorn
             cmd = [sys.executable, "-c", "import subprocess, sys; subprocess.Popen([sys.executable, '-c', "
                    "'import time; time.sleep(120)']); import http.server as h; "
@@ -222,6 +223,7 @@ def test_run_foreground_stops_the_whole_group_on_each_signal_and_any_exit(tmp_pa
         cwd=tmp_path,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=dict(os.environ, PYTHONPATH=str(REPO)),
     )
@@ -245,18 +247,22 @@ def test_run_foreground_stops_the_whole_group_on_each_signal_and_any_exit(tmp_pa
             assert group_members(child) == (), mode
             assert not any(_alive(p) for p in members), mode
             assert not _accepts(port), mode
-        line = (
-            proc.stdout.readline().strip()
-        )  # the server that dies first: reported, never announced
+        # the server that dies first: reported, never announced
+        line = proc.stdout.readline().strip()
         assert line.startswith(
             "FAILED the server exited with code 3 before answering http://127.0.0.1:"
         )
+        assert line.endswith(": ValueError: no model in general")  # its last line is the reason
         assert proc.wait(timeout=30) == 0
+        err = proc.stderr.read()
+        assert "Traceback" not in err and "starting" not in err  # held back, never shown
+        assert '"GET / HTTP/1.1" 200' in err  # a live server's log is streamed
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.stdin.close()
         proc.stdout.close()
+        proc.stderr.close()
 
 
 # --------------------------------------------------------------------------- real MLflow

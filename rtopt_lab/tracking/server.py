@@ -20,6 +20,7 @@ them to answer, and stops them, every process of them.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
@@ -316,6 +317,52 @@ def wait_until_up(
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
 
 
+class _StartupRelay:
+    """A child's stderr, held back until it answers, then streamed to ours.
+
+    Start-up logs and tracebacks of a server that never answers are not shown; its last
+    line becomes the reason in the one line :func:`run_foreground` raises with.
+    """
+
+    def __init__(self, stream, out=None):
+        self._stream, self._out = stream, out if out is not None else sys.stderr
+        self._held: collections.deque[str] = collections.deque(maxlen=500)
+        self._live = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._pump, name="server-stderr", daemon=True)
+        self._thread.start()
+
+    def _write(self, line: str) -> None:
+        with contextlib.suppress(OSError, ValueError):  # our stderr closed: the line is lost
+            self._out.write(line)
+            self._out.flush()
+
+    def _pump(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            for line in self._stream:
+                with self._lock:
+                    if self._live:
+                        self._write(line)
+                    else:
+                        self._held.append(line)
+
+    def go_live(self) -> None:
+        with self._lock:
+            for line in self._held:
+                self._write(line)
+            self._held.clear()
+            self._live = True
+
+    def last_line(self, wait_s: float = 2.0) -> str:
+        self._thread.join(wait_s)
+        with self._lock:
+            lines = [ln.strip() for ln in self._held if ln.strip()]
+        return lines[-1] if lines else ""
+
+    def close(self, wait_s: float = 2.0) -> None:
+        self._thread.join(wait_s)
+
+
 class _Stop(BaseException):
     """Raised by the signal handler of :func:`run_foreground` (a BaseException, like Ctrl-C)."""
 
@@ -349,6 +396,8 @@ def run_foreground(
     Starts the child (:func:`start`), waits until ``health_url`` answers, then calls
     ``on_up`` (which prints the address) and waits. SIGTERM, SIGINT and SIGHUP stop the
     whole process group (:func:`stop`); so does leaving this function any other way.
+    Unless ``popen`` sets ``stderr``, the child's stderr is held back until it answers and
+    then streamed to ours; if it never answers, its last line ends the error message.
 
     Returns
     -------
@@ -359,19 +408,29 @@ def run_foreground(
     Raises
     ------
     RuntimeError, TimeoutError
-        When the child exits, or does not answer, before ``health_url`` answers.
+        When the child exits, or does not answer, before ``health_url`` answers (one
+        line, ending with the child's last line on stderr).
     """
     main_thread = threading.current_thread() is threading.main_thread()
     handler = _stop_handler()
     previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS} if main_thread else {}
-    proc = None
+    proc = relay = None
+    if "stderr" not in popen:
+        popen.update(stderr=subprocess.PIPE, text=True, errors="replace")
     try:
         proc = start(cmd_env, **popen)
-        wait_until_up(health_url, proc=proc, timeout_s=timeout_s)
-        if proc.poll() is not None:  # something else answered on the port
-            raise RuntimeError(
-                f"the server exited with code {proc.returncode} before answering {health_url}"
-            )
+        relay = _StartupRelay(proc.stderr) if proc.stderr is not None else None
+        try:
+            wait_until_up(health_url, proc=proc, timeout_s=timeout_s)
+            if proc.poll() is not None:  # something else answered on the port
+                raise RuntimeError(
+                    f"the server exited with code {proc.returncode} before answering {health_url}"
+                )
+        except (RuntimeError, TimeoutError) as exc:
+            why = relay.last_line() if relay is not None else ""
+            raise type(exc)(f"{exc}: {why}" if why else str(exc)) from None
+        if relay is not None:
+            relay.go_live()
         on_up()
         code = proc.wait()
         return code if code > 0 else 1
@@ -383,6 +442,8 @@ def run_foreground(
         try:
             if proc is not None:
                 stop(proc, timeout_s=stop_timeout_s)
+            if relay is not None:
+                relay.close()
         finally:
             for s, old in previous.items():
                 signal.signal(s, old)
