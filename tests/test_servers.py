@@ -115,6 +115,12 @@ def test_server_arguments_iv():
         HostGuard(None, "127.0.0.1:5000")
     with pytest.raises(ValueError, match="`allowed_hosts`"):
         HostGuard(None, [])
+    with pytest.raises(TypeError, match="`proc`"):
+        stop(os.getpid())
+    quick = subprocess.Popen([sys.executable, "-c", "pass"])
+    with pytest.raises(ValueError, match="`timeout_s`"):
+        stop(quick, timeout_s=-1)
+    quick.wait()
 
 
 def test_host_guard_refuses_foreign_and_missing_hosts():
@@ -377,6 +383,12 @@ def test_serve_announces_when_up_guards_host_and_stops_on_sigterm(store, sim):
         assert _get(port, "/ping", host=f"localhost:{port}")[0] == 200
         (child,) = _children(proc.pid)
         assert group_members(child)
+        busy = _rtopt("ui", "--tracking-uri", uri, "--port", str(port), cwd=root)
+        out, err = busy.communicate(timeout=120)
+        assert busy.returncode == 1 and out == ""
+        assert err.strip().splitlines() == [
+            f"rtopt: port {port} on 127.0.0.1 is in use; choose another with --port"
+        ]
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)

@@ -271,6 +271,12 @@ def stop(proc: subprocess.Popen, *, timeout_s: float = 10.0) -> bool:
     bool
         True when every process exited on SIGTERM; False when SIGKILL was needed.
     """
+    if not isinstance(proc, subprocess.Popen):
+        raise TypeError(
+            f"`proc` must be a subprocess.Popen from `start`; got {type(proc).__name__}"
+        )
+    if not isinstance(timeout_s, int | float) or isinstance(timeout_s, bool) or not timeout_s >= 0:
+        raise ValueError(f"`timeout_s` must be a number >= 0 of seconds; got {timeout_s!r}")
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)  # in case the caller did not start a new session
