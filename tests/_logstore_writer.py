@@ -1,6 +1,8 @@
 """Append batches to a LogStore in a loop; run as a subprocess by the crash and concurrency tests.
 
-Usage: ``python _logstore_writer.py ROOT RUN N_BATCHES`` (``N_BATCHES`` 0 = until killed).
+Usage: ``python _logstore_writer.py ROOT RUN N_BATCHES [--segments]`` (``N_BATCHES`` 0 =
+until killed). With ``--segments`` every start replays batches 0, 1, ... of ``RUN`` under
+segment ids ``r{run:03d}-b{batch:05d}`` (``dedupe="off"``), as a journal replay would.
 
 Prints, each line flushed: ``READY`` once imports are done; ``BEGIN <batch> <n_valid>`` just
 before an append; ``ACK <batch> <first_request_id> <rows_written>`` only after ``append``
@@ -86,13 +88,17 @@ def build_batch(run: int, batch: int) -> tuple[pa.Table, int]:
 
 def main(argv: list[str]) -> int:
     root, run, n_batches = argv[0], int(argv[1]), int(argv[2])
+    replay = argv[3:] == ["--segments"]  # a journal replay: batch b is segment r{run}-b{b}
     store = LogStore(root)
     print("READY", flush=True)
     batch = 0
     while n_batches == 0 or batch < n_batches:
         table, n_valid = build_batch(run, batch)
         print(f"BEGIN {batch} {n_valid}", flush=True)
-        result = store.append(table)
+        if replay:  # dedupe off: only the segment makes the replay exactly-once
+            result = store.append(table, segment=batch_prefix(run, batch), dedupe="off")
+        else:
+            result = store.append(table)
         print(f"ACK {batch} {table['request_id'][0]} {result.rows_written}", flush=True)
         batch += 1
     return 0
