@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 app = create_app()
         except Exception as exc:  # one line for the operator, not a traceback
             print(
-                f"rtopt serve: cannot load {args.model_uri}: {type(exc).__name__}: {exc}",
+                f"cannot load {args.model_uri}: {type(exc).__name__}: {exc}",
                 file=sys.stderr,
             )
             return 2
