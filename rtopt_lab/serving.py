@@ -91,7 +91,8 @@ def _select(policy: BasePolicy, row: Mapping[str, Any], guard: Any = None) -> Se
     """
     rid = row.get("request_id")
     rid = None if _missing(rid) else rid
-    present = {k: v for k, v in row.items() if k != "request_id" and not _missing(v)}
+    # columns that are not features are ignored (as from_record does), also in the fallback
+    present = {k: row[k] for k in FEATURE_COLUMNS if k in row and not _missing(row[k])}
     try:
         features: TaskFeatures | Mapping[str, Any] = TaskFeatures.from_record(present)
     except Exception:

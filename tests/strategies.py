@@ -9,8 +9,8 @@ serving paths that must never raise and never leave their masks:
   bytes, None, floats with NaN, lists, dicts);
 - :data:`hostile_values`: a value of any wrong type or range for a feature field (NaN,
   inf, negative and huge ints, strings, bytes, nested objects, numpy scalars);
-- :data:`hostile_feature_dicts`: a well-formed feature mapping with keys dropped, extra
-  keys added and values replaced by hostile ones; :data:`hostile_features` also gives
+- :data:`hostile_feature_dicts`: a well-formed feature mapping (:data:`plain_feature_dicts`)
+  with keys dropped, extra keys added and values replaced by hostile ones; :data:`hostile_features` also gives
   TaskFeatures, plain dicts and non-mappings;
 - :func:`masks` (boolean masks of K arms, all-False included) and :func:`hostile_masks`
   (also wrong dtype, wrong shape and non-arrays);
@@ -63,7 +63,7 @@ hostile_strings = st.one_of(
     st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=31), min_size=1, max_size=20),
     st.sampled_from(["\ud800", "req-\udfff", "\x00", "a\x00b", "\x7f", "\u202e"]),
     st.text(alphabet=st.characters(categories=("Cs",)), min_size=1, max_size=5),  # lone surrogates
-    st.text(min_size=129, max_size=400),  # over-long
+    st.builds(lambda s, n: (s * n)[:n], names, st.integers(129, 2_000)),  # over-long
     st.integers(129, 100_000).map(lambda n: "x" * n),
 )
 
@@ -104,22 +104,43 @@ hostile_values = st.one_of(
     st.binary(max_size=8),
     _nested,
     st.sampled_from([np.int64(2), np.float64("nan"), np.bool_(True), np.int32(-1)]),
-    st.lists(names, min_size=65, max_size=70),  # too many indicators
+    st.integers(65, 10_000).map(lambda n: [f"i{j}" for j in range(n)]),  # too many indicators
     st.lists(hostile_strings, min_size=1, max_size=3),
+)
+
+
+_tags = st.sampled_from(("api_integration", "concurrency", "security", "ui", "migration", "perf"))
+#: well-formed feature mappings, cheap to draw (few text draws): the base hostile dicts mutate
+plain_feature_dicts = st.fixed_dictionaries(
+    {
+        "task_type": st.sampled_from(DEFAULT_TASK_TYPES),
+        "risk_tier": st.integers(1, 3),
+        "title_length": st.integers(0, 10_000),
+        "description_length": st.integers(0, 2**31 - 1),
+        "acceptance_criteria_count": st.integers(0, 100),
+        "scope_files_count": st.integers(0, 1000),
+        "max_files": st.integers(0, 1000),
+        "max_loc": st.integers(0, 10**7),
+        "has_external_deps": st.booleans(),
+        "complexity_indicators": st.lists(_tags, max_size=4),
+        "model_name": st.sampled_from([None, "gpt-4o-mini", "gpt-4o"]),
+        "prompt_tokens": st.none() | st.integers(0, 10**6),
+        "prior_failures": st.none() | st.integers(0, 50),
+    }
 )
 
 
 @st.composite
 def hostile_feature_dicts(draw) -> dict:
     """A feature mapping: well-formed, then keys dropped, extra keys added, values replaced."""
-    base = draw(features_st).to_dict()
+    base = draw(plain_feature_dicts)
     base["task_type"] = draw(task_types)
     drop = draw(st.sets(st.sampled_from(FEATURE_FIELDS), max_size=4))
     out = {k: v for k, v in base.items() if k not in drop}
     bad = draw(st.sets(st.sampled_from(FEATURE_FIELDS), max_size=3))
     for k in sorted(bad):
         out[k] = draw(hostile_values)
-    if draw(st.booleans()) and draw(st.booleans()):
+    if draw(st.integers(0, 3)) == 0:
         out[draw(names.filter(lambda s: s not in FEATURE_FIELDS))] = draw(hostile_values)
     return out
 
@@ -138,7 +159,7 @@ hostile_features = st.one_of(
 def masks(k: int) -> st.SearchStrategy:
     """Boolean arrays of shape (k,): random, all-False, all-True and one-hot."""
     one_hot = st.integers(0, k - 1).map(lambda i: np.arange(k) == i)
-    rand = st.lists(st.booleans(), min_size=k, max_size=k).map(lambda v: np.array(v, dtype=bool))
+    rand = st.integers(0, 2**k - 1).map(lambda b: np.array([(b >> j) & 1 for j in range(k)], bool))
     sparse = st.sets(st.integers(0, k - 1), max_size=4).map(
         lambda s: np.isin(np.arange(k), list(s))
     )
@@ -176,7 +197,7 @@ def hostile_records(draw) -> dict:
     Values are what JSON or pandas can carry: NaN for a missing number, None, lists.
     """
     if draw(st.booleans()):
-        rec = draw(features_st).to_dict()
+        rec = draw(plain_feature_dicts)
         rec["task_type"] = draw(st.sampled_from(DEFAULT_TASK_TYPES) | names)
     else:
         rec = draw(hostile_feature_dicts())
