@@ -133,9 +133,9 @@ def test_adopt_incumbent_then_tag_and_roll_back_to_it(sim, tmp_path):
         adopt_incumbent(FixedPolicy(sim.catalog), experiment_id=eid, uri=uri, provenance=prov)
     v2 = register_policy(UniformRandom(sim.catalog), experiment_id=eid, uri=uri, provenance=prov).version
     written = tag_version("rtopt-policy", v2, uri=uri, gate_verdicts={"all": {"status": "pass"}},
-                          tags={"ope.lower_bound": 0.01})
+                          tags={"ope.lower_bound": 0.01}, provenance=prov)
     assert written["gates.status"] == "pass" and written["ope.lower_bound"] == "0.01"
-    assert "gates.status" not in tag_version("rtopt-policy", v2, uri=uri, tags={"note": "x"})
+    assert "gates.status" not in tag_version("rtopt-policy", v2, uri=uri, tags={"note": "x"}, provenance=prov)
     for to in ("shadow", "canary", "guarded", "general"):
         promote("rtopt-policy", v2, to, uri=uri, provenance=prov)
     rb = rollback("rtopt-policy", phase="general", uri=uri, provenance=prov, reason="test")
