@@ -24,6 +24,7 @@ import pytest
 from rtopt_lab import cli
 from rtopt_lab.features import context_fingerprint
 from rtopt_lab.logstore import (
+    LOG_COLUMNS,
     MARKER,
     CorruptFileWarning,
     LogStore,
@@ -456,4 +457,21 @@ def test_rows_as_mappings_quarantine_a_lone_surrogate(tmp_path, log):
                 [("task_type", "ascending"), ("timestamp", "ascending")]
             )
         )
+    )
+
+
+def test_file_with_columns_in_another_order_is_read(tmp_path, log):
+    store = LogStore(tmp_path)
+    store.append(log.slice(0, 10))
+    assert log.column_names != list(LOG_COLUMNS)  # the simulator's own order
+    foreign = log.slice(10, 30).append_column("extra", pa.array(range(30)))
+    pq.write_table(foreign, store.files()[0].parent / "part-foreign.parquet")
+    full, some = store.read(), store.read(task_type="summarization")
+    assert full.table.num_rows == 40 and full.skipped_files == {}
+    expected = to_table(log.slice(0, 40))
+    assert sorted(full.table["request_id"].to_pylist()) == sorted(
+        expected["request_id"].to_pylist()
+    )
+    assert some.table.num_rows == sum(
+        t == "summarization" for t in expected["task_type"].to_pylist()
     )

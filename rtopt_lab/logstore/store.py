@@ -43,6 +43,8 @@ _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
 _DEDUPE = ("store", "batch", "off")
 #: Reason under which the rows of a file that broke off mid-read are counted.
 UNREADABLE = "unreadable file"
+#: What reading a damaged file raises (pyarrow raises ValueError for some schema mix-ups).
+_READ_ERRORS = (OSError, pa.ArrowException, ValueError)
 
 
 class CorruptFileWarning(UserWarning):
@@ -421,7 +423,7 @@ class LogStore:
                 for t, rows in tables:
                     scanned += rows
                     yield from checked(stream, t, str(path) if cast else None)
-            except (OSError, pa.ArrowException) as exc:
+            except _READ_ERRORS as exc:
                 reason = f"unreadable file after {scanned} row(s) ({_short(exc)})"
                 left = max(info.rows - scanned, 0)
                 stream.skipped_files[str(path)] = reason
@@ -432,7 +434,8 @@ class LogStore:
             with pq.ParquetFile(path) as pf:  # one row group at a time: flat memory
                 for i in range(pf.num_row_groups):
                     group = pf.read_row_group(i)
-                    group = group if cast else group.cast(LOG_SCHEMA)
+                    if not cast:  # by name: the file's order and extra columns do not matter
+                        group = group.select(list(LOG_COLUMNS)).cast(LOG_SCHEMA)
                     for lo in range(0, group.num_rows, batch_rows):
                         part = group.slice(lo, batch_rows)
                         yield part, part.num_rows
@@ -443,14 +446,45 @@ class LogStore:
             ):
                 yield pa.Table.from_batches([rb]), rb.num_rows
 
+        def filtered(stream: LogStream, group: list[tuple[Path, _FileInfo]]) -> Iterator[pa.Table]:
+            """Pushed-down scan of a group of small files at once, file by file if one fails.
+
+            A group holds at most ``batch_rows`` rows (or one larger file) and is read whole
+            before anything is yielded, so a bad file never leaves half a group behind.
+            """
+            dataset = ds.dataset([str(p) for p, _ in group], schema=LOG_SCHEMA, format="parquet")
+            if len(group) > 1:
+                try:
+                    scanner = dataset.scanner(
+                        filter=expr, batch_size=batch_rows, batch_readahead=2, fragment_readahead=4
+                    )
+                    parts = list(scanner.to_batches())
+                except _READ_ERRORS:
+                    parts = None
+                if parts is not None:
+                    for rb in parts:
+                        yield from checked(stream, pa.Table.from_batches([rb]))
+                    return
+            for (p, info), fragment in zip(group, dataset.get_fragments(), strict=True):
+                yield from guarded(stream, p, info, scanned(fragment), cast=False)
+
+        def groups(files: list[tuple[Path, _FileInfo]]) -> Iterator[list[tuple[Path, _FileInfo]]]:
+            group: list[tuple[Path, _FileInfo]] = []
+            rows = 0
+            for p, info in files:
+                if group and rows + info.rows > batch_rows:
+                    yield group
+                    group, rows = [], 0
+                group.append((p, info))
+                rows += info.rows
+            if group:
+                yield group
+
         def batches(stream: LogStream) -> Iterator[pa.Table]:
             exact = [(p, info) for p, info in infos if info.kind == "exact"]
-            if exact and expr is not None:  # filters pushed down, file by file
-                dataset = ds.dataset(
-                    [str(p) for p, _ in exact], schema=LOG_SCHEMA, format="parquet"
-                )
-                for (p, info), fragment in zip(exact, dataset.get_fragments(), strict=True):
-                    yield from guarded(stream, p, info, scanned(fragment), cast=False)
+            if exact and expr is not None:  # filters pushed down
+                for group in groups(exact):
+                    yield from filtered(stream, group)
             else:
                 for p, info in exact:
                     yield from guarded(stream, p, info, row_groups(p, cast=False), cast=False)
