@@ -475,3 +475,16 @@ def test_file_with_columns_in_another_order_is_read(tmp_path, log):
     assert some.table.num_rows == sum(
         t == "summarization" for t in expected["task_type"].to_pylist()
     )
+
+
+def test_symlinked_root_is_judged_by_its_target(tmp_path, log):
+    (tmp_path / "disk" / "log").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "disk" / "log")
+    assert LogStore(tmp_path / "link").append(log.slice(0, 4)).rows_written == 4
+    assert (tmp_path / "disk" / "log" / MARKER).is_file()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x.txt").write_text("mine")
+    (tmp_path / "link2").symlink_to(tmp_path / "busy")
+    with pytest.raises(ValueError, match="is not empty and is not a decision log"):
+        LogStore(tmp_path / "link2").append(log.slice(0, 4))
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["x.txt"]

@@ -136,16 +136,17 @@ def _claim_root(root: Path, schema_version: int) -> None:
         raise ValueError(
             f"`root` {str(root)!r} is a file, not a folder; choose an empty or new folder"
         )
-    if root.is_dir() and not root.is_symlink():
+    if root.is_dir():  # (a symlinked root is judged by the folder it points to)
         entries = [e.name for e in root.iterdir()]
-        if entries and not set(entries) <= _PRE_MARKER and not is_log_store(root):
+        older = (root / "_quarantine").is_dir() or _legacy_data(root)  # a store before markers
+        if entries and not set(entries) <= _PRE_MARKER and not older:
             shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
             raise ValueError(
                 f"`root` {str(root)!r} is not empty and is not a decision log (it holds "
                 f"{shown}); choose an empty or new folder"
             )
-    elif root.is_symlink():
-        raise ValueError(f"`root` {str(root)!r} is a symlink; choose an empty or new folder")
+    elif root.is_symlink():  # dangling
+        raise ValueError(f"`root` {str(root)!r} is a broken symlink; choose an empty or new folder")
     body = (
         json.dumps(
             {
