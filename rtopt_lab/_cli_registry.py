@@ -26,47 +26,81 @@ EXIT_INTEGRITY = 3
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add the registry commands to the ``rtopt`` parser."""
     store = argparse.ArgumentParser(add_help=False)
-    store.add_argument("--model", default=_MODEL, help="registered model name (default: %(default)s)")
-    store.add_argument("--tracking-uri", default=None,
-                       help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow/mlflow.db)")
+    store.add_argument(
+        "--model", default=_MODEL, help="registered model name (default: %(default)s)"
+    )
+    store.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow/mlflow.db)",
+    )
 
-    r = sub.add_parser("register", parents=[store], help="register a policy file as a new model version",
-                       description="Log a saved policy (.npz) as an MLflow pyfunc model and register it as "
-                                   "a new version. With --report (from `rtopt check offline --report`), "
-                                   "the checks become the version's gate tags and the replay's lower "
-                                   "bounds its ope.lower_bound; --shadow then moves it into shadow.")
-    r.add_argument("--policy", type=Path, required=True, help="policy file (.npz) saved by policy.save")
-    r.add_argument("--report", type=Path, default=None, help="offline check report (JSON) as gate evidence")
-    r.add_argument("--experiment", default="rtopt/registry", help="experiment of the run (default: %(default)s)")
-    r.add_argument("--incumbent", type=Path, default=None,
-                   help="production policy (.npz): the model then serves under the trust region around it "
-                        "and the default tier rules, as a replay judges candidates")
-    r.add_argument("--approval-required", action="store_true",
-                   help="tier-1 tasks: promotion to canary will need --approved-by")
+    r = sub.add_parser(
+        "register",
+        parents=[store],
+        help="register a policy file as a new model version",
+        description="Log a saved policy (.npz) as an MLflow pyfunc model and register it as "
+        "a new version. With --report (from `rtopt check offline --report`), "
+        "the checks become the version's gate tags and the replay's lower "
+        "bounds its ope.lower_bound; --shadow then moves it into shadow.",
+    )
+    r.add_argument(
+        "--policy", type=Path, required=True, help="policy file (.npz) saved by policy.save"
+    )
+    r.add_argument(
+        "--report", type=Path, default=None, help="offline check report (JSON) as gate evidence"
+    )
+    r.add_argument(
+        "--experiment",
+        default="rtopt/registry",
+        help="experiment of the run (default: %(default)s)",
+    )
+    r.add_argument(
+        "--incumbent",
+        type=Path,
+        default=None,
+        help="production policy (.npz): the model then serves under the trust region around it "
+        "and the default tier rules, as a replay judges candidates",
+    )
+    r.add_argument(
+        "--approval-required",
+        action="store_true",
+        help="tier-1 tasks: promotion to canary will need --approved-by",
+    )
     r.add_argument("--shadow", action="store_true", help="enter shadow right after registering")
     r.add_argument("--by", default=None, help="who registers (default: the OS user)")
     r.set_defaults(func=_cmd_register)
 
-    pr = sub.add_parser("promote", parents=[store], help="move a version one phase up (shadow > canary > ...)",
-                        description="Promote a registered version exactly one phase up, under the rollout "
-                                    "rules: no skipped phases; gates must pass beyond shadow; canary needs "
-                                    "an off-policy lower bound >= 0 and, for tier-1 versions, a named "
-                                    "approver. The move is written to the provenance log first. Exit "
-                                    "status 1 when refused, with every reason; 3 when the registry does "
-                                    "not match its provenance (see `rtopt status`).")
+    pr = sub.add_parser(
+        "promote",
+        parents=[store],
+        help="move a version one phase up (shadow > canary > ...)",
+        description="Promote a registered version exactly one phase up, under the rollout "
+        "rules: no skipped phases; gates must pass beyond shadow; canary needs "
+        "an off-policy lower bound >= 0 and, for tier-1 versions, a named "
+        "approver. The move is written to the provenance log first. Exit "
+        "status 1 when refused, with every reason; 3 when the registry does "
+        "not match its provenance (see `rtopt status`).",
+    )
     pr.add_argument("--version", required=True, help="model version number")
     pr.add_argument("--to", required=True, choices=_PHASES, help="target phase")
-    pr.add_argument("--approved-by", default=None, help="approver's name (recorded; required for tier 1)")
+    pr.add_argument(
+        "--approved-by", default=None, help="approver's name (recorded; required for tier 1)"
+    )
     pr.add_argument("--reason", default=None, help="why (recorded in the provenance log)")
     pr.set_defaults(func=_cmd_promote)
 
-    rb = sub.add_parser("rollback", parents=[store], help="take a version out of its phase at once",
-                        description="Roll back the version in --phase (or --version): it leaves its phase "
-                                    "immediately; leaving general restores the version it displaced. "
-                                    "Never refused by the rules once the version is found; written to the "
-                                    "provenance log. Refused (exit 3) when the registry does not match "
-                                    "its verified provenance: the version to restore comes from verified "
-                                    "records only.")
+    rb = sub.add_parser(
+        "rollback",
+        parents=[store],
+        help="take a version out of its phase at once",
+        description="Roll back the version in --phase (or --version): it leaves its phase "
+        "immediately; leaving general restores the version it displaced. "
+        "Never refused by the rules once the version is found; written to the "
+        "provenance log. Refused (exit 3) when the registry does not match "
+        "its verified provenance: the version to restore comes from verified "
+        "records only.",
+    )
     g = rb.add_mutually_exclusive_group(required=True)
     g.add_argument("--phase", choices=_PHASES, help="roll back the version holding this phase")
     g.add_argument("--version", help="roll back this version from whatever phase it is in")
@@ -74,33 +108,50 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     rb.add_argument("--by", default=None, help="who (default: the OS user)")
     rb.set_defaults(func=_cmd_rollback)
 
-    st = sub.add_parser("status", parents=[store], help="which version is in which phase, with its evidence",
-                        description="A table of the phases: the version in each, its policy, gate status, "
-                                    "DR estimate and improvement, the off-policy lower bound; then the "
-                                    "registry checked against its provenance: the chain verifies, the "
-                                    "model's last record is the head anchored in the registry, and the "
-                                    "aliases and evidence tags are what that record says. Every problem "
-                                    "is printed by name; exit status 3 when there is any.")
+    st = sub.add_parser(
+        "status",
+        parents=[store],
+        help="which version is in which phase, with its evidence",
+        description="A table of the phases: the version in each, its policy, gate status, "
+        "DR estimate and improvement, the off-policy lower bound; then the "
+        "registry checked against its provenance: the chain verifies, the "
+        "model's last record is the head anchored in the registry, and the "
+        "aliases and evidence tags are what that record says. Every problem "
+        "is printed by name; exit status 3 when there is any.",
+    )
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     st.set_defaults(func=_cmd_status)
 
-    ui = sub.add_parser("ui", parents=[store], help="the MLflow UI over this store, on 127.0.0.1",
-                        description="Start `mlflow ui` on 127.0.0.1 over the project's store; the address is "
-                                    "printed once it answers. Requests whose Host header is not "
-                                    "127.0.0.1:PORT or localhost:PORT get 403. Ctrl-C, SIGTERM or SIGHUP "
-                                    "stop every process of it. Exit status 1 when it cannot start.")
+    ui = sub.add_parser(
+        "ui",
+        parents=[store],
+        help="the MLflow UI over this store, on 127.0.0.1",
+        description="Start `mlflow ui` on 127.0.0.1 over the project's store; the address is "
+        "printed once it answers. Requests whose Host header is not "
+        "127.0.0.1:PORT or localhost:PORT get 403. Ctrl-C, SIGTERM or SIGHUP "
+        "stop every process of it. Exit status 1 when it cannot start.",
+    )
     ui.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
     ui.set_defaults(func=_cmd_ui)
 
-    sv = sub.add_parser("serve", parents=[store], help="serve the model in a phase on 127.0.0.1",
-                        description="Serve models:/MODEL@PHASE on 127.0.0.1 as `mlflow models serve "
-                                    "--env-manager local` does (same /invocations JSON), printing the address "
-                                    "once /ping answers. POST rows of task features to /invocations, e.g. "
-                                    "{\"dataframe_records\": [{\"task_type\": \"summarization\"}]}. Requests "
-                                    "whose Host header is not 127.0.0.1:PORT or localhost:PORT get 403. "
-                                    "Ctrl-C, SIGTERM or SIGHUP stop every process of it. Exit status 1, with "
-                                    "one line, when no version holds the phase or the server cannot start.")
-    sv.add_argument("--phase", default="general", choices=_PHASES, help="phase alias to serve (default: %(default)s)")
+    sv = sub.add_parser(
+        "serve",
+        parents=[store],
+        help="serve the model in a phase on 127.0.0.1",
+        description="Serve models:/MODEL@PHASE on 127.0.0.1 as `mlflow models serve "
+        "--env-manager local` does (same /invocations JSON), printing the address "
+        "once /ping answers. POST rows of task features to /invocations, e.g. "
+        '{"dataframe_records": [{"task_type": "summarization"}]}. Requests '
+        "whose Host header is not 127.0.0.1:PORT or localhost:PORT get 403. "
+        "Ctrl-C, SIGTERM or SIGHUP stop every process of it. Exit status 1, with "
+        "one line, when no version holds the phase or the server cannot start.",
+    )
+    sv.add_argument(
+        "--phase",
+        default="general",
+        choices=_PHASES,
+        help="phase alias to serve (default: %(default)s)",
+    )
     sv.add_argument("--port", type=int, default=5001, help="port (default: %(default)s)")
     sv.set_defaults(func=_cmd_serve)
 
@@ -108,18 +159,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def add_reconcile_parser(pvsub: argparse._SubParsersAction) -> None:
     """Add ``rtopt provenance reconcile`` (called by :mod:`rtopt_lab.cli`)."""
     rc = pvsub.add_parser(
-        "reconcile", help="record the registry state as found and re-anchor the provenance head",
+        "reconcile",
+        help="record the registry state as found and re-anchor the provenance head",
         description="After `rtopt status` named problems (an alias moved or a tag edited outside the "
-                    "workbench, records after the anchored head, a broken or missing chain) and they "
-                    "are understood: write a `reconcile` record with every problem and the current "
-                    "registry state, and anchor it. Records after the anchored head stay in the log, "
-                    "listed as rejected (rollback ignores them); a broken chain is renamed to "
-                    "<log>.rejected-<timestamp> (never deleted) and a new chain starts. Exit status 0.")
+        "workbench, records after the anchored head, a broken or missing chain) and they "
+        "are understood: write a `reconcile` record with every problem and the current "
+        "registry state, and anchor it. Records after the anchored head stay in the log, "
+        "listed as rejected (rollback ignores them); a broken chain is renamed to "
+        "<log>.rejected-<timestamp> (never deleted) and a new chain starts. Exit status 0.",
+    )
     rc.add_argument("--reason", required=True, help="why the state is accepted (recorded)")
     rc.add_argument("--by", default=None, help="who (default: the OS user)")
     rc.add_argument("--model", default=_MODEL, help="registered model name (default: %(default)s)")
-    rc.add_argument("--tracking-uri", default=None,
-                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow/mlflow.db)")
+    rc.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow/mlflow.db)",
+    )
     rc.set_defaults(func=_cmd_reconcile)
 
 
@@ -134,8 +190,10 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     for p in res.problems:
         print(f"  {p.kind}: {p}")
     if res.rejected_records:
-        print("  records rejected (kept in the log, ignored by rollback): seq "
-              + ", ".join(map(str, res.rejected_records)))
+        print(
+            "  records rejected (kept in the log, ignored by rollback): seq "
+            + ", ".join(map(str, res.rejected_records))
+        )
     if res.rejected_file:
         print(f"  the broken log was moved aside to {res.rejected_file}; a new chain starts")
     print(f"reconcile record {res.record_hash[:12]} anchored")
@@ -167,8 +225,11 @@ def _cmd_register(args: argparse.Namespace) -> int:
         from rtopt_lab.gates import Compliance
         from rtopt_lab.policies import Constrained
 
-        serving = Constrained(policy, load_policy(args.incumbent),
-                              tier_masks=Compliance().allowed_mask(policy.catalog, np.arange(4)))
+        serving = Constrained(
+            policy,
+            load_policy(args.incumbent),
+            tier_masks=Compliance().allowed_mask(policy.catalog, np.arange(4)),
+        )
     verdicts, tags = {}, {}
     if args.report is not None:
         from rtopt_lab.checks import gate_evidence
@@ -176,49 +237,81 @@ def _cmd_register(args: argparse.Namespace) -> int:
         verdicts, tags = gate_evidence(json.loads(args.report.read_text()))
     uri = _uri(args)
     try:
-        rv = register_policy(policy, experiment_id=ensure_experiment(args.experiment, uri=uri),
-                             model=args.model, uri=uri, gate_verdicts=verdicts, tags=tags,
-                             approval_required=args.approval_required, into_shadow=False, actor=args.by,
-                             reason=f"registered from {args.policy}", serving=serving)
+        rv = register_policy(
+            policy,
+            experiment_id=ensure_experiment(args.experiment, uri=uri),
+            model=args.model,
+            uri=uri,
+            gate_verdicts=verdicts,
+            tags=tags,
+            approval_required=args.approval_required,
+            into_shadow=False,
+            actor=args.by,
+            reason=f"registered from {args.policy}",
+            serving=serving,
+        )
     except PermissionError as exc:
         return _refused(exc)
     print(f"registered {args.model} version {rv.version} ({policy.version}, run {rv.run_id})")
     if args.shadow:
-        return _promote(args.model, rv.version, "shadow", uri, None, args.by, "entered shadow at registration")
+        return _promote(
+            args.model, rv.version, "shadow", uri, None, args.by, "entered shadow at registration"
+        )
     return 0
 
 
-def _promote(model: str, version: str, to: str, uri: str, approved_by: str | None, actor: str | None,
-             reason: str | None) -> int:
+def _promote(
+    model: str,
+    version: str,
+    to: str,
+    uri: str,
+    approved_by: str | None,
+    actor: str | None,
+    reason: str | None,
+) -> int:
     from rtopt_lab.tracking import promote
 
     try:
-        move = promote(model, version, to, uri=uri, approved_by=approved_by, actor=actor, reason=reason)
+        move = promote(
+            model, version, to, uri=uri, approved_by=approved_by, actor=actor, reason=reason
+        )
     except PermissionError as exc:
         return _refused(exc)
     extra = f"; version {move.displaced} left {move.to}" if move.displaced else ""
-    print(f"{model} version {version}: {move.frm or 'registered'} -> {move.to}{extra} "
-          f"(provenance {move.provenance_hash[:12]})")
+    print(
+        f"{model} version {version}: {move.frm or 'registered'} -> {move.to}{extra} "
+        f"(provenance {move.provenance_hash[:12]})"
+    )
     return 0
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
-    return _promote(args.model, args.version, args.to, _uri(args), args.approved_by, None, args.reason)
+    return _promote(
+        args.model, args.version, args.to, _uri(args), args.approved_by, None, args.reason
+    )
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
     from rtopt_lab.tracking import rollback
 
     try:
-        move = rollback(args.model, phase=args.phase, version=args.version, uri=_uri(args), actor=args.by,
-                        reason=args.reason)
+        move = rollback(
+            args.model,
+            phase=args.phase,
+            version=args.version,
+            uri=_uri(args),
+            actor=args.by,
+            reason=args.reason,
+        )
     except PermissionError as exc:
         return _refused(exc)
     except LookupError as exc:
         print(f"rtopt: error: {exc}", file=sys.stderr)
         return 1
-    parts = [f"{args.model} version {move.version} rolled back from {move.frm}",
-             f"now in {move.to}" if move.to else "now in no phase"]
+    parts = [
+        f"{args.model} version {move.version} rolled back from {move.frm}",
+        f"now in {move.to}" if move.to else "now in no phase",
+    ]
     if move.restored:
         parts.append(f"version {move.restored} restored to {move.frm}")
     print("; ".join(parts) + f" (provenance {move.provenance_hash[:12]})")
@@ -234,44 +327,68 @@ def _cmd_status(args: argparse.Namespace) -> int:
     try:
         table = status(args.model, uri=uri)
     except LookupError as exc:
-        print(f"rtopt: error: {exc}; register one with `rtopt register --policy FILE.npz`", file=sys.stderr)
+        print(
+            f"rtopt: error: {exc}; register one with `rtopt register --policy FILE.npz`",
+            file=sys.stderr,
+        )
         return 1
     chk = verify_registry(args.model, uri=uri)
     if args.json:
-        print(json.dumps({"phases": json.loads(table.to_json(orient="records")),
-                          "provenance": chk.to_dict()}))
+        print(
+            json.dumps(
+                {"phases": json.loads(table.to_json(orient="records")), "provenance": chk.to_dict()}
+            )
+        )
         return 0 if chk.ok else EXIT_INTEGRITY
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
-        print(table.drop(columns=["gate_reasons", "run_id"], errors="ignore").to_string(index=False))
+        print(
+            table.drop(columns=["gate_reasons", "run_id"], errors="ignore").to_string(index=False)
+        )
     for _, row in table.dropna(subset=["version"]).iterrows():
         if row.get("gate_reasons"):
             print(f"  {row['phase']} v{row['version']} gate reasons: {row['gate_reasons']}")
     if chk.ok:
-        where = "no log yet" if chk.head is None and chk.records == 0 else (
-            f"valid, {chk.records} records, head matches the registry, aliases and evidence tags as recorded")
+        where = (
+            "no log yet"
+            if chk.head is None and chk.records == 0
+            else (
+                f"valid, {chk.records} records, head matches the registry, aliases and evidence tags as recorded"
+            )
+        )
         print(f"provenance: {chk.path}: {where}")
     else:
-        print(f"provenance: {chk.path}: {len(chk.problems)} PROBLEM(S): the registry does not match its "
-              "verified provenance")
+        print(
+            f"provenance: {chk.path}: {len(chk.problems)} PROBLEM(S): the registry does not match its "
+            "verified provenance"
+        )
         for p in chk.problems:
             print(f"  {p.kind}: {p}")
-        print('  promote and rollback are refused until `rtopt provenance reconcile --reason "..."` '
-              "records the state")
+        print(
+            '  promote and rollback are refused until `rtopt provenance reconcile --reason "..."` '
+            "records the state"
+        )
     for note in chk.notes:
         print(f"  note: {note}")
     return 0 if chk.ok else EXIT_INTEGRITY
 
 
-def _run_foreground(cmd_env: tuple[list[str], dict[str, str]], *, port: int, health: str, banner: str) -> int:
+def _run_foreground(
+    cmd_env: tuple[list[str], dict[str, str]], *, port: int, health: str, banner: str
+) -> int:
     """Run a server until it exits or is stopped; print ``banner`` only once ``health`` answers."""
     from rtopt_lab.tracking.server import HOST, port_is_free, run_foreground
 
     if not port_is_free(port):
-        print(f"rtopt: port {port} on {HOST} is in use; choose another with --port", file=sys.stderr)
+        print(
+            f"rtopt: port {port} on {HOST} is in use; choose another with --port", file=sys.stderr
+        )
         return 1
     try:
-        return run_foreground(cmd_env, health_url=f"http://{HOST}:{port}{health}",
-                              on_up=lambda: print(banner, flush=True))
+        return run_foreground(
+            cmd_env,
+            health_url=f"http://{HOST}:{port}{health}",
+            on_up=lambda: print(banner, flush=True),
+        )
     except (RuntimeError, TimeoutError) as exc:
         print(f"rtopt: {exc}", file=sys.stderr)
         return 1
@@ -280,8 +397,12 @@ def _run_foreground(cmd_env: tuple[list[str], dict[str, str]], *, port: int, hea
 def _cmd_ui(args: argparse.Namespace) -> int:
     from rtopt_lab.tracking.server import HOST, ui_command
 
-    return _run_foreground(ui_command(uri=_uri(args), port=args.port), port=args.port, health="/",
-                           banner=f"MLflow UI on http://{HOST}:{args.port} (Ctrl-C stops it)")
+    return _run_foreground(
+        ui_command(uri=_uri(args), port=args.port),
+        port=args.port,
+        health="/",
+        banner=f"MLflow UI on http://{HOST}:{args.port} (Ctrl-C stops it)",
+    )
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -291,9 +412,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     cmd_env = serve_command(model=args.model, phase=args.phase, uri=uri, port=args.port)
     version = phase_version(args.model, args.phase, uri=uri)
     if version is None:
-        print(f"rtopt: nothing in {args.phase}: no version of {args.model!r} holds the alias; promote one "
-              f"first (rtopt promote --version N --to {args.phase})", file=sys.stderr)
+        print(
+            f"rtopt: nothing in {args.phase}: no version of {args.model!r} holds the alias; promote one "
+            f"first (rtopt promote --version N --to {args.phase})",
+            file=sys.stderr,
+        )
         return 1
-    return _run_foreground(cmd_env, port=args.port, health="/ping",
-                           banner=f"serving on http://{HOST}:{args.port}/invocations: {args.model} version "
-                                  f"{version} ({args.phase}); Ctrl-C stops it")
+    return _run_foreground(
+        cmd_env,
+        port=args.port,
+        health="/ping",
+        banner=f"serving on http://{HOST}:{args.port}/invocations: {args.model} version "
+        f"{version} ({args.phase}); Ctrl-C stops it",
+    )

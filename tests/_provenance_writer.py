@@ -30,8 +30,13 @@ def main(argv: list[str]) -> int:
     print("READY", flush=True)
     sys.stdin.readline()
     if mode == "torn":
-        line = (b'{"action":"evaluate","actor":"worker-%d","evidence":{"i":0},"hash":"'
-                % worker + b"0" * 64 + b'","policy_version":"v","prev_hash":"' + b"0" * 64 + b'"}\n')
+        line = (
+            b'{"action":"evaluate","actor":"worker-%d","evidence":{"i":0},"hash":"' % worker
+            + b"0" * 64
+            + b'","policy_version":"v","prev_hash":"'
+            + b"0" * 64
+            + b'"}\n'
+        )
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.write(fd, line[: len(line) // 2])
@@ -42,8 +47,13 @@ def main(argv: list[str]) -> int:
     big = "x" * (256_000 if mode == "stream" else 0)
     for i in range(n):
         evidence = {"worker": worker, "i": i, **({"pad": big} if big else {})}
-        log.append(actor=f"worker-{worker}", action="evaluate", policy_version=f"v{worker}",
-                   reason=f"concurrent append {i}", evidence=evidence)
+        log.append(
+            actor=f"worker-{worker}",
+            action="evaluate",
+            policy_version=f"v{worker}",
+            reason=f"concurrent append {i}",
+            evidence=evidence,
+        )
     print("DONE", flush=True)
     return 0
 

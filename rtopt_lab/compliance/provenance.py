@@ -30,12 +30,14 @@ def _read_last_line(fd: int, size: int) -> bytes | None:
     if size == 0:
         return None
     if os.pread(fd, 1, size - 1) != b"\n":
-        raise ValueError("the last line is not newline-terminated (truncated file or interrupted write)")
+        raise ValueError(
+            "the last line is not newline-terminated (truncated file or interrupted write)"
+        )
     buf, start = b"", size - 1
     while True:
         nl = buf.rfind(b"\n")
         if nl >= 0:
-            return buf[nl + 1:]
+            return buf[nl + 1 :]
         if start == 0:
             return buf
         new_start = max(0, start - 65_536)
@@ -48,11 +50,15 @@ def _last_record(fd: int, path: Path) -> ProvenanceRecord | None:
         raw = _read_last_line(fd, os.fstat(fd).st_size)
         rec = None if raw is None else _parse_line(raw)
     except ValueError as exc:
-        raise ValueError(f"provenance log {path} is damaged at its end: {exc}; "
-                         f"run `rtopt provenance verify {path}`") from None
+        raise ValueError(
+            f"provenance log {path} is damaged at its end: {exc}; "
+            f"run `rtopt provenance verify {path}`"
+        ) from None
     if rec is not None and rec.compute_hash() != rec.hash:
-        raise ValueError(f"provenance log {path}: the last record (seq {rec.seq}) does not match its "
-                         f"hash; run `rtopt provenance verify {path}`")
+        raise ValueError(
+            f"provenance log {path}: the last record (seq {rec.seq}) does not match its "
+            f"hash; run `rtopt provenance verify {path}`"
+        )
     return rec
 
 
@@ -87,8 +93,9 @@ class ProvenanceLog:
     (0, True, True, True)
     """
 
-    def __init__(self, path: str | os.PathLike[str], *,
-                 clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, clock: Callable[[], datetime] | None = None
+    ) -> None:
         if clock is not None and not callable(clock):
             raise TypeError(f"`clock` must be callable; got {clock!r}")
         self.path = Path(path)
@@ -97,8 +104,15 @@ class ProvenanceLog:
     def __repr__(self) -> str:
         return f"ProvenanceLog({str(self.path)!r})"
 
-    def append(self, *, actor: str, action: str, policy_version: str, reason: str,
-               evidence: Mapping[str, Any] | None = None) -> ProvenanceRecord:
+    def append(
+        self,
+        *,
+        actor: str,
+        action: str,
+        policy_version: str,
+        reason: str,
+        evidence: Mapping[str, Any] | None = None,
+    ) -> ProvenanceRecord:
         """Append one record, durably, under an exclusive lock; return it.
 
         Parameters
@@ -127,14 +141,18 @@ class ProvenanceLog:
         if evidence is None:
             evidence = {}
         if not isinstance(evidence, Mapping):
-            raise TypeError(f"`evidence` must be a mapping (a JSON object); got {type(evidence).__name__}")
+            raise TypeError(
+                f"`evidence` must be a mapping (a JSON object); got {type(evidence).__name__}"
+            )
         bad_keys = [k for k in evidence if not isinstance(k, str)]
         if bad_keys:
             raise ValueError(f"`evidence` keys must be strings; got {bad_keys[0]!r}")
         try:
             evidence_json = canonical_json(dict(evidence))
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"`evidence` must be JSON-serialisable with finite numbers: {exc}") from None
+            raise ValueError(
+                f"`evidence` must be JSON-serialisable with finite numbers: {exc}"
+            ) from None
         evidence_norm = json.loads(evidence_json)  # what a reader will see (e.g. tuples -> lists)
         timestamp = _check_aware("clock()", self._clock()).isoformat(timespec="microseconds")
         timestamp = timestamp.replace("+00:00", "Z")
@@ -150,9 +168,16 @@ class ProvenanceLog:
             last = _last_record(fd, self.path)
             records: list[ProvenanceRecord] = []
             if recovered is not None:
-                last = _chain(last, timestamp, actor, "recover", policy_version,
-                              f"moved {recovered['bytes']} torn bytes (an append cut short) to "
-                              f"{recovered['sidecar']}", recovered)
+                last = _chain(
+                    last,
+                    timestamp,
+                    actor,
+                    "recover",
+                    policy_version,
+                    f"moved {recovered['bytes']} torn bytes (an append cut short) to "
+                    f"{recovered['sidecar']}",
+                    recovered,
+                )
                 records.append(last)
             rec = _chain(last, timestamp, actor, action, policy_version, reason, evidence_norm)
             records.append(rec)
@@ -160,7 +185,7 @@ class ProvenanceLog:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             except BaseException:
                 os.ftruncate(fd, size)  # never leave half a line behind
@@ -197,15 +222,19 @@ class ProvenanceLog:
         try:
             view = memoryview(torn + b"\n")
             while view:
-                view = view[os.write(side, view):]
+                view = view[os.write(side, view) :]
             os.fsync(side)
         finally:
             os.close(side)
         _fsync_dir(self.path.parent)
         os.ftruncate(fd, start)
         os.fsync(fd)
-        return {"bytes": len(torn), "offset": start, "sha256": hashlib.sha256(torn).hexdigest(),
-                "sidecar": self.torn_path.name}
+        return {
+            "bytes": len(torn),
+            "offset": start,
+            "sha256": hashlib.sha256(torn).hexdigest(),
+            "sidecar": self.torn_path.name,
+        }
 
     def records(self) -> Iterator[ProvenanceRecord]:
         """Iterate the records in file order (the chain is not checked: see :meth:`verify`).
@@ -220,14 +249,18 @@ class ProvenanceLog:
         with f:
             fcntl.flock(f.fileno(), fcntl.LOCK_SH)
             size = os.fstat(f.fileno()).st_size
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)  # append-only: the first `size` bytes are settled
+            fcntl.flock(
+                f.fileno(), fcntl.LOCK_UN
+            )  # append-only: the first `size` bytes are settled
             pos = 0
             for lineno, raw in enumerate(f, start=1):
                 if pos >= size:
                     break
                 pos += len(raw)
                 if not raw.endswith(b"\n") or pos > size:
-                    raise ValueError(f"{self.path}: line {lineno} is not newline-terminated (truncated)")
+                    raise ValueError(
+                        f"{self.path}: line {lineno} is not newline-terminated (truncated)"
+                    )
                 try:
                     yield _parse_line(raw[:-1])
                 except ValueError as exc:
@@ -255,14 +288,29 @@ class ProvenanceLog:
         return verify(self.path, head=head)
 
 
-def _chain(last: ProvenanceRecord | None, timestamp: str, actor: str, action: str, policy_version: str,
-           reason: str, evidence: dict[str, Any]) -> ProvenanceRecord:
+def _chain(
+    last: ProvenanceRecord | None,
+    timestamp: str,
+    actor: str,
+    action: str,
+    policy_version: str,
+    reason: str,
+    evidence: dict[str, Any],
+) -> ProvenanceRecord:
     """The record that follows ``last`` (the genesis record when ``last`` is None)."""
-    body = {"seq": 0 if last is None else last.seq + 1, "timestamp": timestamp, "actor": actor,
-            "action": action, "policy_version": policy_version, "reason": reason, "evidence": evidence,
-            "prev_hash": GENESIS_HASH if last is None else last.hash}
-    return ProvenanceRecord(**{**body, "evidence": MappingProxyType(evidence)},
-                            hash=_sha256(canonical_json(body)))
+    body = {
+        "seq": 0 if last is None else last.seq + 1,
+        "timestamp": timestamp,
+        "actor": actor,
+        "action": action,
+        "policy_version": policy_version,
+        "reason": reason,
+        "evidence": evidence,
+        "prev_hash": GENESIS_HASH if last is None else last.hash,
+    }
+    return ProvenanceRecord(
+        **{**body, "evidence": MappingProxyType(evidence)}, hash=_sha256(canonical_json(body))
+    )
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -15,18 +15,31 @@ from typing import Any
 #: The actions a provenance record may carry. ``reconcile`` records a registry state found
 #: outside the rules and accepted by a person (``rtopt provenance reconcile``); ``recover``
 #: notes a torn last line (an interrupted append) moved aside before the next append.
-ACTIONS = frozenset({"evaluate", "approve", "promote", "rollback", "config_change", "reconcile", "recover"})
+ACTIONS = frozenset(
+    {"evaluate", "approve", "promote", "rollback", "config_change", "reconcile", "recover"}
+)
 #: ``prev_hash`` of the first record of a chain.
 GENESIS_HASH = "0" * 64
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_FIELDS = ("seq", "timestamp", "actor", "action", "policy_version", "reason", "evidence",
-           "prev_hash", "hash")
+_FIELDS = (
+    "seq",
+    "timestamp",
+    "actor",
+    "action",
+    "policy_version",
+    "reason",
+    "evidence",
+    "prev_hash",
+    "hash",
+)
 
 
 def canonical_json(obj: Any) -> str:
     """The canonical JSON text of ``obj``: sorted keys, no spaces, UTF-8 kept, no NaN."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
 
 
 def _sha256(text: str) -> str:
@@ -118,5 +131,3 @@ def _parse_line(raw: bytes) -> ProvenanceRecord:
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
     return ProvenanceRecord.from_dict(obj)
-
-

@@ -79,8 +79,12 @@ def _guess_seq(raw: bytes) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def verify(path: str | os.PathLike[str], *, head: str | None = None,
-           scope: Callable[[ProvenanceRecord], bool] | None = None) -> VerifyResult:
+def verify(
+    path: str | os.PathLike[str],
+    *,
+    head: str | None = None,
+    scope: Callable[[ProvenanceRecord], bool] | None = None,
+) -> VerifyResult:
     """Check the hash chain of a provenance log and name every broken record.
 
     Parameters
@@ -132,9 +136,15 @@ def verify(path: str | os.PathLike[str], *, head: str | None = None,
                     tail = (lineno, seq)
                 elif good:
                     seq, how = good[-1][1].seq + 1, " (seq inferred from the record before)"
-                problems.append(Problem(lineno, seq, "truncated",
-                                        f"last line is not newline-terminated ({len(raw)} bytes): "
-                                        f"the file was cut mid-record or a write did not finish{how}"))
+                problems.append(
+                    Problem(
+                        lineno,
+                        seq,
+                        "truncated",
+                        f"last line is not newline-terminated ({len(raw)} bytes): "
+                        f"the file was cut mid-record or a write did not finish{how}",
+                    )
+                )
                 break
             raw = raw[:-1]
             try:
@@ -147,25 +157,49 @@ def verify(path: str | os.PathLike[str], *, head: str | None = None,
                 continue
             computed = rec.compute_hash()
             if computed != rec.hash:
-                problems.append(Problem(lineno, rec.seq, "modified",
-                                        f"content does not match its hash (stored {rec.hash[:12]}..., "
-                                        f"computed {computed[:12]}...): changed after it was written"))
+                problems.append(
+                    Problem(
+                        lineno,
+                        rec.seq,
+                        "modified",
+                        f"content does not match its hash (stored {rec.hash[:12]}..., "
+                        f"computed {computed[:12]}...): changed after it was written",
+                    )
+                )
             elif rec.to_line().encode("utf-8") != raw + b"\n":
-                problems.append(Problem(lineno, rec.seq, "modified",
-                                        "line is not byte-identical to its canonical JSON: edited "
-                                        "or re-serialised after it was written"))
+                problems.append(
+                    Problem(
+                        lineno,
+                        rec.seq,
+                        "modified",
+                        "line is not byte-identical to its canonical JSON: edited "
+                        "or re-serialised after it was written",
+                    )
+                )
             good.append((lineno, rec))
 
     first: dict[int, tuple[int, ProvenanceRecord]] = {}
     max_seq, max_line = -1, 0
     for lineno, rec in good:
         if rec.seq in first:
-            problems.append(Problem(lineno, rec.seq, "duplicate",
-                                    f"seq {rec.seq} already appears on line {first[rec.seq][0]}"))
+            problems.append(
+                Problem(
+                    lineno,
+                    rec.seq,
+                    "duplicate",
+                    f"seq {rec.seq} already appears on line {first[rec.seq][0]}",
+                )
+            )
             continue
         if rec.seq < max_seq:
-            problems.append(Problem(lineno, rec.seq, "reordered",
-                                    f"seq {rec.seq} appears after seq {max_seq} (line {max_line})"))
+            problems.append(
+                Problem(
+                    lineno,
+                    rec.seq,
+                    "reordered",
+                    f"seq {rec.seq} appears after seq {max_seq} (line {max_line})",
+                )
+            )
         first[rec.seq] = (lineno, rec)
         if rec.seq > max_seq:
             max_seq, max_line = rec.seq, lineno
@@ -179,36 +213,70 @@ def verify(path: str | os.PathLike[str], *, head: str | None = None,
             where = first[nxt][0]
         else:  # only the truncated last line comes after it
             nxt, where = tail[1], tail[0]
-        problems.append(Problem(where, s, "removed",
-                                f"record seq {s} is missing (expected before seq {nxt} on line {where})"))
+        problems.append(
+            Problem(
+                where,
+                s,
+                "removed",
+                f"record seq {s} is missing (expected before seq {nxt} on line {where})",
+            )
+        )
 
     for seq, (lineno, rec) in first.items():
         if seq == 0:
             if rec.prev_hash != GENESIS_HASH:
-                problems.append(Problem(lineno, seq, "broken_link",
-                                        "first record's prev_hash is not the genesis hash (64 zeros): "
-                                        "records before it were removed"))
+                problems.append(
+                    Problem(
+                        lineno,
+                        seq,
+                        "broken_link",
+                        "first record's prev_hash is not the genesis hash (64 zeros): "
+                        "records before it were removed",
+                    )
+                )
         elif seq - 1 in first and rec.prev_hash != first[seq - 1][1].hash:
             pl = first[seq - 1][0]
-            problems.append(Problem(lineno, seq, "broken_link",
-                                    f"prev_hash {rec.prev_hash[:12]}... is not the hash of seq {seq - 1} "
-                                    f"(line {pl}): a record was removed, inserted or re-hashed"))
+            problems.append(
+                Problem(
+                    lineno,
+                    seq,
+                    "broken_link",
+                    f"prev_hash {rec.prev_hash[:12]}... is not the hash of seq {seq - 1} "
+                    f"(line {pl}): a record was removed, inserted or re-hashed",
+                )
+            )
 
     last_hash = first[max_seq][1].hash if max_seq >= 0 else None
     head_line = next((lineno for lineno, rec in good if rec.hash == head), None)
     if head is not None and head_line is None:
-        problems.append(Problem(0, None, "head_not_found",
-                                f"anchored head {head[:12]}... is not the hash of any record: records "
-                                "were removed from the end or the chain was rewritten"))
+        problems.append(
+            Problem(
+                0,
+                None,
+                "head_not_found",
+                f"anchored head {head[:12]}... is not the hash of any record: records "
+                "were removed from the end or the chain was rewritten",
+            )
+        )
     elif head is not None:
         for lineno, rec in good:
             if lineno > head_line and (scope is None or scope(rec)):
-                problems.append(Problem(lineno, rec.seq, "after_head",
-                                        f"record seq {rec.seq} ({rec.action} {rec.policy_version}) comes "
-                                        f"after the anchored head (line {head_line}): nothing anchored it, "
-                                        "so it is a forgery or an append whose anchoring did not finish"))
+                problems.append(
+                    Problem(
+                        lineno,
+                        rec.seq,
+                        "after_head",
+                        f"record seq {rec.seq} ({rec.action} {rec.policy_version}) comes "
+                        f"after the anchored head (line {head_line}): nothing anchored it, "
+                        "so it is a forgery or an append whose anchoring did not finish",
+                    )
+                )
     problems.sort(key=lambda p: (p.line == 0, p.line))
-    return VerifyResult(ok=not problems, records=len(good), problems=tuple(problems),
-                        head=last_hash, path=str(path), anchored_line=head_line)
-
-
+    return VerifyResult(
+        ok=not problems,
+        records=len(good),
+        problems=tuple(problems),
+        head=last_hash,
+        path=str(path),
+        anchored_line=head_line,
+    )

@@ -147,9 +147,12 @@ def _verdict(v: GateVerdict | Mapping[str, Any], name: str) -> GateVerdict:
     return GateVerdict(str(v.get("gate", name)), str(v["status"]), tuple(v.get("reasons", ())))
 
 
-def evidence_tags(*, evaluation: pd.DataFrame | None = None, candidate: str | None = None,
-                  gate_verdicts: Mapping[str, GateVerdict | Mapping[str, Any]] | None = None
-                  ) -> dict[str, str]:
+def evidence_tags(
+    *,
+    evaluation: pd.DataFrame | None = None,
+    candidate: str | None = None,
+    gate_verdicts: Mapping[str, GateVerdict | Mapping[str, Any]] | None = None,
+) -> dict[str, str]:
     """Version tags from an evaluation table (one candidate's rows) and gate verdicts.
 
     ``ope.<estimator>.<column>`` for value, ci_low, ci_high, diff, lower_bound and verdict;
@@ -162,8 +165,10 @@ def evidence_tags(*, evaluation: pd.DataFrame | None = None, candidate: str | No
     if evaluation is not None:
         rows = evaluation if candidate is None else evaluation[evaluation["candidate"] == candidate]
         if candidate is not None and rows.empty:
-            raise ValueError(f"`candidate` {candidate!r} is not in the evaluation table; candidates: "
-                             f"{sorted(evaluation['candidate'].unique())}")
+            raise ValueError(
+                f"`candidate` {candidate!r} is not in the evaluation table; candidates: "
+                f"{sorted(evaluation['candidate'].unique())}"
+            )
         bounds = []
         for _, row in rows.iterrows():
             for col in ("value", "ci_low", "ci_high", "diff", "lower_bound", "verdict"):
@@ -207,14 +212,24 @@ def _holder(client: MlflowClient, model: str, alias: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- register
-def register_policy(policy: BasePolicy, *, experiment_id: str, model: str = MODEL_NAME,
-                    uri: str | None = None, run_id: str | None = None,
-                    evaluation: pd.DataFrame | None = None, candidate: str | None = None,
-                    gate_verdicts: Mapping[str, GateVerdict | Mapping[str, Any]] | None = None,
-                    approval_required: bool = False, into_shadow: bool = False,
-                    tags: Mapping[str, str] | None = None, serving: Constrained | None = None,
-                    actor: str | None = None, reason: str = "registered",
-                    provenance: ProvenanceLog | str | Path | None = None) -> RegisteredVersion:
+def register_policy(
+    policy: BasePolicy,
+    *,
+    experiment_id: str,
+    model: str = MODEL_NAME,
+    uri: str | None = None,
+    run_id: str | None = None,
+    evaluation: pd.DataFrame | None = None,
+    candidate: str | None = None,
+    gate_verdicts: Mapping[str, GateVerdict | Mapping[str, Any]] | None = None,
+    approval_required: bool = False,
+    into_shadow: bool = False,
+    tags: Mapping[str, str] | None = None,
+    serving: Constrained | None = None,
+    actor: str | None = None,
+    reason: str = "registered",
+    provenance: ProvenanceLog | str | Path | None = None,
+) -> RegisteredVersion:
     """Log ``policy`` as a pyfunc model, register it as a new version of ``model``, tag it.
 
     The model is logged into ``run_id`` when given (the evaluation's run), else into a new
@@ -232,10 +247,13 @@ def register_policy(policy: BasePolicy, *, experiment_id: str, model: str = MODE
     client, uri = _client(uri)
     log = _provenance(provenance, uri)
     require_clean(client, model, log, "registration")  # fail fast, before the slow model logging
-    tags = {**evidence_tags(evaluation=evaluation, candidate=candidate, gate_verdicts=gate_verdicts),
-            "policy.kind": policy.config()["kind"], "policy.version": policy.version,
-            "approval_required": str(bool(approval_required)).lower(),
-            **{str(k): _tag(v) for k, v in (tags or {}).items()}}
+    tags = {
+        **evidence_tags(evaluation=evaluation, candidate=candidate, gate_verdicts=gate_verdicts),
+        "policy.kind": policy.config()["kind"],
+        "policy.version": policy.version,
+        "approval_required": str(bool(approval_required)).lower(),
+        **{str(k): _tag(v) for k, v in (tags or {}).items()},
+    }
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     with tempfile.TemporaryDirectory() as d:
@@ -245,42 +263,78 @@ def register_policy(policy: BasePolicy, *, experiment_id: str, model: str = MODE
         artifacts = {"policy": str(npz), "policy_config": str(cfg)}
         if serving is not None:
             if serving.policy is not policy:
-                raise ValueError("`serving` must wrap `policy` itself (Constrained(policy, incumbent, ...))")
+                raise ValueError(
+                    "`serving` must wrap `policy` itself (Constrained(policy, incumbent, ...))"
+                )
             artifacts["incumbent"] = str(serving.incumbent.save(Path(d) / "incumbent.npz"))
             (Path(d) / "serving.json").write_text(json.dumps(serving.serving_config()))
             artifacts["serving"] = str(Path(d) / "serving.json")
             tags["serving.masks"] = "trust_region+tiers"
-        run_ctx = (mlflow.start_run(run_id=run_id) if run_id is not None
-                   else mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{policy.version}"))
+        run_ctx = (
+            mlflow.start_run(run_id=run_id)
+            if run_id is not None
+            else mlflow.start_run(
+                experiment_id=experiment_id, run_name=f"register-{policy.version}"
+            )
+        )
         with run_ctx as run:
-            info = mlflow.pyfunc.log_model(name="policy", python_model=str(CODE_PATH),
-                                           artifacts=artifacts,
-                                           signature=policy_signature(), input_example=input_example(),
-                                           registered_model_name=model)
+            info = mlflow.pyfunc.log_model(
+                name="policy",
+                python_model=str(CODE_PATH),
+                artifacts=artifacts,
+                signature=policy_signature(),
+                input_example=input_example(),
+                registered_model_name=model,
+            )
             run_id = run.info.run_id
     version = str(info.registered_model_version)
     with registry_lock(log):  # the new version is in no phase: nothing checked depends on it yet
         require_clean(client, model, log, "registration")
         for k, v in tags.items():
             client.set_model_version_tag(model, version, k, v)
-        record = log.append(actor=actor or getpass.getuser(), action="config_change",
-                            policy_version=f"{model}/{version}", reason=reason,
-                            evidence={"model": model, "version": version, "run_id": run_id,
-                                      "policy_version": policy.version, "gates": tags["gates.status"],
-                                      "registry": registry_state(client, model, versions=[version])})
+        record = log.append(
+            actor=actor or getpass.getuser(),
+            action="config_change",
+            policy_version=f"{model}/{version}",
+            reason=reason,
+            evidence={
+                "model": model,
+                "version": version,
+                "run_id": run_id,
+                "policy_version": policy.version,
+                "gates": tags["gates.status"],
+                "registry": registry_state(client, model, versions=[version]),
+            },
+        )
         _anchor(client, model, version, record.hash)
         if into_shadow:
-            promote(model, version, "shadow", uri=uri, actor=actor, reason="entered shadow at registration",
-                    provenance=log)
-        return RegisteredVersion(model, version, run_id, info.model_uri, phase_of(model, version, uri=uri))
+            promote(
+                model,
+                version,
+                "shadow",
+                uri=uri,
+                actor=actor,
+                reason="entered shadow at registration",
+                provenance=log,
+            )
+        return RegisteredVersion(
+            model, version, run_id, info.model_uri, phase_of(model, version, uri=uri)
+        )
 
 
-def tag_version(model: str, version: str | int, *, uri: str | None = None,
-                evaluation: pd.DataFrame | None = None, candidate: str | None = None,
-                gate_verdicts: Mapping[str, GateVerdict | Mapping[str, Any]] | None = None,
-                tags: Mapping[str, str] | None = None, actor: str | None = None,
-                reason: str = "new evidence", provenance: ProvenanceLog | str | Path | None = None
-                ) -> dict[str, str]:
+def tag_version(
+    model: str,
+    version: str | int,
+    *,
+    uri: str | None = None,
+    evaluation: pd.DataFrame | None = None,
+    candidate: str | None = None,
+    gate_verdicts: Mapping[str, GateVerdict | Mapping[str, Any]] | None = None,
+    tags: Mapping[str, str] | None = None,
+    actor: str | None = None,
+    reason: str = "new evidence",
+    provenance: ProvenanceLog | str | Path | None = None,
+) -> dict[str, str]:
     """Record new evidence on a version (:func:`evidence_tags` of what is given, then ``tags``).
 
     Gate tags are written only when ``gate_verdicts`` is given, so a later evaluation
@@ -300,20 +354,36 @@ def tag_version(model: str, version: str | int, *, uri: str | None = None,
             new = {k: v for k, v in new.items() if not k.startswith("gate")}
         new.update({str(k): _tag(v) for k, v in (tags or {}).items()})
         after = {**mv.tags, **new}
-        record = log.append(actor=actor or getpass.getuser(), action="evaluate",
-                            policy_version=f"{model}/{version}", reason=reason,
-                            evidence={"model": model, "version": version, "tags": sorted(new),
-                                      "registry": registry_state(client, model, versions=[version],
-                                                                 tags={version: after})})
+        record = log.append(
+            actor=actor or getpass.getuser(),
+            action="evaluate",
+            policy_version=f"{model}/{version}",
+            reason=reason,
+            evidence={
+                "model": model,
+                "version": version,
+                "tags": sorted(new),
+                "registry": registry_state(
+                    client, model, versions=[version], tags={version: after}
+                ),
+            },
+        )
         for k, v in new.items():
             client.set_model_version_tag(model, version, k, v)
         _anchor(client, model, version, record.hash)
         return new
 
 
-def adopt_incumbent(policy: BasePolicy, *, experiment_id: str, model: str = MODEL_NAME, uri: str | None = None,
-                    actor: str | None = None, reason: str = "the policy already in production",
-                    provenance: ProvenanceLog | str | Path | None = None) -> RegisteredVersion:
+def adopt_incumbent(
+    policy: BasePolicy,
+    *,
+    experiment_id: str,
+    model: str = MODEL_NAME,
+    uri: str | None = None,
+    actor: str | None = None,
+    reason: str = "the policy already in production",
+    provenance: ProvenanceLog | str | Path | None = None,
+) -> RegisteredVersion:
     """Register the policy that already serves everyone and give it the ``general`` alias.
 
     The one way into ``general`` without walking the phases: it only works while no
@@ -328,19 +398,40 @@ def adopt_incumbent(policy: BasePolicy, *, experiment_id: str, model: str = MODE
         except MlflowException:
             holder = None
         if holder is not None:
-            raise PermissionError(f"{model} version {holder} is already general: promote a new version through "
-                                  "the phases instead")
-        rv = register_policy(policy, experiment_id=experiment_id, model=model, uri=uri, actor=actor,
-                             reason=f"adopted as the incumbent: {reason}", provenance=log,
-                             tags={"gates.status": "pass", "incumbent.adopted": "true"})
-        record = log.append(actor=actor or getpass.getuser(), action="promote", policy_version=f"{model}/{rv.version}",
-                            reason=f"adopted as general: {reason}",
-                            evidence={"model": model, "version": rv.version, "from": None, "to": Phase.GENERAL.value,
-                                      "displaced": None, "adopted": True,
-                                      "registry": registry_state(
-                                          client, model, versions=[rv.version],
-                                          aliases={**current_aliases(client, model),
-                                                   Phase.GENERAL.value: rv.version})})
+            raise PermissionError(
+                f"{model} version {holder} is already general: promote a new version through "
+                "the phases instead"
+            )
+        rv = register_policy(
+            policy,
+            experiment_id=experiment_id,
+            model=model,
+            uri=uri,
+            actor=actor,
+            reason=f"adopted as the incumbent: {reason}",
+            provenance=log,
+            tags={"gates.status": "pass", "incumbent.adopted": "true"},
+        )
+        record = log.append(
+            actor=actor or getpass.getuser(),
+            action="promote",
+            policy_version=f"{model}/{rv.version}",
+            reason=f"adopted as general: {reason}",
+            evidence={
+                "model": model,
+                "version": rv.version,
+                "from": None,
+                "to": Phase.GENERAL.value,
+                "displaced": None,
+                "adopted": True,
+                "registry": registry_state(
+                    client,
+                    model,
+                    versions=[rv.version],
+                    aliases={**current_aliases(client, model), Phase.GENERAL.value: rv.version},
+                ),
+            },
+        )
         client.set_registered_model_alias(model, Phase.GENERAL.value, rv.version)
         _anchor(client, model, rv.version, record.hash)
         return RegisteredVersion(model, rv.version, rv.run_id, rv.model_uri, Phase.GENERAL.value)
@@ -352,8 +443,9 @@ def _anchor(client: MlflowClient, model: str, version: str, head: str) -> None:
 
 
 # --------------------------------------------------------------------------- promote
-def promotion_refusals(current: str | None, to: str, tags: Mapping[str, str], *,
-                       approved_by: str | None = None) -> list[str]:
+def promotion_refusals(
+    current: str | None, to: str, tags: Mapping[str, str], *, approved_by: str | None = None
+) -> list[str]:
     """Every reason a version in ``current`` with ``tags`` may not enter ``to`` (pure).
 
     An empty list means the move is allowed. See the module docstring for the rules.
@@ -364,14 +456,19 @@ def promotion_refusals(current: str | None, to: str, tags: Mapping[str, str], *,
     if target is not expected:
         where = "is in no phase" if current is None else f"is in {current}"
         nxt = "none (already general)" if expected is None else expected.value
-        reasons.append(f"the version {where}: the next phase is {nxt}, not {target.value} "
-                       "(phases are never skipped)")
+        reasons.append(
+            f"the version {where}: the next phase is {nxt}, not {target.value} "
+            "(phases are never skipped)"
+        )
     gates = tags.get("gates.status", "insufficient_evidence")
     if target is Phase.SHADOW:
         if gates == "fail":
             reasons.append("a gate failed: " + tags.get("gates.reasons", _gate_reasons(tags)))
     elif gates != "pass":
-        reasons.append(f"gates are {gates}, not pass" + (f": {_gate_reasons(tags)}" if _gate_reasons(tags) else ""))
+        reasons.append(
+            f"gates are {gates}, not pass"
+            + (f": {_gate_reasons(tags)}" if _gate_reasons(tags) else "")
+        )
     if target is Phase.CANARY:
         lb = tags.get("ope.lower_bound")
         if lb is None:
@@ -384,12 +481,22 @@ def promotion_refusals(current: str | None, to: str, tags: Mapping[str, str], *,
 
 
 def _gate_reasons(tags: Mapping[str, str]) -> str:
-    return "; ".join(v for k, v in sorted(tags.items()) if k.startswith("gate.") and k.endswith(".reasons"))
+    return "; ".join(
+        v for k, v in sorted(tags.items()) if k.startswith("gate.") and k.endswith(".reasons")
+    )
 
 
-def promote(model: str, version: str | int, to: str, *, uri: str | None = None,
-            approved_by: str | None = None, actor: str | None = None, reason: str | None = None,
-            provenance: ProvenanceLog | str | Path | None = None) -> AliasMove:
+def promote(
+    model: str,
+    version: str | int,
+    to: str,
+    *,
+    uri: str | None = None,
+    approved_by: str | None = None,
+    actor: str | None = None,
+    reason: str | None = None,
+    provenance: ProvenanceLog | str | Path | None = None,
+) -> AliasMove:
     """Move ``version`` one phase up to ``to``: check the rules, write provenance, move aliases.
 
     Raises
@@ -410,7 +517,9 @@ def promote(model: str, version: str | int, to: str, *, uri: str | None = None,
         current = phase_of(model, version, uri=uri)
         refusals = promotion_refusals(current, to, mv.tags, approved_by=approved_by)
         if refusals:
-            raise PermissionError(f"{model} version {version} may not enter {to}: " + "; ".join(refusals))
+            raise PermissionError(
+                f"{model} version {version} may not enter {to}: " + "; ".join(refusals)
+            )
         target = Phase.parse(to).value
         displaced = _holder(client, model, target)
         displaced = None if displaced == version else displaced
@@ -419,17 +528,35 @@ def promote(model: str, version: str | int, to: str, *, uri: str | None = None,
         if current is not None:
             del after[current]
         if approved_by:
-            log.append(actor=approved_by, action="approve", policy_version=f"{model}/{version}",
-                       reason=reason or f"approved for {target}", evidence={"model": model, "version": version,
-                                                                            "to": target,
-                                                                            "registry": dict(checked.state)})
-        record = log.append(actor=who, action="promote", policy_version=f"{model}/{version}",
-                            reason=reason or f"{current or 'registered'} -> {target}",
-                            evidence={"model": model, "version": version, "from": current, "to": target,
-                                      "displaced": displaced, "gates": mv.tags.get("gates.status"),
-                                      "ope_lower_bound": mv.tags.get("ope.lower_bound"),
-                                      "approved_by": approved_by,
-                                      "registry": registry_state(client, model, aliases=after, versions=[version])})
+            log.append(
+                actor=approved_by,
+                action="approve",
+                policy_version=f"{model}/{version}",
+                reason=reason or f"approved for {target}",
+                evidence={
+                    "model": model,
+                    "version": version,
+                    "to": target,
+                    "registry": dict(checked.state),
+                },
+            )
+        record = log.append(
+            actor=who,
+            action="promote",
+            policy_version=f"{model}/{version}",
+            reason=reason or f"{current or 'registered'} -> {target}",
+            evidence={
+                "model": model,
+                "version": version,
+                "from": current,
+                "to": target,
+                "displaced": displaced,
+                "gates": mv.tags.get("gates.status"),
+                "ope_lower_bound": mv.tags.get("ope.lower_bound"),
+                "approved_by": approved_by,
+                "registry": registry_state(client, model, aliases=after, versions=[version]),
+            },
+        )
         client.set_registered_model_alias(model, target, version)
         if current is not None:
             client.delete_registered_model_alias(model, current)
@@ -438,9 +565,16 @@ def promote(model: str, version: str | int, to: str, *, uri: str | None = None,
 
 
 # --------------------------------------------------------------------------- rollback
-def rollback(model: str, *, phase: str | None = None, version: str | int | None = None,
-             uri: str | None = None, actor: str | None = None, reason: str = "rollback",
-             provenance: ProvenanceLog | str | Path | None = None) -> AliasMove:
+def rollback(
+    model: str,
+    *,
+    phase: str | None = None,
+    version: str | int | None = None,
+    uri: str | None = None,
+    actor: str | None = None,
+    reason: str = "rollback",
+    provenance: ProvenanceLog | str | Path | None = None,
+) -> AliasMove:
     """Take a version out of its phase at once (never refused once the version is found).
 
     Name the version by ``phase`` (the version holding that alias) or by ``version``. The
@@ -472,23 +606,42 @@ def rollback(model: str, *, phase: str | None = None, version: str | int | None 
                 raise LookupError(f"{model} version {version} is in no phase: nothing to roll back")
         restored = None
         if frm == Phase.GENERAL.value:
-            restored = _displaced_by(verified_records(client, model, log, checked=checked), model, version)
+            restored = _displaced_by(
+                verified_records(client, model, log, checked=checked), model, version
+            )
             if restored is None:
-                raise LookupError(f"{model} version {version} displaced no earlier general version: nothing "
-                                  "to restore (promote a replacement instead)")
-            require_clean(client, model, log, "rollback", versions=[restored])  # its evidence unedited
+                raise LookupError(
+                    f"{model} version {version} displaced no earlier general version: nothing "
+                    "to restore (promote a replacement instead)"
+                )
+            require_clean(
+                client, model, log, "rollback", versions=[restored]
+            )  # its evidence unedited
         down = Phase.parse(frm).previous
-        to = down.value if down is not None and _holder(client, model, down.value) in (None, version) else None
+        to = (
+            down.value
+            if down is not None and _holder(client, model, down.value) in (None, version)
+            else None
+        )
         after = {k: v for k, v in checked.state["aliases"].items() if k != frm}
         if restored is not None:
             after[frm] = restored
         if to is not None:
             after[to] = version
-        record = log.append(actor=actor or getpass.getuser(), action="rollback", policy_version=f"{model}/{version}",
-                            reason=reason, evidence={"model": model, "version": version, "from": frm, "to": to,
-                                                     "restored": restored,
-                                                     "registry": registry_state(client, model, aliases=after,
-                                                                                versions=[version])})
+        record = log.append(
+            actor=actor or getpass.getuser(),
+            action="rollback",
+            policy_version=f"{model}/{version}",
+            reason=reason,
+            evidence={
+                "model": model,
+                "version": version,
+                "from": frm,
+                "to": to,
+                "restored": restored,
+                "registry": registry_state(client, model, aliases=after, versions=[version]),
+            },
+        )
         if restored is not None:
             client.set_registered_model_alias(model, frm, restored)
         else:
@@ -504,8 +657,12 @@ def _displaced_by(records: list[ProvenanceRecord], model: str, version: str) -> 
     found = None
     for r in records:
         ev = r.evidence or {}
-        if r.action == "promote" and ev.get("model") == model and ev.get("version") == version \
-                and ev.get("to") == Phase.GENERAL.value:
+        if (
+            r.action == "promote"
+            and ev.get("model") == model
+            and ev.get("version") == version
+            and ev.get("to") == Phase.GENERAL.value
+        ):
             found = ev.get("displaced")
     return found
 
@@ -526,16 +683,28 @@ def status(model: str = MODEL_NAME, *, uri: str | None = None) -> pd.DataFrame:
         if v is not None:
             mv = client.get_model_version(model, v)
             t = mv.tags
-            row.update({"policy": t.get("policy.kind"), "policy_version": t.get("policy.version"),
-                        "gates": t.get("gates.status"), "dr": _float(t.get("ope.dr.value")),
-                        "dr_diff": _float(t.get("ope.dr.diff")), "lower_bound": _float(t.get("ope.lower_bound")),
-                        "run_id": mv.run_id, "gate_reasons": _gate_reasons(t)})
+            row.update(
+                {
+                    "policy": t.get("policy.kind"),
+                    "policy_version": t.get("policy.version"),
+                    "gates": t.get("gates.status"),
+                    "dr": _float(t.get("ope.dr.value")),
+                    "dr_diff": _float(t.get("ope.dr.diff")),
+                    "lower_bound": _float(t.get("ope.lower_bound")),
+                    "run_id": mv.run_id,
+                    "gate_reasons": _gate_reasons(t),
+                }
+            )
         rows.append(row)
     return pd.DataFrame(rows).astype({"version": object})
 
 
-def verify_registry(model: str = MODEL_NAME, *, uri: str | None = None,
-                    provenance: ProvenanceLog | str | Path | None = None) -> RegistryCheck:
+def verify_registry(
+    model: str = MODEL_NAME,
+    *,
+    uri: str | None = None,
+    provenance: ProvenanceLog | str | Path | None = None,
+) -> RegistryCheck:
     """Check the registry against its provenance chain; every problem named.
 
     Passes when (a) the chain verifies, (b) the model's last record is exactly the anchored
@@ -556,8 +725,14 @@ def verify_registry(model: str = MODEL_NAME, *, uri: str | None = None,
         return _integrity.check_registry(client, model, log)
 
 
-def reconcile(model: str = MODEL_NAME, *, reason: str, uri: str | None = None, actor: str | None = None,
-              provenance: ProvenanceLog | str | Path | None = None) -> ReconcileResult:
+def reconcile(
+    model: str = MODEL_NAME,
+    *,
+    reason: str,
+    uri: str | None = None,
+    actor: str | None = None,
+    provenance: ProvenanceLog | str | Path | None = None,
+) -> ReconcileResult:
     """Accept the registry as it is: a ``reconcile`` record of the problems and the state.
 
     Records after the anchored head are listed as rejected (rollback then ignores them); a
@@ -596,7 +771,9 @@ def _model_uri(model: str, phase_or_version: str | int) -> str:
     return f"models:/{model}@{s}" if s in PHASES else f"models:/{model}/{s}"
 
 
-def load_phase_model(model: str = MODEL_NAME, phase: str | int = "general", *, uri: str | None = None):
+def load_phase_model(
+    model: str = MODEL_NAME, phase: str | int = "general", *, uri: str | None = None
+):
     """The pyfunc model in ``phase`` (an alias) or of a version number."""
     _, uri = _client(uri)
     mlflow.set_tracking_uri(uri)
@@ -604,8 +781,9 @@ def load_phase_model(model: str = MODEL_NAME, phase: str | int = "general", *, u
     return mlflow.pyfunc.load_model(_model_uri(model, phase))
 
 
-def load_phase_policy(model: str = MODEL_NAME, phase: str | int = "general", *,
-                      uri: str | None = None) -> BasePolicy:
+def load_phase_policy(
+    model: str = MODEL_NAME, phase: str | int = "general", *, uri: str | None = None
+) -> BasePolicy:
     """The policy object behind :func:`load_phase_model` (for replay, checks, dashboards).
 
     The bare policy; :func:`load_phase_guarded` gives it with its serving masks.
@@ -613,8 +791,9 @@ def load_phase_policy(model: str = MODEL_NAME, phase: str | int = "general", *,
     return load_phase_model(model, phase, uri=uri).unwrap_python_model().policy
 
 
-def load_phase_guarded(model: str = MODEL_NAME, phase: str | int = "general", *,
-                       uri: str | None = None) -> Constrained | BasePolicy:
+def load_phase_guarded(
+    model: str = MODEL_NAME, phase: str | int = "general", *, uri: str | None = None
+) -> Constrained | BasePolicy:
     """What the served model answers with: the policy under its masks when it has them."""
     wrapped = load_phase_model(model, phase, uri=uri).unwrap_python_model()
     return wrapped.guard if wrapped.guard is not None else wrapped.policy
