@@ -46,7 +46,11 @@ cleanly, or who rewrites the chain from some point onward (recomputing every lat
 produces a file that is internally consistent. The mitigation is to **anchor the head**
 elsewhere: store :meth:`ProvenanceLog.head` where the log's writer cannot rewrite it (an
 MLflow tag on the promoted model version, a ticket, a second host) and pass it back as
-``verify(path, head=...)``, which then fails unless the anchored hash is still in the chain.
+``verify(path, head=...)``, which then fails unless the anchored record is the chain's *last*
+record: a record after it (a well-formed forgery appended after the anchor) is a problem of
+kind ``after_head``. The registry goes further (:mod:`rtopt_lab.tracking.integrity`): each
+record carries the registry state it left behind, and ``rtopt status`` compares the live
+aliases and evidence tags with it.
 
 Concurrency and durability
 --------------------------

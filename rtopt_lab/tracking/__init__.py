@@ -4,9 +4,12 @@
 - :mod:`.runs`: one run per evaluation (params, metrics, artifacts);
 - :mod:`.pyfunc`: policies as pyfunc models (no pickle; state in NPZ/JSON artifacts);
 - :mod:`.registry`: versions, phase aliases, promotion and rollback with provenance;
-- :mod:`.server`: the MLflow UI and model server on loopback.
+- :mod:`.integrity`: the registry state recorded in provenance, checked and reconciled;
+- :mod:`.server`: the MLflow UI and the model server on loopback (:mod:`.scoring`: the
+  scoring app behind a Host guard).
 """
 
+from rtopt_lab.tracking.integrity import ReconcileResult, RegistryCheck, RegistryIntegrityError
 from rtopt_lab.tracking.registry import (
     MODEL_NAME,
     PHASES,
@@ -22,9 +25,11 @@ from rtopt_lab.tracking.registry import (
     promotion_refusals,
     provenance_head,
     register_policy,
+    reconcile,
     rollback,
     status,
     tag_version,
+    verify_registry,
 )
 from rtopt_lab.tracking.runs import (
     DataFingerprint,
@@ -45,7 +50,10 @@ __all__ = [
     "PHASES",
     "AliasMove",
     "DataFingerprint",
+    "ReconcileResult",
     "RegisteredVersion",
+    "RegistryCheck",
+    "RegistryIntegrityError",
     "add_artifacts",
     "adopt_incumbent",
     "default_tracking_uri",
@@ -61,10 +69,12 @@ __all__ = [
     "promotion_refusals",
     "provenance_head",
     "provenance_path",
+    "reconcile",
     "register_policy",
     "rollback",
     "run_table",
     "status",
     "tag_version",
     "tracking_uri",
+    "verify_registry",
 ]
