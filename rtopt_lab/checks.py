@@ -280,7 +280,7 @@ def canary_check(candidate: BasePolicy | str | Path, *, seed: int = 0, window_ou
     (b) **auto_rollback**: the same rollout with a synthetic breach injected (latency x 1.5)
         is rolled back in the first canary window;
     (c) **budget**: ``n_requests`` per task type served by the optimizer with a daily limit
-        of ``daily_limit`` tokens, the caller honouring the optimizer's "budget exhausted"
+        of ``daily_limit`` tokens, the caller honouring the optimizer's ``blocked`` ("do not call")
         signal: spend never exceeds the limit by more than one call's prompt, and no arm
         above the remaining budget is served;
     (d) **compliance**: 100 % of the candidate's possible recommendations under the serving
@@ -331,7 +331,7 @@ def canary_check(candidate: BasePolicy | str | Path, *, seed: int = 0, window_ou
             f = TaskFeatures.from_record(r)
             left = budget.remaining(f.task_type)
             res = opt.recommend_parameters(f.task_type, f, request_id=f"canary-budget-{i}")
-            if res.reason is not None and res.reason.startswith("budget exhausted"):
+            if res.blocked:
                 refused += 1      # the caller honours the signal and does not call the model
                 continue
             if left is not None and res.params.max_tokens > left:
@@ -343,6 +343,7 @@ def canary_check(candidate: BasePolicy | str | Path, *, seed: int = 0, window_ou
                 quality=float(o["quality"]), latency_ms=float(o["latency_ms"]),
                 prompt_tokens=int(o["outcome_prompt_tokens"]), completion_tokens=int(o["completion_tokens"]),
                 success=bool(o["success"]), truncated=bool(o["truncated"])))
+        opt.close()               # settles every reservation in the ledger
         spent = {t: budget.spent(t) for t in sim.task_types}
         budget.close()
     worst = max(s - daily_limit for s in spent.values())

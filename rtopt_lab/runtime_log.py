@@ -24,7 +24,6 @@ import pyarrow.parquet as pq
 
 from rtopt_lab.features import context_fingerprint
 from rtopt_lab.journal import dead_owners, read_segments
-from rtopt_lab.logstore import LOG_SCHEMA
 from rtopt_lab.types import SelectionResult, TaskFeatures, TaskOutcome
 
 __all__ = [
@@ -134,11 +133,8 @@ def write_rows(
     """
     written = 0
     if rows:
-        table = pa.Table.from_pylist(list(rows), schema=LOG_SCHEMA)
-        kwargs: dict[str, Any] = {"known_arms": catalog}
-        if segment is not None:
-            kwargs["segment"] = segment
-        written = store.append(table, **kwargs).rows_written
+        # row dicts go to the store as they are: a bad cell quarantines its row, not the batch
+        written = store.append(list(rows), known_arms=catalog, segment=segment).rows_written
     if shadow:
         name = f"shadow-{segment or uuid.uuid4().hex}.parquet"
         _atomic_parquet(
