@@ -349,6 +349,57 @@ def test_served_model_answers_every_row_inside_its_masks_many(served, guard, row
     _check_served(served, guard, rows)
 
 
+# ----------------------------------------------------------------------------- the operator's cases
+def test_a_129_character_request_id_is_answered_inside_the_guard(fitted, guard):
+    policy = fitted["linucb"]
+    rows = [
+        {"task_type": "summarization", "risk_tier": 1, "request_id": rid}
+        for rid in ("x" * 129, "   ", "\x00\x01", "req-1")
+    ]
+    out = select_frame(policy, pd.DataFrame(rows), guard=guard)
+    mask = guard.serving_mask(
+        featurize(TaskFeatures(task_type="summarization", risk_tier=1))[None, :], strict=True
+    )[0]
+    arms = policy.catalog.indices(out["arm_id"].tolist())
+    assert mask[arms].all() and not out["blocked"].any() and out["reason"].isna().all()
+    assert out["request_id"].str.startswith("rid-").tolist() == [True, True, True, False]
+    assert select_frame(policy, pd.DataFrame(rows), guard=guard).equals(out)
+
+
+def test_one_bad_record_does_not_fail_the_served_request(served, guard):
+    rows = [
+        {"task_type": "summarization", "risk_tier": 2, "title_length": 10},
+        {"task_type": "summarization"},  # no risk_tier
+        {"task_type": "code_generation", "risk_tier": 1, "title_length": float("nan")},
+        {"task_type": "reasoning", "risk_tier": "high", "title_length": -1},
+    ]
+    out = served.predict(pd.DataFrame(rows))
+    assert len(out) == 4 and not out["blocked"].any()
+    assert out["reason"].iloc[0] is None and out["reason"].iloc[1] is None  # JSON null, not NaN
+    assert "risk_tier" in out["reason"].iloc[3] and out["propensity"].iloc[3] == 1.0
+    strict = guard.strict_mask("reasoning")
+    assert strict[guard.catalog.index(out["arm_id"].iloc[3])]
+
+
+def test_the_guard_blocks_where_the_tier_and_the_trust_region_do_not_meet(sim, fitted):
+    cat = sim.catalog
+    tiers = np.ones((4, len(cat)), dtype=bool)
+    tiers[1] = cat.max_tokens >= 1400  # tier 1 allows only long answers, far from every baseline
+    g = Constrained(fitted["linucb"], FixedPolicy(cat), tier_masks=tiers)
+    assert not g.strict_mask("summarization").any()
+    t1 = g.select(TaskFeatures(task_type="summarization", risk_tier=1), request_id="a")
+    bad = g.select({"task_type": "summarization", "risk_tier": 7}, request_id="b")
+    t2 = g.select(TaskFeatures(task_type="summarization", risk_tier=2), request_id="c")
+    assert t1.blocked and "risk tier 1" in t1.reason
+    assert bad.blocked and "risk_tier" in bad.reason and "strictest" in bad.reason
+    assert not t2.blocked and t2.reason is None
+    assert g.select(
+        TaskFeatures(task_type="summarization", risk_tier=2),
+        request_id="c",
+        allowed=np.zeros(len(cat), dtype=bool),
+    ).blocked
+
+
 def test_the_counts_add_up():
     """Runs last in the module: no exception, no violation; with the slow tests, at least
     10,000 generated payloads (hypothesis examples) in total."""
