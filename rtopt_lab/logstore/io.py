@@ -71,6 +71,7 @@ def write_log(
     try:
         if p.suffix == ".parquet":
             qparts: list[pa.Table] = []
+            tmp_existed = (p.parent / "_tmp").exists()
             with _atomic_file(p, p.parent / "_tmp") as fh:
                 with pq.ParquetWriter(fh, LOG_SCHEMA, compression="zstd") as w:
                     for batch in batches:
@@ -86,8 +87,9 @@ def write_log(
                             qparts.append(checked.quarantine)
                         if bar is not None:
                             bar.update(checked.valid.num_rows + checked.quarantine.num_rows)
-            with contextlib.suppress(OSError):
-                (p.parent / "_tmp").rmdir()
+            if not tmp_existed:  # only a folder this call created, and only when empty
+                with contextlib.suppress(OSError):
+                    (p.parent / "_tmp").rmdir()
             files = 1
             if qparts:
                 q = p.with_name(p.name + ".quarantine.parquet")

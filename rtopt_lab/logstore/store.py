@@ -300,7 +300,8 @@ class LogStore:
         )
 
     def cleanup_tmp(self, older_than_s: float = 3600.0) -> int:
-        """Remove files under ``root/_tmp`` older than ``older_than_s`` seconds; return how many.
+        """Remove this store's temporary files (``*.tmp``) under ``root/_tmp`` older than
+        ``older_than_s`` seconds; return how many. Other files there are never touched.
 
         Orphans are left by writers that died mid-append. Keep ``older_than_s`` above the
         longest append, or a live writer's file may be removed (its append then fails and
@@ -317,7 +318,8 @@ class LogStore:
         cutoff = time.time() - older_than_s
         for p in tmp.iterdir() if tmp.is_dir() else ():
             with contextlib.suppress(FileNotFoundError):
-                if p.is_file() and p.stat().st_mtime <= cutoff:
+                if p.name.endswith(".tmp") and p.is_file() and not p.is_symlink() \
+                        and p.stat().st_mtime <= cutoff:
                     p.unlink()
                     removed += 1
         return removed
