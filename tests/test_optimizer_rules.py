@@ -16,16 +16,15 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from rtopt_lab.compliance import BudgetTracker, ProvenanceLog
+from rtopt_lab.compliance import BudgetTracker
 from rtopt_lab.features import featurize
 from rtopt_lab.gates import Compliance
 from rtopt_lab.hashing import safe_request_id
 from rtopt_lab.optimizer import LLMParameterOptimizer, OptimizationConstraints
 from rtopt_lab.policies import FixedPolicy, LinUCB, fit_from_log
-from rtopt_lab.rollout.manager import RolloutManager
-from rtopt_lab.rollout.phases import PhaseConfig
 from rtopt_lab.types import TaskFeatures, TaskOutcome
 from tests.strategies import hostile_features, hostile_request_ids, task_types
+from tests.test_optimizer import _rollout
 
 OUT = TaskOutcome(quality=0.5, latency_ms=100.0, prompt_tokens=10, completion_tokens=10)
 SETTINGS = settings(
@@ -40,20 +39,7 @@ SETTINGS = settings(
 @pytest.fixture(scope="module")
 def world(sim, tmp_path_factory):
     cand = fit_from_log(LinUCB(sim.catalog), sim.simulate_log(3_000, seed=3))
-    root = tmp_path_factory.mktemp("rules")
-    rollout = RolloutManager(
-        root / "state.json",
-        ProvenanceLog(root / "prov.jsonl"),
-        config=PhaseConfig(
-            min_samples={"canary": 0, "guarded": 0},
-            min_duration_s={"canary": 0, "guarded": 0},
-            cooldown_s=0,
-        ),
-    )
-    rollout.start(cand.version, "prod")
-    good = dict(gates="pass", slo="ok", ope_lower_bound=0.1, online_lower_bound=0.1)
-    while rollout.phase.value != "guarded":
-        rollout.step(**good)
+    rollout = _rollout(tmp_path_factory.mktemp("rules"), "guarded")
     inc = FixedPolicy(sim.catalog)
     return (
         sim.catalog,
