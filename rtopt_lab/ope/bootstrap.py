@@ -259,21 +259,21 @@ def standard_errors(summary: Summary, stats: StatSet, method: str) -> np.ndarray
     return stats.values(summary.boot).std(axis=0, ddof=1)
 
 
-def p_values(summary: Summary, stats: StatSet, method: str) -> np.ndarray:
-    """One-sided p-values (s,) for H0: statistic <= 0, consistent with :func:`bounds`.
+def p_values(summary: Summary, stats: StatSet, method: str, null: float = 0.0) -> np.ndarray:
+    """One-sided p-values (s,) for H0: statistic <= ``null``, consistent with :func:`bounds`.
 
-    p is the level at which the lower bound reaches 0: ``bounds(..., [q])`` > 0 exactly
-    when q > p. Normal: :math:`\\Phi(-\\hat\\theta / se)`; percentile: the bootstrap
-    distribution's mid-rank CDF at 0; BCa: that CDF mapped back through the BCa
-    adjustment. The p-value of H0: statistic >= 0 is 1 - p.
+    p is the level at which the lower bound reaches ``null``: ``bounds(..., [q])`` >
+    ``null`` exactly when q > p. Normal: :math:`\\Phi(-(\\hat\\theta - \\delta) / se)`;
+    percentile: the bootstrap distribution's mid-rank CDF at δ; BCa: that CDF mapped back
+    through the BCa adjustment. The p-value of H0: statistic >= δ is 1 - p.
     """
-    theta = stats.values(summary.totals)
+    theta = stats.values(summary.totals) - null
     if method == "normal":
         se = standard_errors(summary, stats, "normal")
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.where(se > 0, -theta / se, np.where(theta > 0, -np.inf, np.where(theta < 0, np.inf, 0.0)))
         return np.where(np.isnan(theta), np.nan, ndtr(z))
-    vals = stats.values(summary.boot)
+    vals = stats.values(summary.boot) - null
     B = len(vals)
     cdf0 = ((vals < 0).sum(axis=0) + (vals <= 0).sum(axis=0)) / (2.0 * B)
     if method == "percentile":

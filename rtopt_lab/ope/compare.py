@@ -1,4 +1,4 @@
-"""Candidates against a baseline: paired differences, Holm-adjusted one-sided bounds, verdicts."""
+"""Candidates against a baseline: paired differences, simultaneous one-sided bounds, verdicts."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from rtopt_lab.improvement import DEFAULT_MARGIN, check_margin, is_improvement
 from rtopt_lab.ope import bootstrap as _boot
 from rtopt_lab.ope._terms import ESTIMATOR_PAIRS, LOGGING, Layout
 from rtopt_lab.ope.diagnostics import WeightStats
 from rtopt_lab.ope.estimators import Estimate, _check_logged, _probabilities
 
-__all__ = ["VERDICTS", "Comparison", "compare", "holm"]
+__all__ = ["VERDICTS", "Comparison", "compare", "holm", "is_improvement"]
 
 VERDICTS: tuple[str, ...] = ("improved", "not significant", "worse")
 
@@ -30,13 +31,21 @@ class Comparison:
     ci_low, ci_high : float
         Paired two-sided interval of the difference at ``confidence_level`` (unadjusted).
     lower_bound, upper_bound : float
-        One-sided bounds at the candidate's Holm level (see :func:`compare`).
+        One-sided bounds at level :math:`\\alpha / m` (Bonferroni over the m candidates):
+        the lower bounds of all candidates hold simultaneously with probability
+        >= 1 - alpha, and so do the upper bounds (see :func:`compare`).
     p_value : float
-        Holm-adjusted one-sided p-value of "no improvement" (difference <= 0).
+        Bonferroni-adjusted one-sided p-value of "no improvement" (difference <= margin):
+        ``p_value < alpha`` exactly when ``lower_bound > margin`` (up to the bootstrap's
+        resolution).
     verdict : {"improved", "not significant", "worse"}
+        ``"improved"`` exactly when ``lower_bound > margin``
+        (:func:`~rtopt_lab.improvement.is_improvement`).
     alpha, confidence_level : float
     se : float
     method : str
+    margin : float
+        The improvement δ the lower bound had to exceed.
     """
 
     candidate: str
@@ -53,6 +62,7 @@ class Comparison:
     confidence_level: float
     se: float
     method: str
+    margin: float = DEFAULT_MARGIN
 
 
 def holm(p: np.ndarray) -> np.ndarray:
@@ -67,16 +77,14 @@ def holm(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def _ranks(p: np.ndarray) -> np.ndarray:
-    r = np.empty(len(p), dtype=np.int64)
-    r[np.argsort(p, kind="stable")] = np.arange(len(p))
-    return r
-
-
 def results(layout: Layout, summary: _boot.Summary, wstats: WeightStats, *, ci: str,
-            confidence_level: float, baseline: str | None, alpha: float
+            confidence_level: float, baseline: str | None, alpha: float, margin: float = DEFAULT_MARGIN
             ) -> tuple[dict[tuple[str, str], Estimate], list[Comparison]]:
-    """Estimates of every (candidate, estimator) and comparisons with ``baseline``."""
+    """Estimates of every (candidate, estimator) and comparisons with ``baseline``.
+
+    The comparisons use Bonferroni one-sided bounds at ``alpha / m`` and the verdict rule
+    :func:`~rtopt_lab.improvement.is_improvement` (see :func:`compare`, Notes).
+    """
     stats = layout.statset()
     level = 1.0 - confidence_level
     two = np.array([level / 2, 1 - level / 2])
@@ -96,32 +104,30 @@ def results(layout: Layout, summary: _boot.Summary, wstats: WeightStats, *, ci: 
     if not others:
         return estimates, comparisons
     m = len(others)
-    holm_levels = alpha / (m - np.arange(m))                        # alpha/m, ..., alpha/1
+    level_b = alpha / m                                             # Bonferroni: alpha/m for every candidate
     for e in layout.estimators:
         idx = {c: stats.labels.index((c, e)) for c in layout.candidates}
         diff = stats.difference(idx[baseline], [idx[c] for c in others])
         d = diff.values(summary.totals)
         d_lohi = _boot.bounds(summary, diff, ci, two)
         d_se = _boot.standard_errors(summary, diff, ci)
-        p_up = _boot.p_values(summary, diff, ci)                   # H0: difference <= 0
-        p_down = 1.0 - p_up                                        # H0: difference >= 0
-        lower_all = _boot.bounds(summary, diff, ci, holm_levels)          # (m levels, m stats)
-        upper_all = _boot.bounds(summary, diff, ci, 1.0 - holm_levels)
-        r_up, r_down = _ranks(p_up), _ranks(p_down)
-        adj_up, adj_down = holm(p_up), holm(p_down)
+        p_up = _boot.p_values(summary, diff, ci, null=margin)     # H0: difference <= margin
+        lower = _boot.bounds(summary, diff, ci, [level_b])[0]
+        upper = _boot.bounds(summary, diff, ci, [1.0 - level_b])[0]
+        adj_up = np.minimum(1.0, m * p_up)
         for j, c in enumerate(others):
-            lb, ub = lower_all[r_up[j], j], upper_all[r_down[j], j]
-            if adj_up[j] < alpha and lb > 0:
+            lb, ub = float(lower[j]), float(upper[j])
+            if is_improvement(lb, margin):
                 verdict = "improved"
-            elif adj_down[j] < alpha and ub < 0:
+            elif ub < 0:
                 verdict = "worse"
             else:
                 verdict = "not significant"
             comparisons.append(Comparison(
                 candidate=c, baseline=baseline, estimator=e, difference=float(d[j]),
-                ci_low=float(d_lohi[0, j]), ci_high=float(d_lohi[1, j]), lower_bound=float(lb),
-                upper_bound=float(ub), p_value=float(adj_up[j]), verdict=verdict, alpha=alpha,
-                confidence_level=confidence_level, se=float(d_se[j]), method=ci))
+                ci_low=float(d_lohi[0, j]), ci_high=float(d_lohi[1, j]), lower_bound=lb,
+                upper_bound=ub, p_value=float(adj_up[j]), verdict=verdict, alpha=alpha,
+                confidence_level=confidence_level, se=float(d_se[j]), method=ci, margin=margin))
     return estimates, comparisons
 
 
@@ -159,10 +165,10 @@ def _check_compare(reward, action, pscore, action_dist, q_hat, baseline, estimat
 
 def compare(reward, action, pscore, action_dist: Mapping[str, np.ndarray], q_hat=None, *,
             baseline: str = LOGGING, estimator: str | Sequence[str] = "dr", alpha: float = 0.05,
-            max_weight: float | None = None, tau: float = 100.0, pscore_dist=None,
+            margin: float = DEFAULT_MARGIN, max_weight: float | None = None, tau: float = 100.0, pscore_dist=None,
             confidence_level: float = 0.95, ci: str = "normal", n_boot: int = 1000,
             resampling: str = "multinomial", keys=None, rng=None) -> tuple[Comparison, ...]:
-    """Compare candidates with a baseline on one log, paired, with Holm's adjustment.
+    """Compare candidates with a baseline on one log, paired, with simultaneous bounds.
 
     Parameters
     ----------
@@ -177,6 +183,9 @@ def compare(reward, action, pscore, action_dist: Mapping[str, np.ndarray], q_hat
     estimator : str or sequence of str, default "dr"
     alpha : float, default 0.05
         Family-wise error rate of the one-sided tests, over the candidates (per estimator).
+    margin : float, default 0.0
+        The improvement δ >= 0 a candidate must exceed: ``"improved"`` needs a lower
+        bound strictly greater than ``margin``.
     max_weight, tau : as in :func:`~rtopt_lab.ope.ips` and :func:`~rtopt_lab.ope.switch_dr`
     confidence_level, ci, n_boot, resampling, keys, rng
         Interval options (see :mod:`rtopt_lab.ope.estimators`).
@@ -190,25 +199,50 @@ def compare(reward, action, pscore, action_dist: Mapping[str, np.ndarray], q_hat
     -----
     Differences :math:`\\Delta_c = \\hat V(c) - \\hat V(b)` are statistics of the same
     per-row terms, so their intervals are paired (same resamples, or the delta method on
-    the joint covariance). For the m candidates, one-sided p-values :math:`p_c` of
-    :math:`H_0: \\Delta_c \\le 0` are Holm-adjusted (step-down; Holm 1979). The candidate
-    of rank j (0-based, by p) gets the lower bound at level :math:`\\alpha / (m - j)`.
+    the joint covariance).
 
-    Verdict:
+    **Multiplicity: Bonferroni bounds, and the verdict read from them.** For the m
+    candidates (per estimator) every candidate gets the one-sided lower bound
+    :math:`L_c` at level :math:`\\alpha / m` and the upper bound :math:`U_c` at
+    :math:`1 - \\alpha / m`. By the union bound,
+    :math:`P(\\exists c: L_c > \\Delta_c) \\le \\alpha`: the reported lower bounds are
+    simultaneous (1 - alpha) bounds (asymptotically, as the interval method ``ci`` is),
+    and the same holds for the upper bounds. The verdict uses those very numbers:
 
-    - ``"improved"``: the Holm-adjusted p-value is below alpha and the adjusted one-sided
-      lower bound is **strictly** greater than 0 (a bound of exactly 0, e.g. a candidate
-      identical to the baseline, is not an improvement);
-    - ``"worse"``: the same test in the other direction: the adjusted one-sided upper
-      bound is strictly below 0;
+    - ``"improved"`` exactly when :math:`L_c > \\delta` (``margin``), **strictly**
+      (:func:`~rtopt_lab.improvement.is_improvement`, the rule every check, gate, the
+      registry and the rollout use): a candidate identical to the baseline has
+      :math:`L_c = 0` and is never improved;
+    - ``"worse"`` when :math:`U_c < 0`;
     - ``"not significant"`` otherwise.
 
-    The lower bound is the quantity the canary gate reads ("lower bound of improvement
-    >= 0 at alpha = 0.05"); here it must be > 0 for "improved".
+    ``p_value`` is the Bonferroni-adjusted p-value :math:`\\min(1, m\\, p_c)` of
+    :math:`H_0: \\Delta_c \\le \\delta`; it is below alpha exactly when the verdict is
+    "improved" (up to the bootstrap's resolution). The family of lower bounds controls
+    the family-wise error of the "improved" verdicts at alpha; the "worse" verdicts are
+    a second family, also at alpha.
+
+    Why not Holm's step-down: it rejects at least what Bonferroni rejects (the candidate
+    ranked j needs only :math:`\\alpha / (m - j)`), but the simultaneous bounds that agree
+    with it (Strassburger & Bretz 2008; Guilbaud 2008) are :math:`L_c = \\delta` for a
+    rejected hypothesis unless all m are rejected: no bound strictly above δ, so
+    "improved" ⇔ bound > δ could not hold, and giving the candidate ranked j its bound at
+    :math:`\\alpha / (m - j)` whatever the step-down did is not a simultaneous bound.
+    The power given up: a candidate whose lower bound exceeds δ at
+    :math:`\\alpha / (m - j)` but not at :math:`\\alpha / m` (j >= 1) is "not
+    significant" here; with a single candidate (m = 1) nothing is lost. :func:`holm`
+    stays available for adjusted p-values.
 
     References
     ----------
-    S. Holm. A simple sequentially rejective multiple test procedure. Scand. J. Stat. 1979.
+    S. Holm. A simple sequentially rejective multiple test procedure. Scand. J. Stat. 6,
+    1979.
+    K. Strassburger, F. Bretz. Compatible simultaneous lower confidence bounds for the
+    Holm procedure and other Bonferroni-based closed tests. Stat. Med. 27, 2008.
+    O. Guilbaud. Simultaneous confidence regions corresponding to Holm's step-down
+    procedure and other closed-testing procedures. Biometrical J. 50, 2008.
+    W. Brannath, L. Kluge, M. Scharpenberg. Informative simultaneous confidence
+    intervals for graphical test procedures. arXiv:2402.13719, 2024.
 
     Examples
     --------
@@ -228,6 +262,7 @@ def compare(reward, action, pscore, action_dist: Mapping[str, np.ndarray], q_hat
         raise ValueError(f"`max_weight` must be a number > 0 or None; got {max_weight!r}")
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
         raise ValueError(f"`tau` must be a number > 0; got {tau!r}")
+    margin = check_margin(margin)
     c, dists, ests = _check_compare(reward, action, pscore, action_dist, q_hat, baseline, estimator, alpha,
                                     pscore_dist, keys, options)
     names = list(dists) + ([LOGGING] if baseline == LOGGING else [])
@@ -240,5 +275,5 @@ def compare(reward, action, pscore, action_dist: Mapping[str, np.ndarray], q_hat
         keys_ = c.rng.integers(0, np.iinfo(np.int64).max, len(T), dtype=np.int64).astype(np.uint64)
     summary = _boot.summarize(T, keys=keys_, ci=c.ci, n_boot=c.n_boot, resampling=c.resampling, rng=c.rng)
     _, comps = results(layout, summary, wstats, ci=c.ci, confidence_level=c.confidence_level,
-                       baseline=baseline, alpha=float(alpha))
+                       baseline=baseline, alpha=float(alpha), margin=margin)
     return tuple(comps)
