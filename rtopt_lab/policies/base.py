@@ -56,6 +56,7 @@ from rtopt_lab.hashing import mix as _mix
 from rtopt_lab.hashing import mix_np as _mix_np
 from rtopt_lab.hashing import safe_request_id
 from rtopt_lab.hashing import str64 as _str64
+from rtopt_lab.policies.window import TrainingWindow
 from rtopt_lab.types import SelectionResult, TaskFeatures
 
 __all__ = ["BasePolicy", "Policy", "load_policy", "readable_task_type", "uniforms"]
@@ -200,6 +201,10 @@ class BasePolicy:
         self._seed_key = _mix(_str64(f"rtopt-policy-seed:{self.seed}"))
         self._version: str | None = None
         self._all_allowed = np.ones(len(catalog), dtype=bool)
+        #: the rows :func:`~rtopt_lab.policies.fit_from_log` fitted on; None: unknown
+        #: (never fitted from a log, or loaded from a file written before windows existed).
+        #: Not part of :attr:`version`; online :meth:`update` does not change it.
+        self.training_window: TrainingWindow | None = None
 
     # ------------------------------------------------------------------ to override
     def _dist(self, X: np.ndarray, allowed: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -529,7 +534,17 @@ class BasePolicy:
 
     # ------------------------------------------------------------------ identity
     def config(self) -> dict[str, Any]:
-        """Everything needed to rebuild the policy (JSON-serialisable)."""
+        """Everything needed to rebuild the policy (JSON-serialisable).
+
+        With a known :attr:`training_window`, its summary is under ``"training_window"``
+        (metadata: not a constructor argument, not part of :attr:`version`).
+        """
+        out = self._serving_config()
+        if self.training_window is not None:
+            out["training_window"] = self.training_window.summary()
+        return out
+
+    def _serving_config(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "catalog": self.catalog.to_dict(),
@@ -552,6 +567,17 @@ class BasePolicy:
             "n_features": self.n_features,
             "catalog_version": self.catalog.version,
         }
+        tw = self.training_window
+        if tw is not None:
+            out.update(
+                {
+                    "training_rows": tw.n_rows,
+                    "training_first": tw.first_timestamp or "",
+                    "training_last": tw.last_timestamp or "",
+                    "training_ids": tw.n_ids,
+                    "training_digest": tw.id_digest or "",
+                }
+            )
         out.update(
             {k: v for k, v in self._config().items() if isinstance(v, (int, float, str, bool))}
         )
@@ -561,7 +587,7 @@ class BasePolicy:
     def version(self) -> str:
         """Content hash (12 hex digits) of configuration and learned state."""
         if self._version is None:
-            h = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode())
+            h = hashlib.sha256(json.dumps(self._serving_config(), sort_keys=True).encode())
             for name, arr in sorted(self._state().items()):
                 h.update(name.encode())
                 h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
@@ -573,12 +599,18 @@ class BasePolicy:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        """Write configuration (JSON) and state (arrays) to one ``.npz`` file; no pickle."""
+        """Write configuration (JSON) and state (arrays) to one ``.npz`` file; no pickle.
+
+        A known :attr:`training_window` is saved too: its summary in the configuration and
+        its request-id hashes as the ``uint64`` array ``training__request_ids``.
+        """
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_suffix(".npz")
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"state__{k}": np.asarray(v) for k, v in self._state().items()}
+        if self.training_window is not None and self.training_window.id_hashes is not None:
+            arrays["training__request_ids"] = self.training_window.id_hashes
         np.savez(path, config=np.array(json.dumps(self.config(), sort_keys=True)), **arrays)
         return path
 
@@ -587,7 +619,11 @@ class BasePolicy:
         cls, config: dict[str, Any], catalog: ArmCatalog, spec: FeatureSpec
     ) -> BasePolicy:
         """Rebuild from :meth:`config`: its keys are the constructor's keyword arguments."""
-        kwargs = {k: v for k, v in config.items() if k not in ("kind", "catalog", "spec")}
+        kwargs = {
+            k: v
+            for k, v in config.items()
+            if k not in ("kind", "catalog", "spec", "training_window")
+        }
         return cls(catalog, spec=spec, **kwargs)
 
     @staticmethod
@@ -604,6 +640,7 @@ def load_policy(path: str | Path) -> BasePolicy:
     with np.load(path, allow_pickle=False) as z:
         config = json.loads(str(z["config"]))
         state = {k[len("state__") :]: z[k] for k in z.files if k.startswith("state__")}
+        ids = z["training__request_ids"] if "training__request_ids" in z.files else None
     kind = config.get("kind")
     if kind not in _REGISTRY:
         raise ValueError(f"{path}: unknown policy kind {kind!r}; known: {sorted(_REGISTRY)}")
@@ -615,6 +652,9 @@ def load_policy(path: str | Path) -> BasePolicy:
     policy = _REGISTRY[kind]._from_config(config, catalog, spec)
     if state:
         policy._set_state(state)
+    window = config.get("training_window")  # absent in files written before windows existed
+    if window is not None:
+        policy.training_window = TrainingWindow.from_summary(window, ids)
     return policy
 
 

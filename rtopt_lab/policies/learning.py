@@ -15,8 +15,10 @@ statistics from zero (:func:`fit_statistics`), adds them in order
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +27,11 @@ import pyarrow as pa
 from rtopt_lab.features import context_fingerprint_frame, featurize_frame
 from rtopt_lab.policies._linear import LinearRewardModel
 from rtopt_lab.policies.base import BasePolicy, argmax_dist
+from rtopt_lab.policies.window import TrainingWindow
 from rtopt_lab.simulate import LLMTaskSimulator
+
+if TYPE_CHECKING:
+    from rtopt_lab.logstore import LogStore
 
 __all__ = [
     "OnlineResult",
@@ -42,13 +48,20 @@ __all__ = [
 
 def fit_from_log(
     policy: BasePolicy,
-    log: pd.DataFrame | pa.Table,
+    log: pd.DataFrame | pa.Table | str | os.PathLike[str] | LogStore,
     *,
     importance_weighted: bool = False,
     max_weight: float = 100.0,
     chunk_rows: int = 100_000,
 ) -> BasePolicy:
     """Fit a policy's reward model on logged (x, a, r): the direct method.
+
+    ``log`` is a DataFrame, an Arrow table, a :class:`~rtopt_lab.logstore.LogStore` or the
+    path of a log directory or ``.parquet`` file (its valid rows). The rows fitted on are
+    recorded as ``policy.training_window`` (:class:`~rtopt_lab.policies.window.TrainingWindow`:
+    timestamps, row count, request-id hashes, the path), merged with any window the policy
+    already had, so evidence can be taken from the other rows only
+    (:func:`rtopt_lab.ope.holdout.held_out`).
 
     With ``importance_weighted`` each row is weighted by :math:`1 / \\pi_b(a_i \\mid x_i)`
     (clipped at ``max_weight``, rescaled to mean 1), so arms the logging policy rarely
@@ -58,6 +71,7 @@ def fit_from_log(
 
     Raises ValueError naming unknown arm ids or a missing column.
     """
+    log, source = _as_table(log)
     n = len(log)
     missing = [
         c
@@ -80,7 +94,25 @@ def fit_from_log(
         )
         fit_chunk(policy, part, importance_weighted=importance_weighted, max_weight=max_weight,
                   scale=scale)
+    window = TrainingWindow.from_log(log, source=source)
+    old = policy.training_window
+    policy.training_window = window if old is None else old.merge(window)
     return policy
+
+
+def _as_table(log: Any) -> tuple[pd.DataFrame | pa.Table, str | None]:
+    """``log`` as a DataFrame or Arrow table, and its path when read from one."""
+    from rtopt_lab.logstore import LogStore, read_log
+
+    if isinstance(log, (pd.DataFrame, pa.Table)):
+        return log, None
+    if isinstance(log, LogStore):
+        return log.read().table, str(log.root)
+    if isinstance(log, (str, os.PathLike)):
+        return read_log(log).table, str(log)
+    raise TypeError(
+        f"`log` must be a DataFrame, Arrow table, LogStore or path; got {type(log).__name__}"
+    )
 
 
 def fit_chunk(
