@@ -31,6 +31,7 @@ from rtopt_lab.ope.compare import VERDICTS, Comparison, compare, holm
 from rtopt_lab.ope.diagnostics import FLAGS, Diagnostics
 from rtopt_lab.ope.estimators import ESTIMATORS, Estimate, dm, dr, ips, sndr, snips, switch_dr
 from rtopt_lab.ope.evaluate import evaluate
+from rtopt_lab.ope.holdout import EvidenceOverlapError, UnknownTrainingWindowWarning, held_out
 from rtopt_lab.ope.reward_model import RewardModel, joint_features
 
 __all__ = [
@@ -45,14 +46,17 @@ __all__ = [
     "Estimate",
     "EvaluationPlan",
     "EvaluationSums",
+    "EvidenceOverlapError",
     "LoggedRows",
     "RewardModel",
+    "UnknownTrainingWindowWarning",
     "chunk_terms",
     "compare",
     "dm",
     "dr",
     "evaluate",
     "hash_strings",
+    "held_out",
     "holm",
     "ips",
     "joint_features",
