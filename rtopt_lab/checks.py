@@ -2,8 +2,9 @@
 
 :func:`offline_check` runs four checks and returns a :class:`CheckReport`:
 
-(a) **replay**: the candidate beats the baseline (the production policy) by IPS and by DR,
-    with the Holm-adjusted one-sided lower bound of the improvement >= 0 at ``alpha``;
+(a) **replay**: the candidate beats the baseline (the production policy) by IPS and by DR:
+    the one-sided lower bound of the improvement at ``alpha`` is strictly greater than
+    ``margin`` (:func:`~rtopt_lab.improvement.is_improvement`; a copy of production fails);
 (b) **constraints**: every recommendation over a large sample of contexts, served with the
     trust-region and compliance masks as the runtime applies them, satisfies every hard
     constraint (arm within the tier's limits and the trust region of the incumbent);
@@ -31,6 +32,7 @@ import pandas as pd
 
 from rtopt_lab.features import context_fingerprint_frame, featurize_frame
 from rtopt_lab.gates import Compliance, TrustRegion
+from rtopt_lab.improvement import check_margin, is_improvement
 from rtopt_lab.logstore import read_log
 from rtopt_lab.policies import BasePolicy, FixedPolicy, load_policy
 from rtopt_lab.types import GenerationRequest, Message, ParameterSet, TaskFeatures, TaskOutcome
@@ -111,7 +113,7 @@ def _policy(candidate: BasePolicy | str | Path) -> tuple[BasePolicy, Path | None
 
 def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: BasePolicy | None = None,
                   compliance: Compliance | None = None, trust_region: TrustRegion | None = None,
-                  n_contexts: int = 20_000, alpha: float = 0.05) -> CheckReport:
+                  n_contexts: int = 20_000, alpha: float = 0.05, margin: float = 0.0) -> CheckReport:
     """Run the offline suite (see the module docstring) for ``candidate`` on ``log``.
 
     Parameters
@@ -126,8 +128,12 @@ def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: Ba
     n_contexts : int, default 20000
         Contexts drawn from the log for the constraint and reproducibility checks.
     alpha : float, default 0.05
+    margin : float, default 0.0
+        The improvement δ >= 0 the replay's lower bounds must exceed (strictly).
     """
     from rtopt_lab.ope import evaluate
+
+    margin = check_margin(margin)
 
     policy, path = _policy(candidate)
     cat = policy.catalog
@@ -138,7 +144,7 @@ def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: Ba
         read_log(log).table.to_pandas() if isinstance(log, (str, Path)) else log.to_pandas())
     if len(frame) == 0:
         raise ValueError("`log` has no valid rows")
-    checks = [_replay(policy, incumbent, frame, alpha, evaluate)]
+    checks = [_replay(policy, incumbent, frame, alpha, evaluate, margin)]
     sample = frame.iloc[np.linspace(0, len(frame) - 1, min(n_contexts, len(frame))).astype(int)]
     X = featurize_frame(sample, policy.spec)
     inc_arms = incumbent.action_dist(X).argmax(axis=1)
@@ -151,7 +157,7 @@ def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: Ba
     return CheckReport(candidate=str(path) if path else policy.version, checks=tuple(checks))
 
 
-def _replay(policy, incumbent, frame, alpha, evaluate) -> CheckResult:
+def _replay(policy, incumbent, frame, alpha, evaluate, margin=0.0) -> CheckResult:
     table = evaluate(frame, {"baseline": incumbent, "candidate": policy}, estimators=("ips", "dr"),
                      baseline="baseline", alpha=alpha, progress=False)
     rows = table[table["candidate"] == "candidate"]
@@ -160,10 +166,11 @@ def _replay(policy, incumbent, frame, alpha, evaluate) -> CheckResult:
         est = r["estimator"]
         figures[f"{est}_diff"] = float(r["diff"])
         figures[f"{est}_lower_bound"] = float(r["lower_bound"])
-        ok &= bool(math.isfinite(r["lower_bound"]) and r["lower_bound"] >= 0)
+        ok &= bool(math.isfinite(r["lower_bound"])) and is_improvement(float(r["lower_bound"]), margin)
+    figures["margin"] = margin
     return CheckResult("replay", ok, figures,
-                       f"one-sided lower bound of the improvement over the baseline >= 0 at alpha={alpha} "
-                       "(IPS and DR, Holm-adjusted)")
+                       f"one-sided lower bound of the improvement over the baseline > {margin:g} at alpha={alpha} "
+                       "(IPS and DR; strict: a copy of the baseline does not pass)")
 
 
 def _constraints(policy, sample, X, allowed, inc_arms, tiers, compliance, trust_region) -> CheckResult:
@@ -248,7 +255,8 @@ def gate_evidence(report: CheckReport | Mapping[str, Any]) -> tuple[dict[str, di
 
     Each check becomes a verdict ``pass`` or ``fail`` (its detail as the reason); the
     replay's one-sided lower bounds give ``ope.lower_bound``, the smallest of them, when
-    all are finite. ``report`` is a :class:`CheckReport` or its :meth:`~CheckReport.to_dict`
+    all are finite, and its ``margin`` gives ``ope.margin`` (the δ the registry's
+    shadow -> canary rule then requires the bound to exceed). ``report`` is a :class:`CheckReport` or its :meth:`~CheckReport.to_dict`
     (a JSON report read back).
     """
     data = report.to_dict() if isinstance(report, CheckReport) else report
@@ -258,6 +266,9 @@ def gate_evidence(report: CheckReport | Mapping[str, Any]) -> tuple[dict[str, di
     bounds = [float(v) for c in checks if c["name"] == "replay"
               for k, v in c.get("figures", {}).items() if k.endswith("_lower_bound")]
     tags = {"ope.lower_bound": repr(min(bounds))} if bounds and all(math.isfinite(b) for b in bounds) else {}
+    margins = [c.get("figures", {}).get("margin") for c in checks if c["name"] == "replay"]
+    if tags and margins and margins[0] is not None:
+        tags["ope.margin"] = repr(float(margins[0]))
     return verdicts, tags
 
 

@@ -40,6 +40,16 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _margin(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s!r}")
+    return v
+
+
 def _probability(s: str) -> float:
     try:
         v = float(s)
@@ -128,7 +138,7 @@ def _build_parser() -> argparse.ArgumentParser:
     co = cksub.add_parser(
         "offline", help="replay, constraints, reproducibility and adversarial inputs",
         description="Run the offline suite: (a) replay: the candidate beats production by IPS and DR "
-                    "with a one-sided lower bound >= 0; (b) every recommendation over a large context "
+                    "with a one-sided lower bound > --margin (strict); (b) every recommendation over a large context "
                     "sample satisfies every hard constraint (compliance tiers, trust region); (c) same "
                     "seed and context give identical parameters; (d) malformed, huge and empty inputs "
                     "never break the guardrails. Prints a pass/fail table; exit status 1 on any failure.")
@@ -139,6 +149,8 @@ def _build_parser() -> argparse.ArgumentParser:
     co.add_argument("--contexts", type=_positive_int, default=20_000,
                     help="contexts sampled from the log for (b) and (c) (default: %(default)s)")
     co.add_argument("--alpha", type=_probability, default=0.05, help="one-sided level (default: %(default)s)")
+    co.add_argument("--margin", type=_margin, default=0.0,
+                    help="improvement the replay's lower bounds must strictly exceed (default: %(default)s)")
     co.add_argument("--report", type=Path, default=None, help="also write the report as JSON here")
     co.set_defaults(func=_cmd_check_offline)
     cc = cksub.add_parser(
@@ -248,7 +260,8 @@ def _cmd_check_offline(args: argparse.Namespace) -> int:
 
         gates = QualityGateValidator.from_yaml(args.gates).gates
         kw = {k: gates[k] for k in ("compliance", "trust_region") if k in gates}
-    report = offline_check(args.candidate, args.log, n_contexts=args.contexts, alpha=args.alpha, **kw)
+    report = offline_check(args.candidate, args.log, n_contexts=args.contexts, alpha=args.alpha,
+                           margin=args.margin, **kw)
     print(report.table())
     if args.report is not None:
         print(f"report written to {write_report(report, args.report)}")

@@ -4,17 +4,19 @@
 phase      traffic  enters when                                                   leaves by
 =========  =======  ============================================================  ===============
 shadow     0 %      the gates pass (logged only)                                  --
-canary     5 %      OPE lower bound of the improvement >= 0 on shadow logs,       rollback on an
+canary     5 %      OPE lower bound of the improvement > margin on shadow logs,   rollback on an
                     gates pass, a recorded approval for tier-1 tasks              SLO breach
 guarded    25 %     canary clean for its minimum samples and duration, online      rollback
-                    lower bound >= 0
+                    lower bound > margin
 general    100 %    guarded clean likewise, and the improvement held in two        rollback
                     consecutive windows
 =========  =======  ============================================================  ===============
 
 :func:`next_phase` maps (phase, :class:`PhaseEvidence`, :class:`PhaseConfig`) to a
 :class:`Transition`: ``promote`` one phase, ``rollback`` one phase, or ``hold``, always
-with the reasons. It fetches nothing and writes nothing; the rollout manager gathers the
+with the reasons. "Improvement" is :func:`~rtopt_lab.improvement.is_improvement`: the
+lower bound strictly above ``PhaseConfig.margin`` (default 0), so a copy of production
+never moves past shadow. It fetches nothing and writes nothing; the rollout manager gathers the
 evidence and carries the transition out (registry aliases, provenance).
 
 Repeated looks
@@ -36,6 +38,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
+
+from rtopt_lab.improvement import check_margin, is_improvement
 
 __all__ = [
     "DEFAULT_SHARES",
@@ -103,6 +107,9 @@ class PhaseConfig:
         rollback the candidate must prove itself again before moving up).
     windows_required : int, default 2
         Consecutive improved windows needed to enter general (the seed's two weeks).
+    margin : float, default 0.0
+        The improvement δ >= 0 the off-policy and online lower bounds must exceed,
+        strictly (:func:`~rtopt_lab.improvement.is_improvement`).
     """
 
     shares: Mapping[Phase, float] = field(default_factory=lambda: dict(DEFAULT_SHARES))
@@ -111,6 +118,7 @@ class PhaseConfig:
         default_factory=lambda: {Phase.CANARY: 3_600.0, Phase.GUARDED: 86_400.0})
     cooldown_s: float = 3_600.0
     windows_required: int = 2
+    margin: float = 0.0
 
     def __post_init__(self) -> None:
         shares = {Phase.parse(k): v for k, v in self.shares.items()}
@@ -136,6 +144,7 @@ class PhaseConfig:
         if isinstance(self.windows_required, bool) or not isinstance(self.windows_required, int) \
                 or self.windows_required < 1:
             raise ValueError(f"`windows_required` must be an int >= 1; got {self.windows_required!r}")
+        object.__setattr__(self, "margin", check_margin(self.margin))
 
 
 SLOState = Literal["ok", "breach", "insufficient", "error"]
@@ -217,8 +226,9 @@ def next_phase(phase: Phase | str, evidence: PhaseEvidence, config: PhaseConfig 
     if phase is Phase.SHADOW:
         if ev.ope_lower_bound is None or not math.isfinite(ev.ope_lower_bound):
             reasons.append("no off-policy lower bound of the improvement yet")
-        elif ev.ope_lower_bound < 0:
-            reasons.append(f"off-policy lower bound of the improvement {ev.ope_lower_bound:.4g} < 0")
+        elif not is_improvement(ev.ope_lower_bound, config.margin):
+            reasons.append(f"off-policy lower bound of the improvement {ev.ope_lower_bound:.4g} "
+                           f"<= margin {config.margin:g}")
         if ev.approval_required and not ev.approved:
             reasons.append("tier-1 tasks need a recorded human approval before canary")
     else:
@@ -232,8 +242,9 @@ def next_phase(phase: Phase | str, evidence: PhaseEvidence, config: PhaseConfig 
             reasons.append(f"SLO status is {ev.slo}, not ok")
         if ev.online_lower_bound is None or not math.isfinite(ev.online_lower_bound):
             reasons.append("no online lower bound of the improvement yet")
-        elif ev.online_lower_bound < 0:
-            reasons.append(f"online (anytime-valid) lower bound {ev.online_lower_bound:.4g} < 0")
+        elif not is_improvement(ev.online_lower_bound, config.margin):
+            reasons.append(f"online (anytime-valid) lower bound {ev.online_lower_bound:.4g} "
+                           f"<= margin {config.margin:g}")
         if to is Phase.GENERAL and ev.improved_windows < config.windows_required:
             reasons.append(f"improvement held in {ev.improved_windows} consecutive window(s) < "
                            f"{config.windows_required}")

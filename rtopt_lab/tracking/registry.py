@@ -12,7 +12,8 @@ Moves follow the rollout manager's rules (:mod:`rtopt_lab.rollout.phases`):
 - a promotion goes exactly one phase up (a new version enters ``shadow``; phases are
   never skipped);
 - into ``shadow``: no gate may have failed; beyond it every gate must pass;
-- into ``canary``: the off-policy lower bound of the improvement must be >= 0, and a
+- into ``canary``: the off-policy lower bound of the improvement must be strictly above
+  the tag ``ope.margin`` (default 0; :func:`rtopt_lab.improvement.is_improvement`), and a
   version flagged ``approval_required`` needs a named approver;
 - a rollback is never refused: the version leaves its phase at once (its alias moves one
   phase down when that alias is free), and a rollback out of ``general`` restores the
@@ -51,6 +52,7 @@ from mlflow.exceptions import MlflowException
 
 from rtopt_lab.compliance import ProvenanceLog, ProvenanceRecord
 from rtopt_lab.gates import GateVerdict, combine
+from rtopt_lab.improvement import is_improvement
 from rtopt_lab.policies.base import BasePolicy
 from rtopt_lab.policies.constrained import Constrained
 from rtopt_lab.rollout.phases import Phase
@@ -473,8 +475,8 @@ def promotion_refusals(
         lb = tags.get("ope.lower_bound")
         if lb is None:
             reasons.append("no off-policy lower bound of the improvement (tag ope.lower_bound)")
-        elif not float(lb) >= 0:
-            reasons.append(f"off-policy lower bound of the improvement {float(lb):.4g} < 0")
+        elif not is_improvement(float(lb), margin := float(tags.get("ope.margin", "0"))):
+            reasons.append(f"off-policy lower bound of the improvement {float(lb):.4g} <= margin {margin:g}")
         if tags.get("approval_required") == "true" and not (approved_by and approved_by.strip()):
             reasons.append("tier-1 tasks need a named approver before canary (--approved-by)")
     return reasons
