@@ -52,10 +52,18 @@ class CheckResult:
 
 @dataclass(frozen=True, slots=True)
 class CheckReport:
-    """All checks of one run."""
+    """All checks of one run.
+
+    ``evidence`` (offline suite) records the rows the replay used: ``evaluation`` (their
+    window: rows, first and last timestamp, request-id digest), ``training`` (the
+    candidate's training window, None when unknown), ``method`` and ``overlap_dropped``
+    (see :func:`rtopt_lab.ope.holdout.overlap`), so ``rtopt register`` can refuse
+    evidence taken on training rows.
+    """
 
     candidate: str
     checks: tuple[CheckResult, ...]
+    evidence: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -76,7 +84,7 @@ class CheckReport:
     def to_dict(self) -> dict[str, Any]:
         return {"candidate": self.candidate, "passed": self.passed,
                 "checks": [{"name": c.name, "passed": c.passed, "figures": c.figures, "detail": c.detail}
-                           for c in self.checks]}
+                           for c in self.checks], "evidence": self.evidence}
 
 
 def _fmt(v: Any) -> str:
@@ -113,7 +121,8 @@ def _policy(candidate: BasePolicy | str | Path) -> tuple[BasePolicy, Path | None
 
 def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: BasePolicy | None = None,
                   compliance: Compliance | None = None, trust_region: TrustRegion | None = None,
-                  n_contexts: int = 20_000, alpha: float = 0.05, margin: float = 0.0) -> CheckReport:
+                  n_contexts: int = 20_000, alpha: float = 0.05, margin: float = 0.0,
+                  on_overlap: str = "raise") -> CheckReport:
     """Run the offline suite (see the module docstring) for ``candidate`` on ``log``.
 
     Parameters
@@ -130,8 +139,16 @@ def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: Ba
     alpha : float, default 0.05
     margin : float, default 0.0
         The improvement δ >= 0 the replay's lower bounds must exceed (strictly).
+    on_overlap : {"raise", "drop"}, default "raise"
+        Evidence only from rows the candidate never saw
+        (:func:`rtopt_lab.ope.holdout.held_out`): a log holding rows of the candidate's
+        training window raises :class:`~rtopt_lab.ope.holdout.EvidenceOverlapError`
+        (naming the rows and the window), or those rows are dropped. A candidate whose
+        window is unknown is checked on every row, with a warning; the report's
+        ``evidence`` says so (``training`` is None).
     """
     from rtopt_lab.ope import evaluate
+    from rtopt_lab.ope.holdout import held_out, overlap
 
     margin = check_margin(margin)
 
@@ -144,6 +161,13 @@ def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: Ba
         read_log(log).table.to_pandas() if isinstance(log, (str, Path)) else log.to_pandas())
     if len(frame) == 0:
         raise ValueError("`log` has no valid rows")
+    ov = overlap(frame, policy)
+    frame = held_out(frame, policy, on_overlap=on_overlap).reset_index(drop=True)
+    if len(frame) == 0:
+        raise ValueError(f"`log` has no rows outside the candidate's training window: {ov.message()}")
+    used = overlap(frame, policy) if ov.n_overlap else ov
+    evidence = {"evaluation": used.evaluation, "training": ov.training, "method": ov.method,
+                "overlap_dropped": ov.n_overlap, "overlap": used.n_overlap}
     checks = [_replay(policy, incumbent, frame, alpha, evaluate, margin)]
     sample = frame.iloc[np.linspace(0, len(frame) - 1, min(n_contexts, len(frame))).astype(int)]
     X = featurize_frame(sample, policy.spec)
@@ -154,7 +178,8 @@ def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: Ba
     checks.append(_constraints(policy, sample, X, allowed, inc_arms, tiers, compliance, trust_region))
     checks.append(_reproducibility(policy, path, sample, X, allowed))
     checks.append(_adversarial(policy, compliance))
-    return CheckReport(candidate=str(path) if path else policy.version, checks=tuple(checks))
+    return CheckReport(candidate=str(path) if path else policy.version, checks=tuple(checks),
+                       evidence=evidence)
 
 
 def _replay(policy, incumbent, frame, alpha, evaluate, margin=0.0) -> CheckResult:

@@ -62,8 +62,8 @@ def test_constraints_fail_when_no_compliant_arm_is_near_the_incumbent(sim, logs)
 
 
 def test_adversarial_inputs_never_raise(sim, logs):
-    _, train = logs
-    rep = offline_check(fit_from_log(LinUCB(sim.catalog), train), train, n_contexts=500)
+    log, train = logs  # evaluated on rows it was not fitted on (held-out evidence only)
+    rep = offline_check(fit_from_log(LinUCB(sim.catalog), train), log, n_contexts=500)
     adv = rep.checks[3]
     assert adv.passed and adv.figures["unsafe"] == 0
     with pytest.raises(ValueError, match="has no valid rows"):

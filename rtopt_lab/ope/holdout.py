@@ -14,7 +14,9 @@ window counts as seen.
 A policy whose window is unknown (``training_window is None``: never fitted from a log,
 updated online only, or loaded from a file written before windows were recorded) cannot be
 checked: :func:`held_out` warns (:class:`UnknownTrainingWindowWarning`) and returns every
-row, or raises :class:`EvidenceOverlapError` with ``on_unknown="raise"``.
+row, or raises :class:`EvidenceOverlapError` with ``on_unknown="raise"``. A policy that
+learns nothing (no learned state: FixedPolicy, UniformRandom) has seen no rows: all are
+held out, without a warning.
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ class Overlap:
     n_overlap : int
         Rows the candidate may have seen (0 when the window is unknown).
     method : str
-        ``"request_id"``, ``"timestamp"``, ``"none"`` (nothing to compare) or ``"unknown"``
-        (the candidate has no window).
+        ``"request_id"``, ``"timestamp"``, ``"none"`` (nothing to compare), ``"unknown"``
+        (the candidate has no window) or ``"stateless"`` (no window, and no learned state:
+        FixedPolicy, UniformRandom; nothing to overlap).
     training : dict or None
         :meth:`TrainingWindow.summary`; None when unknown.
     evaluation : dict
@@ -143,7 +146,9 @@ def overlap(log: pd.DataFrame | pa.Table, policy: Any) -> Overlap:
     evaluation = TrainingWindow.from_log(log).summary()
     evaluation.pop("source", None)
     if window is None:
-        return Overlap(len(log), 0, "unknown", None, evaluation)
+        inner = getattr(policy, "policy", policy)
+        learns = bool(inner._state()) if hasattr(inner, "_state") else True
+        return Overlap(len(log), 0, "unknown" if learns else "stateless", None, evaluation)
     mask, method = window.overlap(log)
     if mask is None:  # nothing to compare: no row can be shown to be held out
         mask = np.ones(len(log), dtype=bool)
