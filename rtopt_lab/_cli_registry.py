@@ -233,8 +233,24 @@ def _cmd_register(args: argparse.Namespace) -> int:
     verdicts, tags = {}, {}
     if args.report is not None:
         from rtopt_lab.checks import gate_evidence
+        from rtopt_lab.ope.holdout import evidence_problems
 
-        verdicts, tags = gate_evidence(json.loads(args.report.read_text()))
+        report = json.loads(args.report.read_text())
+        problems = evidence_problems(report, policy)  # evidence only from rows it never saw
+        if problems:
+            return _refused(
+                PermissionError(
+                    f"{args.report} is not held-out evidence for "
+                    f"{args.policy}: " + "; ".join(problems)
+                )
+            )
+        if (report.get("evidence") or {}).get("method") == "unknown":
+            print(
+                f"warning: {args.policy} has no recorded training window: its evidence cannot be "
+                "shown to come from rows it never saw",
+                file=sys.stderr,
+            )
+        verdicts, tags = gate_evidence(report)
     uri = _uri(args)
     try:
         rv = register_policy(

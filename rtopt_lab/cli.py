@@ -152,6 +152,11 @@ def _build_parser() -> argparse.ArgumentParser:
     co.add_argument("--margin", type=_margin, default=0.0,
                     help="improvement the replay's lower bounds must strictly exceed (default: %(default)s)")
     co.add_argument("--report", type=Path, default=None, help="also write the report as JSON here")
+    co.add_argument("--start", type=_utc_time, default=None,
+                    help="evaluate only rows at or after this time (ISO 8601, UTC when no offset), "
+                         "e.g. just after the candidate's training window")
+    co.add_argument("--drop-overlap", action="store_true",
+                    help="drop the rows the candidate was fitted on instead of refusing the log")
     co.set_defaults(func=_cmd_check_offline)
     cc = cksub.add_parser(
         "canary", help="SLO monitoring, auto-rollback, budget and compliance on a simulated canary",
@@ -251,6 +256,17 @@ def _cmd_provenance_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def _utc_time(text: str):
+    """An ISO 8601 time for argparse, UTC when it has no offset."""
+    from datetime import UTC, datetime
+
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
 def _cmd_check_offline(args: argparse.Namespace) -> int:
     from rtopt_lab.checks import offline_check, write_report
 
@@ -260,8 +276,13 @@ def _cmd_check_offline(args: argparse.Namespace) -> int:
 
         gates = QualityGateValidator.from_yaml(args.gates).gates
         kw = {k: gates[k] for k in ("compliance", "trust_region") if k in gates}
-    report = offline_check(args.candidate, args.log, n_contexts=args.contexts, alpha=args.alpha,
-                           margin=args.margin, **kw)
+    log = args.log
+    if args.start is not None:
+        from rtopt_lab.logstore import read_log
+
+        log = read_log(args.log, start=args.start).table
+    report = offline_check(args.candidate, log, n_contexts=args.contexts, alpha=args.alpha,
+                           margin=args.margin, on_overlap="drop" if args.drop_overlap else "raise", **kw)
     print(report.table())
     if args.report is not None:
         print(f"report written to {write_report(report, args.report)}")

@@ -35,6 +35,7 @@ __all__ = [
     "EvidenceOverlapError",
     "Overlap",
     "UnknownTrainingWindowWarning",
+    "evidence_problems",
     "held_out",
     "overlap",
     "training_window_of",
@@ -93,8 +94,9 @@ class Overlap:
         """Why the evidence is refused, and what to do."""
         tw = self.training or {}
         last = tw.get("last_timestamp")
+        after = (pd.Timestamp(last) + pd.Timedelta(microseconds=1)).isoformat() if last else None
         hint = (
-            f"evaluate on rows after {last}, e.g. `rtopt check offline --start {last}` or "
+            f"evaluate on rows after {last}, e.g. `rtopt check offline --start {after}` or "
             f"`read_log(path, start=...)`"
             if last
             else "evaluate on rows the candidate was not fitted on"
@@ -217,3 +219,46 @@ def held_out(
         raise EvidenceOverlapError(ov.message())
     keep = ~ov.mask
     return log.filter(pa.array(keep)) if isinstance(log, pa.Table) else log[keep]
+
+
+def evidence_problems(report: dict[str, Any], policy: Any) -> list[str]:
+    """Why a recorded offline report (``CheckReport.to_dict()``) is not held-out evidence
+    for ``policy``; empty when it is (``rtopt register`` refuses otherwise).
+
+    The report must record its evaluation window (``evidence``, written by
+    ``rtopt check offline``) whenever the policy's training window is known; the training
+    window it records must be the policy's (same rows, same request-id digest); and no
+    evaluation row may overlap it (as the check counted, by request id or timestamp).
+    """
+    if not isinstance(report, dict):
+        raise TypeError(
+            f"`report` must be a dict (a report read back); got {type(report).__name__}"
+        )
+    window = training_window_of(policy)
+    ev = report.get("evidence") or {}
+    if not ev:
+        if window is None:
+            return []
+        return [
+            f"the report records no evaluation window, so it cannot be shown to exclude the policy's "
+            f"training rows ({window.describe()}); re-run `rtopt check offline` on rows after "
+            f"{window.last_timestamp}"
+        ]
+    problems = []
+    recorded = ev.get("training")
+    mine = None if window is None else window.summary()
+    if (recorded is None) != (mine is None) or (
+        mine is not None
+        and (recorded.get("n_rows"), recorded.get("id_digest"))
+        != (mine["n_rows"], mine["id_digest"])
+    ):
+        problems.append(
+            f"the report was made for another fit: it records training window {recorded}, the "
+            f"policy's is {mine}; re-run `rtopt check offline` with this policy file"
+        )
+    n = int(ev.get("overlap") or 0)
+    if n:
+        problems.append(
+            f"{n} of the report's evaluation rows overlap the candidate's training rows"
+        )
+    return problems
