@@ -38,6 +38,7 @@ from rtopt_lab.gates import (
 from rtopt_lab.ope import ESTIMATORS, evaluate
 from rtopt_lab.ope.diagnostics import Diagnostics
 from rtopt_lab.ope.estimators import Estimate
+from rtopt_lab.ope.holdout import held_out
 from rtopt_lab.policies import (
     EpsilonGreedy,
     FixedPolicy,
@@ -246,6 +247,8 @@ def replay_compare(log: pd.DataFrame, config: ReplayConfig | None = None, *, cat
     compliance, trust_region = compliance or Compliance(), trust_region or TrustRegion()
     train, held = split_log(log, cfg.train_fraction)
     policies = {k: fit_from_log(make_candidate(k, catalog, cfg.seed), train) for k in cfg.candidates}
+    for p in policies.values():  # evidence only from rows the candidate never saw (raises otherwise)
+        held_out(held, p, on_overlap="raise")
     served: dict[str, Any] = {k: (_constrained(p, incumbent, compliance, trust_region) if cfg.constrained else p)
                               for k, p in policies.items()}
     cands = {INCUMBENT: incumbent, **served}
