@@ -17,6 +17,7 @@ from rtopt_lab.ope.estimators import Estimate, _check_logged, _probabilities
 __all__ = ["VERDICTS", "Comparison", "compare", "holm", "is_improvement"]
 
 VERDICTS: tuple[str, ...] = ("improved", "not significant", "worse")
+_ROUNDING = 1e-10   # |difference| and both bounds below this x (1 + |values|): a tie, not an effect
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,12 @@ def results(layout: Layout, summary: _boot.Summary, wstats: WeightStats, *, ci: 
         lower = _boot.bounds(summary, diff, ci, [level_b])[0]
         upper = _boot.bounds(summary, diff, ci, [1.0 - level_b])[0]
         adj_up = np.minimum(1.0, m * p_up)
+        # a candidate equal to the baseline row by row differs from it only by rounding
+        # (sums taken in another order): report that difference, and its bounds, as 0
+        scale = np.abs(theta[[idx[c] for c in others]]) + abs(theta[idx[baseline]]) + 1.0
+        tied = np.maximum.reduce([np.abs(d), np.abs(lower), np.abs(upper)]) <= _ROUNDING * scale
+        d, lower, upper = (np.where(tied, 0.0, x) for x in (d, lower, upper))
+        adj_up = np.where(tied, 1.0, adj_up)
         for j, c in enumerate(others):
             lb, ub = float(lower[j]), float(upper[j])
             if is_improvement(lb, margin):
@@ -215,6 +222,12 @@ def compare(reward, action, pscore, action_dist: Mapping[str, np.ndarray], q_hat
       :math:`L_c = 0` and is never improved;
     - ``"worse"`` when :math:`U_c < 0`;
     - ``"not significant"`` otherwise.
+
+    A candidate whose difference and both bounds are all at the level of floating-point
+    rounding (below :math:`10^{-10} (1 + |\\hat V(c)| + |\\hat V(b)|)`, e.g. the
+    baseline's own action distribution, whose sums were merely taken in another order)
+    is reported with difference and bounds exactly 0 and p-value 1: rounding noise of
+    :math:`10^{-16}` is not an improvement.
 
     ``p_value`` is the Bonferroni-adjusted p-value :math:`\\min(1, m\\, p_c)` of
     :math:`H_0: \\Delta_c \\le \\delta`; it is below alpha exactly when the verdict is
