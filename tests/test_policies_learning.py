@@ -49,8 +49,14 @@ def textbook_linucb_regret(X, means, R, alpha=1.0):
 
 
 def _catalog(k):
-    return ArmCatalog.from_grid({"temperature": list(np.round(np.linspace(0, 1.9, k), 2)), "top_p": [1.0],
-                                 "max_tokens": [500], "baseline": {"default": "t0.00-p1.00-m500"}})
+    return ArmCatalog.from_grid(
+        {
+            "temperature": list(np.round(np.linspace(0, 1.9, k), 2)),
+            "top_p": [1.0],
+            "max_tokens": [500],
+            "baseline": {"default": "t0.00-p1.00-m500"},
+        }
+    )
 
 
 @pytest.mark.slow
@@ -63,12 +69,14 @@ def test_linucb_regret_matches_textbook_on_a_linear_environment():
         X, means, R = _linear_env(seed)
         ref.append(textbook_linucb_regret(X, means, R))
         for eps, out in ((0.0, ours), (0.01, floored)):
-            pol = LinUCB(_catalog(20), alpha=1.0, epsilon=eps, mode="disjoint", n_features=16, seed=seed)
+            pol = LinUCB(
+                _catalog(20), alpha=1.0, epsilon=eps, mode="disjoint", n_features=16, seed=seed
+            )
             keys = np.arange(len(X), dtype=np.uint64)
             regret = 0.0
             for i in range(len(X)):
-                a, _ = pol.choose(X[i:i + 1], keys=keys[i:i + 1])
-                pol.update(X[i:i + 1], a, R[i:i + 1, a[0]])
+                a, _ = pol.choose(X[i : i + 1], keys=keys[i : i + 1])
+                pol.update(X[i : i + 1], a, R[i : i + 1, a[0]])
                 regret += means[i].max() - means[i, a[0]]
             out.append(regret)
     ratio = np.mean(ours) / np.mean(ref)
@@ -161,7 +169,9 @@ def test_thompson_noise_estimate_tracks_the_true_sigma_also_for_n_below_p(mode, 
     gave medians of 0.81, 1.57, 3.06 at n = 20, 80, 320 for a true 0.1 (disjoint)."""
     medians = {}
     for n in _NOISE_NS:
-        est = [_sigma_hat(*_noise_env(s, n, noise, mode=mode), mode=mode, seed=s) for s in _NOISE_SEEDS]
+        est = [
+            _sigma_hat(*_noise_env(s, n, noise, mode=mode), mode=mode, seed=s) for s in _NOISE_SEEDS
+        ]
         medians[n] = float(np.median(est))
     ratios = np.array([medians[n] / noise for n in _NOISE_NS])
     assert ((ratios >= 0.5) & (ratios <= 2.0)).all(), medians
@@ -176,7 +186,7 @@ def _reference_sigma2(X, a, r, w, model):
     else:
         phi = np.zeros((len(X), k * d))
         for i, ai in enumerate(a):
-            phi[i, ai * d:(ai + 1) * d] = X[i]
+            phi[i, ai * d : (ai + 1) * d] = X[i]
     lam = np.diag(model.prior) if model.mode == "shared" else np.tile(np.diag(model.prior), k)
     A = np.diag(lam) + (phi * w[:, None]).T @ phi
     theta = np.linalg.solve(A, phi.T @ (w * r))
@@ -186,7 +196,9 @@ def _reference_sigma2(X, a, r, w, model):
 
 
 @pytest.mark.parametrize("mode", ["disjoint", "shared"])
-def test_noise_estimate_is_the_same_from_batch_online_merged_and_reloaded_statistics(mode, tmp_path):
+def test_noise_estimate_is_the_same_from_batch_online_merged_and_reloaded_statistics(
+    mode, tmp_path
+):
     """One estimate whatever path built the statistics: it matches the explicit
     weighted-residual and hat-matrix computation, and one batch, 150 single-row updates,
     chunk statistics merged left to right (the Spark path) and a save/load all agree."""
@@ -198,7 +210,7 @@ def test_noise_estimate_is_the_same_from_batch_online_merged_and_reloaded_statis
     np.testing.assert_allclose(linear_model(batch).noise_var(), ref, rtol=1e-9)
     online = ThompsonGaussian(_catalog(20), mode=mode, n_features=16)
     for i in range(len(r)):
-        online.update(X[i:i + 1], a[i:i + 1], r[i:i + 1], weights=w[i:i + 1])
+        online.update(X[i : i + 1], a[i : i + 1], r[i : i + 1], weights=w[i : i + 1])
         if i == 74:  # a cached value is refreshed by the next single-row update
             mid = linear_model(online).noise_var()
     np.testing.assert_allclose(linear_model(online).noise_var(), ref, rtol=1e-7)
@@ -206,9 +218,11 @@ def test_noise_estimate_is_the_same_from_batch_online_merged_and_reloaded_statis
     parts = []
     for lo in range(0, len(r), 50):
         part = ThompsonGaussian(_catalog(20), mode=mode, n_features=16)
-        part.update(X[lo:lo + 50], a[lo:lo + 50], r[lo:lo + 50], weights=w[lo:lo + 50])
+        part.update(X[lo : lo + 50], a[lo : lo + 50], r[lo : lo + 50], weights=w[lo : lo + 50])
         parts.append(linear_model(part).statistics())
-    merged = add_statistics(ThompsonGaussian(_catalog(20), mode=mode, n_features=16), merge_statistics(parts))
+    merged = add_statistics(
+        ThompsonGaussian(_catalog(20), mode=mode, n_features=16), merge_statistics(parts)
+    )
     np.testing.assert_allclose(linear_model(merged).noise_var(), ref, rtol=1e-9)
     loaded = load_policy(batch.save(tmp_path / "ts.npz"))
     assert linear_model(loaded).noise_var() == linear_model(batch).noise_var()
@@ -216,8 +230,9 @@ def test_noise_estimate_is_the_same_from_batch_online_merged_and_reloaded_statis
     known = ThompsonGaussian(_catalog(20), mode=mode, n_features=16, noise_sd=float(np.sqrt(ref)))
     known.update(X, a, r, weights=w)
     keys = np.arange(40, dtype=np.uint64)
-    np.testing.assert_allclose(batch.action_dist(X[:40], keys=keys), known.action_dist(X[:40], keys=keys),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        batch.action_dist(X[:40], keys=keys), known.action_dist(X[:40], keys=keys), atol=1e-12
+    )
 
 
 def test_a_policy_file_without_the_sum_of_squared_rewards_loads_with_the_default_noise(tmp_path):
@@ -234,6 +249,8 @@ def test_a_policy_file_without_the_sum_of_squared_rewards_loads_with_the_default
     with pytest.warns(UserWarning, match=r"no `sum_wr2`.*pre-data default 1\.0"):
         loaded = load_policy(old)
     np.testing.assert_allclose(linear_model(loaded).noise_var(), 1.0, rtol=1e-9)
-    np.testing.assert_allclose(loaded.expected_reward(X[:5]), pol.expected_reward(X[:5]), atol=1e-12)
+    np.testing.assert_allclose(
+        loaded.expected_reward(X[:5]), pol.expected_reward(X[:5]), atol=1e-12
+    )
     loaded.update(X[200:], a[200:], r[200:])
     assert linear_model(loaded).noise_var() < 0.5

@@ -61,7 +61,7 @@ def quadratic_features_t(XT: np.ndarray) -> np.ndarray:
     QT = np.empty((d * (d + 1) // 2, n))
     o = 0
     for j in range(d):
-        np.multiply(XT[j], XT[j:], out=QT[o:o + d - j])
+        np.multiply(XT[j], XT[j:], out=QT[o : o + d - j])
         o += d - j
     return QT
 
@@ -178,8 +178,10 @@ class LinearRewardModel:
         the estimate as usual.
         """
         if state["A"].shape != self._A.shape or state["b"].shape != self.b.shape:
-            raise ValueError(f"state shapes {state['A'].shape}, {state['b'].shape} do not match the "
-                             f"model's {self._A.shape}, {self.b.shape}")
+            raise ValueError(
+                f"state shapes {state['A'].shape}, {state['b'].shape} do not match the "
+                f"model's {self._A.shape}, {self.b.shape}"
+            )
         self._pending.clear()
         self._A = np.array(state["A"], dtype=float)
         self.b = np.array(state["b"], dtype=float)
@@ -189,9 +191,13 @@ class LinearRewardModel:
             self.sum_wr2 = float(state["sum_wr2"])
         else:
             self.sum_wr2 = self._derived_sum_wr2()
-            warnings.warn("the state has no `sum_wr2` (sum of w r^2): derived it so that the noise "
-                          "estimate equals the pre-data default 1.0 for the rows already fitted; "
-                          "save the policy again to keep the statistic", UserWarning, stacklevel=3)
+            warnings.warn(
+                "the state has no `sum_wr2` (sum of w r^2): derived it so that the noise "
+                "estimate equals the pre-data default 1.0 for the rows already fitted; "
+                "save the policy again to keep the statistic",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _derived_sum_wr2(self) -> float:
         """The :math:`\\sum w r^2` for which :meth:`noise_var` is 1.0 (states that lack it)."""
@@ -215,8 +221,14 @@ class LinearRewardModel:
 
     def reset(self) -> None:
         """Forget every observation: back to the prior (:math:`A = \\Lambda_0`, b = 0)."""
-        self.set_state({"A": np.broadcast_to(self.prior, self._A.shape).copy(), "b": np.zeros_like(self.b),
-                        "n": np.array(0.0), "sum_wr2": np.array(0.0)})
+        self.set_state(
+            {
+                "A": np.broadcast_to(self.prior, self._A.shape).copy(),
+                "b": np.zeros_like(self.b),
+                "n": np.array(0.0),
+                "sum_wr2": np.array(0.0),
+            }
+        )
 
     def statistics(self) -> dict[str, np.ndarray]:
         """The data part of the state, which adds across disjoint sets of rows.
@@ -228,8 +240,12 @@ class LinearRewardModel:
             ``A``), ``b`` :math:`= \\sum_i w_i r_i \\phi_i`, ``n`` :math:`= \\sum_i w_i`
             and ``sum_wr2`` :math:`= \\sum_i w_i r_i^2`.
         """
-        return {"S": self.A - np.broadcast_to(self.prior, self._A.shape), "b": self.b, "n": np.array(self.n),
-                "sum_wr2": np.array(self.sum_wr2)}
+        return {
+            "S": self.A - np.broadcast_to(self.prior, self._A.shape),
+            "b": self.b,
+            "n": np.array(self.n),
+            "sum_wr2": np.array(self.sum_wr2),
+        }
 
     def add_statistics(self, stats: dict[str, np.ndarray]) -> None:
         """Add :meth:`statistics` of other rows: :math:`A \\mathrel{+}= S`,
@@ -239,10 +255,18 @@ class LinearRewardModel:
         """
         S, b = np.asarray(stats["S"], dtype=float), np.asarray(stats["b"], dtype=float)
         if S.shape != self._A.shape or b.shape != self.b.shape:
-            raise ValueError(f"statistics shapes {S.shape}, {b.shape} do not match the model's "
-                             f"{self._A.shape}, {self.b.shape}")
-        self.set_state({"A": self.A + S, "b": self.b + b, "n": np.array(self.n + float(stats["n"])),
-                        "sum_wr2": np.array(self.sum_wr2 + float(stats["sum_wr2"]))})
+            raise ValueError(
+                f"statistics shapes {S.shape}, {b.shape} do not match the model's "
+                f"{self._A.shape}, {self.b.shape}"
+            )
+        self.set_state(
+            {
+                "A": self.A + S,
+                "b": self.b + b,
+                "n": np.array(self.n + float(stats["n"])),
+                "sum_wr2": np.array(self.sum_wr2 + float(stats["sum_wr2"])),
+            }
+        )
 
     def merge(self, other: LinearRewardModel) -> None:
         """Add another model's :meth:`statistics` (fitted on other rows, same prior) to these."""
@@ -261,8 +285,13 @@ class LinearRewardModel:
         """Joint features :math:`\\phi(x_i, a_i)` of shape (n, q*d) (shared mode)."""
         return (self.Zt[actions][:, :, None] * X[:, None, :]).reshape(len(X), -1)
 
-    def update(self, X: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
-               weights: np.ndarray | None = None) -> None:
+    def update(
+        self,
+        X: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        weights: np.ndarray | None = None,
+    ) -> None:
         """Add n observations (validated by the caller): one code path for any n >= 1.
 
         A single row updates :math:`A^{-1}` by Sherman-Morrison and the posterior mean by
@@ -305,7 +334,7 @@ class LinearRewardModel:
             theta = c["theta"][k] if "theta" in c else None
         v = Ainv @ phi
         denom = 1.0 + w * (phi @ v)
-        if theta is not None:   # recursive least squares: theta += A_new^-1 phi w (r - phi'theta)
+        if theta is not None:  # recursive least squares: theta += A_new^-1 phi w (r - phi'theta)
             theta += v * (w * (r - phi @ theta) / denom)
         _rank1(Ainv, v, -w / denom)
         c.pop("sigma2", None)
@@ -355,7 +384,9 @@ class LinearRewardModel:
                 flat = lambda a, b, c, e: ((a * d + b) * q + c) * d + e  # noqa: E731
                 self._p_idx = np.ascontiguousarray(flat(i, j, k, l_))
                 self._p_idx2 = np.ascontiguousarray(flat(i, l_, k, j))
-                self._p_off = np.ascontiguousarray(np.broadcast_to(j < l_, self._p_idx.shape), dtype=float)
+                self._p_off = np.ascontiguousarray(
+                    np.broadcast_to(j < l_, self._p_idx.shape), dtype=float
+                )
             a = self._A_inv.ravel()
             P = np.take(a, self._p_idx)
             P += np.take(a, self._p_idx2) * self._p_off

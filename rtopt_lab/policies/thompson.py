@@ -175,4 +175,3 @@ class ThompsonGaussian(_ModelPolicy):
             "epsilon": self.epsilon,
             **self._model_config(),
         }
-
