@@ -172,7 +172,7 @@ def _summary(results: pd.DataFrame, estimator: str, phases: Mapping[str, Any]) -
     n = results.attrs.get("n", int(t["n"].iloc[0]) if "n" in t.columns and len(t) else None)
     baseline = t["baseline"].dropna().iloc[0] if "baseline" in t.columns and t["baseline"].notna().any() else None
     note = (f"<p class=\"meta\">Estimator {_e(estimator)} on {_e(_fmt(n))} logged decisions; baseline: "
-            f"{_e(baseline if baseline is not None else 'none')}. The verdict is Holm-adjusted and one-sided "
+            f"{_e(baseline if baseline is not None else 'none')}. The verdict is one-sided with Bonferroni bounds "
             "(improved when the lower bound of the difference is above 0).</p>")
     return (f"<section id=\"summary\"><h2>Summary</h2>{note}<div class=\"table-wrap\"><table id=\"summary-table\" "
             f"class=\"summary\"><thead><tr>{ths}</tr></thead><tbody>{''.join(rows)}</tbody></table></div></section>")

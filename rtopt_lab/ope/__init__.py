@@ -5,7 +5,7 @@
                        functions over arrays returning an :class:`Estimate`
 :mod:`.reward_model`   :class:`RewardModel`: cross-fitted q_hat over joint context-arm features
 :mod:`.bootstrap`      paired multinomial / Poisson bootstrap, percentile, BCa and normal intervals
-:mod:`.compare`        :func:`compare`: candidates vs a baseline, Holm-adjusted, with verdicts
+:mod:`.compare`        :func:`compare`: candidates vs a baseline, simultaneous bounds, with verdicts
 :mod:`.diagnostics`    ESS, weight moments, clipping, flags, support violations
 :mod:`.evaluate`       :func:`evaluate`: a decision log (in memory or streamed) to a table
 :mod:`.chunks`         mergeable statistics, one code path for in-memory, streamed and Spark

@@ -183,7 +183,7 @@ def evaluate(log: Any, policies: Mapping[str, Candidate], *, estimators: str | S
         One row per (candidate, estimator): ``value``, ``ci_low``, ``ci_high``, ``se``,
         ``n``, ``ess``, ``max_weight``, ``mean_weight``, ``clipped_share``, ``flags``, and
         against the baseline ``diff``, ``diff_ci_low``, ``diff_ci_high``, ``lower_bound``,
-        ``upper_bound``, ``p_value`` (Holm-adjusted) and ``verdict`` ("baseline" on the
+        ``upper_bound``, ``p_value`` (Bonferroni-adjusted) and ``verdict`` ("baseline" on the
         baseline's rows).
     """
     plan = plan_evaluation(policies, estimators=estimators, baseline=baseline, catalog=catalog,

@@ -5,7 +5,8 @@ plots): split a decision log in time; fit each candidate's reward model on the e
 window (:func:`~rtopt_lab.policies.fit_from_log`); evaluate every candidate *as it would
 serve* (:class:`~rtopt_lab.policies.constrained.Constrained`: trust region around the
 incumbent and the tier rules) on the later window with every estimator, paired bootstrap
-intervals and a one-sided Holm comparison against the incumbent; estimate quality and
+intervals and a one-sided comparison against the incumbent (simultaneous Bonferroni
+bounds, "improved" only when the lower bound is > 0: :func:`~rtopt_lab.ope.compare`); estimate quality and
 tokens per call the same way; run the gates; name the best candidate whose gates pass.
 
 Why the time split: a policy fitted and evaluated on the same rows looks better than it
@@ -35,6 +36,7 @@ from rtopt_lab.gates import (
     TrustRegion,
     combine,
 )
+from rtopt_lab.improvement import is_improvement
 from rtopt_lab.ope import ESTIMATORS, evaluate
 from rtopt_lab.ope.diagnostics import Diagnostics
 from rtopt_lab.ope.estimators import Estimate
@@ -102,7 +104,7 @@ class ReplayConfig:
         Share of the log, in time order, used for fitting.
     ci, n_boot : interval method and bootstrap replicates (see :func:`~rtopt_lab.ope.evaluate`).
     alpha : float
-        One-sided level of the comparison with the incumbent (Holm-adjusted).
+        One-sided family-wise level of the comparison with the incumbent (Bonferroni bounds).
     seed : int
     constrained : bool
         Evaluate candidates as they serve (trust region and tier masks); False judges
@@ -286,7 +288,7 @@ def replay_compare(log: pd.DataFrame, config: ReplayConfig | None = None, *, cat
     versions = {INCUMBENT: incumbent.version, **{k: p.version for k, p in policies.items()}}
     summary = _summary(results, quality, tokens, gates, main_est).assign(
         policy_version=lambda t: t["candidate"].map(versions))
-    ok = summary[(summary["gates"] == "pass") & (summary["verdict"] == "improved")]
+    ok = summary[(summary["gates"] == "pass") & summary["lower_bound"].map(is_improvement)]
     best = None if ok.empty else str(ok.sort_values("lower_bound", ascending=False).iloc[0]["candidate"])
     return ReplayResult(cfg, results, quality, tokens, gates, gate_details, policies, summary, best,
                         len(train), len(held), incumbent)
