@@ -70,13 +70,15 @@ class ThompsonGaussian(_ModelPolicy):
 
     the numerator being the residual sum of squares and :math:`p - \\sum_j (\\Lambda_0)_{jj}
     (A^{-1})_{jj} = \\mathrm{tr}(A^{-1} S)` the trace of the ridge hat matrix. Measured on
-    a linear environment (d = 16, K = 20 disjoint arms, p = 320; median of 10 seeds), for a
-    true σ of 0.1 at n = 20, 80, 320, 2000: σ̂ = 0.18, 0.17, 0.15, 0.107 (the plug-in
-    :math:`\\max(n - p, 1)` denominator gave 0.81, 1.57, 3.06, 0.14); for σ = 1.0: 0.74,
-    0.80, 0.87, 1.00. With n < p the residuals cannot tell noise from unexplained signal,
-    so σ̂ leans high there (more exploration, not less). A conjugate Normal-Inverse-Gamma
-    posterior on σ² (Riquelme et al.) was measured too: its posterior mean divides the
-    penalised residuals by about n and stays 31 % high at n = 2000 under the fixed ridge
+    a linear environment (d = 16, K = 20 disjoint arms, p = 320, uniform logging; median of
+    10 seeds, as in ``tests/test_policies_learning.py``), for a true σ of 0.1 at
+    n = 20, 80, 320, 2000: σ̂ = 0.19, 0.19, 0.15, 0.106 (the plug-in
+    :math:`\\max(n - p, 1)` denominator gave 0.89, 1.71, 2.90, 0.142); for σ = 1.0: 0.85,
+    0.81, 0.88, 0.99 (plug-in 3.7, 6.9, 14.4, 1.02). With n < p the residuals cannot tell
+    noise from unexplained signal, so σ̂ leans high there (more exploration, not less). A
+    conjugate Normal-Inverse-Gamma posterior on σ² (Riquelme et al.; :math:`a_0 = 1`,
+    :math:`b_0 \\to 0`) was measured too: its posterior mean divides the penalised
+    residuals by about n and stays 30 % high at n = 2000 (0.130) under the fixed ridge
     prior.
 
     References
