@@ -57,6 +57,7 @@ from rtopt_lab.reward import RewardFunction
 from rtopt_lab.runtime_log import (
     RecoveryReport,
     decision_row,
+    outcome_record,
     outcome_row,
     recover_journals,
     write_rows,
@@ -119,8 +120,8 @@ class _Pending:
     result: SelectionResult
     served_by: str
     row: dict[str, Any]  # the decision's log-row columns
-    line: bytes  # its encoded journal record, carried into every new segment
     reserved: int  # tokens reserved in the budget (0: none)
+    seq: int  # the journal segment holding its decision record (-1: no journal)
 
 
 def _text_ok(f: TaskFeatures) -> bool:
@@ -237,8 +238,13 @@ class LLMParameterOptimizer:
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._done: OrderedDict[str, None] = OrderedDict()
         self._buffer: list[dict[str, Any]] = []
+        self._buffer_seqs: list[int] = []  # segment of each buffered row's decision record
+        self._open: dict[int, int] = {}  # segment -> its decisions not yet in the log store
+        self._closed_segments: set[int] = set()  # rotated away, not yet deleted
         self._shadow_rows: list[dict[str, Any]] = []
-        self._unwritten: list[tuple[int | None, list[dict[str, Any]], list[dict[str, Any]]]] = []
+        self._unwritten: list[
+            tuple[int | None, list[dict[str, Any]], list[dict[str, Any]], list[int]]
+        ] = []
         self._candidate_samples = 0
         self._closed = False
         self.shadow_log: deque[tuple[str, str, np.ndarray]] = deque(maxlen=shadow_keep)
@@ -545,19 +551,24 @@ class LLMParameterOptimizer:
         }
         if shadow is not None:
             line["shadow"] = {"version": shadow[0], "dist": shadow[1].tolist()}
-        line = OutcomeJournal.encode(line) if self._journal is not None else b""
-        try:
-            if self._journal is not None:
-                self._journal.append(line)
-        except Exception:
-            if reserved and self._lease is not None:
-                self._lease.release(res.request_id)
-            raise
-        with self._lock:
+        data = OutcomeJournal.encode(line) if self._journal is not None else b""
+        with self._lock:  # one os.write under the lock: the segment and its count agree
+            seq = -1
+            try:
+                if self._journal is not None:
+                    self._journal.append(data)
+                    seq = self._journal.seq
+            except Exception:
+                if reserved and self._lease is not None:
+                    self._lease.release(res.request_id)
+                raise
+            self._open[seq] = self._open.get(seq, 0) + 1
             old = self._pending.pop(res.request_id, None)  # an id reused while pending
-            if old is not None and old.reserved and self._lease is not None and not reserved:
-                self._lease.settle(res.request_id, old.reserved)  # its call may have happened
-            self._pending[res.request_id] = _Pending(f, x, res, served, row, line, reserved)
+            if old is not None:
+                self._close_decision(old.seq)
+                if old.reserved and self._lease is not None and not reserved:
+                    self._lease.settle(res.request_id, old.reserved)  # its call may have happened
+            self._pending[res.request_id] = _Pending(f, x, res, served, row, reserved, seq)
             if shadow is not None:
                 self.shadow_log.append((res.request_id, shadow[0], shadow[1]))
                 self._shadow_rows.append(
@@ -574,9 +585,18 @@ class LLMParameterOptimizer:
                 len(self._pending) > _MAX_PENDING
             ):  # the oldest never came back: book what it reserved
                 rid_old, p = self._pending.popitem(last=False)
+                self._close_decision(p.seq)
                 if p.reserved and self._lease is not None:
                     self._lease.settle(rid_old, p.reserved)
         return res
+
+    def _close_decision(self, seq: int) -> None:
+        """A decision of segment ``seq`` needs that segment no more (caller holds the lock)."""
+        left = self._open.get(seq, 0) - 1
+        if left > 0:
+            self._open[seq] = left
+        else:
+            self._open.pop(seq, None)
 
     # ------------------------------------------------------------------ record
     def record_outcome(self, request_id: str, outcome: TaskOutcome) -> RecordResult:
@@ -601,7 +621,7 @@ class LLMParameterOptimizer:
             rr = self.reward_fn(outcome)
             orow = outcome_row(outcome, rr.reward)
             if self._journal is not None:
-                self._journal.append({"k": "o", "rid": rid, "o": orow})  # the acknowledgement
+                self._journal.append(outcome_record(rid, orow))  # the acknowledgement
             del self._pending[rid]
             self._done[rid] = None
             while len(self._done) > _MAX_REMEMBERED:
@@ -614,6 +634,7 @@ class LLMParameterOptimizer:
                 ):  # a blocked answer was called
                     self.budget.record(task, outcome.total_tokens, request_id=rid)
             self._buffer.append({**p.row, **orow})
+            self._buffer_seqs.append(p.seq)
             r = p.result
             if self.learn_online and p.x is not None:
                 policy = self.candidate if p.served_by == "candidate" else self.incumbent
@@ -640,6 +661,7 @@ class LLMParameterOptimizer:
                 return False
             if self._journal is not None:
                 self._journal.append({"k": "x", "rid": rid})
+            self._close_decision(p.seq)
             if p.reserved and self._lease is not None:
                 self._lease.release(rid)
         return True
@@ -647,41 +669,60 @@ class LLMParameterOptimizer:
     def flush(self) -> int:
         """Write completed rows to the log store, book their tokens, report samples.
 
-        The rows go under the closed journal segment's id, so a crash at any point
-        replays them exactly once; the I/O runs outside the optimizer's lock. A write
-        that fails (disk full, a store refused) keeps its segment and is retried, under
-        the same id, by the next ``flush``; the error is raised to the caller of this
-        ``flush``. Returns the rows written.
+        The rows go under the closed journal segment's id (the segment holding their
+        outcome records), so a crash at any point replays them exactly once; the I/O
+        runs outside the optimizer's lock. A closed segment is deleted once its rows are
+        in the store and none of its decision records is still needed (a decision whose
+        outcome is pending, or whose row is not yet written). A write that fails (disk
+        full, a store refused) keeps its segment and is retried, under the same id, by
+        the next ``flush``; the error is raised to the caller of this ``flush``. Returns
+        the rows written.
         """
         with self._flush_lock:
             with self._lock:
                 if self._buffer or self._shadow_rows:
                     seq = None  # rotate first: if it fails, nothing has left the buffer
                     if self._journal is not None:
-                        seq, _ = self._journal.rotate(p.line for p in self._pending.values())
-                    self._unwritten.append((seq, self._buffer, self._shadow_rows))
-                    self._buffer, self._shadow_rows = [], []
+                        seq, _ = self._journal.rotate()
+                        self._closed_segments.add(seq)
+                    self._unwritten.append(
+                        (seq, self._buffer, self._shadow_rows, self._buffer_seqs)
+                    )
+                    self._buffer, self._shadow_rows, self._buffer_seqs = [], [], []
                 samples, self._candidate_samples = self._candidate_samples, 0
             written = 0
             try:
                 while self._unwritten:
-                    seq, rows, shadow_rows = self._unwritten[0]
+                    seq, rows, shadow_rows, dseqs = self._unwritten[0]
                     if self.log_store is not None:
                         segment = None if seq is None else f"{self._journal.owner}-{seq:06d}"
                         written += write_rows(
                             self.log_store, rows, shadow_rows, catalog=self.catalog, segment=segment
                         )
-                    self._unwritten.pop(0)
                     if self._lease is not None:
                         self._lease.flush()
-                    if seq is not None:
-                        self._journal.remove(seq)
+                    with self._lock:
+                        self._unwritten.pop(0)
+                        for d in dseqs:
+                            self._close_decision(d)
+                    self._remove_segments()
                 if self._lease is not None:
                     self._lease.flush()
             finally:
                 if samples and self.rollout is not None:
                     self.rollout.add_samples(samples)
         return written
+
+    def _remove_segments(self) -> None:
+        """Delete the closed segments nothing needs any more."""
+        with self._lock:
+            waiting = {u[0] for u in self._unwritten}
+            done = sorted(
+                s for s in self._closed_segments if s not in waiting and self._open.get(s, 0) == 0
+            )
+            self._closed_segments.difference_update(done)
+        for s in done:
+            self._journal.remove(s)
 
     def recover(self, folder: str | Path | None = None) -> RecoveryReport:
         """Replay the journals of dead processes into the log store and the budget."""
@@ -698,7 +739,7 @@ class LLMParameterOptimizer:
         self.flush()
         with self._lock:
             self._closed = True
-            open_ = bool(self._pending)
+            open_ = bool(self._pending or self._unwritten or self._closed_segments)
         if self._lease is not None:
             self._lease.close()
         if self._journal is not None:

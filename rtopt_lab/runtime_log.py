@@ -11,6 +11,8 @@ then removes the journal.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import uuid
 from collections.abc import Sequence
@@ -24,6 +26,7 @@ import pyarrow.parquet as pq
 
 from rtopt_lab.features import context_fingerprint
 from rtopt_lab.journal import dead_owners, read_segments
+from rtopt_lab.logstore import LOG_SCHEMA
 from rtopt_lab.types import SelectionResult, TaskFeatures, TaskOutcome
 
 __all__ = [
@@ -105,6 +108,23 @@ def outcome_row(o: TaskOutcome, reward: float) -> dict[str, Any]:
     }
 
 
+def outcome_record(rid: str, orow: dict[str, Any]) -> bytes:
+    """The journal line of an outcome (``{"k": "o", "rid": ..., "o": {...}}``), formatted
+    directly: it is written once per ``record_outcome``, on the hot path."""
+    q, lat, rew = orow["quality"], orow["latency_ms"], orow["reward"]
+    if not (math.isfinite(q) and math.isfinite(lat) and math.isfinite(rew)):
+        return (json.dumps({"k": "o", "rid": rid, "o": orow}, ensure_ascii=True) + "\n").encode(
+            "ascii"
+        )
+    return (
+        f'{{"k":"o","rid":{json.dumps(rid, ensure_ascii=True)},"o":{{"quality":{q!r},'
+        f'"latency_ms":{lat!r},"outcome_prompt_tokens":{int(orow["outcome_prompt_tokens"])},'
+        f'"completion_tokens":{int(orow["completion_tokens"])},'
+        f'"success":{"true" if orow["success"] else "false"},'
+        f'"truncated":{"true" if orow["truncated"] else "false"},"reward":{rew!r}}}}}\n'
+    ).encode("ascii")
+
+
 def _atomic_parquet(table: pa.Table, path: Path) -> bool:
     """Write ``table`` to ``path`` unless it exists (rename is the commit point)."""
     if path.exists():
@@ -133,8 +153,11 @@ def write_rows(
     """
     written = 0
     if rows:
-        # row dicts go to the store as they are: a bad cell quarantines its row, not the batch
-        written = store.append(list(rows), known_arms=catalog, segment=segment).rows_written
+        try:  # the fast path: one Arrow conversion of the whole batch
+            batch: Any = pa.Table.from_pylist(list(rows), schema=LOG_SCHEMA)
+        except (pa.ArrowException, ValueError, TypeError, UnicodeError):
+            batch = list(rows)  # cell by cell: a bad cell quarantines its row, not the batch
+        written = store.append(batch, known_arms=catalog, segment=segment).rows_written
     if shadow:
         name = f"shadow-{segment or uuid.uuid4().hex}.parquet"
         _atomic_parquet(

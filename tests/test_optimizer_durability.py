@@ -194,3 +194,24 @@ def test_processes_sharing_one_budget_never_pass_its_limit(tmp_path, procs):
     assert all(v <= limit for v in by_task.values()), by_task
     assert max(by_task.values()) >= 0.8 * limit  # leases do not strand the budget
     assert held == 0
+
+
+def test_decisions_outlive_their_segment_until_their_rows_are_written(sim, tmp_path):
+    store = LogStore(tmp_path / "log")
+    opt = LLMParameterOptimizer(incumbent=FixedPolicy(sim.catalog), log_store=store, log_batch=10)
+    for i in range(100):
+        opt.recommend_parameters("code_generation", _feat(i), request_id=f"p{i}")
+    for i in range(50):  # five flushes rotate the journal while 50 decisions stay open
+        opt.record_outcome(f"p{i}", OUT)
+    assert len(_ids(store)) == 50
+    for i in range(50, 95):  # completed after their decision's segment was closed; not flushed
+        opt.record_outcome(f"p{i}", OUT)
+    opt._journal._lock.release(remove=False)  # the process dies here
+    again = LLMParameterOptimizer(incumbent=FixedPolicy(sim.catalog), log_store=store)
+    ids = _ids(store)
+    assert again.last_recovery.rows == 5  # 90 were flushed by the live process
+    assert sorted(ids) == sorted(f"p{i}" for i in range(95))  # each exactly once
+    assert again.last_recovery.in_flight == 0  # no budget: nothing was reserved
+    assert not [
+        p for p in (store.root / "_journal").glob("*.jsonl") if again._journal.owner not in p.name
+    ]
