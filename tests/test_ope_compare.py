@@ -1,4 +1,4 @@
-"""Comparisons against a baseline: paired intervals, Holm, verdicts."""
+"""Comparisons against a baseline: paired intervals, simultaneous (Bonferroni) bounds, verdicts."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_verdicts_on_the_simulator(setting, ci):
     assert [c.candidate for c in res] == ["good", "bad", "same"]
     assert v["good"].verdict == "improved" and v["good"].lower_bound > 0
     assert v["bad"].verdict == "worse" and v["bad"].upper_bound < 0
-    assert v["same"].verdict == "not significant" and v["same"].difference == 0.0
+    assert v["same"].verdict == "not significant" and v["same"].difference == v["same"].lower_bound == 0.0
     for c in res:
         assert c.ci_low <= c.difference <= c.ci_high
 
@@ -55,11 +55,14 @@ def test_difference_is_the_difference_of_the_estimates_and_is_paired(setting):
     assert c.se < np.hypot(e_good.se, e_prod.se)        # pairing removes the shared noise
 
 
-def test_holm_level_and_bound_agree_with_the_p_value(setting):
+def test_bonferroni_bound_and_p_value_agree_with_the_verdict(setting):
     s = setting
     res = compare(s["r"], s["a"], s["p"], s["dists"], s["q_hat"], baseline="production", alpha=0.05)
+    z = special.ndtri(0.05 / 3)                         # three candidates: every bound at alpha/3
     for c in res:
-        assert (c.verdict == "improved") == (c.p_value < 0.05 and c.lower_bound > 0)
+        assert (c.verdict == "improved") == (c.p_value < 0.05) == (c.lower_bound > 0)
+        if c.candidate != "same":
+            assert c.lower_bound == pytest.approx(c.difference + z * c.se, abs=1e-12)
 
 
 def test_logging_baseline_is_the_on_policy_mean(setting):
@@ -84,5 +87,9 @@ def test_compare_iv(setting):
         compare(*args, {"good": s["dists"]["good"]}, s["q_hat"], estimator="magic")
     with pytest.raises(ValueError, match=r"`alpha` must be a number in \(0, 1\); got 5"):
         compare(*args, {"good": s["dists"]["good"]}, s["q_hat"], alpha=5)
+    with pytest.raises(ValueError, match=r"`margin` must be a finite number >= 0 .*; got -0.1"):
+        compare(*args, {"good": s["dists"]["good"]}, s["q_hat"], margin=-0.1)
+    with pytest.raises(TypeError, match=r"`margin` must be a real number >= 0; got str"):
+        compare(*args, {"good": s["dists"]["good"]}, s["q_hat"], margin="0")
     with pytest.raises(ValueError, match=r"`action_dist\['bad'\]` rows must sum to 1"):
         compare(*args, {"good": s["dists"]["good"], "bad": s["dists"]["bad"] * 2}, s["q_hat"])

@@ -17,8 +17,15 @@ from rtopt_lab.policies import FixedPolicy, LinUCB, fit_from_log
 from rtopt_lab.rollout import Phase, PhaseConfig, PhaseEvidence, next_phase
 from rtopt_lab.tracking.registry import promotion_refusals
 
-READY = dict(gates="pass", slo="ok", online_lower_bound=0.01, samples=50_000, duration_s=1e6,
-             since_transition_s=1e6, improved_windows=5)
+READY = dict(
+    gates="pass",
+    slo="ok",
+    online_lower_bound=0.01,
+    samples=50_000,
+    duration_s=1e6,
+    since_transition_s=1e6,
+    improved_windows=5,
+)
 
 
 # --------------------------------------------------------------------------- the rule
@@ -28,7 +35,9 @@ def test_is_improvement_is_strict():
     assert is_improvement(1e-12)
     assert not is_improvement(0.05, margin=0.05)
     assert is_improvement(0.0501, margin=0.05)
-    assert not is_improvement(None) and not is_improvement(math.nan) and not is_improvement(-math.inf)
+    assert (
+        not is_improvement(None) and not is_improvement(math.nan) and not is_improvement(-math.inf)
+    )
     assert is_improvement(np.float32(0.1))
 
 
@@ -39,7 +48,9 @@ def test_is_improvement_iv():
         is_improvement(0.2, margin=-0.01)
     with pytest.raises(ValueError, match=r"`margin` must be a finite number >= 0 .*; got nan"):
         is_improvement(0.2, margin=math.nan)
-    with pytest.raises(TypeError, match=r"`lower_bound` must be a real number or None; got bool True"):
+    with pytest.raises(
+        TypeError, match=r"`lower_bound` must be a real number or None; got bool True"
+    ):
         is_improvement(True)
     with pytest.raises(TypeError, match=r"`lower_bound` must be a real number or None; got str"):
         is_improvement("0.3")
@@ -48,7 +59,9 @@ def test_is_improvement_iv():
 # --------------------------------------------------------------------------- a copy of production
 @pytest.fixture(scope="module")
 def logs(sim):
-    return sim.simulate_log(6_000, logging_policy="epsilon", seed=11), sim.simulate_log(8_000, seed=12)
+    return sim.simulate_log(6_000, logging_policy="epsilon", seed=11), sim.simulate_log(
+        8_000, seed=12
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +71,11 @@ def fitted(sim, logs):
 
 
 def _arrays(sim, log):
-    return (log["reward"].to_numpy(), sim.catalog.indices(log["arm_id"].to_numpy()),
-            log["propensity"].to_numpy())
+    return (
+        log["reward"].to_numpy(),
+        sim.catalog.indices(log["arm_id"].to_numpy()),
+        log["propensity"].to_numpy(),
+    )
 
 
 @pytest.mark.parametrize("ci", ["normal", "percentile", "bca"])
@@ -69,8 +85,16 @@ def test_compare_never_calls_a_copy_of_production_improved(sim, logs, fitted, wh
     policy = FixedPolicy(sim.catalog) if which == "fixed" else fitted
     dist = policy.action_dist(featurize_frame(log, policy.spec))
     q_hat = sim.expected_reward(log)
-    res = compare(*_arrays(sim, log), {"production": dist, "copy": dist.copy()}, q_hat, baseline="production",
-                  estimator=("ips", "snips", "dr"), ci=ci, n_boot=200, rng=0)
+    res = compare(
+        *_arrays(sim, log),
+        {"production": dist, "copy": dist.copy()},
+        q_hat,
+        baseline="production",
+        estimator=("ips", "snips", "dr"),
+        ci=ci,
+        n_boot=200,
+        rng=0,
+    )
     assert len(res) == 3
     for c in res:
         assert c.difference == 0.0 and c.lower_bound == 0.0
@@ -99,28 +123,39 @@ def test_a_fitted_policy_against_itself_fails_replay(sim, logs, fitted):
 
 
 def test_registry_and_rollout_refuse_a_copy_of_production(copy_report):
-    verdicts, tags = gate_evidence(copy_report)
+    _, tags = gate_evidence(copy_report)
     assert tags["ope.lower_bound"] == "0.0" and tags["ope.margin"] == "0.0"
     # even with every gate forced to pass, the bound alone refuses the move
     refusals = promotion_refusals("shadow", "canary", {**tags, "gates.status": "pass"})
     assert refusals == ["off-policy lower bound of the improvement 0 <= margin 0"]
     t = next_phase(Phase.SHADOW, PhaseEvidence(**READY, ope_lower_bound=0.0))
-    assert t.kind == "hold" and t.reasons == ("off-policy lower bound of the improvement 0 <= margin 0",)
+    assert t.kind == "hold" and t.reasons == (
+        "off-policy lower bound of the improvement 0 <= margin 0",
+    )
     # the same evidence with a positive bound is promoted: the refusal is the bound's
-    assert promotion_refusals("shadow", "canary", {**tags, "gates.status": "pass", "ope.lower_bound": "1e-06"}) == []
+    assert (
+        promotion_refusals(
+            "shadow", "canary", {**tags, "gates.status": "pass", "ope.lower_bound": "1e-06"}
+        )
+        == []
+    )
     assert next_phase(Phase.SHADOW, PhaseEvidence(**READY, ope_lower_bound=1e-6)).kind == "promote"
 
 
 def test_the_margin_is_configurable_everywhere(sim, logs):
     _, log = logs
-    assert promotion_refusals("shadow", "canary", {"gates.status": "pass", "ope.lower_bound": "0.01",
-                                                   "ope.margin": "0.02"}) \
-        == ["off-policy lower bound of the improvement 0.01 <= margin 0.02"]
+    assert promotion_refusals(
+        "shadow",
+        "canary",
+        {"gates.status": "pass", "ope.lower_bound": "0.01", "ope.margin": "0.02"},
+    ) == ["off-policy lower bound of the improvement 0.01 <= margin 0.02"]
     cfg = PhaseConfig(margin=0.02)
     assert next_phase("shadow", PhaseEvidence(**READY, ope_lower_bound=0.01), cfg).kind == "hold"
     assert next_phase("shadow", PhaseEvidence(**READY, ope_lower_bound=0.03), cfg).kind == "promote"
     ev = PhaseEvidence(**{**READY, "online_lower_bound": 0.01}, ope_lower_bound=0.5)
-    assert next_phase("canary", ev, cfg).reasons == ("online (anytime-valid) lower bound 0.01 <= margin 0.02",)
+    assert next_phase("canary", ev, cfg).reasons == (
+        "online (anytime-valid) lower bound 0.01 <= margin 0.02",
+    )
     with pytest.raises(ValueError, match=r"`margin` must be a finite number >= 0"):
         PhaseConfig(margin=-1.0)
     with pytest.raises(ValueError, match=r"`margin` must be a finite number >= 0"):
@@ -138,7 +173,9 @@ def test_compare_margin_moves_the_verdict_not_the_bound(sim, logs):
     (c0,) = compare(*args, baseline="production")
     assert c0.verdict == "improved" and c0.lower_bound > 0
     (c1,) = compare(*args, baseline="production", margin=c0.lower_bound)
-    assert c1.lower_bound == c0.lower_bound and c1.verdict == "not significant" and c1.p_value >= 0.05
+    assert (
+        c1.lower_bound == c0.lower_bound and c1.verdict == "not significant" and c1.p_value >= 0.05
+    )
     (c2,) = compare(*args, baseline="production", margin=c0.lower_bound * 0.99)
     assert c2.verdict == "improved" and c2.p_value < 0.05 and c2.margin == c0.lower_bound * 0.99
     with pytest.raises(TypeError, match=r"`margin` must be a real number"):
@@ -169,15 +206,27 @@ def test_improved_iff_the_reported_bound_exceeds_the_margin():
         alpha = float(rng.choice([0.05, 0.1, 0.2]))
         margin = float(rng.choice([0.0, 0.0, 0.02, 0.1]))
         ci = "normal" if case % 4 else "percentile"
-        res = compare(r, a, p, dists, q_hat, baseline="base", estimator=("ips", "dr"), alpha=alpha, margin=margin,
-                      ci=ci, n_boot=300, rng=case)
+        res = compare(
+            r,
+            a,
+            p,
+            dists,
+            q_hat,
+            baseline="base",
+            estimator=("ips", "dr"),
+            alpha=alpha,
+            margin=margin,
+            ci=ci,
+            n_boot=300,
+            rng=case,
+        )
         assert len(res) == 2 * m
         z = special.ndtri(alpha / m)
         for c in res:
             seen[c.verdict] += 1
             assert (c.verdict == "improved") == (c.lower_bound > margin), (case, c)
             assert c.margin == margin and c.lower_bound <= c.difference <= c.upper_bound
-            if ci == "normal":       # the Bonferroni bound, computed here independently
+            if ci == "normal":  # the Bonferroni bound, computed here independently
                 assert c.lower_bound == pytest.approx(c.difference + z * c.se, abs=1e-12)
                 assert c.upper_bound == pytest.approx(c.difference - z * c.se, abs=1e-12)
                 assert (c.p_value < alpha) == (c.verdict == "improved"), (case, c)
@@ -186,7 +235,7 @@ def test_improved_iff_the_reported_bound_exceeds_the_margin():
                     assert c.p_value == pytest.approx(min(1.0, m * p1), rel=1e-9, abs=1e-15)
             if c.verdict == "worse":
                 assert c.upper_bound < 0
-    assert min(seen.values()) >= 20, seen           # every verdict is exercised
+    assert min(seen.values()) >= 20, seen  # every verdict is exercised
 
 
 def test_the_old_holm_bound_contradiction_is_gone():
@@ -199,7 +248,9 @@ def test_the_old_holm_bound_contradiction_is_gone():
     p = np.full(n, 0.5)
     one = np.tile([0.0, 1.0], (n, 1))
     base = np.tile([1.0, 0.0], (n, 1))
-    res = compare(r, a, p, {"base": base, "x": one, "y": one.copy()}, baseline="base", estimator="ips")
+    res = compare(
+        r, a, p, {"base": base, "x": one, "y": one.copy()}, baseline="base", estimator="ips"
+    )
     z1, z2 = special.ndtri(0.05), special.ndtri(0.025)
     for c in res:
         assert c.lower_bound == pytest.approx(c.difference + z2 * c.se)
@@ -214,7 +265,7 @@ def test_the_lower_bounds_are_simultaneous_on_the_simulator(sim):
     replications with exact policy values, for IPS and DR (normal intervals)."""
     reps, alpha, m = 300, 0.1, 4
     misses = {"ips": 0, "dr": 0}
-    single = {"ips": 0, "dr": 0}             # the same, with unadjusted bounds at alpha
+    single = {"ips": 0, "dr": 0}  # the same, with unadjusted bounds at alpha
     z1 = special.ndtri(alpha)
     for s in range(reps):
         log = sim.simulate_log(2_000, logging_policy="uniform", seed=10_000 + s)
@@ -226,7 +277,9 @@ def test_the_lower_bounds_are_simultaneous_on_the_simulator(sim):
         for j, tau in enumerate((0.05, 0.1, 0.2, 0.5)):
             dists[f"c{j}"] = 0.5 * special.softmax(q / tau, axis=1) + 0.5 * prod
         q_hat = q + 0.05 * np.cos(np.arange(q.size)).reshape(q.shape)
-        res = compare(*_arrays(sim, log), dists, q_hat, baseline="prod", estimator=("ips", "dr"), alpha=alpha)
+        res = compare(
+            *_arrays(sim, log), dists, q_hat, baseline="prod", estimator=("ips", "dr"), alpha=alpha
+        )
         base_v = sim.policy_value(log, prod)
         truth = {c: sim.policy_value(log, d) - base_v for c, d in dists.items() if c != "prod"}
         for e in misses:
