@@ -89,6 +89,12 @@ def test_cli_check_offline(sim, logs, uniform_log, tmp_path):
     assert "overall: PASS" in ok.stdout and (tmp_path / "r.json").exists()
     fail = subprocess.run([*cmd, "--candidate", str(bad)], capture_output=True, text=True, timeout=300)
     assert fail.returncode == 1 and "replay           FAIL" in fail.stdout
+    # the same good candidate against a margin no policy can clear: the replay fails
+    strict = subprocess.run([*cmd, "--candidate", str(good), "--margin", "1"], capture_output=True, text=True,
+                            timeout=300)
+    assert strict.returncode == 1 and "replay           FAIL" in strict.stdout and "margin=1" in strict.stdout
+    neg = subprocess.run([*cmd, "--candidate", str(good), "--margin=-0.1"], capture_output=True, text=True)
+    assert neg.returncode == 2 and "expected a finite number >= 0, got '-0.1'" in neg.stderr
     missing = subprocess.run([*cmd, "--candidate", str(tmp_path / "nope.npz")], capture_output=True, text=True)
     assert missing.returncode == 2 and "policy file not found" in missing.stderr
     assert subprocess.run([sys.executable, "-m", "rtopt_lab.cli", "check", "offline", "--help"],
