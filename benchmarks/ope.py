@@ -2,7 +2,7 @@
 
 Workload: K = 48 arms; 4 candidate policies (production baseline, softmax, epsilon-greedy,
 LinUCB, fitted on a separate 20k-row log); all 6 estimators; 1,000 paired Poisson
-bootstrap replicates over 4,096 hash buckets (percentile intervals) plus the Holm-adjusted
+bootstrap replicates over 4,096 hash buckets (percentile intervals) plus the Bonferroni-adjusted
 comparison with the baseline; the default cross-fitted reward model. Targets (2 cores):
 1M rows in <= 5 s and <= 2 GB peak; 20M rows streamed with peak <= 1.5 GB.
 

@@ -2,7 +2,7 @@
 
 Workload (as ``benchmarks.ope``): K = 48 arms; 4 candidates (production baseline, softmax,
 epsilon-greedy, LinUCB, fitted on a separate 20k-row log); all 6 estimators; 1,000 paired
-Poisson replicates over 4,096 hash buckets (percentile intervals); the Holm-adjusted
+Poisson replicates over 4,096 hash buckets (percentile intervals); the Bonferroni-adjusted
 comparison with the baseline; the cross-fitted reward model. The log is written with
 ``write_log`` from ``LLMTaskSimulator.iter_log`` (10M rows; 1M with --quick).
 
