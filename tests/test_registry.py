@@ -184,7 +184,7 @@ def test_promotion_rules_refuse_skips_failed_gates_and_missing_approval():
     assert any("a gate failed" in r for r in promotion_refusals(None, "shadow", {"gates.status": "fail"}))
     assert promotion_refusals(None, "shadow", {"gates.status": "insufficient_evidence"}) == []
     assert any("not pass" in r for r in promotion_refusals("shadow", "canary", {**ok, "gates.status": "error"}))
-    assert any("< 0" in r for r in promotion_refusals("shadow", "canary", {**ok, "ope.lower_bound": "-0.2"}))
+    assert any("<= margin 0" in r for r in promotion_refusals("shadow", "canary", {**ok, "ope.lower_bound": "-0.2"}))
     assert any("no off-policy" in r for r in promotion_refusals("shadow", "canary", {"gates.status": "pass"}))
     tier1 = {**ok, "approval_required": "true"}
     assert any("approver" in r for r in promotion_refusals("shadow", "canary", tier1))
@@ -279,7 +279,7 @@ def test_served_general_model_answers_invocations_like_the_policy(sim, store, fi
     model = "rtopt-serve"
     prov = ProvenanceLog(tmp_path / "serve-prov.jsonl")
     v = register_policy(policy, experiment_id=eid, model=model, uri=uri, gate_verdicts=PASS,
-                        tags={"ope.lower_bound": "0.0"}, provenance=prov).version
+                        tags={"ope.lower_bound": "0.01"}, provenance=prov).version
     for to in ("shadow", "canary", "guarded", "general"):
         promote(model, v, to, uri=uri, provenance=prov)
     port = _free_port()

@@ -290,7 +290,7 @@ def store(tmp_path_factory, sim):
         experiment_id=ensure_experiment("rtopt/servers-test", uri=uri),
         uri=uri,
         gate_verdicts={"all": {"status": "pass"}},
-        tags={"ope.lower_bound": "0.0"},
+        tags={"ope.lower_bound": "0.01"},
         provenance=prov,
     ).version
     for to in ("shadow", "canary", "guarded", "general"):
