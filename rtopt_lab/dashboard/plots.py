@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 __all__ = ["attribution_plot", "drift_plot", "forest_plot", "pareto_plot", "timeline_plot", "trend_plot"]
 
-_VERDICT_COLORS = {"improved": "#1a9850", "worse": "#d73027", "not significant": "#4d4d4d",
+_VERDICT_COLORS = {"improved": "#1a9850", "worse": "#d73027", "not significant": "#4d4d4d", "insufficient_evidence": "#b8860b",
                    "baseline": "#2166ac"}
 _SEVERITY_COLORS = {"major": "#d73027", "moderate": "#fc8d59", "stable": "#91bfdb"}
 _PHASES = ("shadow", "canary", "guarded", "general")

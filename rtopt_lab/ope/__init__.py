@@ -32,18 +32,21 @@ from rtopt_lab.ope.diagnostics import FLAGS, Diagnostics
 from rtopt_lab.ope.estimators import ESTIMATORS, Estimate, dm, dr, ips, sndr, snips, switch_dr
 from rtopt_lab.ope.evaluate import evaluate
 from rtopt_lab.ope.holdout import EvidenceOverlapError, UnknownTrainingWindowWarning, held_out
+from rtopt_lab.ope.result import POOLED, Evaluation
 from rtopt_lab.ope.reward_model import RewardModel, joint_features
 
 __all__ = [
     "ESTIMATORS",
     "FLAGS",
     "LOGGING",
+    "POOLED",
     "VERDICTS",
     "Candidates",
     "ChunkTerms",
     "Comparison",
     "Diagnostics",
     "Estimate",
+    "Evaluation",
     "EvaluationPlan",
     "EvaluationSums",
     "EvidenceOverlapError",

@@ -28,6 +28,7 @@ so the merged sums do not depend on how the rows were cut into chunks.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -39,11 +40,13 @@ import pyarrow as pa
 
 from rtopt_lab.arms import ArmCatalog
 from rtopt_lab.features import DEFAULT_SPEC, featurize_frame
+from rtopt_lab.improvement import check_margin
 from rtopt_lab.ope import bootstrap as _boot
 from rtopt_lab.ope._hash import hash_strings
 from rtopt_lab.ope._terms import ESTIMATOR_PAIRS, LOGGING, Layout
 from rtopt_lab.ope.compare import results
 from rtopt_lab.ope.diagnostics import WeightStats, check_support
+from rtopt_lab.ope.result import Evaluation
 from rtopt_lab.ope.reward_model import RewardModel
 from rtopt_lab.types import TaskFeatures
 
@@ -240,15 +243,17 @@ class EvaluationPlan:
         The candidates' and the logging policy's action distributions.
     reward_model : RewardModel or None
         None when no estimator needs :math:`\\hat q`; otherwise fitted before
-        :func:`chunk_terms` runs (in place, when it is unfitted).
+        :func:`chunk_terms` runs (the plan's own copy, when the caller's was unfitted).
     columns : tuple of str or None
         The log columns the chunks need; None (all) when a candidate is a callable.
     baseline : str or None
-    ci : {"normal", "percentile", "bca"}
+    ci : {"t", "normal", "percentile", "bca"}
     confidence_level, alpha : float
     n_boot : int
-        Poisson replicates kept by :meth:`sums` (0 for ``ci="normal"``).
+        Poisson replicates kept by :meth:`sums` (0 for ``ci="t"`` and ``"normal"``).
     n_buckets : int or None
+    margin : float
+        The improvement δ the comparisons' lower bounds must exceed.
     """
 
     layout: Layout
@@ -262,32 +267,55 @@ class EvaluationPlan:
     alpha: float
     n_boot: int
     n_buckets: int | None
+    margin: float = 0.0
 
     def sums(self, *, keep_units: bool = False) -> EvaluationSums:
         """Empty :class:`EvaluationSums` for this plan (``keep_units``: a row-level
         jackknife, in memory only)."""
         return EvaluationSums(self.layout, n_boot=self.n_boot, n_buckets=self.n_buckets, keep_units=keep_units)
 
-    def table(self, sums: EvaluationSums, *, rows_quarantined: int = 0, streamed: bool = False) -> pd.DataFrame:
-        """The estimates and comparisons of merged sums, as :func:`~rtopt_lab.ope.evaluate` returns them
-        (``rows_quarantined`` and ``streamed`` go to ``attrs``)."""
-        estimates, comparisons = results(self.layout, sums.terms.summary(), sums.weights, ci=self.ci,
-                                         confidence_level=self.confidence_level, baseline=self.baseline,
-                                         alpha=self.alpha)
-        return _table(self.layout, estimates, comparisons, self.baseline, rows_quarantined, streamed)
+    def result(self, sums: EvaluationSums, *, groups: Mapping[str, EvaluationSums] | None = None,
+               by: str | None = None, rows_quarantined: int = 0, streamed: bool = False,
+               backend: str = "local") -> Evaluation:
+        """The estimates and comparisons of merged sums, as :func:`~rtopt_lab.ope.evaluate` returns them.
+
+        ``groups`` holds the sums of each group of rows (``by``): their comparisons are at
+        alpha / G, so that with the Bonferroni split over the m candidates every group
+        bound of every candidate holds simultaneously at 1 - alpha.
+        """
+        kw = dict(ci=self.ci, confidence_level=self.confidence_level, baseline=self.baseline, margin=self.margin)
+        est, comp = results(self.layout, sums.terms.summary(), sums.weights, alpha=self.alpha, **kw)
+        estimates = {(c, e, None): v for (c, e), v in est.items()}
+        comparisons = {(c.candidate, c.estimator, None): c for c in comp}
+        groups = dict(groups or {})
+        names = tuple(sorted(groups))
+        for g in names:
+            gs = groups[g]
+            if gs.n < 2:
+                continue
+            est, comp = results(self.layout, gs.terms.summary(), gs.weights, alpha=self.alpha / len(names), **kw)
+            estimates |= {(c, e, g): v for (c, e), v in est.items()}
+            comparisons |= {(c.candidate, c.estimator, g): c for c in comp}
+        return Evaluation(estimates=estimates, comparisons=comparisons, candidates=self.layout.candidates,
+                          estimators=self.layout.estimators, baseline=self.baseline, by=by, groups=names,
+                          n=sums.n, group_n={g: groups[g].n for g in names}, rows_quarantined=rows_quarantined,
+                          streamed=streamed, backend=backend, alpha=self.alpha,
+                          confidence_level=self.confidence_level, ci=self.ci, reward_model=self.reward_model)
 
 
 def plan_evaluation(policies: Mapping[str, Candidate], *, estimators: str | Sequence[str], baseline: str | None,
                     catalog: ArmCatalog | None, reward_model: RewardModel | None,
                     logging_policy: Candidate | None, max_weight: float | None, tau: float,
                     confidence_level: float, ci: str, n_boot: int, n_buckets: int | None,
-                    alpha: float) -> EvaluationPlan:
+                    alpha: float, margin: float = 0.0, by: str | None = None) -> EvaluationPlan:
     """Validate :func:`~rtopt_lab.ope.evaluate`'s options once and fix what every chunk shares.
 
     Every argument is keyword-only and required (a back-end passes its own signature's
     defaults); the meanings are :func:`~rtopt_lab.ope.evaluate`'s. An unfitted ``reward_model`` (default
-    ``RewardModel(arm_features=catalog.arm_features())``) is kept unfitted: fit it in a
-    first pass with :func:`reward_model_rows` before :func:`chunk_terms`.
+    ``RewardModel(arm_features=catalog.arm_features())``) is copied and kept unfitted
+    (the caller's object is never changed): fit the plan's copy in a first pass with
+    :func:`reward_model_rows` before :func:`chunk_terms`. ``by`` adds that column to the
+    columns read.
 
     Returns
     -------
@@ -300,19 +328,27 @@ def plan_evaluation(policies: Mapping[str, Candidate], *, estimators: str | Sequ
     """
     ests, catalog = _check_evaluate(policies, estimators, baseline, catalog, reward_model, ci, n_boot,
                                     n_buckets, confidence_level, alpha, max_weight, tau)
+    margin = check_margin(margin)
+    if by is not None and (not isinstance(by, str) or not by):
+        raise TypeError(f"`by` must be a column name (str) or None; got {by!r}")
     callables = any(not (hasattr(p, "action_dist") and hasattr(p, "spec")) for p in policies.values())
     callables = callables or (logging_policy is not None and not hasattr(logging_policy, "spec"))
-    columns = None if callables else (*_LOG_COLUMNS, "context_fingerprint",
-                                      *[f.name for f in fields(TaskFeatures) if f.name != "model_name"])
+    columns = None if callables else tuple(dict.fromkeys((
+        *_LOG_COLUMNS, "context_fingerprint", *[f.name for f in fields(TaskFeatures) if f.name != "model_name"],
+        *([by] if by else []))))
     names = list(policies) + ([LOGGING] if baseline == LOGGING else [])
     layout = Layout(names, ests, max_weight=max_weight, tau=float(tau))
     model = None
     if layout.needs_q:
-        model = reward_model or RewardModel(arm_features=catalog.arm_features())
+        if reward_model is None:
+            model = RewardModel(arm_features=catalog.arm_features())
+        else:   # never fit the caller's object: a fitted model is only read, an unfitted one copied
+            model = reward_model if reward_model.models_ is not None else copy.deepcopy(reward_model)
     return EvaluationPlan(layout=layout, catalog=catalog, candidates=Candidates(policies, catalog, logging_policy),
                           reward_model=model, columns=columns, baseline=baseline, ci=ci,
                           confidence_level=float(confidence_level), alpha=float(alpha),
-                          n_boot=int(n_boot) if ci != "normal" else 0, n_buckets=n_buckets)
+                          n_boot=int(n_boot) if ci in _boot.BOOTSTRAP_METHODS else 0, n_buckets=n_buckets,
+                          margin=margin)
 
 
 # ----------------------------------------------------------------------------- per chunk
@@ -547,29 +583,3 @@ class EvaluationSums:
         for k in _WST:
             setattr(self.weights, k, state[f"w_{k}"].copy() if k != "n" else int(state[f"w_{k}"]))
         return self
-
-
-# ----------------------------------------------------------------------------- the table
-def _table(layout: Layout, estimates, comparisons, baseline, rows_quarantined: int, streamed: bool) -> pd.DataFrame:
-    comp = {(c.candidate, c.estimator): c for c in comparisons}
-    rows = []
-    for cand in layout.candidates:
-        for e in layout.estimators:
-            est = estimates[(cand, e)]
-            d = est.diagnostics
-            row = {"candidate": cand, "estimator": e, "value": est.value, "ci_low": est.ci_low,
-                   "ci_high": est.ci_high, "se": est.se, "confidence_level": est.confidence_level,
-                   "method": est.method, "n": est.n, "ess": d.ess, "max_weight": d.max_weight,
-                   "mean_weight": d.mean_weight, "clipped_share": d.clipped_share, "flags": ",".join(d.flags),
-                   "baseline": baseline}
-            c = comp.get((cand, e))
-            row.update({"diff": c.difference if c else np.nan, "diff_ci_low": c.ci_low if c else np.nan,
-                        "diff_ci_high": c.ci_high if c else np.nan,
-                        "lower_bound": c.lower_bound if c else np.nan,
-                        "upper_bound": c.upper_bound if c else np.nan, "p_value": c.p_value if c else np.nan,
-                        "verdict": c.verdict if c else ("baseline" if cand == baseline else None)})
-            rows.append(row)
-    table = pd.DataFrame(rows)
-    table.attrs.update({"n": int(table["n"].iloc[0]) if len(table) else 0,
-                        "rows_quarantined": rows_quarantined, "streamed": streamed})
-    return table

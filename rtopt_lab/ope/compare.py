@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,12 +12,12 @@ import numpy as np
 from rtopt_lab.improvement import DEFAULT_MARGIN, check_margin, is_improvement
 from rtopt_lab.ope import bootstrap as _boot
 from rtopt_lab.ope._terms import ESTIMATOR_PAIRS, LOGGING, Layout
-from rtopt_lab.ope.diagnostics import WeightStats
+from rtopt_lab.ope.diagnostics import ESS_FLOOR, WeightStats
 from rtopt_lab.ope.estimators import Estimate, _check_logged, _probabilities
 
 __all__ = ["VERDICTS", "Comparison", "compare", "holm", "is_improvement"]
 
-VERDICTS: tuple[str, ...] = ("improved", "not significant", "worse")
+VERDICTS: tuple[str, ...] = ("improved", "not significant", "worse", "insufficient_evidence")
 _ROUNDING = 1e-10   # |difference| and both bounds below this x (1 + |values|): a tie, not an effect
 
 
@@ -39,9 +40,13 @@ class Comparison:
         Bonferroni-adjusted one-sided p-value of "no improvement" (difference <= margin):
         ``p_value < alpha`` exactly when ``lower_bound > margin`` (up to the bootstrap's
         resolution).
-    verdict : {"improved", "not significant", "worse"}
+    verdict : {"improved", "not significant", "worse", "insufficient_evidence"}
         ``"improved"`` exactly when ``lower_bound > margin``
-        (:func:`~rtopt_lab.improvement.is_improvement`).
+        (:func:`~rtopt_lab.improvement.is_improvement`) and the evidence is sufficient;
+        ``"insufficient_evidence"`` when a weighted estimator's effective sample size
+        (candidate's or baseline's) is below :data:`~rtopt_lab.ope.diagnostics.ESS_FLOOR`.
+    ess : float
+        The smaller Kish effective sample size of candidate and baseline (n for DM).
     alpha, confidence_level : float
     se : float
     method : str
@@ -64,6 +69,12 @@ class Comparison:
     se: float
     method: str
     margin: float = DEFAULT_MARGIN
+    ess: float = math.inf
+
+    @property
+    def improved(self) -> bool:
+        """The verdict is "improved" (the one rule: lower bound > margin, enough evidence)."""
+        return self.verdict == "improved"
 
 
 def holm(p: np.ndarray) -> np.ndarray:
@@ -124,7 +135,12 @@ def results(layout: Layout, summary: _boot.Summary, wstats: WeightStats, *, ci: 
         adj_up = np.where(tied, 1.0, adj_up)
         for j, c in enumerate(others):
             lb, ub = float(lower[j]), float(upper[j])
-            if is_improvement(lb, margin):
+            ess = math.inf
+            if e != "dm":
+                ess = min(wstats.diagnostics(layout.candidates.index(x), e).ess for x in (c, baseline))
+            if ess < ESS_FLOOR:
+                verdict = "insufficient_evidence"
+            elif is_improvement(lb, margin):
                 verdict = "improved"
             elif ub < 0:
                 verdict = "worse"
@@ -134,7 +150,8 @@ def results(layout: Layout, summary: _boot.Summary, wstats: WeightStats, *, ci: 
                 candidate=c, baseline=baseline, estimator=e, difference=float(d[j]),
                 ci_low=float(d_lohi[0, j]), ci_high=float(d_lohi[1, j]), lower_bound=lb,
                 upper_bound=ub, p_value=float(adj_up[j]), verdict=verdict, alpha=alpha,
-                confidence_level=confidence_level, se=float(d_se[j]), method=ci, margin=margin))
+                confidence_level=confidence_level, se=float(d_se[j]), method=ci, margin=margin,
+                ess=float(ess)))
     return estimates, comparisons
 
 
@@ -173,7 +190,7 @@ def _check_compare(reward, action, pscore, action_dist, q_hat, baseline, estimat
 def compare(reward, action, pscore, action_dist: Mapping[str, np.ndarray], q_hat=None, *,
             baseline: str = LOGGING, estimator: str | Sequence[str] = "dr", alpha: float = 0.05,
             margin: float = DEFAULT_MARGIN, max_weight: float | None = None, tau: float = 100.0, pscore_dist=None,
-            confidence_level: float = 0.95, ci: str = "normal", n_boot: int = 1000,
+            confidence_level: float = 0.95, ci: str = "t", n_boot: int = 1000,
             resampling: str = "multinomial", keys=None, rng=None) -> tuple[Comparison, ...]:
     """Compare candidates with a baseline on one log, paired, with simultaneous bounds.
 
@@ -221,7 +238,20 @@ def compare(reward, action, pscore, action_dist: Mapping[str, np.ndarray], q_hat
       registry and the rollout use): a candidate identical to the baseline has
       :math:`L_c = 0` and is never improved;
     - ``"worse"`` when :math:`U_c < 0`;
-    - ``"not significant"`` otherwise.
+    - ``"not significant"`` otherwise;
+    - ``"insufficient_evidence"``, before any of these, when a weighted estimator's Kish
+      effective sample size (of the candidate or of the baseline) is below
+      :data:`~rtopt_lab.ope.diagnostics.ESS_FLOOR` (50): no interval is trusted there.
+
+    **The decision interval** is ``ci="t"`` (the default): the delta-method standard
+    error with Student-t quantiles on the variance's effective degrees of freedom
+    (:func:`~rtopt_lab.ope.bootstrap.degrees_of_freedom`). For sharp candidates (a
+    softmax of the reward at temperature 0.02, ESS about 53 of 2,000 rows) the normal
+    one-sided DR bound misses the true improvement in about 8 % of replications instead
+    of 5 %, the percentile and BCa bounds as often; the t bound stays within binomial error
+    of 5 % for IPS and DR (``benchmarks.coverage``). SNIPS's bound still misses about
+    7 % there under every interval tried, so checks and gates decide on IPS and DR
+    only; SNIPS is reported.
 
     A candidate whose difference and both bounds are all at the level of floating-point
     rounding (below :math:`10^{-10} (1 + |\\hat V(c)| + |\\hat V(b)|)`, e.g. the
@@ -284,7 +314,7 @@ def compare(reward, action, pscore, action_dist: Mapping[str, np.ndarray], q_hat
     wstats = WeightStats(len(names), max_weight=max_weight, tau=float(tau))
     wstats.add(W)
     keys_ = c.keys
-    if keys_ is None and c.resampling == "poisson" and c.ci != "normal":
+    if keys_ is None and c.resampling == "poisson" and c.ci in _boot.BOOTSTRAP_METHODS:
         keys_ = c.rng.integers(0, np.iinfo(np.int64).max, len(T), dtype=np.int64).astype(np.uint64)
     summary = _boot.summarize(T, keys=keys_, ci=c.ci, n_boot=c.n_boot, resampling=c.resampling, rng=c.rng)
     _, comps = results(layout, summary, wstats, ci=c.ci, confidence_level=c.confidence_level,

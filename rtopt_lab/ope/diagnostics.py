@@ -7,14 +7,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FLAGS", "Diagnostics", "WeightStats", "check_support"]
+__all__ = ["ESS_FLOOR", "FLAGS", "Diagnostics", "WeightStats", "check_support"]
+
+#: the Kish effective sample size below which no interval is trusted: a weighted
+#: estimator's comparison is then ``insufficient_evidence`` (never "improved"), and the
+#: evidence gate never passes (see :func:`~rtopt_lab.ope.compare`)
+ESS_FLOOR: float = 50.0
 
 #: every flag a :class:`Diagnostics` may carry, and what it means
 FLAGS: dict[str, str] = {
     "mean_weight_off": "the mean importance weight differs from 1 by more than 3 standard errors "
                        "and by more than 0.01: propensities are wrong or the candidate leaves the "
                        "logging policy's support",
-    "low_ess": "Kish effective sample size below 100 or below 1 % of n: intervals are unreliable",
+    "low_ess": "Kish effective sample size below ESS_FLOOR (50): no interval is trusted; the comparison "
+               "is insufficient_evidence",
     "clipped": "some weights exceeded the estimator's threshold (max_weight for ips, tau for "
                "switch_dr): the estimate trades bias for variance",
 }
@@ -93,7 +99,7 @@ class WeightStats:
         flags = []
         if abs(mean - 1.0) > max(3.0 * se, 0.01):
             flags.append("mean_weight_off")
-        if ess < 100 or ess < 0.01 * n:
+        if ess < ESS_FLOOR:
             flags.append("low_ess")
         if clipped > 0:
             flags.append("clipped")

@@ -7,7 +7,7 @@ bootstrap mean), a confidence interval and importance-weight :class:`Diagnostics
 
 Interval options, shared by all (keyword-only):
 
-``confidence_level`` (0.95), ``ci`` ("normal" | "percentile" | "bca"), ``n_boot`` (1000),
+``confidence_level`` (0.95), ``ci`` ("normal" | "t" | "percentile" | "bca"; decisions use "t", see :func:`~rtopt_lab.ope.compare`), ``n_boot`` (1000),
 ``resampling`` ("multinomial" | "poisson"), ``keys`` (uint64 per row: the Poisson
 bootstrap's unit keys, e.g. hashed request ids), ``rng`` (seed or Generator).
 See :mod:`rtopt_lab.ope.bootstrap`.
@@ -187,7 +187,7 @@ def _estimate(estimator: str, reward, action, pscore, action_dist, q_hat, *, psc
     wstats.add(W)
     stats = layout.statset()
     keys_ = c.keys
-    if keys_ is None and c.resampling == "poisson" and c.ci != "normal":
+    if keys_ is None and c.resampling == "poisson" and c.ci in _boot.BOOTSTRAP_METHODS:
         keys_ = c.rng.integers(0, np.iinfo(np.int64).max, len(T), dtype=np.int64).astype(np.uint64)
     summary = _boot.summarize(T, keys=keys_, ci=c.ci, n_boot=c.n_boot, resampling=c.resampling, rng=c.rng)
     alpha = 1.0 - c.confidence_level

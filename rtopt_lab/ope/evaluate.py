@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -35,9 +36,10 @@ from rtopt_lab.ope.chunks import (
     plan_evaluation,
     reward_model_rows,
 )
+from rtopt_lab.ope.result import Evaluation, _group_labels
 from rtopt_lab.ope.reward_model import RewardModel
 
-__all__ = ["LOGGING", "Candidate", "Candidates", "ChunkTerms", "EvaluationPlan", "EvaluationSums",
+__all__ = ["LOGGING", "Candidate", "Candidates", "ChunkTerms", "Evaluation", "EvaluationPlan", "EvaluationSums",
            "LoggedRows", "chunk_terms", "evaluate", "logged_rows", "plan_evaluation", "reward_model_rows"]
 
 
@@ -131,8 +133,9 @@ def evaluate(log: Any, policies: Mapping[str, Candidate], *, estimators: str | S
              baseline: str | None = LOGGING, catalog: ArmCatalog | None = None,
              reward_model: RewardModel | None = None, logging_policy: Candidate | None = None,
              max_weight: float | None = None, tau: float = 100.0, confidence_level: float = 0.95,
-             ci: str = "normal", n_boot: int = 1000, n_buckets: int | None = 4096, alpha: float = 0.05,
-             batch_rows: int = 65_536, n_jobs: int = 1, progress: bool = True) -> pd.DataFrame:
+             ci: str = "t", n_boot: int = 1000, n_buckets: int | None = 4096, alpha: float = 0.05,
+             margin: float = 0.0, by: str | None = None,
+             batch_rows: int = 65_536, n_jobs: int = 1, progress: bool = True) -> Evaluation:
     """Estimate every candidate's value on a decision log and compare it with a baseline.
 
     Parameters
@@ -154,14 +157,18 @@ def evaluate(log: Any, policies: Mapping[str, Candidate], *, estimators: str | S
         Default: the policies' catalog.
     reward_model : RewardModel, optional
         Default ``RewardModel(arm_features=catalog.arm_features())``. An unfitted model is
-        fitted in a first pass over the log (cross-fitted by request id); a fitted one is
-        used as is.
+        copied and the copy fitted in a first pass over the log (cross-fitted by request
+        id; it is the result's ``reward_model``); a fitted one is used as is. The caller's
+        object is never changed.
     logging_policy : policy or callable, optional
         The logging policy; when given, a candidate putting mass on an arm it never plays
         raises ValueError (support violation).
     max_weight, tau : as in :func:`~rtopt_lab.ope.ips` and :func:`~rtopt_lab.ope.switch_dr`
     confidence_level : float, default 0.95
-    ci : {"normal", "percentile", "bca"}, default "normal"
+    ci : {"t", "normal", "percentile", "bca"}, default "t"
+        The interval of the estimates, the differences and the decision bounds; "t"
+        (delta-method standard error, Student-t quantiles on the variance's effective
+        degrees of freedom, :mod:`rtopt_lab.ope.bootstrap`) is the one decisions use.
     n_boot : int, default 1000
         Poisson bootstrap replicates (for "percentile" and "bca").
     n_buckets : int or None, default 4096
@@ -169,6 +176,15 @@ def evaluate(log: Any, policies: Mapping[str, Candidate], *, estimators: str | S
         (cost grows with n; BCa then needs the log in memory).
     alpha : float, default 0.05
         One-sided family-wise level of the comparisons (see :func:`~rtopt_lab.ope.compare`).
+    margin : float, default 0.0
+        The improvement δ >= 0 a lower bound must exceed (strictly) for "improved".
+    by : str, optional
+        A column of the log (e.g. ``"task_type"``): every group of rows gets its own
+        estimates and comparisons, besides the pooled ones. Group comparisons are at
+        alpha / G over the G groups (and alpha / (m G) per candidate), so all group
+        bounds of all candidates hold together at 1 - alpha; a group whose effective
+        sample size is below :data:`~rtopt_lab.ope.diagnostics.ESS_FLOOR` is
+        ``insufficient_evidence``.
     batch_rows : int, default 65536
     n_jobs : int, default 1
         Threads that process chunks (featurise, policies, reward model, terms); results
@@ -179,21 +195,21 @@ def evaluate(log: Any, policies: Mapping[str, Candidate], *, estimators: str | S
 
     Returns
     -------
-    DataFrame
-        One row per (candidate, estimator): ``value``, ``ci_low``, ``ci_high``, ``se``,
-        ``n``, ``ess``, ``max_weight``, ``mean_weight``, ``clipped_share``, ``flags``, and
-        against the baseline ``diff``, ``diff_ci_low``, ``diff_ci_high``, ``lower_bound``,
-        ``upper_bound``, ``p_value`` (Bonferroni-adjusted) and ``verdict`` ("baseline" on the
-        baseline's rows).
+    Evaluation
+        Frozen: :meth:`~Evaluation.estimate` and :meth:`~Evaluation.comparison` by
+        (candidate, estimator, group), ``n``, ``rows_quarantined``, ``groups``; its
+        :meth:`~Evaluation.to_frame` is the tidy table (one row per candidate, estimator
+        and group: value, interval, diagnostics, and against the baseline the difference,
+        its bounds, p-value and verdict).
     """
     plan = plan_evaluation(policies, estimators=estimators, baseline=baseline, catalog=catalog,
                            reward_model=reward_model, logging_policy=logging_policy, max_weight=max_weight,
                            tau=tau, confidence_level=confidence_level, ci=ci, n_boot=n_boot, n_buckets=n_buckets,
-                           alpha=alpha)
+                           alpha=alpha, margin=margin, by=by)
     _check_chunking(batch_rows, n_jobs)
     src = _Source(log, batch_rows, None if plan.columns is None else list(plan.columns))
-    if ci == "bca" and n_buckets is None and src.streamed:
-        raise ValueError("`ci`='bca' on a streamed log needs `n_buckets` (the jackknife runs over buckets)")
+    if ci in ("bca", "t") and n_buckets is None and src.streamed:
+        raise ValueError(f"`ci`={ci!r} on a streamed log needs `n_buckets` (it reads per-unit terms: buckets)")
     from tqdm.auto import tqdm
 
     model = plan.reward_model
@@ -206,8 +222,14 @@ def evaluate(log: Any, policies: Mapping[str, Candidate], *, estimators: str | S
             cached[offset] = rows
         return rows
 
-    def second_pass(chunk, offset: int) -> ChunkTerms:
-        return chunk_terms(plan, chunk, offset=offset, rows=cached.pop(offset, None))
+    def second_pass(chunk, offset: int) -> tuple[ChunkTerms, np.ndarray | None]:
+        labels = None
+        if by is not None:
+            if by not in (chunk.column_names if isinstance(chunk, pa.Table) else chunk.columns):
+                raise ValueError(f"`by` names column {by!r}, which the log does not have")
+            labels = _group_labels(chunk.column(by).to_numpy(zero_copy_only=False) if isinstance(chunk, pa.Table)
+                                   else chunk[by].to_numpy())
+        return chunk_terms(plan, chunk, offset=offset, rows=cached.pop(offset, None)), labels
 
     bar = tqdm(total=src.total * passes, unit="rows", unit_scale=True, desc="OPE", disable=not progress)
     try:
@@ -217,12 +239,21 @@ def evaluate(log: Any, policies: Mapping[str, Candidate], *, estimators: str | S
                 model.update(rows.X, rows.action, rows.reward, rows.keys, n_arms=k)
                 bar.update(len(rows.reward))
             model.finalize()
-        sums = plan.sums(keep_units=ci == "bca" and not src.streamed)
-        for terms in _ordered(second_pass, _offsets(src), n_jobs):
+        keep = ci in ("bca", "t") and not src.streamed
+        sums = plan.sums(keep_units=keep)
+        groups: dict[str, EvaluationSums] = {}
+        for terms, labels in _ordered(second_pass, _offsets(src), n_jobs):
             sums.add(terms)
+            if labels is not None:
+                codes, uniques = pd.factorize(labels)
+                for j, g in enumerate(uniques):
+                    rows = codes == j
+                    groups.setdefault(str(g), plan.sums(keep_units=keep)).add(
+                        ChunkTerms(terms.T[rows], terms.W[rows], terms.keys[rows]))
             bar.update(len(terms.T))
     finally:
         bar.close()
     if sums.n < 2:
         raise ValueError(f"`log` must have at least 2 valid rows; got {sums.n}")
-    return plan.table(sums, rows_quarantined=src.rows_quarantined, streamed=src.streamed)
+    return plan.result(sums, groups=groups if by is not None else None, by=by,
+                       rows_quarantined=src.rows_quarantined, streamed=src.streamed)

@@ -14,7 +14,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 
 from rtopt_lab.arms import ArmCatalog
@@ -25,6 +24,7 @@ from rtopt_lab.ope.evaluate import (
     plan_evaluation,
     reward_model_rows,
 )
+from rtopt_lab.ope.result import Evaluation
 from rtopt_lab.ope.reward_model import RewardModel
 from rtopt_lab.spark._io import State, aggregate, check_batch_rows, check_fanin, frame, select
 
@@ -84,8 +84,9 @@ def evaluate_spark(data: Any, policies: Mapping[str, Any], *, estimators: str | 
                    baseline: str | None = LOGGING, catalog: ArmCatalog | None = None,
                    reward_model: RewardModel | None = None, logging_policy: Any = None,
                    max_weight: float | None = None, tau: float = 100.0, confidence_level: float = 0.95,
-                   ci: str = "normal", n_boot: int = 1000, n_buckets: int | None = 4096, alpha: float = 0.05,
-                   batch_rows: int = 65_536, spark: Any = None, merge_fanin: int = 256) -> pd.DataFrame:
+                   ci: str = "t", n_boot: int = 1000, n_buckets: int | None = 4096, alpha: float = 0.05,
+                   margin: float = 0.0, batch_rows: int = 65_536, spark: Any = None,
+                   merge_fanin: int = 256) -> Evaluation:
     """:func:`rtopt_lab.ope.evaluate` on Spark: the same table, the same numbers.
 
     Parameters
@@ -101,7 +102,9 @@ def evaluate_spark(data: Any, policies: Mapping[str, Any], *, estimators: str | 
     confidence_level, ci, n_boot, n_buckets, alpha
         As in :func:`~rtopt_lab.ope.evaluate`. Policies, the reward model and callables
         are pickled to the executors (rtopt_lab must be importable there).
-        ``ci="bca"`` needs ``n_buckets``. An unfitted ``reward_model`` is fitted in place.
+        ``ci="t"`` and ``"bca"`` need ``n_buckets``. An unfitted ``reward_model`` is copied
+        and the copy fitted (the result's ``reward_model``). Grouping (``by``) runs in
+        process only (:func:`~rtopt_lab.ope.evaluate`).
     batch_rows : int, default 65536
         Rows per chunk within a partition.
     spark : pyspark.sql.SparkSession, optional
@@ -113,8 +116,8 @@ def evaluate_spark(data: Any, policies: Mapping[str, Any], *, estimators: str | 
 
     Returns
     -------
-    DataFrame
-        As :func:`~rtopt_lab.ope.evaluate`; ``attrs["backend"]`` is "spark".
+    Evaluation
+        As :func:`~rtopt_lab.ope.evaluate`, with ``backend`` "spark".
 
     Notes
     -----
@@ -126,11 +129,11 @@ def evaluate_spark(data: Any, policies: Mapping[str, Any], *, estimators: str | 
     plan = plan_evaluation(policies, estimators=estimators, baseline=baseline, catalog=catalog,
                            reward_model=reward_model, logging_policy=logging_policy, max_weight=max_weight,
                            tau=tau, confidence_level=confidence_level, ci=ci, n_boot=n_boot, n_buckets=n_buckets,
-                           alpha=alpha)
+                           alpha=alpha, margin=margin)
     check_batch_rows(batch_rows)
     check_fanin(merge_fanin)
-    if ci == "bca" and n_buckets is None:
-        raise ValueError("`ci`='bca' on Spark needs `n_buckets` (the jackknife runs over buckets)")
+    if ci in ("bca", "t") and n_buckets is None:
+        raise ValueError(f"`ci`={ci!r} on Spark needs `n_buckets` (it reads per-unit terms: buckets)")
     df = select(frame(data, spark), plan.columns, _LOGGED)
     model = plan.reward_model
     if model is not None and model.models_ is None:
@@ -145,6 +148,4 @@ def evaluate_spark(data: Any, policies: Mapping[str, Any], *, estimators: str | 
         sums.set_state(state)
     if sums.n < 2:
         raise ValueError(f"`data` must have at least 2 valid rows; got {sums.n}")
-    table = plan.table(sums, rows_quarantined=0, streamed=True)
-    table.attrs["backend"] = "spark"
-    return table
+    return plan.result(sums, rows_quarantined=0, streamed=True, backend="spark")

@@ -120,7 +120,7 @@ class ReplayConfig:
     candidates: tuple[str, ...] = ("linucb", "thompson")
     estimators: tuple[str, ...] = tuple(ESTIMATORS)
     train_fraction: float = 0.5
-    ci: str = "normal"
+    ci: str = "t"
     n_boot: int = 1000
     alpha: float = 0.05
     seed: int = 0

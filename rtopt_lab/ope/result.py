@@ -1,0 +1,158 @@
+"""The typed result of an evaluation: estimates and comparisons keyed by (candidate,
+estimator, group), with a tidy table view.
+
+:func:`~rtopt_lab.ope.evaluate` and :func:`~rtopt_lab.spark.evaluate_spark` return an
+:class:`Evaluation`. Consumers read its objects (:meth:`Evaluation.estimate`,
+:meth:`Evaluation.comparison`); :meth:`Evaluation.to_frame` is the table a person reads
+or logs, never parsed back into estimates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rtopt_lab.ope.compare import Comparison
+from rtopt_lab.ope.estimators import Estimate
+
+__all__ = ["POOLED", "Evaluation"]
+
+#: the group label of the estimates over all rows (``group=None`` in the accessors)
+POOLED = "(all)"
+
+Key = tuple[str, str, str | None]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Evaluation:
+    """Every candidate's estimates and comparisons on one log, pooled and per group.
+
+    Attributes
+    ----------
+    estimates : mapping of (candidate, estimator, group) to Estimate
+        ``group`` is None for the pooled estimate over all rows, else a value of the
+        ``by`` column (as a string).
+    comparisons : mapping of (candidate, estimator, group) to Comparison
+        Against ``baseline``, for every candidate other than the baseline. Pooled bounds
+        are simultaneous over the m candidates (Bonferroni at alpha / m); group bounds over
+        the m candidates and the G groups (alpha / (m G)), so the per-group verdicts of a
+        candidate hold together (see :func:`~rtopt_lab.ope.compare`).
+    candidates, estimators : tuple of str
+        In evaluation order (``"logging"`` last when it is the baseline).
+    baseline : str or None
+    by : str or None
+        The grouping column.
+    groups : tuple of str
+        The groups, sorted; empty without ``by``.
+    n : int
+        Rows evaluated.
+    group_n : mapping of str to int
+        Rows per group.
+    rows_quarantined : int
+        Rows a LogStore left out as invalid.
+    streamed : bool
+    backend : {"local", "spark"}
+    alpha, confidence_level : float
+    ci : str
+        The interval method.
+    reward_model : RewardModel or None
+        The fitted reward model the estimates used (a copy when the caller passed an
+        unfitted one: the caller's object is never changed).
+    """
+
+    estimates: Mapping[Key, Estimate]
+    comparisons: Mapping[Key, Comparison]
+    candidates: tuple[str, ...]
+    estimators: tuple[str, ...]
+    baseline: str | None
+    by: str | None
+    groups: tuple[str, ...]
+    n: int
+    group_n: Mapping[str, int]
+    rows_quarantined: int
+    streamed: bool
+    backend: str
+    alpha: float
+    confidence_level: float
+    ci: str
+    reward_model: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("estimates", "comparisons", "group_n"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+
+    def _key(self, candidate: str, estimator: str, group: str | None) -> Key:
+        if candidate not in self.candidates:
+            raise KeyError(f"`candidate` {candidate!r} is not in this evaluation; candidates: {list(self.candidates)}")
+        if estimator not in self.estimators:
+            raise KeyError(f"`estimator` {estimator!r} is not in this evaluation; estimators: {list(self.estimators)}")
+        if group is not None and group not in self.groups:
+            raise KeyError(f"`group` {group!r} is not in this evaluation; groups: {list(self.groups)}")
+        return (candidate, estimator, group)
+
+    def estimate(self, candidate: str, estimator: str, group: str | None = None) -> Estimate:
+        """The estimate of ``candidate`` by ``estimator`` (pooled, or in ``group``)."""
+        return self.estimates[self._key(candidate, estimator, group)]
+
+    def comparison(self, candidate: str, estimator: str, group: str | None = None) -> Comparison | None:
+        """The comparison with the baseline (None for the baseline itself or without one)."""
+        return self.comparisons.get(self._key(candidate, estimator, group))
+
+    def to_frame(self) -> pd.DataFrame:
+        """The tidy table: one row per (candidate, estimator[, group]).
+
+        Columns ``candidate``, ``estimator`` (``group`` with ``by``: :data:`POOLED` for
+        all rows), ``value``, ``ci_low``, ``ci_high``, ``se``, ``confidence_level``,
+        ``method``, ``n``, ``ess``, ``max_weight``, ``mean_weight``, ``clipped_share``,
+        ``flags``, ``baseline``, and against the baseline ``diff``, ``diff_ci_low``,
+        ``diff_ci_high``, ``lower_bound``, ``upper_bound``, ``p_value``, ``margin`` and
+        ``verdict`` ("baseline" on the baseline's rows). ``attrs`` holds ``n``,
+        ``rows_quarantined``, ``streamed`` and ``backend``.
+        """
+        rows = []
+        for group in (None, *self.groups) if self.by else (None,):
+            for cand in self.candidates:
+                for e in self.estimators:
+                    est = self.estimates.get((cand, e, group))
+                    if est is None:
+                        continue
+                    d = est.diagnostics
+                    row: dict[str, Any] = {"candidate": cand, "estimator": e}
+                    if self.by:
+                        row["group"] = POOLED if group is None else group
+                    row |= {"value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high, "se": est.se,
+                            "confidence_level": est.confidence_level, "method": est.method, "n": est.n,
+                            "ess": d.ess, "max_weight": d.max_weight, "mean_weight": d.mean_weight,
+                            "clipped_share": d.clipped_share, "flags": ",".join(d.flags), "baseline": self.baseline}
+                    c = self.comparisons.get((cand, e, group))
+                    row |= {"diff": c.difference if c else math.nan, "diff_ci_low": c.ci_low if c else math.nan,
+                            "diff_ci_high": c.ci_high if c else math.nan,
+                            "lower_bound": c.lower_bound if c else math.nan,
+                            "upper_bound": c.upper_bound if c else math.nan,
+                            "p_value": c.p_value if c else math.nan, "margin": c.margin if c else math.nan,
+                            "verdict": c.verdict if c else ("baseline" if cand == self.baseline else None)}
+                    rows.append(row)
+        table = pd.DataFrame(rows)
+        table.attrs.update({"n": self.n, "rows_quarantined": self.rows_quarantined, "streamed": self.streamed,
+                            "backend": self.backend})
+        return table
+
+    def __repr__(self) -> str:
+        groups = f", by={self.by!r} ({len(self.groups)} groups)" if self.by else ""
+        return (f"Evaluation(n={self.n}, candidates={list(self.candidates)}, estimators={list(self.estimators)}, "
+                f"baseline={self.baseline!r}{groups}, ci={self.ci!r})")
+
+    def _repr_html_(self) -> str:   # a notebook shows the table
+        return self.to_frame()._repr_html_()
+
+
+def _group_labels(values: Any) -> np.ndarray:
+    """A grouping column's values as strings (missing values as "<missing>")."""
+    s = pd.Series(np.asarray(values, dtype=object))
+    return s.where(s.notna(), "<missing>").astype(str).to_numpy()
