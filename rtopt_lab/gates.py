@@ -21,7 +21,8 @@ Gates
     the lower confidence bound of the candidate's quality is >= an absolute floor and
     >= the baseline's quality x 0.95.
 :class:`CostEfficiency`
-    tokens per quality point <= the baseline's x 1.05 (the seed's success criterion).
+    tokens per quality point <= the baseline's x 1.05 (the seed's success criterion), on a
+    one-sided upper bound of the ratio at level 1 - alpha (union bound of four intervals).
 :class:`EvidenceGate`
     minimum rows and effective sample size.
 :class:`Compliance`
@@ -310,42 +311,201 @@ class QualityFloor:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CostEfficiency:
-    """Tokens per quality point no worse than the baseline's times ``max_ratio``.
+    """Tokens per quality point no worse than the baseline's times ``max_ratio``, as a bound.
 
-    :math:`\\frac{\\hat t_{cand} / \\hat q_{cand}}{\\hat t_{base} / \\hat q_{base}} \\le`
-    ``max_ratio``, on point estimates of expected tokens and quality per call.
+    The ratio of tokens per quality point, candidate over baseline,
+
+    .. math:: R = \\frac{t_c / q_c}{t_b / q_b},
+
+    of expected tokens :math:`t` and quality :math:`q` per call, is bounded above by the
+    union (Bonferroni) bound of the four one-sided interval ends it is monotone in:
+
+    .. math:: U = \\frac{\\overline{t_c} / \\underline{q_c}}{\\underline{t_b} / \\overline{q_b}},
+
+    where :math:`\\overline{x}` and :math:`\\underline{x}` are an estimate's ``ci_high`` and
+    ``ci_low``. If each one-sided bound fails with probability at most :math:`\\alpha/4`, all
+    four hold with probability :math:`\\ge 1 - \\alpha` and then :math:`R \\le U`, so
+    :math:`P(R > U) \\le \\alpha`. A two-sided interval at ``confidence_level``
+    :math:`\\ge 1 - \\alpha/2` has :math:`\\alpha/4` in each tail, hence the requirement on the
+    estimates. The gate passes when :math:`U \\le` ``max_ratio``: a candidate whose true ratio
+    exceeds the limit passes with probability at most :math:`\\alpha`.
+
+    The union bound needs no joint covariance of the four estimates: they may come from
+    different evaluation passes (one for tokens, one for quality) over the same held-out
+    rows, with any dependence between them. A delta-method interval of the ratio would need
+    the covariance of all four and is only asymptotic; the union bound is conservative
+    instead (its miss rate is usually well under :math:`\\alpha`).
 
     Parameters
     ----------
     max_ratio : float > 0, default 1.05
+        The seed's "tokens per quality point <= baseline x 1.05".
+    alpha : float in (0, 1), default 0.05
+        Probability that the bound misses the true ratio.
+
+    Raises
+    ------
+    TypeError
+        At call time, when an argument is a plain number (a point estimate is not
+        evidence) or anything but an :class:`~rtopt_lab.ope.Estimate` (None is
+        insufficient evidence).
+
+    Notes
+    -----
+    Verdicts: ``insufficient_evidence`` when an estimate is missing (None), its
+    ``confidence_level`` is below :math:`1 - \\alpha/2`, or a lower bound of tokens or quality
+    is :math:`\\le 0` (the ratio is then unbounded); ``error`` for non-finite values or
+    bounds; otherwise ``pass`` or ``fail`` on :math:`U`.
+
+    References
+    ----------
+    C. E. Bonferroni. Teoria statistica delle classi e calcolo delle probabilità. 1936.
+    G. Casella, R. L. Berger. Statistical Inference, 2nd ed. Duxbury, 2002 (Bonferroni's
+    inequality and simultaneous intervals).
+
+    Examples
+    --------
+    >>> from rtopt_lab.ope import Diagnostics, Estimate
+    >>> def est(v, lo, hi):
+    ...     return Estimate("dr", v, lo, hi, 0.975, 5000, Diagnostics(5000.0, 1.0, 1.0, 0.0))
+    >>> gate = CostEfficiency(max_ratio=1.05, alpha=0.05)
+    >>> t, q = est(500, 495, 505), est(0.8, 0.795, 0.805)
+    >>> v = gate(t, q, t, q)
+    >>> v.status, round(v.metrics["ratio"], 3), round(v.metrics["ratio_upper"], 3)
+    ('pass', 1.0, 1.033)
+    >>> t, q = est(500, 490, 510), est(0.8, 0.79, 0.81)  # the same point ratio, less evidence
+    >>> gate(t, q, t, q).status
+    'fail'
     """
 
     max_ratio: float = 1.05
+    alpha: float = 0.05
 
     def __post_init__(self) -> None:
         if _positive_number("max_ratio", self.max_ratio) <= 0:
             raise ValueError(f"`max_ratio` must be > 0; got {self.max_ratio!r}")
+        if (
+            isinstance(self.alpha, bool)
+            or not isinstance(self.alpha, (int, float))
+            or not 0 < self.alpha < 1
+        ):
+            raise ValueError(f"`alpha` must be a number in (0, 1); got {self.alpha!r}")
 
-    def __call__(self, tokens: Any, quality: Any, baseline_tokens: Any, baseline_quality: Any) -> GateVerdict:
+    def __call__(
+        self, tokens: Any, quality: Any, baseline_tokens: Any, baseline_quality: Any
+    ) -> GateVerdict:
+        """Judge the candidate's cost efficiency from four interval estimates.
+
+        Parameters
+        ----------
+        tokens, quality : Estimate
+            The candidate's expected tokens and quality per call.
+        baseline_tokens, baseline_quality : Estimate
+            The baseline's, from the same held-out rows.
+
+        Returns
+        -------
+        GateVerdict
+            Metrics ``tokens_per_quality``, ``baseline_tokens_per_quality``, ``ratio``
+            (point), ``ratio_upper`` (:math:`U`), ``max_ratio``, ``alpha``.
+        """
+        named = {
+            "tokens": tokens,
+            "quality": quality,
+            "baseline_tokens": baseline_tokens,
+            "baseline_quality": baseline_quality,
+        }
+        for name, est in named.items():
+            _require_estimate(name, est)
+
         def run() -> GateVerdict:
-            missing = [n for n, v in (("tokens", tokens), ("quality", quality), ("baseline_tokens", baseline_tokens),
-                                      ("baseline_quality", baseline_quality)) if v is None]
+            limits = {"max_ratio": self.max_ratio, "alpha": self.alpha}
+            missing = [n for n, v in named.items() if v is None]
             if missing:
-                return GateVerdict("cost_efficiency", "insufficient_evidence",
-                                   (f"no estimate of {', '.join(missing)}",))
-            t, q = _value(tokens, "tokens"), _value(quality, "quality")
-            bt, bq = _value(baseline_tokens, "baseline_tokens"), _value(baseline_quality, "baseline_quality")
-            if q <= 0 or bq <= 0:
-                raise ValueError(f"quality must be > 0 to price it (candidate {q}, baseline {bq})")
-            ratio = (t / q) / (bt / bq)
-            metrics = {"tokens_per_quality": t / q, "baseline_tokens_per_quality": bt / bq, "ratio": ratio}
-            if ratio <= self.max_ratio:
+                return GateVerdict(
+                    "cost_efficiency",
+                    "insufficient_evidence",
+                    (f"no estimate of {', '.join(missing)}",),
+                    limits,
+                )
+            for name, est in named.items():
+                for part in ("value", "ci_low", "ci_high"):
+                    if not math.isfinite(float(getattr(est, part))):
+                        raise ValueError(f"`{name}.{part}` is not finite ({getattr(est, part)})")
+            need = 1.0 - self.alpha / 2
+            low_level = [
+                f"{n} at {float(v.confidence_level):g}"
+                for n, v in named.items()
+                if float(v.confidence_level) < need - 1e-12
+            ]
+            if low_level:
+                return GateVerdict(
+                    "cost_efficiency",
+                    "insufficient_evidence",
+                    (
+                        f"evaluate tokens and quality at confidence_level >= {need:g} (alpha/4 per "
+                        f"side for alpha={self.alpha:g}); got {', '.join(low_level)}",
+                    ),
+                    limits,
+                )
+            t, q, bt, bq = (float(v.value) for v in named.values())
+            point = {
+                "tokens_per_quality": t / q if q > 0 else math.inf,
+                "baseline_tokens_per_quality": bt / bq if bq > 0 else math.inf,
+            }
+            point["ratio"] = t * bq / (q * bt) if q > 0 and bt > 0 and bq > 0 else math.nan
+            unbounded = [
+                f"{n} lower bound {float(v.ci_low):.4g}" for n, v in named.items() if v.ci_low <= 0
+            ]
+            if unbounded:
+                return GateVerdict(
+                    "cost_efficiency",
+                    "insufficient_evidence",
+                    (
+                        f"{', '.join(unbounded)} <= 0: the ratio of tokens per quality point is "
+                        "unbounded",
+                    ),
+                    {**point, "ratio_upper": math.inf, **limits},
+                )
+            upper = (
+                float(tokens.ci_high)
+                * float(baseline_quality.ci_high)
+                / (float(quality.ci_low) * float(baseline_tokens.ci_low))
+            )
+            metrics = {**point, "ratio_upper": upper, **limits}
+            if upper <= self.max_ratio:
                 return GateVerdict("cost_efficiency", "pass", (), metrics)
-            return GateVerdict("cost_efficiency", "fail",
-                               (f"{t / q:.1f} tokens per quality point is {ratio:.3f} x the baseline's "
-                                f"{bt / bq:.1f} (limit {self.max_ratio:g} x)",), metrics)
+            return GateVerdict(
+                "cost_efficiency",
+                "fail",
+                (
+                    f"{point['tokens_per_quality']:.1f} tokens per quality point is {point['ratio']:.3f} x "
+                    f"the baseline's {point['baseline_tokens_per_quality']:.1f}, upper bound "
+                    f"{upper:.3f} x at alpha={self.alpha:g} > limit {self.max_ratio:g} x",
+                ),
+                metrics,
+            )
 
         return _guard("cost_efficiency", run)
+
+
+def _require_estimate(name: str, est: Any) -> None:
+    """TypeError unless ``est`` is None or an :class:`~rtopt_lab.ope.Estimate`."""
+    if est is None:
+        return
+    if isinstance(est, (bool, int, float, np.number)):
+        raise TypeError(
+            f"`{name}` must be an rtopt_lab.ope.Estimate with a confidence interval; got the number "
+            f"{est!r}: a point estimate is not evidence"
+        )
+    # lazy: importing the gates (the optimizer does) loads no OPE machinery
+    from rtopt_lab.ope.estimators import Estimate
+
+    if not isinstance(est, Estimate):
+        raise TypeError(
+            f"`{name}` must be an rtopt_lab.ope.Estimate with a confidence interval; "
+            f"got {type(est).__name__}"
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -483,8 +643,11 @@ class GateInputs:
         The incumbent (general) policy's arm for the same contexts.
     risk_tiers : array (n,)
     quality, baseline_quality : estimates with ``value``, ``ci_low`` (and ``n``,
-        ``diagnostics.ess`` for the evidence gate), or floats for the baseline.
-    tokens, baseline_tokens : estimates or floats of expected tokens per call.
+        ``diagnostics.ess`` for the evidence gate), or a float for the baseline when the
+        cost-efficiency gate is not run (it needs :class:`~rtopt_lab.ope.Estimate` s).
+    tokens, baseline_tokens : Estimate, optional
+        Expected tokens per call (for the cost-efficiency gate, at confidence_level
+        >= 1 - alpha/2, as quality); None is insufficient evidence.
     approved : bool
         A human approval is on record (the provenance log).
     task_types, budget_remaining : array (n,) and mapping, optional

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats
 
 from rtopt_lab.arms import ArmCatalog
 from rtopt_lab.gates import (
@@ -22,6 +23,7 @@ from rtopt_lab.gates import (
     TrustRegion,
     combine,
 )
+from rtopt_lab.ope import Diagnostics, Estimate, dr, ips
 
 CAT = ArmCatalog.from_grid()
 K = len(CAT)
@@ -109,17 +111,154 @@ def test_quality_floor():
         QualityFloor(relative=1.5)
 
 
-def test_cost_efficiency():
-    g = CostEfficiency(max_ratio=1.05)
-    assert g(1000, 0.8, 1000, 0.8).status == "pass"
-    assert g(1040, 0.8, 1000, 0.8).status == "pass"
-    bad = g(1100, 0.8, 1000, 0.8)
-    assert bad.status == "fail" and bad.metrics["ratio"] == pytest.approx(1.1)
-    assert g(Est(1100, 1000), Est(0.9, 0.8), 1000, 0.8).metrics["ratio"] == pytest.approx(1100 / 0.9 / 1250)
-    assert g(1000, 0.0, 1000, 0.8).status == "error"
-    assert g("a lot", 0.8, 1000, 0.8).status == "error"
+# ------------------------------------------------------------------ cost efficiency: a one-sided bound
+def _est(value, lo, hi, level=0.975, n=5000, ess=2000.0):
+    return Estimate("dr", value, lo, hi, level, n, Diagnostics(ess, 1.0, 1.0, 0.0))
+
+
+TOK, QUAL = _est(1000, 990, 1010), _est(0.8, 0.795, 0.805)
+
+
+def test_cost_efficiency_pass_fail_insufficient_error():
+    g = CostEfficiency(max_ratio=1.05, alpha=0.05)
+    ok = g(_est(1000, 995, 1005), _est(0.82, 0.815, 0.825), TOK, QUAL)
+    assert ok.status == "pass" and ok.reasons == ()
+    assert ok.metrics["ratio"] == pytest.approx(1000 / 0.82 / 1250)
+    assert ok.metrics["ratio_upper"] == pytest.approx((1005 / 0.815) / (990 / 0.805))
+    assert set(ok.metrics) == {
+        "tokens_per_quality",
+        "baseline_tokens_per_quality",
+        "ratio",
+        "ratio_upper",
+        "max_ratio",
+        "alpha",
+    }
+    # the point ratio is within the limit (1.04), its upper bound is not: a fail, the reason gives all three
+    bad = g(_est(1040, 1000, 1080), _est(0.8, 0.77, 0.83), TOK, QUAL)
+    assert bad.status == "fail" and bad.metrics["ratio"] == pytest.approx(1.04)
+    u = (1080 / 0.77) / (990 / 0.805)
+    assert bad.metrics["ratio_upper"] == pytest.approx(u)
+    assert "is 1.040 x the baseline's 1250.0" in bad.reasons[0]
+    assert f"upper bound {u:.3f} x at alpha=0.05 > limit 1.05 x" in bad.reasons[0]
+    # a lower bound of quality (or tokens) <= 0: the ratio is unbounded
+    thin = g(TOK, _est(0.05, -0.01, 0.11), TOK, QUAL)
+    assert (
+        thin.status == "insufficient_evidence"
+        and "quality lower bound -0.01 <= 0" in thin.reasons[0]
+    )
+    assert g(TOK, QUAL, _est(50, 0.0, 100), QUAL).status == "insufficient_evidence"
+    # intervals at 95 % put alpha/2 in each tail, not alpha/4
+    low = g(_est(1000, 995, 1005, level=0.95), QUAL, TOK, _est(0.8, 0.79, 0.81, level=0.9))
+    assert low.status == "insufficient_evidence"
+    assert low.reasons[0].startswith(
+        "evaluate tokens and quality at confidence_level >= 0.975 (alpha/4 per side"
+    )
+    assert "tokens at 0.95, baseline_quality at 0.9" in low.reasons[0]
+    assert (
+        CostEfficiency(alpha=0.1)(_est(1000, 995, 1005, level=0.95), QUAL, TOK, QUAL).status
+        == "pass"
+    )
+    missing = g(None, QUAL, TOK, QUAL)
+    assert (
+        missing.status == "insufficient_evidence" and "no estimate of tokens" in missing.reasons[0]
+    )
+    nan = g(TOK, _est(0.8, float("nan"), 0.81), TOK, QUAL)
+    assert nan.status == "error" and "`quality.ci_low` is not finite" in nan.reasons[0]
+    assert bad.to_dict()["metrics"]["alpha"] == 0.05
+
+
+@pytest.mark.parametrize("arg", ["tokens", "quality", "baseline_tokens", "baseline_quality"])
+@pytest.mark.parametrize("point", [1000, 0.8, np.float64(0.8)])
+def test_cost_efficiency_refuses_point_estimates(arg, point):
+    args = {
+        "tokens": TOK,
+        "quality": QUAL,
+        "baseline_tokens": TOK,
+        "baseline_quality": QUAL,
+        arg: point,
+    }
+    with pytest.raises(
+        TypeError,
+        match=rf"`{arg}` must be an rtopt_lab.ope.Estimate .*a point estimate is not evidence",
+    ):
+        CostEfficiency()(**args)
+
+
+def test_cost_efficiency_refuses_other_types_and_bad_parameters():
+    with pytest.raises(TypeError, match=r"`quality` must be an rtopt_lab.ope.Estimate .*; got Est"):
+        CostEfficiency()(TOK, Est(0.8, 0.79, 0.81), TOK, QUAL)
     with pytest.raises(ValueError, match=r"`max_ratio` must be > 0"):
         CostEfficiency(max_ratio=0)
+    for alpha in (0, 1, True, "0.05"):
+        with pytest.raises(ValueError, match=r"`alpha` must be a number in \(0, 1\)"):
+            CostEfficiency(alpha=alpha)
+
+
+# Known truth: K arms logged uniformly at random, per-arm mean tokens MU_T and quality MU_Q;
+# the true ratio of a candidate pi_c over a baseline pi_b is
+# (pi_c . MU_T / pi_c . MU_Q) / (pi_b . MU_T / pi_b . MU_Q). The gate's limit is set to that
+# truth, so a pass is exactly a miss (U < R): it must happen in at most alpha of the runs.
+REPS, N_ROWS, K_ARMS, ALPHA = 500, 500, 4, 0.05
+MU_T = np.array([300.0, 450.0, 600.0, 800.0])
+MU_Q = np.array([0.55, 0.7, 0.8, 0.85])
+
+
+def _true_ratio(pi_c, pi_b):
+    return float((pi_c @ MU_T / (pi_c @ MU_Q)) / (pi_b @ MU_T / (pi_b @ MU_Q)))
+
+
+@pytest.fixture(scope="module", params=["four_noisy_ips", "one_noisy_dr"])
+def cost_bound_runs(request):
+    """(true R, U, point ratio, passed) of REPS seeded held-out logs through the gate.
+
+    ``four_noisy_ips``: gamma tokens and beta quality, IPS of all four from the same rows
+    (the realistic case; the union bound is loose). ``one_noisy_dr``: tokens and the
+    baseline's quality are exact per arm, DR with the true reward model makes them exact,
+    only the candidate's (Bernoulli) quality is random: the union bound's tightest case,
+    where its miss rate is alpha/4.
+    """
+    rng = np.random.default_rng(20240611)
+    a = rng.integers(0, K_ARMS, (REPS, N_ROWS))
+    p = np.full(N_ROWS, 1 / K_ARMS)
+    if request.param == "four_noisy_ips":
+        pi_c, pi_b = np.array([0.3, 0.4, 0.2, 0.1]), np.array([0.1, 0.2, 0.5, 0.2])
+        tok, qual = rng.gamma(4.0, MU_T[a] / 4), rng.beta(MU_Q[a] * 6, (1 - MU_Q[a]) * 6)
+        est, q_t, q_q = ips, None, None
+    else:
+        pi_c, pi_b = np.array([0.0, 0.5, 0.5, 0.0]), np.array([1.0, 0.0, 0.0, 0.0])
+        tok, qual = MU_T[a], np.where(a == 0, MU_Q[0], rng.random((REPS, N_ROWS)) < MU_Q[a])
+        est, q_t, q_q = dr, np.tile(MU_T, (N_ROWS, 1)), np.tile(MU_Q, (N_ROWS, 1))
+    truth = _true_ratio(pi_c, pi_b)
+    gate = CostEfficiency(max_ratio=truth, alpha=ALPHA)
+    d_c, d_b = np.tile(pi_c, (N_ROWS, 1)), np.tile(pi_b, (N_ROWS, 1))
+    kw = {"confidence_level": 1 - ALPHA / 2, "ci": "t"}
+    out = []
+    for i in range(REPS):
+        v = gate(
+            est(tok[i], a[i], p, d_c, q_t, **kw),
+            est(qual[i], a[i], p, d_c, q_q, **kw),
+            est(tok[i], a[i], p, d_b, q_t, **kw),
+            est(qual[i], a[i], p, d_b, q_q, **kw),
+        )
+        out.append((v.metrics["ratio_upper"], v.metrics["ratio"], v.status == "pass"))
+    upper, point, passed = np.array(out).T
+    return request.param, truth, upper, point, passed.astype(bool)
+
+
+def test_cost_bound_misses_the_true_ratio_in_at_most_alpha_of_runs(cost_bound_runs):
+    case, truth, upper, point, passed = cost_bound_runs
+    misses = int((upper < truth).sum())
+    assert stats.binomtest(misses, REPS, ALPHA, alternative="greater").pvalue > 0.01, (case, misses)
+    # at the limit, a pass is a miss: the gate passes a candidate no better than the limit <= alpha
+    assert int(passed.sum()) == misses
+    # power: the old point-ratio gate passes this candidate at the limit in about half the runs,
+    # which the same binomial test rejects at once
+    old_passes = int((point <= truth).sum())
+    assert stats.binomtest(old_passes, REPS, ALPHA, alternative="greater").pvalue < 1e-9, old_passes
+    if case == "one_noisy_dr":  # one random estimate: the miss rate is that bound's alpha/4
+        assert stats.binomtest(misses, REPS, ALPHA / 4).pvalue > 0.001, misses
+    else:  # not vacuous: 500 rows bound the ratio within 1.45 x the truth in >= 90 % of runs
+        assert (upper <= 1.45 * truth).mean() >= 0.9
 
 
 # ------------------------------------------------------------------ compliance
@@ -182,20 +321,40 @@ def test_validator_from_yaml_runs_every_gate(tmp_path):
     cfg.write_text(
         "trust_region: {max_dtemp: 0.2, max_dtokens: 200}\n"
         "quality_floor: {floor: 0.3, relative: 0.95}\n"
-        "cost_efficiency: {max_ratio: 1.05}\n"
+        "cost_efficiency: {max_ratio: 1.05, alpha: 0.05}\n"
         "evidence: {min_rows: 1000, min_ess: 200}\n"
         "compliance:\n  tiers:\n    1: {max_temperature: 0.7, max_tokens: 800, require_approval: true}\n"
-        "    2: {max_temperature: 1.0, max_tokens: 1000}\n    3: {max_tokens: 2000}\n")
+        "    2: {max_temperature: 1.0, max_tokens: 1000}\n    3: {max_tokens: 2000}\n"
+    )
     v = QualityGateValidator.from_yaml(cfg)
     near = CAT.index("t0.40-p0.90-m800")
-    inputs = GateInputs(candidate_dist=_onehot(near), incumbent_arms=_inc(), risk_tiers=np.full(200, 2),
-                        quality=Est(0.62, 0.60), baseline_quality=0.6, tokens=1000, baseline_tokens=1000)
+    inputs = GateInputs(
+        candidate_dist=_onehot(near),
+        incumbent_arms=_inc(),
+        risk_tiers=np.full(200, 2),
+        quality=_est(0.62, 0.615, 0.625),
+        baseline_quality=_est(0.6, 0.595, 0.605),
+        tokens=_est(1000, 995, 1005),
+        baseline_tokens=_est(1000, 995, 1005),
+    )
     ok = v.validate(CAT, inputs)
     assert ok.status == "pass", ok.reasons
-    assert set(ok.metrics) == {"evidence", "trust_region", "quality_floor", "cost_efficiency", "compliance"}
-    worse = GateInputs(candidate_dist=_onehot(CAT.index("t0.00-p1.00-m400")), incumbent_arms=_inc(),
-                       risk_tiers=np.full(200, 1), quality=Est(0.5, 0.4), baseline_quality=0.6,
-                       tokens=2000, baseline_tokens=1000)
+    assert set(ok.metrics) == {
+        "evidence",
+        "trust_region",
+        "quality_floor",
+        "cost_efficiency",
+        "compliance",
+    }
+    worse = GateInputs(
+        candidate_dist=_onehot(CAT.index("t0.00-p1.00-m400")),
+        incumbent_arms=_inc(),
+        risk_tiers=np.full(200, 1),
+        quality=_est(0.5, 0.4, 0.6),
+        baseline_quality=_est(0.6, 0.59, 0.61),
+        tokens=_est(2000, 1950, 2050),
+        baseline_tokens=_est(1000, 990, 1010),
+    )
     bad = v.validate(CAT, worse)
     assert bad.status == "fail"
     gates = {r.split(":")[0] for r in bad.reasons}
@@ -231,7 +390,7 @@ def test_insufficient_evidence_cases_of_the_other_gates():
     thin = Est(0.6, 0.58, diagnostics=Diag(50.0))
     assert QualityFloor()(thin, 0.6).status == "insufficient_evidence"
     assert QualityFloor(min_ess=10)(thin, 0.6).status == "pass"
-    cost = CostEfficiency()(None, 0.8, 1000, 0.8)
+    cost = CostEfficiency()(None, QUAL, TOK, QUAL)
     assert cost.status == "insufficient_evidence" and "no estimate of tokens" in cost.reasons[0]
     assert Compliance()(CAT, np.zeros((0, K)), np.zeros(0, dtype=int)).status == "insufficient_evidence"
 
