@@ -4,7 +4,11 @@
 
 (a) **replay**: the candidate beats the baseline (the production policy) by IPS and by DR:
     the one-sided lower bound of the improvement at ``alpha`` is strictly greater than
-    ``margin`` (:func:`~rtopt_lab.improvement.is_improvement`; a copy of production fails);
+    ``margin`` (:func:`~rtopt_lab.improvement.is_improvement`; a copy of production fails),
+    and in every task type with enough evidence the lower bound is at least ``-margin``
+    (:func:`~rtopt_lab.evidence.task_evidence`; task types without enough evidence are
+    named); **cost_efficiency**: tokens per quality point at most the baseline's × 1.05,
+    as a one-sided bound on the ratio (:class:`~rtopt_lab.gates.CostEfficiency`);
 (b) **constraints**: every recommendation over a large sample of contexts, served with the
     trust-region and compliance masks as the runtime applies them, satisfies every hard
     constraint (arm within the tier's limits and the trust region of the incumbent);
@@ -32,7 +36,7 @@ import pandas as pd
 
 from rtopt_lab.features import context_fingerprint_frame, featurize_frame
 from rtopt_lab.gates import Compliance, TrustRegion
-from rtopt_lab.improvement import check_margin, is_improvement
+from rtopt_lab.improvement import check_margin
 from rtopt_lab.logstore import read_log
 from rtopt_lab.policies import BasePolicy, FixedPolicy, load_policy
 from rtopt_lab.types import GenerationRequest, Message, ParameterSet, TaskFeatures, TaskOutcome
@@ -168,7 +172,7 @@ def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: Ba
     used = overlap(frame, policy) if ov.n_overlap else ov
     evidence = {"evaluation": used.evaluation, "training": ov.training, "method": ov.method,
                 "overlap_dropped": ov.n_overlap, "overlap": used.n_overlap}
-    checks = [_replay(policy, incumbent, frame, alpha, evaluate, margin)]
+    checks = [_replay(policy, incumbent, frame, alpha, evaluate, margin), _cost(policy, incumbent, frame, alpha)]
     sample = frame.iloc[np.linspace(0, len(frame) - 1, min(n_contexts, len(frame))).astype(int)]
     X = featurize_frame(sample, policy.spec)
     inc_arms = incumbent.action_dist(X).argmax(axis=1)
@@ -183,19 +187,52 @@ def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: Ba
 
 
 def _replay(policy, incumbent, frame, alpha, evaluate, margin=0.0) -> CheckResult:
-    table = evaluate(frame, {"baseline": incumbent, "candidate": policy}, estimators=("ips", "dr"),
-                     baseline="baseline", alpha=alpha, progress=False)
-    rows = table[table["candidate"] == "candidate"]
-    figures, ok = {}, True
-    for _, r in rows.iterrows():
-        est = r["estimator"]
-        figures[f"{est}_diff"] = float(r["diff"])
-        figures[f"{est}_lower_bound"] = float(r["lower_bound"])
-        ok &= bool(math.isfinite(r["lower_bound"])) and is_improvement(float(r["lower_bound"]), margin)
+    from rtopt_lab.evidence import DECISION_ESTIMATORS, task_evidence
+
+    by = "task_type" if "task_type" in frame.columns else None
+    ev = evaluate(frame, {"baseline": incumbent, "candidate": policy}, estimators=DECISION_ESTIMATORS,
+                  baseline="baseline", alpha=alpha, margin=margin, by=by, progress=False)
+    crit = task_evidence(ev, "candidate", margin=margin)
+    figures: dict[str, Any] = {}
+    for est in DECISION_ESTIMATORS:
+        c = ev.comparison("candidate", est)
+        figures[f"{est}_diff"] = c.difference
+        figures[f"{est}_lower_bound"] = c.lower_bound
     figures["margin"] = margin
-    return CheckResult("replay", ok, figures,
-                       f"one-sided lower bound of the improvement over the baseline > {margin:g} at alpha={alpha} "
-                       "(IPS and DR; strict: a copy of the baseline does not pass)")
+    if by:
+        figures["tasks_min_bound"] = crit.min_group_lower_bound
+        figures["tasks_failed"] = ",".join(crit.failed) or "-"
+        figures["tasks_insufficient"] = ",".join(crit.insufficient) or "-"
+    ok = crit.passed and all(math.isfinite(v) for v in crit.pooled.values())
+    detail = (f"one-sided lower bound of the improvement over the baseline > {margin:g} at alpha={alpha} "
+              "(IPS and DR; strict: a copy of the baseline does not pass)"
+              + (f", and >= {-margin:g} in every task type with enough evidence" if by else ""))
+    if crit.reasons:
+        detail += "; " + "; ".join(crit.reasons)
+    return CheckResult("replay", ok, figures, detail)
+
+
+def _cost(policy, incumbent, frame, alpha) -> CheckResult:
+    """Tokens per quality point, as a one-sided bound on the ratio (the seed's criterion 2)."""
+    from rtopt_lab.dashboard.pareto import outcome_log
+    from rtopt_lab.gates import CostEfficiency
+    from rtopt_lab.ope import evaluate
+
+    try:
+        q_log, t_log = outcome_log(frame, "quality"), outcome_log(frame, "total_tokens")
+    except (KeyError, ValueError) as exc:
+        return CheckResult("cost_efficiency", False, {}, f"no cost evidence: {exc}")
+    pols = {"baseline": incumbent, "candidate": policy}
+    level = 1.0 - alpha / 2                     # each of the ratio's four one-sided bounds at alpha / 4
+    q = evaluate(q_log, pols, estimators="dr", baseline=None, confidence_level=level, progress=False)
+    t = evaluate(t_log, pols, estimators="dr", baseline=None, confidence_level=level, progress=False)
+    v = CostEfficiency(alpha=alpha)(t.estimate("candidate", "dr"), q.estimate("candidate", "dr"),
+                                    t.estimate("baseline", "dr"), q.estimate("baseline", "dr"))
+    figures = {k: v.metrics[k] for k in ("ratio", "ratio_upper", "max_ratio") if k in v.metrics}
+    detail = "; ".join(v.reasons) if v.reasons else (
+        f"upper bound of tokens per quality point / baseline's <= {figures.get('max_ratio', 1.05):g} "
+        f"at alpha={alpha} (DR estimates of quality and tokens)")
+    return CheckResult("cost_efficiency", v.status == "pass", figures, detail)
 
 
 def _constraints(policy, sample, X, allowed, inc_arms, tiers, compliance, trust_region) -> CheckResult:

@@ -223,6 +223,9 @@ def outcome_log(log: Any, outcome: str) -> pd.DataFrame | pa.Table:
 
 
 def _estimates(table: pd.DataFrame, estimator: str | None, what: str) -> tuple[pd.DataFrame, str]:
+    from rtopt_lab.ope.result import pooled_frame
+
+    table = pooled_frame(table)
     if not isinstance(table, pd.DataFrame):
         raise TypeError(f"`{what}` must be an evaluate() table (DataFrame); got {type(table).__name__}")
     missing = [c for c in ("candidate", "estimator", "value", "ci_low", "ci_high", "n") if c not in table.columns]

@@ -53,8 +53,8 @@ def forest_plot(results: pd.DataFrame, *, estimators: Sequence[str] | None = Non
 
     Parameters
     ----------
-    results : DataFrame
-        The table of :func:`~rtopt_lab.ope.evaluate` (``candidate``, ``estimator``,
+    results : Evaluation or DataFrame
+        What :func:`~rtopt_lab.ope.evaluate` returns, or its table (``candidate``, ``estimator``,
         ``value``, ``ci_low``, ``ci_high``; ``diff``, ``diff_ci_low``, ``diff_ci_high``,
         ``verdict`` and ``baseline`` when a baseline was compared).
     estimators : sequence of str, optional
@@ -69,6 +69,9 @@ def forest_plot(results: pd.DataFrame, *, estimators: Sequence[str] | None = Non
     Figure
         One row per (candidate, estimator), coloured by verdict.
     """
+    from rtopt_lab.ope.result import pooled_frame
+
+    results = pooled_frame(results)
     _need(results, "results", ("candidate", "estimator", "value", "ci_low", "ci_high"))
     t = results
     if estimators is not None:

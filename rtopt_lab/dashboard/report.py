@@ -255,8 +255,11 @@ def render_report(*, title: str, results: pd.DataFrame, gates: Any = None, figur
     """The report as one HTML string (see :func:`write_report` for the parameters)."""
     if not isinstance(title, str) or not title.strip():
         raise ValueError(f"`title` must be a non-empty string; got {title!r}")
+    from rtopt_lab.ope.result import pooled_frame
+
+    results = pooled_frame(results)
     if not isinstance(results, pd.DataFrame):
-        raise TypeError(f"`results` must be the DataFrame evaluate() returns; got {type(results).__name__}")
+        raise TypeError(f"`results` must be what evaluate() returns (or its table); got {type(results).__name__}")
     missing = [c for c in ("candidate", "estimator", "value", "ci_low", "ci_high") if c not in results.columns]
     if missing:
         raise ValueError(f"`results` is missing column(s) {missing}; pass the table evaluate() returns")

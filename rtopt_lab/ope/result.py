@@ -21,7 +21,7 @@ import pandas as pd
 from rtopt_lab.ope.compare import Comparison
 from rtopt_lab.ope.estimators import Estimate
 
-__all__ = ["POOLED", "Evaluation"]
+__all__ = ["POOLED", "Evaluation", "as_frame", "pooled_frame"]
 
 #: the group label of the estimates over all rows (``group=None`` in the accessors)
 POOLED = "(all)"
@@ -156,3 +156,21 @@ def _group_labels(values: Any) -> np.ndarray:
     """A grouping column's values as strings (missing values as "<missing>")."""
     s = pd.Series(np.asarray(values, dtype=object))
     return s.where(s.notna(), "<missing>").astype(str).to_numpy()
+
+
+def as_frame(results: Any) -> Any:
+    """The tidy table of an :class:`Evaluation` (``to_frame()``); anything else unchanged.
+
+    For the consumers that show or log a table (reports, plots, MLflow runs): they take an
+    Evaluation or a table the caller built.
+    """
+    return results.to_frame() if isinstance(results, Evaluation) else results
+
+
+def pooled_frame(results: Any) -> Any:
+    """:func:`as_frame` restricted to the pooled rows (no ``group`` column): one row per
+    (candidate, estimator), what plots, reports and run metrics show."""
+    t = as_frame(results)
+    if isinstance(t, pd.DataFrame) and "group" in t.columns:
+        t = t.loc[t["group"] == POOLED].drop(columns="group").reset_index(drop=True)
+    return t

@@ -163,8 +163,11 @@ def evidence_tags(
     its reasons, and ``gates.status`` the combined status (fail > error >
     insufficient_evidence > pass; no gates at all is insufficient evidence).
     """
+    from rtopt_lab.ope.result import pooled_frame
+
     tags: dict[str, str] = {}
     if evaluation is not None:
+        evaluation = pooled_frame(evaluation)
         rows = evaluation if candidate is None else evaluation[evaluation["candidate"] == candidate]
         if candidate is not None and rows.empty:
             raise ValueError(

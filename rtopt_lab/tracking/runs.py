@@ -54,6 +54,10 @@ def log_evaluation(results: pd.DataFrame, *, experiment_id: str, params: Mapping
     figures by file stem) as ``plots/<name>.png``, ``tables`` as ``<name>.csv``, and any
     ``artifacts`` files (an HTML report, an executed notebook) as they are.
     """
+    from rtopt_lab.ope.result import as_frame, pooled_frame
+
+    full = as_frame(results)
+    results = pooled_frame(results)
     uri = uri or tracking_uri()
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {})) as run:
@@ -71,7 +75,7 @@ def log_evaluation(results: pd.DataFrame, *, experiment_id: str, params: Mapping
         mlflow.log_metrics(metrics)
         verdicts = json.dumps({g: (v.to_dict() if hasattr(v, "to_dict") else v)
                                for g, v in (gate_verdicts or {}).items()}, indent=2, default=str)
-        _log_files(tables={"results": results, **dict(tables or {})}, figures=figures, artifacts=artifacts,
+        _log_files(tables={"results": full, **dict(tables or {})}, figures=figures, artifacts=artifacts,
                    texts={"gate_verdicts.json": verdicts})
         return run.info.run_id
 

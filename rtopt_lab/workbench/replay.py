@@ -26,6 +26,7 @@ import pandas as pd
 
 from rtopt_lab.arms import ArmCatalog
 from rtopt_lab.dashboard.pareto import outcome_log
+from rtopt_lab.evidence import task_evidence
 from rtopt_lab.features import context_fingerprint_frame, featurize_frame
 from rtopt_lab.gates import (
     Compliance,
@@ -36,11 +37,10 @@ from rtopt_lab.gates import (
     TrustRegion,
     combine,
 )
-from rtopt_lab.improvement import is_improvement
+from rtopt_lab.improvement import check_margin, is_improvement
 from rtopt_lab.ope import ESTIMATORS, evaluate
-from rtopt_lab.ope.diagnostics import Diagnostics
-from rtopt_lab.ope.estimators import Estimate
 from rtopt_lab.ope.holdout import held_out
+from rtopt_lab.ope.result import Evaluation
 from rtopt_lab.policies import (
     EpsilonGreedy,
     FixedPolicy,
@@ -52,8 +52,7 @@ from rtopt_lab.policies import (
 from rtopt_lab.policies.base import BasePolicy
 from rtopt_lab.policies.constrained import Constrained
 
-__all__ = ["CANDIDATE_KINDS", "ReplayConfig", "ReplayResult", "estimate_from_row", "make_candidate",
-           "replay_compare", "split_log"]
+__all__ = ["CANDIDATE_KINDS", "ReplayConfig", "ReplayResult", "make_candidate", "replay_compare", "split_log"]
 
 INCUMBENT = "production"
 
@@ -112,6 +111,9 @@ class ReplayConfig:
     gate_contexts : int
         Held-out contexts the distribution gates look at.
     quality_relative, cost_max_ratio, min_rows, min_ess : gate thresholds.
+    margin : float
+        The improvement δ >= 0 the lower bounds must exceed; no task type's lower bound
+        may fall below -δ (the ``task_types`` gate).
     engine : {"local", "spark"}
         Where the held-out window is evaluated: in this process, or on Spark
         (:mod:`rtopt_lab.spark`, the active session or ``local[2]``; same numbers).
@@ -131,6 +133,7 @@ class ReplayConfig:
     min_rows: int = 1000
     min_ess: float = 200.0
     engine: str = "local"
+    margin: float = 0.0
 
     def __post_init__(self) -> None:
         if self.engine not in ("local", "spark"):
@@ -147,6 +150,7 @@ class ReplayConfig:
             raise ValueError(f"`train_fraction` must be in (0, 1); got {self.train_fraction!r}")
         if not 0 < self.alpha < 0.5:
             raise ValueError(f"`alpha` must be in (0, 0.5); got {self.alpha!r}")
+        check_margin(self.margin)
 
     @classmethod
     def from_strings(cls, *, candidates: str, estimators: str, **kw: Any) -> ReplayConfig:
@@ -162,9 +166,9 @@ class ReplayResult:
     """Everything a replay found; ``summary`` is the table a person reads first."""
 
     config: ReplayConfig
-    results: pd.DataFrame
-    quality: pd.DataFrame
-    tokens: pd.DataFrame
+    results: Evaluation
+    quality: Evaluation
+    tokens: Evaluation
     gates: dict[str, GateVerdict]
     gate_details: dict[str, dict[str, GateVerdict]]
     policies: dict[str, BasePolicy]
@@ -193,16 +197,18 @@ def split_log(log: pd.DataFrame, train_fraction: float = 0.5) -> tuple[pd.DataFr
     return ordered.iloc[:cut].reset_index(drop=True), ordered.iloc[cut:].reset_index(drop=True)
 
 
-def estimate_from_row(row: Mapping[str, Any]) -> Estimate:
-    """An :class:`Estimate` from one row of an evaluation table (for the gates)."""
-    flags = row.get("flags") or ""
-    return Estimate(estimator=str(row["estimator"]), value=float(row["value"]), ci_low=float(row["ci_low"]),
-                    ci_high=float(row["ci_high"]), confidence_level=float(row["confidence_level"]),
-                    n=int(row["n"]), se=float(row["se"]), method=str(row["method"]),
-                    diagnostics=Diagnostics(ess=float(row["ess"]), max_weight=float(row["max_weight"]),
-                                            mean_weight=float(row["mean_weight"]),
-                                            clipped_share=float(row["clipped_share"]),
-                                            flags=tuple(f for f in str(flags).split(",") if f)))
+def _task_gate(results: Evaluation, name: str, margin: float) -> GateVerdict:
+    """No task type made measurably worse (the seed's criterion 1 per task type)."""
+    ev = task_evidence(results, name, margin=margin)
+    metrics = {"tasks_failed": list(ev.failed), "tasks_insufficient": list(ev.insufficient),
+               "min_lower_bound": ev.min_group_lower_bound}
+    reasons = tuple(r for r in ev.reasons if r.startswith("task type"))
+    if reasons:
+        return GateVerdict("task_types", "fail", reasons, metrics)
+    if not results.groups or len(ev.insufficient) == len(results.groups):
+        return GateVerdict("task_types", "insufficient_evidence",
+                           ("no task type has enough evidence to judge",), metrics)
+    return GateVerdict("task_types", "pass", (), metrics)
 
 
 def _constrained(policy: BasePolicy, incumbent: BasePolicy, compliance: Compliance | None = None,
@@ -210,10 +216,6 @@ def _constrained(policy: BasePolicy, incumbent: BasePolicy, compliance: Complian
     compliance, trust_region = compliance or Compliance(), trust_region or TrustRegion()
     return Constrained(policy, incumbent, max_dtemp=trust_region.max_dtemp, max_dtokens=trust_region.max_dtokens,
                        tier_masks=compliance.allowed_mask(policy.catalog, np.arange(4)))
-
-
-def _row(table: pd.DataFrame, candidate: str, estimator: str) -> pd.Series:
-    return table[(table["candidate"] == candidate) & (table["estimator"] == estimator)].iloc[0]
 
 
 def replay_compare(log: pd.DataFrame, config: ReplayConfig | None = None, *, catalog: ArmCatalog | None = None,
@@ -255,11 +257,14 @@ def replay_compare(log: pd.DataFrame, config: ReplayConfig | None = None, *, cat
                               for k, p in policies.items()}
     cands = {INCUMBENT: incumbent, **served}
     common = {"baseline": INCUMBENT, "catalog": catalog, "alpha": cfg.alpha, "ci": cfg.ci, "n_boot": cfg.n_boot,
-              "progress": progress}
+              "margin": cfg.margin, "progress": progress}
     run = _spark_evaluate if cfg.engine == "spark" else _local_evaluate
-    results = run(held, cands, estimators=cfg.estimators, **common)
-    quality = run(outcome_log(held, "quality"), cands, estimators=("dr",), **common)
-    tokens = run(outcome_log(held, "total_tokens"), cands, estimators=("dr",), **common)
+    by = {"by": "task_type"} if cfg.engine == "local" and "task_type" in held.columns else {}
+    results = run(held, cands, estimators=cfg.estimators, **common, **by)
+    # quality and tokens at 1 - alpha/2: each of the cost ratio's four one-sided bounds at alpha/4
+    outcome = {**common, "confidence_level": 1.0 - cfg.alpha / 2}
+    quality = run(outcome_log(held, "quality"), cands, estimators=("dr",), **outcome)
+    tokens = run(outcome_log(held, "total_tokens"), cands, estimators=("dr",), **outcome)
 
     sample = held.iloc[np.linspace(0, len(held) - 1, min(cfg.gate_contexts, len(held))).astype(int)]
     X = featurize_frame(sample, incumbent.spec)
@@ -267,38 +272,38 @@ def replay_compare(log: pd.DataFrame, config: ReplayConfig | None = None, *, cat
     tiers = sample["risk_tier"].to_numpy().astype(np.int64)
     fps = context_fingerprint_frame(sample)
     main_est = "dr" if "dr" in cfg.estimators else cfg.estimators[0]
-    base_q, base_t = _row(quality, INCUMBENT, "dr"), _row(tokens, INCUMBENT, "dr")
+    base_q, base_t = quality.estimate(INCUMBENT, "dr"), tokens.estimate(INCUMBENT, "dr")
     gate_details, gates = {}, {}
     for name, pol in served.items():
         keys = pol.request_keys(fps, sample["request_id"].astype(str).tolist()) if pol.randomized else None
         dist = pol.action_dist(X, keys=keys)
-        q, t = _row(quality, name, "dr"), _row(tokens, name, "dr")
+        q, t = quality.estimate(name, "dr"), tokens.estimate(name, "dr")
         details = {
-            "evidence": EvidenceGate(min_rows=cfg.min_rows, min_ess=cfg.min_ess)(
-                estimate_from_row(_row(results, name, main_est))),
+            "evidence": EvidenceGate(min_rows=cfg.min_rows, min_ess=cfg.min_ess)(results.estimate(name, main_est)),
             "trust_region": trust_region(catalog, dist, inc_arms),
             "compliance": compliance(catalog, dist, tiers, approved=True),
-            "quality_floor": QualityFloor(relative=cfg.quality_relative, min_ess=cfg.min_ess)(
-                estimate_from_row(q), float(base_q["value"])),
-            "cost_efficiency": CostEfficiency(max_ratio=cfg.cost_max_ratio)(
-                float(t["value"]), float(q["value"]), float(base_t["value"]), float(base_q["value"])),
+            "quality_floor": QualityFloor(relative=cfg.quality_relative, min_ess=cfg.min_ess)(q, base_q.value),
+            "cost_efficiency": CostEfficiency(max_ratio=cfg.cost_max_ratio, alpha=cfg.alpha)(t, q, base_t, base_q),
         }
+        if "dr" in cfg.estimators and "ips" in cfg.estimators and results.groups:
+            details["task_types"] = _task_gate(results, name, cfg.margin)
         gate_details[name] = details
         gates[name] = combine(*details.values(), gate=name)
     versions = {INCUMBENT: incumbent.version, **{k: p.version for k, p in policies.items()}}
     summary = _summary(results, quality, tokens, gates, main_est).assign(
         policy_version=lambda t: t["candidate"].map(versions))
-    ok = summary[(summary["gates"] == "pass") & summary["lower_bound"].map(is_improvement)]
+    ok = summary[(summary["gates"] == "pass") & (summary["verdict"] == "improved")
+                 & summary["lower_bound"].map(lambda b: is_improvement(b, cfg.margin))]
     best = None if ok.empty else str(ok.sort_values("lower_bound", ascending=False).iloc[0]["candidate"])
     return ReplayResult(cfg, results, quality, tokens, gates, gate_details, policies, summary, best,
                         len(train), len(held), incumbent)
 
 
-def _local_evaluate(frame: pd.DataFrame, policies: Mapping[str, Any], **kw: Any) -> pd.DataFrame:
+def _local_evaluate(frame: pd.DataFrame, policies: Mapping[str, Any], **kw: Any) -> Evaluation:
     return evaluate(frame, policies, **kw)
 
 
-def _spark_evaluate(frame: pd.DataFrame, policies: Mapping[str, Any], **kw: Any) -> pd.DataFrame:
+def _spark_evaluate(frame: pd.DataFrame, policies: Mapping[str, Any], **kw: Any) -> Evaluation:
     """The same evaluation on Spark (the active session, else ``local[2]``), partition by
     partition: :func:`rtopt_lab.spark.evaluate_spark` gives the same numbers to 1e-9."""
     import tempfile
@@ -313,15 +318,15 @@ def _spark_evaluate(frame: pd.DataFrame, policies: Mapping[str, Any], **kw: Any)
         return evaluate_spark(path, policies, spark=spark, **kw)
 
 
-def _summary(results: pd.DataFrame, quality: pd.DataFrame, tokens: pd.DataFrame,
+def _summary(results: Evaluation, quality: Evaluation, tokens: Evaluation,
              gates: Mapping[str, GateVerdict], estimator: str) -> pd.DataFrame:
     rows = []
-    for name in results["candidate"].unique():
-        r = _row(results, name, estimator)
-        rows.append({"candidate": name, "estimator": estimator, "estimate": r["value"], "ci_low": r["ci_low"],
-                     "ci_high": r["ci_high"], "diff": r.get("diff", math.nan),
-                     "lower_bound": r.get("lower_bound", math.nan),
-                     "verdict": r.get("verdict") if isinstance(r.get("verdict"), str) else "baseline",
-                     "quality": _row(quality, name, "dr")["value"], "tokens": _row(tokens, name, "dr")["value"],
+    for name in results.candidates:
+        r, c = results.estimate(name, estimator), results.comparison(name, estimator)
+        rows.append({"candidate": name, "estimator": estimator, "estimate": r.value, "ci_low": r.ci_low,
+                     "ci_high": r.ci_high, "diff": c.difference if c else math.nan,
+                     "lower_bound": c.lower_bound if c else math.nan,
+                     "verdict": c.verdict if c else "baseline",
+                     "quality": quality.estimate(name, "dr").value, "tokens": tokens.estimate(name, "dr").value,
                      "gates": gates[name].status if name in gates else "incumbent"})
     return pd.DataFrame(rows)
