@@ -72,7 +72,8 @@ def phase_in_memory(path: str, repeats: int) -> dict:
     return {"rows": table.num_rows, "ope_1m_s": t_eval * 1_000_000 / table.num_rows,
             "ope_1m_policies_s": t_pol * 1_000_000 / table.num_rows, "ope_1m_peak_mb": peak_rss_mb(),
             "warmup_10k_s": warmup_s,
-            "verdicts": res.loc[res.estimator == "dr", ["candidate", "verdict"]].values.tolist()}
+            "verdicts": [[c, cmp.verdict if (cmp := res.comparison(c, "dr")) else "baseline"]
+                         for c in res.candidates]}
 
 
 def phase_stream(path: str) -> dict:

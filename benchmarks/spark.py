@@ -88,11 +88,11 @@ def phase_spark(path: str, out: str) -> dict:
         spark = local_session("local[2]")
         session_s = time.perf_counter() - t
         t = time.perf_counter()
-        table = evaluate_spark(path, policies, spark=spark, **OPTIONS)
+        ev = evaluate_spark(path, policies, spark=spark, **OPTIONS)
         dt = time.perf_counter() - t
         spark.stop()
-    table.to_parquet(out)
-    return {"spark_s": dt, "spark_session_s": session_s, "spark_rows_per_s": table.attrs["n"] / dt,
+    ev.to_frame().to_parquet(out)
+    return {"spark_s": dt, "spark_session_s": session_s, "spark_rows_per_s": ev.n / dt,
             "spark_peak_mb": mem.peak_mb}
 
 
@@ -102,10 +102,10 @@ def phase_local(path: str, out: str) -> dict:
     policies = _policies()
     with _TreePeak() as mem:
         t = time.perf_counter()
-        table = evaluate(path, policies, n_jobs=2, progress=False, **OPTIONS)
+        ev = evaluate(path, policies, n_jobs=2, progress=False, **OPTIONS)
         dt = time.perf_counter() - t
-    table.to_parquet(out)
-    return {"local_s": dt, "local_rows_per_s": table.attrs["n"] / dt, "local_peak_mb": mem.peak_mb}
+    ev.to_frame().to_parquet(out)
+    return {"local_s": dt, "local_rows_per_s": ev.n / dt, "local_peak_mb": mem.peak_mb}
 
 
 def _compare(a_path: Path, b_path: Path) -> tuple[int, float]:

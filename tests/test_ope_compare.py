@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import special
+from scipy import special, stats
 
 from rtopt_lab.ope import compare, dr, holm
 
@@ -31,7 +31,7 @@ def setting(sim):
             "dists": {"production": prod, "good": good, "bad": bad, "same": prod.copy()}}
 
 
-@pytest.mark.parametrize("ci", ["normal", "percentile", "bca"])
+@pytest.mark.parametrize("ci", ["t", "normal", "percentile", "bca"])
 def test_verdicts_on_the_simulator(setting, ci):
     s = setting
     res = compare(s["r"], s["a"], s["p"], s["dists"], s["q_hat"], baseline="production", estimator="dr",
@@ -55,14 +55,62 @@ def test_difference_is_the_difference_of_the_estimates_and_is_paired(setting):
     assert c.se < np.hypot(e_good.se, e_prod.se)        # pairing removes the shared noise
 
 
-def test_bonferroni_bound_and_p_value_agree_with_the_verdict(setting):
+def _dr_rows(s, name):
+    d, n = s["dists"][name], len(s["r"])
+    w = d[np.arange(n), s["a"]] / s["p"]
+    return (d * s["q_hat"]).sum(axis=1) + w * (s["r"] - s["q_hat"][np.arange(n), s["a"]])
+
+
+@pytest.mark.parametrize("ci", ["normal", "t"])
+def test_bonferroni_bound_and_p_value_agree_with_the_verdict(setting, ci):
     s = setting
-    res = compare(s["r"], s["a"], s["p"], s["dists"], s["q_hat"], baseline="production", alpha=0.05)
-    z = special.ndtri(0.05 / 3)                         # three candidates: every bound at alpha/3
+    res = compare(s["r"], s["a"], s["p"], s["dists"], s["q_hat"], baseline="production", alpha=0.05, ci=ci)
+    assert all(c.method == ci for c in res)
     for c in res:
         assert (c.verdict == "improved") == (c.p_value < 0.05) == (c.lower_bound > 0)
-        if c.candidate != "same":
-            assert c.lower_bound == pytest.approx(c.difference + z * c.se, abs=1e-12)
+        if c.candidate == "same":
+            continue
+        # three candidates: every bound at alpha/3; "t" on the effective degrees of freedom of the
+        # variance, (sum d^2)^2 / sum d^4 over the paired per-row influence values d
+        d = _dr_rows(s, c.candidate) - _dr_rows(s, "production")
+        assert c.difference == pytest.approx(d.mean(), abs=1e-12)
+        assert c.se == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)), rel=1e-10)
+        u = (d - d.mean()) ** 2
+        q = special.ndtri(0.05 / 3) if ci == "normal" else stats.t.ppf(0.05 / 3, u.sum() ** 2 / (u ** 2).sum())
+        assert c.lower_bound == pytest.approx(c.difference + q * c.se, abs=1e-12)
+        assert c.upper_bound == pytest.approx(c.difference - q * c.se, abs=1e-12)
+
+
+def test_default_interval_is_t_and_no_narrower_than_normal(setting):
+    s = setting
+    t = compare(s["r"], s["a"], s["p"], s["dists"], s["q_hat"], baseline="production")
+    normal = compare(s["r"], s["a"], s["p"], s["dists"], s["q_hat"], baseline="production", ci="normal")
+    for a, b in zip(t, normal, strict=True):
+        assert a.method == "t" and a.candidate == b.candidate and a.difference == b.difference
+        assert a.lower_bound <= b.lower_bound and a.upper_bound >= b.upper_bound
+        assert a.ess >= 50 and a.improved == (a.verdict == "improved")
+
+
+@pytest.mark.parametrize("rows", [1_500, 3_500])
+def test_kish_ess_below_the_floor_is_insufficient_evidence(setting, rows):
+    """A one-hot candidate under 48 uniform arms has ESS about rows/48: 31 (below 50) or 73."""
+    from rtopt_lab.ope.diagnostics import ESS_FLOOR
+
+    s = {k: v[:rows] for k, v in setting.items() if k != "dists"}
+    good = setting["dists"]["good"][:rows]
+    one_hot = setting["dists"]["production"][:rows]
+    w = one_hot[np.arange(rows), s["a"]] / s["p"]
+    ess = w.sum() ** 2 / (w ** 2).sum()
+    for est in ("ips", "dr"):
+        (c,) = compare(s["r"], s["a"], s["p"], {"production": one_hot, "good": good}, s["q_hat"],
+                       baseline="production", estimator=est)
+        assert c.ess == pytest.approx(ess, rel=1e-12)
+        assert (c.verdict == "insufficient_evidence") == (ess < ESS_FLOOR) and not (ess < ESS_FLOOR and c.improved)
+    flags = dr(s["r"], s["a"], s["p"], one_hot, s["q_hat"]).diagnostics.flags
+    assert ("low_ess" in flags) == (ess < ESS_FLOOR)          # < 50 only: 73 of 3,500 rows is not flagged
+    (c,) = compare(s["r"], s["a"], s["p"], {"production": one_hot, "good": good}, s["q_hat"],
+                   baseline="production", estimator="dm")
+    assert c.ess == np.inf and c.verdict != "insufficient_evidence"     # DM has no weights
 
 
 def test_logging_baseline_is_the_on_policy_mean(setting):

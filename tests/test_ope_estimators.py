@@ -84,6 +84,13 @@ def test_normal_intervals_are_the_delta_method():
     psi = (w * r - s.value * w) / w.mean()                     # linearised SNIPS
     se = psi.std(ddof=1) / np.sqrt(n)
     assert (s.ci_low, s.ci_high) == pytest.approx((s.value - z * se, s.value + z * se))
+    # "t": the same standard error, Student-t quantiles on (sum d^2)^2 / sum d^4 degrees of freedom
+    for fn, d in ((ips, w * r - (w * r).mean()), (snips, psi)):
+        e, t = fn(r, a, ps, pi, confidence_level=0.9), fn(r, a, ps, pi, confidence_level=0.9, ci="t")
+        nu = (d ** 2).sum() ** 2 / (d ** 4).sum()
+        q = stats.t.ppf(0.95, nu)
+        assert t.method == "t" and e.method == "normal" and t.se == pytest.approx(e.se, rel=1e-12)
+        assert (t.ci_low, t.ci_high) == pytest.approx((t.value - q * t.se, t.value + q * t.se), rel=1e-10)
 
 
 def _data(n=80, k=3, seed=0):
@@ -219,7 +226,7 @@ def test_contract_every_estimator_shares_the_signature_and_documents_it():
     ({"q_hat": np.where(Q > 0.8, np.inf, Q)}, ValueError, r"`q_hat` has 1 NaN or infinite value\(s\), e.g. at index \(2, 1\)"),
     ({"pscore_dist": np.full((4, 2), 0.5)}, ValueError, r"`pscore_dist` disagrees with `pscore` in 1 row\(s\), e.g. row 1"),
     ({"confidence_level": 95}, ValueError, r"`confidence_level` must be a number in \(0, 1\); got 95"),
-    ({"ci": "student"}, ValueError, r"`ci` must be one of \('normal', 'percentile', 'bca'\); got 'student'"),
+    ({"ci": "student"}, ValueError, r"`ci` must be one of \('t', 'normal', 'percentile', 'bca'\); got 'student'"),
     ({"n_boot": 0}, ValueError, r"`n_boot` must be an int >= 1; got 0"),
     ({"resampling": "jackknife"}, ValueError, r"`resampling` must be one of \('multinomial', 'poisson'\); got 'jackknife'"),
     ({"keys": np.arange(3)}, ValueError, r"`keys` must be an integer array of shape \(4,\); got int64 \(3,\)"),

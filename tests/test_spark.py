@@ -13,12 +13,11 @@ import subprocess
 import sys
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pytest
 
 from rtopt_lab.logstore import LogStore, write_log
-from rtopt_lab.ope import ESTIMATORS, RewardModel, evaluate
+from rtopt_lab.ope import ESTIMATORS, Evaluation, RewardModel, evaluate
 from rtopt_lab.ope.evaluate import chunk_terms, plan_evaluation, reward_model_rows
 from rtopt_lab.policies import FixedPolicy, LinUCB, Softmax, ThompsonGaussian, fit_from_log
 from rtopt_lab.policies.learning import add_statistics, fit_statistics, merge_statistics
@@ -72,9 +71,10 @@ def reference(logs, policies):
             "stream": evaluate(logs["store"], policies, batch_rows=777, progress=False, **BOOT)}
 
 
-def _assert_same(got: pd.DataFrame, want: pd.DataFrame) -> None:
+def _assert_same(got: Evaluation, want: Evaluation) -> None:
+    assert isinstance(got, Evaluation) and (got.n, got.ci, got.baseline) == (want.n, want.ci, want.baseline)
     key = ["candidate", "estimator"]
-    got, want = got.sort_values(key).reset_index(drop=True), want.sort_values(key).reset_index(drop=True)
+    got, want = (ev.to_frame().sort_values(key).reset_index(drop=True) for ev in (got, want))
     assert got[key].equals(want[key])
     assert (got["flags"] == want["flags"]).all()
     assert got["verdict"].fillna("").tolist() == want["verdict"].fillna("").tolist()
@@ -87,7 +87,8 @@ def test_evaluate_spark_equals_in_memory_and_streaming(spark, logs, policies, re
     got = evaluate_spark(df, policies, **BOOT)
     _assert_same(got, reference["memory"])
     _assert_same(got, reference["stream"])
-    assert got.attrs["backend"] == "spark" and got.attrs["n"] == N
+    assert got.backend == "spark" and got.n == N and got.streamed
+    assert got.to_frame().attrs == {"n": N, "rows_quarantined": 0, "streamed": True, "backend": "spark"}
 
 
 def test_bca_with_partitions_merged_on_executors(spark, logs, policies):
@@ -99,9 +100,15 @@ def test_bca_with_partitions_merged_on_executors(spark, logs, policies):
 
 def test_path_row_level_bootstrap_and_logging_baseline(spark, logs, policies):
     kw = dict(estimators=("ips", "snips", "dr"), ci="percentile", n_boot=64, n_buckets=None)
-    got = evaluate_spark(str(logs["store"]), policies, spark=spark, **kw)   # Spark skips _quarantine, _tmp
+    caller = RewardModel(arm_features=policies["production"].catalog.arm_features())
+    got = evaluate_spark(str(logs["store"]), policies, spark=spark, reward_model=caller,
+                         **kw)   # Spark skips _quarantine, _tmp
     _assert_same(got, evaluate(logs["file"], policies, batch_rows=1_111, progress=False, **kw))
-    assert set(got.loc[got.candidate == "logging", "verdict"]) == {"baseline"}
+    t = got.to_frame()
+    assert set(t.loc[t.candidate == "logging", "verdict"]) == {"baseline"}
+    assert all(got.comparison("logging", e) is None for e in kw["estimators"])
+    assert caller.models_ is None                                  # the copy was fitted, not the caller's
+    assert got.reward_model is not caller and got.reward_model.models_ is not None
 
 
 @pytest.mark.parametrize(("make", "weighted"), [
@@ -150,6 +157,10 @@ def test_bad_arguments_name_the_argument(spark, logs, policies):
         evaluate_spark(bogus, policies, estimators="ips")
     with pytest.raises(ValueError, match="`merge_fanin`"):
         evaluate_spark(df, policies, merge_fanin=1)
+    with pytest.raises(ValueError, match=r"`ci`='t' on Spark needs `n_buckets`"):
+        evaluate_spark(df, policies, n_buckets=None)               # the default interval reads buckets
+    with pytest.raises(ValueError, match=r"`margin` must be a finite number >= 0"):
+        evaluate_spark(df, policies, margin=-1.0)
     with pytest.raises(TypeError, match="`policy` must learn a linear reward model"):
         fit_spark(df, FixedPolicy(policies["production"].catalog))
     with pytest.raises(ValueError, match="`master`"):
@@ -215,7 +226,7 @@ def test_merged_chunk_sums_give_evaluates_table(logs, policies):
     total = plan.sums().set_state(parts[0].state())
     for part in parts[1:]:
         total.merge(plan.sums().set_state(part.state()))
-    _assert_same(plan.table(total), evaluate(table, policies, progress=False, **kw))
+    _assert_same(plan.result(total), evaluate(table, policies, progress=False, **kw))
 
 
 def test_reward_model_merge_equals_one_update(sim, logs):
