@@ -46,7 +46,7 @@ def policies(sim, log):
 
 @pytest.fixture(scope="module")
 def results(log, policies):
-    return evaluate(log, policies, estimators=("dm", "ips", "dr"), baseline="production", progress=False)
+    return evaluate(log, policies, estimators=("dm", "ips", "dr"), baseline="production", progress=False).to_frame()
 
 
 @pytest.fixture(scope="module")
@@ -226,9 +226,9 @@ def test_arm_points_are_calibrated_against_the_simulator(sim, log):
 
 def test_policy_points_from_ope_and_front(sim, log, policies):
     q = evaluate(d.outcome_log(log, "quality"), policies, estimators=("dm", "dr"), baseline="production",
-                 progress=False)
+                 progress=False).to_frame()
     c = evaluate(d.outcome_log(log, "total_tokens"), policies, estimators=("dm", "dr"), baseline="production",
-                 progress=False)
+                 progress=False).to_frame()
     pp = d.policy_points(q, c).set_index("name")
     assert set(pp.index) == {"production", "linucb"} and (pp["estimator"] == "dr").all()
     X = featurize_frame(log)
@@ -494,7 +494,7 @@ def test_every_plot_is_a_labelled_figure_that_renders(figures):
 
 
 def test_forest_plot_without_baseline_and_plot_iv(log, policies, results):
-    plain = evaluate(log, policies, estimators=("dm",), baseline=None, progress=False)
+    plain = evaluate(log, policies, estimators=("dm",), baseline=None, progress=False).to_frame()
     fig = d.forest_plot(plain)
     assert "policy value" in fig.axes[0].get_xlabel()
     with pytest.raises(ValueError, match=r"`results` is missing column\(s\)"):

@@ -153,7 +153,7 @@ def test_version_tags_carry_ope_gates_and_provenance_head(sim, store, fitted):
     uri, eid = store
     log, policy = fitted
     table = evaluate(log, {"production": FixedPolicy(sim.catalog), "linucb": policy},
-                     estimators=("ips", "dr"), baseline="production", progress=False)
+                     estimators=("ips", "dr"), baseline="production", progress=False).to_frame()
     tags = evidence_tags(evaluation=table, candidate="linucb",
                          gate_verdicts={**PASS, "quality_floor": {"status": "fail", "reasons": ["q < floor"]}})
     row = table[(table["candidate"] == "linucb") & (table["estimator"] == "dr")].iloc[0]

@@ -124,7 +124,7 @@ def reports(sim, tmp_path_factory):
     """The same evaluation reported with and without figures."""
     log = sim.simulate_log(3000, logging_policy="epsilon", epsilon=0.3, seed=5)
     policies = {"production": FixedPolicy(sim.catalog), "linucb": fit_from_log(LinUCB(sim.catalog), log)}
-    results = evaluate(log, policies, estimators=("ips", "dr"), baseline="production", progress=False)
+    results = evaluate(log, policies, estimators=("ips", "dr"), baseline="production", progress=False).to_frame()
     ref, cur = d.split_by_time(log)
     drift = d.drift_table(ref, cur)
     figures = {"OPE estimates against the baseline": d.forest_plot(results),

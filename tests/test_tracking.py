@@ -44,7 +44,7 @@ def test_log_evaluation_records_params_metrics_and_artifacts(sim, tmp_path):
     assert ensure_experiment("rtopt/test", uri=uri) == eid
     log = sim.simulate_log(3_000, seed=1)
     table = evaluate(log, {"production": FixedPolicy(sim.catalog), "uniform": UniformRandom(sim.catalog)},
-                     estimators=("ips", "dr"), baseline="production", progress=False)
+                     estimators=("ips", "dr"), baseline="production", progress=False).to_frame()
     fig = plt.figure()
     plt.plot([0, 1], [0, 1])
     report = tmp_path / "report.html"
