@@ -48,8 +48,8 @@ class TaskEvidence:
         Task types whose lower bound is below −δ.
     insufficient : tuple of str
         Task types without enough evidence (effective sample size below the floor).
-    reasons : tuple of str
-        Why it did not pass, one line each.
+    pooled_reasons, task_reasons : tuple of str
+        Why criterion 1 (pooled) and criterion 2 (per task type) did not hold, one line each.
     margin : float
     """
 
@@ -58,8 +58,14 @@ class TaskEvidence:
     groups: dict[str, dict[str, float]] = field(default_factory=dict)
     failed: tuple[str, ...] = ()
     insufficient: tuple[str, ...] = ()
-    reasons: tuple[str, ...] = ()
+    pooled_reasons: tuple[str, ...] = ()
+    task_reasons: tuple[str, ...] = ()
     margin: float = 0.0
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """Why it did not pass: the pooled reasons, then the task types'."""
+        return self.pooled_reasons + self.task_reasons
 
     @property
     def min_group_lower_bound(self) -> float:
@@ -98,6 +104,7 @@ def task_evidence(evaluation: Any, candidate: str, *, estimators: Sequence[str] 
         raise ValueError(f"`candidate` {candidate!r} has no comparison: the evaluation's baseline is "
                          f"{evaluation.baseline!r}")
     reasons: list[str] = []
+    task_reasons: list[str] = []
     pooled: dict[str, float] = {}
     for e in estimators:
         c = evaluation.comparison(candidate, e)
@@ -118,6 +125,7 @@ def task_evidence(evaluation: Any, candidate: str, *, estimators: Sequence[str] 
         worst = min(groups[g].values())
         if not worst >= -margin:
             failed.append(g)
-            reasons.append(f"task type {g!r}: lower bound {worst:.4g} < {-margin:g} (made worse)")
-    return TaskEvidence(passed=not reasons, pooled=pooled, groups=groups, failed=tuple(failed),
-                        insufficient=tuple(insufficient), reasons=tuple(reasons), margin=margin)
+            task_reasons.append(f"task type {g!r}: lower bound {worst:.4g} < {-margin:g} (made worse)")
+    return TaskEvidence(passed=not (reasons or task_reasons), pooled=pooled, groups=groups, failed=tuple(failed),
+                        insufficient=tuple(insufficient), pooled_reasons=tuple(reasons),
+                        task_reasons=tuple(task_reasons), margin=margin)

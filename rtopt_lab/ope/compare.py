@@ -121,11 +121,12 @@ def results(layout: Layout, summary: _boot.Summary, wstats: WeightStats, *, ci: 
         idx = {c: stats.labels.index((c, e)) for c in layout.candidates}
         diff = stats.difference(idx[baseline], [idx[c] for c in others])
         d = diff.values(summary.totals)
-        d_lohi = _boot.bounds(summary, diff, ci, two)
+        # one call for the two-sided interval and the two Bonferroni bounds: the t degrees
+        # of freedom (or BCa's jackknife) are computed once per estimator
+        q = _boot.bounds(summary, diff, ci, np.concatenate([two, [level_b, 1.0 - level_b]]))
+        d_lohi, lower, upper = q[:2], q[2], q[3]
         d_se = _boot.standard_errors(summary, diff, ci)
         p_up = _boot.p_values(summary, diff, ci, null=margin)     # H0: difference <= margin
-        lower = _boot.bounds(summary, diff, ci, [level_b])[0]
-        upper = _boot.bounds(summary, diff, ci, [1.0 - level_b])[0]
         adj_up = np.minimum(1.0, m * p_up)
         # a candidate equal to the baseline row by row differs from it only by rounding
         # (sums taken in another order): report that difference, and its bounds, as 0

@@ -202,9 +202,8 @@ def _task_gate(results: Evaluation, name: str, margin: float) -> GateVerdict:
     ev = task_evidence(results, name, margin=margin)
     metrics = {"tasks_failed": list(ev.failed), "tasks_insufficient": list(ev.insufficient),
                "min_lower_bound": ev.min_group_lower_bound}
-    reasons = tuple(r for r in ev.reasons if r.startswith("task type"))
-    if reasons:
-        return GateVerdict("task_types", "fail", reasons, metrics)
+    if ev.task_reasons:
+        return GateVerdict("task_types", "fail", ev.task_reasons, metrics)
     if not results.groups or len(ev.insufficient) == len(results.groups):
         return GateVerdict("task_types", "insufficient_evidence",
                            ("no task type has enough evidence to judge",), metrics)
