@@ -153,22 +153,14 @@ def replicate(world: World, env_id: int, rep: int, intervals=INTERVALS, n: int =
     out = {"ess": float(w.sum() ** 2 / (w * w).sum())}
     opts = dict(n_boot=N_BOOT, resampling="poisson", keys=keys)
     for ci in intervals:
-        comps = compare(
-            r,
-            a,
-            ps,
-            {"cand": pi},
-            qh,
-            baseline="logging",
-            estimator=tuple(ESTIMATORS),
-            alpha=0.05,
-            ci=ci,
-            **opts,
-        )
+        kw = dict(baseline="logging", estimator=tuple(ESTIMATORS), alpha=0.05, ci=ci, **opts)
+        comps = compare(r, a, ps, {"cand": pi}, qh, **kw)                 # guarded: the decision bound
+        own = {c.estimator: c for c in compare(r, a, ps, {"cand": pi}, qh, guard=False, **kw)}
         for c in comps:
             e90 = ESTIMATORS[c.estimator](r, a, ps, pi, qh, confidence_level=0.90, ci=ci, **opts)
             e95 = ESTIMATORS[c.estimator](r, a, ps, pi, qh, confidence_level=0.95, ci=ci, **opts)
-            out[(c.estimator, ci)] = (c.lower_bound, c.verdict, e90.ci_low, e95.ci_low, e95.ci_high)
+            out[(c.estimator, ci)] = (c.lower_bound, c.verdict, e90.ci_low, e95.ci_low, e95.ci_high,
+                                      own[c.estimator].lower_bound)
     return out
 
 
@@ -194,10 +186,11 @@ def summarise(world: World, runs: list[dict], intervals=INTERVALS) -> dict:
             arr = [x[(est, ci)] for x in runs]
             lb = np.array([x[0] for x in arr])
             verdict = np.array([x[1] for x in arr])
-            v_lb, lo, hi = (np.array([x[j] for x in arr]) for j in (2, 3, 4))
+            v_lb, lo, hi, own = (np.array([x[j] for x in arr]) for j in (2, 3, 4, 5))
             cov = int(((lo <= world.value) & (world.value <= hi)).sum())
             fig["rows"][f"{est}/{ci}"] = {
                 "diff_miss": _rate(int((lb > world.improvement).sum()), reps, 0.05, "greater"),
+                "diff_miss_own": _rate(int((own > world.improvement).sum()), reps, 0.05, "greater"),
                 "value_miss": _rate(int((v_lb > world.value).sum()), reps, 0.05, "greater"),
                 "value_cov": _rate(cov, reps, 0.95, "two-sided"),
                 "improved": float((verdict == "improved").mean()),
@@ -208,7 +201,7 @@ def summarise(world: World, runs: list[dict], intervals=INTERVALS) -> dict:
 
 def _table(figures: dict) -> str:
     head = (
-        f"{'environment':<16} {'est':<5} {'ci':<10} {'diff_miss [CP95]':>21} {'p':>6} "
+        f"{'environment':<16} {'est':<5} {'ci':<10} {'diff_miss [CP95]':>21} {'p':>6} {'own':>5} "
         f"{'value_miss':>10} {'p':>6} {'value_cov [CP95]':>21} {'p':>6} {'improved':>8} "
         f"{'insuff':>6} {'ESS med':>7}"
     )
@@ -219,7 +212,7 @@ def _table(figures: dict) -> str:
             d, v, c = row["diff_miss"], row["value_miss"], row["value_cov"]
             lines.append(
                 f"{name:<16} {est:<5} {ci:<10} {d['rate']:.3f} [{d['cp_low']:.3f},{d['cp_high']:.3f}] "
-                f"{d['p']:>6.3f} {v['rate']:>10.3f} {v['p']:>6.3f} "
+                f"{d['p']:>6.3f} {row['diff_miss_own']['rate']:>5.3f} {v['rate']:>10.3f} {v['p']:>6.3f} "
                 f"{c['rate']:.3f} [{c['cp_low']:.3f},{c['cp_high']:.3f}] {c['p']:>6.3f} "
                 f"{row['improved']:>8.3f} {row['insufficient']:>6.3f} {env['ess_median']:>7.0f}"
             )

@@ -35,7 +35,7 @@ def setting(sim):
 def test_verdicts_on_the_simulator(setting, ci):
     s = setting
     res = compare(s["r"], s["a"], s["p"], s["dists"], s["q_hat"], baseline="production", estimator="dr",
-                  ci=ci, n_boot=500, rng=1)
+                  ci=ci, n_boot=500, rng=1, guard=False)   # DR's own bounds (the guard: below)
     v = {c.candidate: c for c in res}
     assert [c.candidate for c in res] == ["good", "bad", "same"]
     assert v["good"].verdict == "improved" and v["good"].lower_bound > 0
@@ -64,7 +64,8 @@ def _dr_rows(s, name):
 @pytest.mark.parametrize("ci", ["normal", "t"])
 def test_bonferroni_bound_and_p_value_agree_with_the_verdict(setting, ci):
     s = setting
-    res = compare(s["r"], s["a"], s["p"], s["dists"], s["q_hat"], baseline="production", alpha=0.05, ci=ci)
+    res = compare(s["r"], s["a"], s["p"], s["dists"], s["q_hat"], baseline="production", alpha=0.05, ci=ci,
+                  guard=False)
     assert all(c.method == ci for c in res)
     for c in res:
         assert (c.verdict == "improved") == (c.p_value < 0.05) == (c.lower_bound > 0)
@@ -79,6 +80,31 @@ def test_bonferroni_bound_and_p_value_agree_with_the_verdict(setting, ci):
         q = special.ndtri(0.05 / 3) if ci == "normal" else stats.t.ppf(0.05 / 3, u.sum() ** 2 / (u ** 2).sum())
         assert c.lower_bound == pytest.approx(c.difference + q * c.se, abs=1e-12)
         assert c.upper_bound == pytest.approx(c.difference - q * c.se, abs=1e-12)
+
+
+def test_guarded_bounds_are_the_intersection_with_ips(setting):
+    """The decision bounds of SNIPS and DR: min / max with IPS's at the same level, the
+    larger p-value; the two-sided interval and the difference stay the estimator's own."""
+    s = setting
+    args = (s["r"], s["a"], s["p"], s["dists"], s["q_hat"])
+    kw = dict(baseline="production", estimator=("ips", "snips", "dr"))
+    guarded = {(c.candidate, c.estimator): c for c in compare(*args, **kw)}
+    own = {(c.candidate, c.estimator): c for c in compare(*args, guard=False, **kw)}
+    for (cand, e), c in guarded.items():
+        o, i = own[cand, e], own[cand, "ips"]
+        assert (c.difference, c.ci_low, c.ci_high, c.se) == (o.difference, o.ci_low, o.ci_high, o.se)
+        if e == "ips":
+            assert c == o
+            continue
+        assert c.lower_bound == min(o.lower_bound, i.lower_bound)
+        assert c.upper_bound == max(o.upper_bound, i.upper_bound)
+        assert c.p_value == max(o.p_value, i.p_value)
+        assert c.improved == (o.improved and i.improved)
+    # DR alone is guarded too: IPS's terms are computed though not reported
+    for alone in compare(*args, baseline="production", estimator="dr"):
+        assert alone.lower_bound == guarded[alone.candidate, "dr"].lower_bound
+    with pytest.raises(TypeError, match="`guard` must be True or False"):
+        compare(*args, baseline="production", guard="yes")
 
 
 def test_default_interval_is_t_and_no_narrower_than_normal(setting):

@@ -13,17 +13,19 @@ heavy-tailed logger, propensities down to 1e-3) with :math:`\\mathrm{softmax}(q 
 
 One set of replications per environment (module fixtures) feeds every assertion:
 ``compare`` with one candidate (its lower bound is at alpha = 0.05) and the three
-estimators at once, and ``ips``/``dr`` for the value. SNIPS is reported, not asserted:
-its bound misses about 7 % under every interval (``python -m benchmarks.coverage``).
+estimators at once, guarded (the decision bound: SNIPS and DR bounded by IPS's, see
+``compare``'s Notes) and unguarded (``guard=False``: each estimator's own t bound), and
+``ips``/``dr`` for the value.
 
-Known miss, kept as a strict xfail: on the logistic environment the DR lower bound of the
-improvement misses about 8 % of the time under ``t`` (0.084, Clopper-Pearson [0.068, 0.103]
-over 1,000 replications of the benchmark; 40 of 500 here). DR's per-row terms there are
-strongly left-skewed (median sample skewness about -8: binary rewards on arms with q near
-1 give small positive residuals and rare large negative ones, times weights in the
-hundreds), so the estimate is too high exactly when the rare rows are missing and the
-standard error is too small with it. The miss does not depend on q_hat (about 8 % with the
-exact q too) nor on the ESS floor (about 8 % among replications with ESS >= 50).
+Why the guard: on the logistic environment DR's own t bound of the improvement misses
+about 8 % of the time (0.084, Clopper-Pearson [0.068, 0.103] over 1,000 replications of
+the benchmark). DR's per-row terms there are strongly left-skewed (median sample
+skewness about -8: binary rewards on arms with q near 1 give small positive residuals and
+rare large negative ones, times weights in the hundreds), so the estimate is too high
+exactly when the rare rows are missing and the standard error is too small with it; the
+miss depends neither on q_hat (about 8 % with the exact q too) nor on the ESS floor.
+SNIPS's own bound misses 6-12 % on sharp candidates under every interval. A test below
+keeps that measured, so the guard stays justified.
 """
 
 from __future__ import annotations
@@ -42,10 +44,6 @@ P = 50_000
 N = 2_000
 REPS = 500
 ENVS = ("sim_tau0.02", "sim_tau0.05", "logistic_sharp")
-KNOWN_MISSES = {
-    ("logistic_sharp", "dr"): "DR's t bound misses about 8 % on the heavy-tailed logistic bandit "
-    "(left-skewed terms; see the module docstring and benchmarks.coverage)",
-}
 
 
 def _misspecified(q: np.ndarray) -> np.ndarray:
@@ -120,9 +118,11 @@ def _replications(world: dict, env_id: int, reps: int, n: int = N, normal: bool 
             out.setdefault(f"lb_{c.estimator}", []).append(c.lower_bound)
             out.setdefault(f"verdict_{c.estimator}", []).append(c.verdict)
             out.setdefault(f"ess_{c.estimator}", []).append(c.ess)
+        for c in compare(r, a, ps, {"cand": pi}, qh, estimator=("snips", "dr"), ci="t", guard=False):
+            out.setdefault(f"own_{c.estimator}", []).append(c.lower_bound)
         if normal:
-            (c,) = compare(r, a, ps, {"cand": pi}, qh, estimator="dr", ci="normal")
-            out.setdefault("lb_dr_normal", []).append(c.lower_bound)
+            (c,) = compare(r, a, ps, {"cand": pi}, qh, estimator="dr", ci="normal", guard=False)
+            out.setdefault("own_dr_normal", []).append(c.lower_bound)
         for name, fn in (("ips", ips), ("dr", dr)):
             e = fn(r, a, ps, pi, qh, ci="t")
             out.setdefault(f"value_{name}", []).append((e.ci_low, e.ci_high))
@@ -156,11 +156,9 @@ def runs(request, replications):
 
 
 # ----------------------------------------------------------------------------- the decision bound
-@pytest.mark.parametrize("estimator", ["ips", "dr"])
-def test_t_lower_bound_of_the_improvement_misses_at_most_5_percent(runs, estimator, request):
+@pytest.mark.parametrize("estimator", ["ips", "snips", "dr"])
+def test_decision_bound_of_the_improvement_misses_at_most_5_percent(runs, estimator):
     name, world, res = runs
-    if (name, estimator) in KNOWN_MISSES:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_MISSES[name, estimator]))
     lb = res[f"lb_{estimator}"]
     misses = int((lb > world["improvement"]).sum())
     test = stats.binomtest(misses, len(lb), 0.05, alternative="greater")
@@ -178,12 +176,27 @@ def test_t_interval_of_the_value_covers_at_least_nominally(runs, estimator):
         assert stats.binomtest(covered, len(lo), 0.95).pvalue > 0.01, (name, estimator, share)
 
 
+def test_guarded_bound_is_the_smaller_of_the_estimators_own_and_ips(runs):
+    name, _, res = runs
+    for e in ("snips", "dr"):
+        np.testing.assert_allclose(res[f"lb_{e}"], np.minimum(res[f"own_{e}"], res["lb_ips"]), err_msg=name)
+
+
+def test_unguarded_dr_bound_misses_too_often_on_heavy_tailed_logging(replications):
+    """Why the decision bound is guarded: DR's own t bound misses more than 5 % on the
+    logistic bandit (one-sided binomial test), where the guarded one holds."""
+    _, world, res = replications("logistic_sharp")
+    own = res["own_dr"]
+    misses = int((own > world["improvement"]).sum())
+    assert stats.binomtest(misses, len(own), 0.05, alternative="greater").pvalue < 0.01, misses / len(own)
+
+
 def test_normal_dr_bound_misses_more_often_than_t_on_the_same_replications(replications):
     """Why ``t`` is the decision interval: on the sharpest candidate the normal DR bound
     misses more often, paired (an exact sign test on the discordant replications)."""
     _, world, res = replications("sim_tau0.02")
     truth = world["improvement"]
-    t_lb, n_lb = res["lb_dr"], res["lb_dr_normal"]
+    t_lb, n_lb = res["own_dr"], res["own_dr_normal"]
     assert (t_lb <= n_lb + 1e-12).all()  # same SE, a t quantile beyond the normal one
     only_normal = int(((n_lb > truth) & ~(t_lb > truth)).sum())
     only_t = int(((t_lb > truth) & ~(n_lb > truth)).sum())
@@ -193,11 +206,6 @@ def test_normal_dr_bound_misses_more_often_than_t_on_the_same_replications(repli
         (n_lb > truth).mean(),
         (t_lb > truth).mean(),
     )
-
-
-def test_snips_bounds_are_finite_and_only_reported(runs):
-    name, _, res = runs
-    assert np.isfinite(res["lb_snips"]).all(), name
 
 
 def test_ess_is_the_kish_ess_of_the_candidate_weights(runs):
@@ -218,7 +226,7 @@ def test_verdict_is_insufficient_evidence_exactly_when_the_ess_is_below_the_floo
 
 def test_a_candidate_below_the_ess_floor_is_never_improved(sim_pool):
     """softmax(q / 0.02) on n = 800 rows (ESS about 20): its true improvement is large and
-    its lower bound is mostly above 0, yet no replication reads "improved"."""
+    DR's own lower bound is mostly above 0, yet no replication reads "improved"."""
     world = _world(sim_pool, 0.02)
     assert world["improvement"] > 0.05
     res = _replications(world, 99, 100, n=800)
@@ -226,7 +234,7 @@ def test_a_candidate_below_the_ess_floor_is_never_improved(sim_pool):
     for e in ("ips", "snips", "dr"):
         v = res[f"verdict_{e}"]
         assert (v == "insufficient_evidence").all(), (e, set(v))
-    assert (res["lb_dr"] > 0).mean() > 0.5  # without the floor these would be "improved"
+    assert (res["own_dr"] > 0).mean() > 0.5  # DR alone, without the floor, would say "improved"
 
 
 # ----------------------------------------------------------------------------- the environment

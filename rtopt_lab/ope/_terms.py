@@ -37,6 +37,8 @@ ESTIMATOR_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
     "switch_dr": (("dm", "one"), ("wres_sw", "one")),
 }
 NEEDS_Q_HAT = frozenset({"dm", "dr", "sndr", "switch_dr"})
+#: estimators whose one-sided decision bounds are guarded by IPS's (see ``compare``, Notes)
+GUARDED = frozenset({"snips", "dr", "sndr", "switch_dr"})
 LOGGING = "logging"
 
 
@@ -86,14 +88,17 @@ class Layout:
     """Which term columns exist, for these candidates and estimators."""
 
     def __init__(self, candidates: Sequence[str], estimators: Sequence[str], *,
-                 max_weight: float | None, tau: float):
+                 max_weight: float | None, tau: float, guard: bool = False):
         self.candidates = tuple(candidates)
         self.estimators = tuple(estimators)
+        #: IPS's terms are kept (reported or not) to guard the decision bounds of GUARDED
+        self.guard = guard and bool(GUARDED & set(self.estimators))
         self.max_weight = max_weight
         self.tau = tau
         self.clip = max_weight is not None and "ips" in self.estimators
         self.switch = np.isfinite(tau) and "switch_dr" in self.estimators
-        needed = {t for e in self.estimators for pair in ESTIMATOR_PAIRS[e] for t in pair}
+        needed = {t for e in (*self.estimators, *(("ips",) if self.guard else ()))
+                  for pair in ESTIMATOR_PAIRS[e] for t in pair}
         needed = {self._alias(t) for t in needed} - {"one"}
         order = ("w", "wr", "wr_clip", "dm", "wres", "wres_sw")
         self.terms = tuple(t for t in order if t in needed)

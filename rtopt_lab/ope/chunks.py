@@ -337,7 +337,7 @@ def plan_evaluation(policies: Mapping[str, Candidate], *, estimators: str | Sequ
         *_LOG_COLUMNS, "context_fingerprint", *[f.name for f in fields(TaskFeatures) if f.name != "model_name"],
         *([by] if by else []))))
     names = list(policies) + ([LOGGING] if baseline == LOGGING else [])
-    layout = Layout(names, ests, max_weight=max_weight, tau=float(tau))
+    layout = Layout(names, ests, max_weight=max_weight, tau=float(tau), guard=True)
     model = None
     if layout.needs_q:
         if reward_model is None:

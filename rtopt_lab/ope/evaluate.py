@@ -76,6 +76,20 @@ class _Source:
 
             self.total = pq.ParquetFile(self.file).metadata.num_rows
 
+    def column_names(self) -> list[str]:
+        """The columns the log has (a LogStore: its schema's)."""
+        if isinstance(self.log, pd.DataFrame):
+            return [str(c) for c in self.log.columns]
+        if isinstance(self.log, pa.Table):
+            return list(self.log.column_names)
+        if self.store is not None:
+            from rtopt_lab.logstore.schema import LOG_COLUMNS
+
+            return list(LOG_COLUMNS)
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(self.file).names)
+
     def __iter__(self) -> Iterator[pd.DataFrame | pa.Table]:
         if not self.streamed:
             for lo in range(0, self.total, self.batch_rows):
@@ -143,8 +157,8 @@ def evaluate(log: Any, policies: Mapping[str, Candidate], *, estimators: str | S
     log : DataFrame, Arrow table, LogStore, or path of a log directory or a .parquet file
         Needs ``request_id``, ``arm_id``, ``propensity``, ``reward`` and the task
         feature columns. Paths are streamed in chunks of ``batch_rows`` (bounded memory);
-        a LogStore validates every row and the result's ``attrs["rows_quarantined"]``
-        counts the rows it left out.
+        a LogStore validates every row and the result's ``rows_quarantined`` counts the
+        rows it left out.
     policies : mapping of str to policy or callable
         A policy (``action_dist(X, keys=...)`` and ``spec``; randomised policies get the
         request keys they would have used) or a callable ``chunk -> (n, K)`` array.
@@ -210,6 +224,8 @@ def evaluate(log: Any, policies: Mapping[str, Candidate], *, estimators: str | S
     src = _Source(log, batch_rows, None if plan.columns is None else list(plan.columns))
     if ci in ("bca", "t") and n_buckets is None and src.streamed:
         raise ValueError(f"`ci`={ci!r} on a streamed log needs `n_buckets` (it reads per-unit terms: buckets)")
+    if by is not None and by not in (have := src.column_names()):
+        raise ValueError(f"`by` names column {by!r}, which the log does not have; its columns: {have}")
     from tqdm.auto import tqdm
 
     model = plan.reward_model
@@ -225,8 +241,6 @@ def evaluate(log: Any, policies: Mapping[str, Candidate], *, estimators: str | S
     def second_pass(chunk, offset: int) -> tuple[ChunkTerms, np.ndarray | None]:
         labels = None
         if by is not None:
-            if by not in (chunk.column_names if isinstance(chunk, pa.Table) else chunk.columns):
-                raise ValueError(f"`by` names column {by!r}, which the log does not have")
             labels = _group_labels(chunk.column(by).to_numpy(zero_copy_only=False) if isinstance(chunk, pa.Table)
                                    else chunk[by].to_numpy())
         return chunk_terms(plan, chunk, offset=offset, rows=cached.pop(offset, None)), labels

@@ -97,8 +97,15 @@ class Evaluation:
         return (candidate, estimator, group)
 
     def estimate(self, candidate: str, estimator: str, group: str | None = None) -> Estimate:
-        """The estimate of ``candidate`` by ``estimator`` (pooled, or in ``group``)."""
-        return self.estimates[self._key(candidate, estimator, group)]
+        """The estimate of ``candidate`` by ``estimator`` (pooled, or in ``group``).
+
+        A group with fewer than 2 rows is counted (it is in :attr:`groups` and its rows in
+        :attr:`group_n`) but has no estimate: asking for one raises KeyError saying so.
+        """
+        key = self._key(candidate, estimator, group)
+        if key not in self.estimates:
+            raise KeyError(f"`group` {group!r} has {self.group_n.get(group, 0)} row(s): fewer than 2, no estimate")
+        return self.estimates[key]
 
     def comparison(self, candidate: str, estimator: str, group: str | None = None) -> Comparison | None:
         """The comparison with the baseline (None for the baseline itself or without one)."""
