@@ -76,9 +76,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         parents=[store],
         help="move a version one phase up (shadow > canary > ...)",
         description="Promote a registered version exactly one phase up, under the rollout "
-        "rules: no skipped phases; gates must pass beyond shadow; canary needs "
-        "an off-policy lower bound >= 0 and, for tier-1 versions, a named "
-        "approver. The move is written to the provenance log first. Exit "
+        "rule (rtopt_lab.rollout.phases.next_phase): no skipped phases; gates must pass "
+        "beyond shadow; canary needs an off-policy lower bound of the improvement > its "
+        "margin and, for tier-1 versions, a named approver; guarded and general need live "
+        "evidence of the candidate's own traffic (samples, duration, SLO, an anytime-valid "
+        "online bound), which this command does not have, so it refuses them and says "
+        "why. The move is written to the provenance log first. Exit "
         "status 1 when refused, with every reason; 3 when the registry does "
         "not match its provenance (see `rtopt status`).",
     )

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _evidence import LIVE_OK
 from mlflow import MlflowClient
 
 from rtopt_lab.cli import main
@@ -62,7 +63,7 @@ def built(tmp_path_factory, sim):
         approval_required=True,
     ).version
     for to in ("shadow", "canary", "guarded", "general"):
-        promote(MODEL, v2, to, uri=uri, approved_by="alice" if to == "canary" else None)
+        promote(MODEL, v2, to, uri=uri, approved_by="alice" if to == "canary" else None, evidence=LIVE_OK)
     v3 = register_policy(
         UniformRandom(sim.catalog), experiment_id=eid, uri=uri, gate_verdicts=FAIL
     ).version

@@ -8,6 +8,7 @@ process answering on loopback.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import socket
 import urllib.request
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _evidence import LIVE_OK
 
 from rtopt_lab.cli import main
 from rtopt_lab.compliance import ProvenanceLog, verify
@@ -177,7 +179,7 @@ def test_promotion_rules_refuse_skips_failed_gates_and_missing_approval():
     ok = {"gates.status": "pass", "ope.lower_bound": "0.01"}
     assert promotion_refusals(None, "shadow", ok) == []
     assert promotion_refusals("shadow", "canary", ok) == []
-    assert promotion_refusals("canary", "guarded", ok) == []
+    assert promotion_refusals("canary", "guarded", ok, evidence=LIVE_OK) == []
     assert any("never skipped" in r for r in promotion_refusals("shadow", "guarded", ok))
     assert any("never skipped" in r for r in promotion_refusals(None, "canary", ok))
     assert any("already general" in r for r in promotion_refusals("general", "general", ok))
@@ -191,6 +193,27 @@ def test_promotion_rules_refuse_skips_failed_gates_and_missing_approval():
     assert promotion_refusals("shadow", "canary", tier1, approved_by="alice") == []
 
 
+def test_beyond_canary_the_registry_asks_the_rollout_rule_with_live_evidence():
+    """One rule set: tags never move a version past canary; next_phase decides on the
+    live evidence, and its reasons are the refusal's."""
+    ok = {"gates.status": "pass", "ope.lower_bound": "0.01"}
+    bare = promotion_refusals("canary", "guarded", ok)
+    assert any("0 samples in canary < 2000" in r for r in bare)
+    assert any("no online lower bound" in r for r in bare) and any("no live evidence" in r for r in bare)
+    weak = dataclasses.replace(LIVE_OK, online_lower_bound=0.0)       # strict: a bound of 0 is no improvement
+    assert any("online (anytime-valid) lower bound 0 <= margin 0" in r
+               for r in promotion_refusals("canary", "guarded", ok, evidence=weak))
+    once = dataclasses.replace(LIVE_OK, improved_windows=1)
+    assert promotion_refusals("canary", "guarded", ok, evidence=once) == []
+    assert any("consecutive window" in r for r in promotion_refusals("guarded", "general", ok, evidence=once))
+    breach = promotion_refusals("guarded", "general", ok, evidence=dataclasses.replace(LIVE_OK, slo="breach"))
+    assert any("SLO breach in guarded" in r for r in breach) and any("rtopt rollback" in r for r in breach)
+    margin = {**ok, "ope.margin": "0.02"}                            # the version's margin is the rule's
+    assert any("<= margin 0.02" in r for r in promotion_refusals("canary", "guarded", margin, evidence=LIVE_OK))
+    assert any("gates are fail" in r
+               for r in promotion_refusals("canary", "guarded", {**ok, "gates.status": "fail"}, evidence=LIVE_OK))
+
+
 def test_full_rollout_then_rollback_restores_the_displaced_general(sim, store, tmp_path):
     uri, eid = store
     model = "rtopt-rollout"
@@ -199,7 +222,7 @@ def test_full_rollout_then_rollback_restores_the_displaced_general(sim, store, t
     v1 = register_policy(FixedPolicy(sim.catalog), experiment_id=eid, model=model, uri=uri, gate_verdicts=PASS,
                          tags=good, provenance=prov).version
     for to in ("shadow", "canary", "guarded", "general"):
-        promote(model, v1, to, uri=uri, provenance=prov, reason=f"bootstrap {to}")
+        promote(model, v1, to, uri=uri, provenance=prov, reason=f"bootstrap {to}", evidence=LIVE_OK)
     v2 = register_policy(ThompsonGaussian(sim.catalog, seed=1), experiment_id=eid, model=model, uri=uri,
                          gate_verdicts=PASS, tags={**good, "approval_required": "true"}, provenance=prov).version
     promote(model, v2, "shadow", uri=uri, provenance=prov)
@@ -209,8 +232,8 @@ def test_full_rollout_then_rollback_restores_the_displaced_general(sim, store, t
         promote(model, v2, "general", uri=uri, provenance=prov)
     assert phase_of(model, v2, uri=uri) == "shadow"           # a refusal moves nothing
     promote(model, v2, "canary", uri=uri, provenance=prov, approved_by="alice")
-    promote(model, v2, "guarded", uri=uri, provenance=prov)
-    move = promote(model, v2, "general", uri=uri, provenance=prov)
+    promote(model, v2, "guarded", uri=uri, provenance=prov, evidence=LIVE_OK)
+    move = promote(model, v2, "general", uri=uri, provenance=prov, evidence=LIVE_OK)
     assert move.displaced == v1 and phase_of(model, v1, uri=uri) is None
     assert phase_of(model, v2, uri=uri) == "general"
     served = load_phase_policy(model, "general", uri=uri)
@@ -229,6 +252,8 @@ def test_full_rollout_then_rollback_restores_the_displaced_general(sim, store, t
     assert actions.count("promote") == 8 and actions.count("rollback") == 1 and "approve" in actions
     approve = next(r for r in records if r.action == "approve")
     assert approve.actor == "alice"
+    to_general = [r for r in records if r.action == "promote" and r.evidence["to"] == "general"]
+    assert to_general and all(r.evidence["live_evidence"]["samples"] == LIVE_OK.samples for r in to_general)
     assert verify(prov.path, head=provenance_head(model, uri=uri)).ok
 
 
@@ -250,6 +275,10 @@ def test_cli_promote_rollback_status(sim, store, tmp_path, capsys, monkeypatch):
     assert main(["promote", "--version", "1", "--to", "general", *base]) == 1
     assert "never skipped" in capsys.readouterr().err
     assert main(["promote", "--version", "1", "--to", "canary", "--approved-by", "bob", "--reason", "ok", *base]) == 0
+    capsys.readouterr()
+    assert main(["promote", "--version", "1", "--to", "guarded", *base]) == 1   # tags never pass canary
+    err = capsys.readouterr().err
+    assert "0 samples in canary" in err and "no live evidence of canary" in err
     assert main(["status", *base]) == 0
     out = capsys.readouterr().out
     assert "canary" in out and "head matches the registry" in out
@@ -281,7 +310,7 @@ def test_served_general_model_answers_invocations_like_the_policy(sim, store, fi
     v = register_policy(policy, experiment_id=eid, model=model, uri=uri, gate_verdicts=PASS,
                         tags={"ope.lower_bound": "0.01"}, provenance=prov).version
     for to in ("shadow", "canary", "guarded", "general"):
-        promote(model, v, to, uri=uri, provenance=prov)
+        promote(model, v, to, uri=uri, provenance=prov, evidence=LIVE_OK)
     port = _free_port()
     cmd, env = serve_command(model=model, phase="general", uri=uri, port=port)
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _evidence import LIVE_OK
 
 from rtopt_lab.tracking.scoring import HostGuard
 from rtopt_lab.tracking.server import (
@@ -294,7 +295,7 @@ def store(tmp_path_factory, sim):
         provenance=prov,
     ).version
     for to in ("shadow", "canary", "guarded", "general"):
-        promote("rtopt-policy", v, to, uri=uri, provenance=prov)
+        promote("rtopt-policy", v, to, uri=uri, provenance=prov, evidence=LIVE_OK)
     return uri, root, policy
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from _evidence import LIVE_OK
 
 from rtopt_lab.features import featurize_frame
 from rtopt_lab.gates import Compliance
@@ -137,7 +138,7 @@ def test_adopt_incumbent_then_tag_and_roll_back_to_it(sim, tmp_path):
     assert written["gates.status"] == "pass" and written["ope.lower_bound"] == "0.01"
     assert "gates.status" not in tag_version("rtopt-policy", v2, uri=uri, tags={"note": "x"}, provenance=prov)
     for to in ("shadow", "canary", "guarded", "general"):
-        promote("rtopt-policy", v2, to, uri=uri, provenance=prov)
+        promote("rtopt-policy", v2, to, uri=uri, provenance=prov, evidence=LIVE_OK)
     rb = rollback("rtopt-policy", phase="general", uri=uri, provenance=prov, reason="test")
     assert rb.restored == v1.version and phase_of("rtopt-policy", v1.version, uri=uri) == "general"
     assert isinstance(pd.DataFrame(), pd.DataFrame)

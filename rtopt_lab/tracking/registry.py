@@ -7,14 +7,19 @@ evidence: gate statuses and reasons (``gates.status``, ``gate.<name>``), off-pol
 estimates (``ope.<estimator>.<column>``, ``ope.lower_bound``), whether tier-1 approval is
 needed, and the provenance head hash after the version's last move.
 
-Moves follow the rollout manager's rules (:mod:`rtopt_lab.rollout.phases`):
+Moves follow one rule set, the rollout's :func:`~rtopt_lab.rollout.phases.next_phase`
+(:func:`promotion_refusals` builds its :class:`~rtopt_lab.rollout.phases.PhaseEvidence`):
 
 - a promotion goes exactly one phase up (a new version enters ``shadow``; phases are
   never skipped);
-- into ``shadow``: no gate may have failed; beyond it every gate must pass;
+- into ``shadow`` (admission): no gate may have failed; beyond it every gate must pass;
 - into ``canary``: the off-policy lower bound of the improvement must be strictly above
   the tag ``ope.margin`` (default 0; :func:`rtopt_lab.improvement.is_improvement`), and a
   version flagged ``approval_required`` needs a named approver;
+- into ``guarded`` and ``general``: the live evidence of the current phase (minimum
+  samples and duration, SLO ok, an anytime-valid online lower bound above the margin,
+  and for general the improvement held at consecutive looks) — passed as ``evidence``;
+  tags alone never move a version past canary;
 - a rollback is never refused: the version leaves its phase at once (its alias moves one
   phase down when that alias is free), and a rollback out of ``general`` restores the
   version it displaced.
@@ -36,6 +41,7 @@ with ``get_registered_model`` / ``get_model_version`` only.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import math
@@ -52,10 +58,9 @@ from mlflow.exceptions import MlflowException
 
 from rtopt_lab.compliance import ProvenanceLog, ProvenanceRecord
 from rtopt_lab.gates import GateVerdict, combine
-from rtopt_lab.improvement import is_improvement
 from rtopt_lab.policies.base import BasePolicy
 from rtopt_lab.policies.constrained import Constrained
-from rtopt_lab.rollout.phases import Phase
+from rtopt_lab.rollout.phases import Phase, PhaseConfig, PhaseEvidence, next_phase
 from rtopt_lab.serving import input_example
 from rtopt_lab.tracking import integrity as _integrity
 from rtopt_lab.tracking.integrity import (
@@ -449,11 +454,41 @@ def _anchor(client: MlflowClient, model: str, version: str, head: str) -> None:
 
 # --------------------------------------------------------------------------- promote
 def promotion_refusals(
-    current: str | None, to: str, tags: Mapping[str, str], *, approved_by: str | None = None
+    current: str | None,
+    to: str,
+    tags: Mapping[str, str],
+    *,
+    approved_by: str | None = None,
+    evidence: PhaseEvidence | None = None,
+    config: PhaseConfig | None = None,
 ) -> list[str]:
     """Every reason a version in ``current`` with ``tags`` may not enter ``to`` (pure).
 
-    An empty list means the move is allowed. See the module docstring for the rules.
+    An empty list means the move is allowed. Entering ``shadow`` is the admission rule (no
+    gate may have failed); every later move is :func:`~rtopt_lab.rollout.phases.next_phase`
+    itself (one rule set), on a :class:`~rtopt_lab.rollout.phases.PhaseEvidence` built
+    from the version's tags (``gates.status``, ``ope.lower_bound``, ``ope.margin``,
+    ``approval_required``; ``approved_by``) and the live evidence of ``evidence`` (SLO
+    status, samples, duration, online anytime-valid bound, improved windows, time since
+    the last transition). Without live evidence a move beyond canary is refused: a
+    candidate earns guarded and general on its own traffic, never on tags.
+
+    Parameters
+    ----------
+    current : str or None
+        The version's phase (None: in no phase).
+    to : str
+        The phase asked for.
+    tags : mapping
+        The version's tags.
+    approved_by : str, optional
+        A named approver (tier-1 versions need one before canary).
+    evidence : PhaseEvidence, optional
+        The live evidence of the current phase; its gate, off-policy and approval fields
+        are replaced by the tags' and ``approved_by``.
+    config : PhaseConfig, optional
+        Minimum samples, durations, cool-down, windows; ``margin`` is the tag
+        ``ope.margin`` when the version has it.
     """
     target = Phase.parse(to)
     expected = Phase.SHADOW if current is None else Phase.parse(current).next
@@ -466,23 +501,50 @@ def promotion_refusals(
             "(phases are never skipped)"
         )
     gates = tags.get("gates.status", "insufficient_evidence")
-    if target is Phase.SHADOW:
+    if target is Phase.SHADOW or current is None:
         if gates == "fail":
             reasons.append("a gate failed: " + tags.get("gates.reasons", _gate_reasons(tags)))
-    elif gates != "pass":
-        reasons.append(
-            f"gates are {gates}, not pass"
-            + (f": {_gate_reasons(tags)}" if _gate_reasons(tags) else "")
-        )
-    if target is Phase.CANARY:
-        lb = tags.get("ope.lower_bound")
-        if lb is None:
-            reasons.append("no off-policy lower bound of the improvement (tag ope.lower_bound)")
-        elif not is_improvement(float(lb), margin := float(tags.get("ope.margin", "0"))):
-            reasons.append(f"off-policy lower bound of the improvement {float(lb):.4g} <= margin {margin:g}")
-        if tags.get("approval_required") == "true" and not (approved_by and approved_by.strip()):
-            reasons.append("tier-1 tasks need a named approver before canary (--approved-by)")
-    return reasons
+        return reasons
+    if reasons:
+        return reasons
+    config = config or PhaseConfig()
+    if "ope.margin" in tags:
+        config = dataclasses.replace(config, margin=float(tags["ope.margin"]))
+    lb = tags.get("ope.lower_bound")
+    ev = dataclasses.replace(
+        evidence or PhaseEvidence(),
+        gates=gates if gates in ("pass", "fail", "insufficient_evidence", "error") else "error",
+        ope_lower_bound=None if lb is None else float(lb),
+        approval_required=tags.get("approval_required") == "true",
+        approved=bool(approved_by and approved_by.strip()),
+    )
+    t = next_phase(Phase.parse(current), ev, config)
+    if t.kind == "promote" and t.to is target:
+        return []
+    out = []
+    for r in t.reasons:
+        if r.startswith("gates are") and _gate_reasons(tags):
+            r = f"{r}: {_gate_reasons(tags)}"
+        elif r.startswith("no off-policy"):
+            r += " (tag ope.lower_bound)"
+        elif r.startswith("tier-1"):
+            r = "tier-1 tasks need a named approver before canary (--approved-by)"
+        out.append(r)
+    if t.kind == "rollback":
+        out.append("roll the version back instead (rtopt rollback)")
+    elif evidence is None and current != Phase.SHADOW.value:
+        out.append(f"no live evidence of {current} was given: a move beyond canary is earned on the "
+                   "candidate's own traffic (PhaseEvidence from the decision log)")
+    return out
+
+
+def _evidence_record(evidence: PhaseEvidence) -> dict[str, Any]:
+    """The live evidence as JSON values (infinities as None)."""
+    out = {}
+    for f in dataclasses.fields(evidence):
+        v = getattr(evidence, f.name)
+        out[f.name] = None if isinstance(v, float) and not math.isfinite(v) else v
+    return out
 
 
 def _gate_reasons(tags: Mapping[str, str]) -> str:
@@ -501,8 +563,14 @@ def promote(
     actor: str | None = None,
     reason: str | None = None,
     provenance: ProvenanceLog | str | Path | None = None,
+    evidence: PhaseEvidence | None = None,
+    config: PhaseConfig | None = None,
 ) -> AliasMove:
     """Move ``version`` one phase up to ``to``: check the rules, write provenance, move aliases.
+
+    The rules are :func:`promotion_refusals` (the rollout's :func:`next_phase` beyond
+    shadow) on the version's tags and the live ``evidence`` of its current phase; the
+    evidence is written into the provenance record of the move.
 
     Raises
     ------
@@ -520,7 +588,8 @@ def promote(
         checked = require_clean(client, model, log, "promotion", versions=[version])
         mv = _version(client, model, version)  # the tags just checked against provenance
         current = phase_of(model, version, uri=uri)
-        refusals = promotion_refusals(current, to, mv.tags, approved_by=approved_by)
+        refusals = promotion_refusals(current, to, mv.tags, approved_by=approved_by, evidence=evidence,
+                                      config=config)
         if refusals:
             raise PermissionError(
                 f"{model} version {version} may not enter {to}: " + "; ".join(refusals)
@@ -559,6 +628,7 @@ def promote(
                 "gates": mv.tags.get("gates.status"),
                 "ope_lower_bound": mv.tags.get("ope.lower_bound"),
                 "approved_by": approved_by,
+                "live_evidence": None if evidence is None else _evidence_record(evidence),
                 "registry": registry_state(client, model, aliases=after, versions=[version]),
             },
         )
