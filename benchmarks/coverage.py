@@ -1,6 +1,6 @@
 """Coverage of the OPE bounds for sharp candidates: how often the bound a decision reads misses.
 
-    python -m benchmarks.coverage [--quick] [--json] [--reps R]
+    python -m benchmarks.coverage [--quick] [--json] [--reps R] [--intervals t,normal]
 
 Each environment is a fixed pool of 50,000 contexts with exact expected rewards, so the
 target values are exact: :math:`V(\\pi) = \\frac{1}{P} \\sum_p \\sum_a \\pi(a \\mid x_p)
@@ -227,7 +227,15 @@ def main() -> None:
     p.add_argument(
         "--reps", type=int, help="replications per environment (default 1000, 100 with --quick)"
     )
+    p.add_argument(
+        "--intervals",
+        default=",".join(INTERVALS),
+        help=f"comma-separated interval methods (default {','.join(INTERVALS)})",
+    )
     args = p.parse_args()
+    intervals = tuple(x.strip() for x in args.intervals.split(",") if x.strip())
+    if not intervals or any(x not in INTERVALS for x in intervals):
+        p.error(f"--intervals must name methods among {list(INTERVALS)}; got {args.intervals!r}")
     reps = args.reps or (100 if args.quick else 1000)
     if reps < 1:
         p.error(f"--reps must be >= 1; got {reps}")
@@ -238,9 +246,9 @@ def main() -> None:
         for env_id, world in enumerate(worlds):
             runs = []
             for rep in range(reps):
-                runs.append(replicate(world, env_id, rep))
+                runs.append(replicate(world, env_id, rep, intervals))
                 bar.update()
-            figures["environments"][world.name] = summarise(world, runs)
+            figures["environments"][world.name] = summarise(world, runs, intervals)
     figures["wall_s"] = time.perf_counter() - t0
     print(_table(figures))
     print(f"reps {reps}, n {N}, n_boot {N_BOOT} (Poisson), wall {figures['wall_s']:.0f} s")

@@ -7,6 +7,7 @@ import pytest
 from scipy import special, stats
 
 from rtopt_lab.ope import compare, dr, holm
+from rtopt_lab.ope.compare import GUARD_LEVEL
 
 
 def test_holm_matches_the_step_down_definition():
@@ -83,23 +84,26 @@ def test_bonferroni_bound_and_p_value_agree_with_the_verdict(setting, ci):
 
 
 def test_guarded_bounds_are_the_intersection_with_ips(setting):
-    """The decision bounds of SNIPS and DR: min / max with IPS's at the same level, the
-    larger p-value; the two-sided interval and the difference stay the estimator's own."""
+    """The decision bounds of SNIPS and DR: never beyond IPS's one-sided 75 % bounds
+    (GUARD_LEVEL); the two-sided interval and the difference stay the estimator's own."""
     s = setting
     args = (s["r"], s["a"], s["p"], s["dists"], s["q_hat"])
     kw = dict(baseline="production", estimator=("ips", "snips", "dr"))
     guarded = {(c.candidate, c.estimator): c for c in compare(*args, **kw)}
     own = {(c.candidate, c.estimator): c for c in compare(*args, guard=False, **kw)}
+    m = 3                                                   # good, bad, same: IPS at GUARD_LEVEL is alpha = 3 x 0.25
+    at_guard = {c.candidate: c for c in compare(*args, baseline="production", estimator="ips",
+                                                alpha=m * GUARD_LEVEL, guard=False)}
     for (cand, e), c in guarded.items():
-        o, i = own[cand, e], own[cand, "ips"]
+        o, g = own[cand, e], at_guard[cand]
         assert (c.difference, c.ci_low, c.ci_high, c.se) == (o.difference, o.ci_low, o.ci_high, o.se)
         if e == "ips":
             assert c == o
             continue
-        assert c.lower_bound == min(o.lower_bound, i.lower_bound)
-        assert c.upper_bound == max(o.upper_bound, i.upper_bound)
-        assert c.p_value == max(o.p_value, i.p_value)
-        assert c.improved == (o.improved and i.improved)
+        assert c.lower_bound == pytest.approx(min(o.lower_bound, g.lower_bound), abs=1e-12)
+        assert c.upper_bound == pytest.approx(max(o.upper_bound, g.upper_bound), abs=1e-12)
+        assert c.improved == (o.improved and g.lower_bound > 0)
+        assert c.p_value >= o.p_value and (c.p_value < 0.05) == c.improved
     # DR alone is guarded too: IPS's terms are computed though not reported
     for alone in compare(*args, baseline="production", estimator="dr"):
         assert alone.lower_bound == guarded[alone.candidate, "dr"].lower_bound

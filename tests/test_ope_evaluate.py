@@ -13,6 +13,7 @@ from scipy import special
 from rtopt_lab.logstore import LogStore, write_log
 from rtopt_lab.ope import ESTIMATORS, POOLED, Evaluation, RewardModel, evaluate
 from rtopt_lab.ope._terms import GUARDED
+from rtopt_lab.ope.compare import GUARD_LEVEL
 from rtopt_lab.ope.diagnostics import ESS_FLOOR
 from rtopt_lab.policies import (
     EpsilonGreedy,
@@ -312,9 +313,10 @@ def test_by_group_estimates_are_each_groups_own_evaluation(logs, policies, fitte
                                         want.se], rtol=1e-9, atol=1e-9, err_msg=f"{cand} {e} {g}")
             # simultaneous over the m candidates and the G groups: one-sided bounds at alpha / (m G)
             lb, ub = c.difference + z * c.se, c.difference - z * c.se
-            if e in GUARDED:   # guarded by IPS's bounds of the same group (compare, Notes)
-                g_ips = ev.comparison(cand, "ips", g)
-                lb, ub = min(lb, g_ips.lower_bound), max(ub, g_ips.upper_bound)
+            if e in GUARDED:   # guarded by IPS's 75 % bounds in the same group (compare, Notes)
+                g_ips, zg = ev.comparison(cand, "ips", g), special.ndtri(GUARD_LEVEL)
+                lb = min(lb, g_ips.difference + zg * g_ips.se)
+                ub = max(ub, g_ips.difference - zg * g_ips.se)
             assert c.lower_bound == pytest.approx(lb, rel=1e-9, abs=1e-12)
             assert c.upper_bound == pytest.approx(ub, rel=1e-9, abs=1e-12)
 

@@ -13,6 +13,7 @@ from rtopt_lab.checks import gate_evidence, offline_check
 from rtopt_lab.features import featurize_frame
 from rtopt_lab.improvement import is_improvement
 from rtopt_lab.ope import compare
+from rtopt_lab.ope.compare import GUARD_LEVEL
 from rtopt_lab.ope.diagnostics import ESS_FLOOR
 from rtopt_lab.policies import FixedPolicy, LinUCB, fit_from_log
 from rtopt_lab.rollout import Phase, PhaseConfig, PhaseEvidence, next_phase
@@ -232,17 +233,19 @@ def test_improved_iff_the_reported_bound_exceeds_the_margin():
             assert c.margin == margin and c.lower_bound <= c.difference <= c.upper_bound
             if ci == "normal":  # the Bonferroni bound, computed here independently
                 lb, ub = c.difference + z * c.se, c.difference - z * c.se
-                g = by_ips[c.candidate]  # DR's bounds are guarded by IPS's (compare, Notes)
+                g = by_ips[c.candidate]  # DR's bounds are guarded by IPS's 75 % bounds (compare, Notes)
+                zg = special.ndtri(GUARD_LEVEL)
                 if c.estimator == "dr":
-                    lb, ub = min(lb, g.lower_bound), max(ub, g.upper_bound)
+                    lb, ub = min(lb, g.difference + zg * g.se), max(ub, g.difference - zg * g.se)
                 assert c.lower_bound == pytest.approx(lb, abs=1e-12)
                 assert c.upper_bound == pytest.approx(ub, abs=1e-12)
                 assert (c.p_value < alpha) == (c.verdict == "improved"), (case, c)
                 if c.se > 0 and g.se > 0:
-                    p1 = special.ndtr(-(c.difference - margin) / c.se)
-                    if c.estimator == "dr":
-                        p1 = max(p1, special.ndtr(-(g.difference - margin) / g.se))
-                    assert c.p_value == pytest.approx(min(1.0, m * p1), rel=1e-9, abs=1e-15)
+                    p1 = min(1.0, m * special.ndtr(-(c.difference - margin) / c.se))
+                    p_guard = special.ndtr(-(g.difference - margin) / g.se)   # unadjusted
+                    if c.estimator == "dr" and p_guard >= GUARD_LEVEL:
+                        p1 = max(p1, p_guard)
+                    assert c.p_value == pytest.approx(p1, rel=1e-9, abs=1e-15)
             if c.verdict == "worse":
                 assert c.upper_bound < 0
     # every verdict is exercised (the ESS floor in about 1 % of the comparisons)

@@ -284,7 +284,7 @@ def replay_compare(log: pd.DataFrame, config: ReplayConfig | None = None, *, cat
             "quality_floor": QualityFloor(relative=cfg.quality_relative, min_ess=cfg.min_ess)(q, base_q.value),
             "cost_efficiency": CostEfficiency(max_ratio=cfg.cost_max_ratio, alpha=cfg.alpha)(t, q, base_t, base_q),
         }
-        if "dr" in cfg.estimators and "ips" in cfg.estimators and results.groups:
+        if "dr" in cfg.estimators and results.groups:
             details["task_types"] = _task_gate(results, name, cfg.margin)
         gate_details[name] = details
         gates[name] = combine(*details.values(), gate=name)
