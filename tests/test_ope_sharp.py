@@ -13,7 +13,7 @@ heavy-tailed logger, propensities down to 1e-3) with :math:`\\mathrm{softmax}(q 
 
 One set of replications per environment (module fixtures) feeds every assertion:
 ``compare`` with one candidate (its lower bound is at alpha = 0.05) and the three
-estimators at once, guarded (the decision bound: SNIPS and DR bounded by IPS's, see
+estimators at once, guarded (the decision bound: SNIPS and DR never above IPS's 75 % bound, see
 ``compare``'s Notes) and unguarded (``guard=False``: each estimator's own t bound), and
 ``ips``/``dr`` for the value.
 
