@@ -317,8 +317,10 @@ def gate_evidence(report: CheckReport | Mapping[str, Any]) -> tuple[dict[str, di
     """A report as registry evidence: gate verdicts (one per check) and extra version tags.
 
     Each check becomes a verdict ``pass`` or ``fail`` (its detail as the reason); the
-    replay's one-sided lower bounds give ``ope.lower_bound``, the smallest of them, when
-    all are finite, and its ``margin`` gives ``ope.margin`` (the δ the registry's
+    replay's one-sided lower bound of the decision estimator
+    (:data:`~rtopt_lab.evidence.DECISION_ESTIMATORS`: guarded DR) gives ``ope.lower_bound``
+    when finite (a report without it: the smallest of its lower bounds), and its ``margin``
+    gives ``ope.margin`` (the δ the registry's
     shadow -> canary rule then requires the bound to exceed). ``report`` is a :class:`CheckReport` or its :meth:`~CheckReport.to_dict`
     (a JSON report read back).
     """
@@ -326,8 +328,12 @@ def gate_evidence(report: CheckReport | Mapping[str, Any]) -> tuple[dict[str, di
     checks = data.get("checks", [])
     verdicts = {c["name"]: {"status": "pass" if c["passed"] else "fail",
                             "reasons": [] if c["passed"] else [c.get("detail", "")]} for c in checks}
-    bounds = [float(v) for c in checks if c["name"] == "replay"
-              for k, v in c.get("figures", {}).items() if k.endswith("_lower_bound")]
+    from rtopt_lab.evidence import DECISION_ESTIMATORS
+
+    figs = [c.get("figures", {}) for c in checks if c["name"] == "replay"]
+    decided = [f"{e}_lower_bound" for e in DECISION_ESTIMATORS]
+    bounds = [float(v) for f in figs for k, v in f.items()
+              if (k in decided if any(d in f for d in decided) else k.endswith("_lower_bound"))]
     tags = {"ope.lower_bound": repr(min(bounds))} if bounds and all(math.isfinite(b) for b in bounds) else {}
     margins = [c.get("figures", {}).get("margin") for c in checks if c["name"] == "replay"]
     if tags and margins and margins[0] is not None:

@@ -124,6 +124,16 @@ def test_a_fitted_policy_against_itself_fails_replay(sim, logs, fitted):
     assert rep.checks[0].figures["dr_lower_bound"] == 0.0
 
 
+def test_registry_evidence_is_the_decision_estimators_bound():
+    """ope.lower_bound is guarded DR's (what the checks decide on), not IPS's own bound; a
+    report without a DR figure falls back to its smallest bound."""
+    replay = {"name": "replay", "passed": True, "figures": {"ips_lower_bound": -0.5, "dr_lower_bound": 0.02,
+                                                             "margin": 0.0}}
+    assert gate_evidence({"checks": [replay]})[1] == {"ope.lower_bound": "0.02", "ope.margin": "0.0"}
+    old = {"name": "replay", "passed": True, "figures": {"a_lower_bound": 0.3, "b_lower_bound": 0.1}}
+    assert gate_evidence({"checks": [old]})[1] == {"ope.lower_bound": "0.1"}
+
+
 def test_registry_and_rollout_refuse_a_copy_of_production(copy_report):
     _, tags = gate_evidence(copy_report)
     assert tags["ope.lower_bound"] == "0.0" and tags["ope.margin"] == "0.0"
