@@ -136,10 +136,9 @@ def results(layout: Layout, summary: _boot.Summary, wstats: WeightStats, *, ci: 
         d_lohi, lower, upper = q[:2], q[2], q[3]
         d_se = _boot.standard_errors(summary, diff, ci)
         p_up = _boot.p_values(summary, diff, ci, null=margin)     # H0: difference <= margin
+        adj_up = np.minimum(1.0, m * p_up)
         if guard is not None and e in GUARDED:   # never beyond IPS's one-sided 75 % bounds
             lower, upper = np.minimum(lower, guard[0][0]), np.maximum(upper, guard[0][1])
-        adj_up = np.minimum(1.0, m * p_up)
-        if guard is not None and e in GUARDED:
             binds = guard[1] >= GUARD_LEVEL      # IPS's 75 % bound <= margin: the guard decides
             adj_up = np.where(binds, np.maximum(adj_up, guard[1]), adj_up)
         # a candidate equal to the baseline row by row differs from it only by rounding
