@@ -330,10 +330,11 @@ def gate_evidence(report: CheckReport | Mapping[str, Any]) -> tuple[dict[str, di
                             "reasons": [] if c["passed"] else [c.get("detail", "")]} for c in checks}
     from rtopt_lab.evidence import DECISION_ESTIMATORS
 
-    figs = [c.get("figures", {}) for c in checks if c["name"] == "replay"]
     decided = [f"{e}_lower_bound" for e in DECISION_ESTIMATORS]
-    bounds = [float(v) for f in figs for k, v in f.items()
-              if (k in decided if any(d in f for d in decided) else k.endswith("_lower_bound"))]
+    bounds: list[float] = []
+    for f in (c.get("figures", {}) for c in checks if c["name"] == "replay"):
+        keys = [k for k in decided if k in f] or [k for k in f if k.endswith("_lower_bound")]
+        bounds += [float(f[k]) for k in keys]
     tags = {"ope.lower_bound": repr(min(bounds))} if bounds and all(math.isfinite(b) for b in bounds) else {}
     margins = [c.get("figures", {}).get("margin") for c in checks if c["name"] == "replay"]
     if tags and margins and margins[0] is not None:

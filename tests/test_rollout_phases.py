@@ -47,7 +47,7 @@ def test_promotes_one_phase_at_a_time_when_everything_holds():
         ("shadow", {"gates": "insufficient_evidence"}, "gates are insufficient_evidence"),
         ("shadow", {"ope_lower_bound": -0.001}, "off-policy lower bound of the improvement -0.001 <= margin 0"),
         ("shadow", {"ope_lower_bound": None}, "no off-policy lower bound"),
-        ("shadow", {"approval_required": True}, "tier-1 tasks need a recorded human approval"),
+        ("shadow", {"approval_required": True}, "tier-1 tasks need a named approver (recorded)"),
         ("canary", {"samples": 10}, "10 samples in canary < 2000"),
         ("canary", {"duration_s": 60}, "60 s in canary < 3600 s"),
         ("canary", {"slo": "insufficient"}, "SLO status is insufficient, not ok"),

@@ -230,7 +230,7 @@ def next_phase(phase: Phase | str, evidence: PhaseEvidence, config: PhaseConfig 
             reasons.append(f"off-policy lower bound of the improvement {ev.ope_lower_bound:.4g} "
                            f"<= margin {config.margin:g}")
         if ev.approval_required and not ev.approved:
-            reasons.append("tier-1 tasks need a recorded human approval before canary")
+            reasons.append("tier-1 tasks need a named approver (recorded) before canary")
     else:
         need_n = config.min_samples.get(phase, 0)
         need_t = config.min_duration_s.get(phase, 0.0)

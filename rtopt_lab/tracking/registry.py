@@ -521,15 +521,9 @@ def promotion_refusals(
     t = next_phase(Phase.parse(current), ev, config)
     if t.kind == "promote" and t.to is target:
         return []
-    out = []
-    for r in t.reasons:
-        if r.startswith("gates are") and _gate_reasons(tags):
-            r = f"{r}: {_gate_reasons(tags)}"
-        elif r.startswith("no off-policy"):
-            r += " (tag ope.lower_bound)"
-        elif r.startswith("tier-1"):
-            r = "tier-1 tasks need a named approver before canary (--approved-by)"
-        out.append(r)
+    hints = {"gates are": f": {_gate_reasons(tags)}" if _gate_reasons(tags) else "",
+             "no off-policy": " (tag ope.lower_bound)", "tier-1": " (--approved-by)"}
+    out = [r + next((h for p, h in hints.items() if r.startswith(p)), "") for r in t.reasons]
     if t.kind == "rollback":
         out.append("roll the version back instead (rtopt rollback)")
     elif evidence is None and current != Phase.SHADOW.value:
