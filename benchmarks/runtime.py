@@ -3,7 +3,7 @@
     python -m benchmarks.runtime [--quick] [--json] [--profile]
 
 Set-up: :class:`LLMParameterOptimizer` with a :class:`FixedPolicy` incumbent, a LinUCB
-candidate fitted on a simulated log, a :class:`RolloutManager` in canary (5 %), a
+candidate fitted on a simulated log, a :class:`~rtopt_lab.rollout.resolver.FixedRollout` in canary (5 %), a
 :class:`LogStore` with batched flushes (1,024 rows). Distinct contexts and request ids.
 
 - ``recommend_p50_us`` / ``recommend_p99_us``: one ``recommend_parameters`` call end to end
@@ -56,23 +56,13 @@ import numpy as np
 
 from benchmarks._common import emit, parser
 from benchmarks.policies import _features
-from rtopt_lab.compliance import BudgetTracker, ProvenanceLog
+from rtopt_lab.compliance import BudgetTracker
 from rtopt_lab.logstore import LogStore
 from rtopt_lab.optimizer import LLMParameterOptimizer
 from rtopt_lab.policies import FixedPolicy, LinUCB, fit_from_log
-from rtopt_lab.rollout.manager import RolloutManager
-from rtopt_lab.rollout.phases import PhaseConfig
+from rtopt_lab.rollout.resolver import FixedRollout
 from rtopt_lab.simulate import LLMTaskSimulator
 from rtopt_lab.types import TaskOutcome
-
-
-def _canary_manager(d: Path) -> RolloutManager:
-    cfg = PhaseConfig(min_samples={}, min_duration_s={}, cooldown_s=0.0)
-    mgr = RolloutManager(d / "rollout.json", ProvenanceLog(d / "provenance.jsonl"), config=cfg)
-    mgr.start("linucb-candidate", "fixed-incumbent")
-    t = mgr.step(gates="pass", slo="insufficient", ope_lower_bound=0.01)
-    assert mgr.phase.value == "canary", t
-    return mgr
 
 
 def _optimizer(
@@ -82,9 +72,7 @@ def _optimizer(
     if budget:  # a limit far away: every call reserves through the lease, every flush books
         tracker = BudgetTracker(d / "budget.sqlite", limits={}, default_limit=10**12)
     return LLMParameterOptimizer(
-        incumbent=FixedPolicy(sim.catalog),
-        candidate=candidate,
-        rollout=_canary_manager(d),
+        rollout=FixedRollout(FixedPolicy(sim.catalog), candidate, "canary"),
         log_store=LogStore(d / "log"),
         budget=tracker,
         log_batch=1024,

@@ -2,10 +2,14 @@
 
 :class:`LLMParameterOptimizer` embeds everything a service needs in-process:
 
-- **assignment**: the rollout manager's deterministic hash of the request id decides
-  whether the candidate or the incumbent serves; in shadow the incumbent always serves,
-  and the candidate's action distribution is computed and logged for counterfactual
-  evaluation;
+- **assignment**: the rollout (a :class:`~rtopt_lab.rollout.resolver.PolicyResolver`
+  following the registry's aliases, or a :class:`~rtopt_lab.rollout.resolver.FixedRollout`)
+  gives the incumbent, the candidate, its phase and share; the deterministic hash of the
+  request id (:mod:`rtopt_lab.rollout.assign`) decides which of the two serves; in shadow
+  the incumbent always serves, and the candidate's exact action distribution on the
+  request is logged beside it. Every decision under a rollout writes a rollout row
+  (phase, share, versions, who served) to ``<log>/_rollout``, from which
+  :func:`rtopt_lab.rollout.live.rollout_evidence` builds the live evidence;
 - **masks**: the trust region around the incumbent's arm, the risk tier's compliance
   rules and the caller's constraints; the answer is always inside them;
 - **budget**: the tokens a call may spend (the arm's ``max_tokens`` plus the prompt) are
@@ -23,8 +27,10 @@
   the tier-1 rules, the caller's constraints, the budget); when no arm is allowed the
   answer has ``blocked=True`` and the caller must not call the LLM;
 - **learning and monitoring**: ``record_outcome`` computes the reward, updates the serving
-  policy online (optional), feeds the SLO monitor, counts the candidate's samples for the
-  rollout; a duplicate outcome for a request is ignored.
+  policy online (optional) and feeds the in-process SLO monitor (optional); a duplicate
+  outcome for a request is ignored. Promotions and rollbacks are not the optimizer's:
+  the controller (``rtopt rollout step``) decides them from the log, and the resolver
+  brings them to every service.
 
 ``recommend_parameters`` never raises. All methods are safe across threads.
 """
@@ -37,7 +43,7 @@ import math
 import threading
 import uuid
 import weakref
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,6 +66,7 @@ from rtopt_lab.runtime_log import (
     outcome_record,
     outcome_row,
     recover_journals,
+    rollout_row,
     write_rows,
 )
 from rtopt_lab.types import SelectionResult, TaskFeatures, TaskOutcome
@@ -122,6 +129,16 @@ class _Pending:
     row: dict[str, Any]  # the decision's log-row columns
     reserved: int  # tokens reserved in the budget (0: none)
     seq: int  # the journal segment holding its decision record (-1: no journal)
+    rollout: dict[str, Any] | None = None  # its rollout row's fields (None: no rollout)
+    policy: Any = None  # the policy that chose (for online learning)
+
+
+@dataclass(frozen=True, slots=True)
+class _Static:
+    """No rollout: the incumbent serves everything."""
+
+    incumbent: Any
+    candidate: Any = None
 
 
 def _text_ok(f: TaskFeatures) -> bool:
@@ -150,11 +167,12 @@ class LLMParameterOptimizer:
 
     Parameters
     ----------
-    incumbent : policy
+    incumbent : policy, optional
         The production (general) policy; serves whenever the candidate does not.
-    candidate : policy, optional
-    rollout : RolloutManager, optional
-        Decides the candidate's share; without one the incumbent serves everything.
+        Optional with a ``rollout`` (then the rollout's incumbent).
+    rollout : PolicyResolver or FixedRollout, optional
+        Gives the policies, the candidate's phase and share per request
+        (:meth:`snapshot`); without one the incumbent serves everything.
     reward_fn : RewardFunction, default RewardFunction()
     log_store : LogStore, optional
         Where decisions joined with outcomes go (in batches of ``log_batch``); with it,
@@ -178,9 +196,6 @@ class LLMParameterOptimizer:
         Prompt tokens reserved for a request whose features give no ``prompt_tokens``.
         The reservation is ``max_tokens + prompt``; a call that spends more than it
         reserved is booked all the same at settlement.
-    shadow_keep : int, default 10_000
-        Most recent shadow decisions kept in :attr:`shadow_log` (every one is also
-        written to the decision log's ``_shadow`` folder at ``flush``).
     lease_block : int, default 20_000
         Tokens a lease takes from the ledger at a time (smaller near the limit).
     """
@@ -188,8 +203,7 @@ class LLMParameterOptimizer:
     def __init__(
         self,
         *,
-        incumbent: BasePolicy,
-        candidate: BasePolicy | None = None,
+        incumbent: BasePolicy | None = None,
         rollout: Any = None,
         reward_fn: RewardFunction | None = None,
         log_store: LogStore | None = None,
@@ -203,22 +217,27 @@ class LLMParameterOptimizer:
         journal: bool | str | Path = True,
         journal_fsync: bool = False,
         prompt_allowance: int = 512,
-        shadow_keep: int = 10_000,
         lease_block: int = 20_000,
     ):
-        if candidate is not None and candidate.catalog != incumbent.catalog:
-            raise ValueError("`candidate` and `incumbent` must share one arm catalog")
+        if rollout is not None and not callable(getattr(rollout, "snapshot", None)):
+            raise TypeError(f"`rollout` must be a PolicyResolver or FixedRollout; got {type(rollout).__name__}")
+        if incumbent is None:
+            if rollout is None:
+                raise ValueError("give an `incumbent` or a `rollout` that has one")
+            incumbent = rollout.snapshot().incumbent
+        candidate = rollout.snapshot().candidate if rollout is not None else None
+        if candidate is not None and candidate.catalog.arm_ids != incumbent.catalog.arm_ids:
+            raise ValueError("the rollout's candidate and `incumbent` must share one arm catalog")
         for name, v, lo in (
             ("log_batch", log_batch, 1),
             ("prompt_allowance", prompt_allowance, 0),
-            ("shadow_keep", shadow_keep, 0),
             ("lease_block", lease_block, 1),
         ):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"`{name}` must be an int; got {v!r}")
             if v < lo:
                 raise ValueError(f"`{name}` must be >= {lo}; got {v!r}")
-        self.incumbent, self.candidate, self.rollout = incumbent, candidate, rollout
+        self.incumbent, self.rollout = incumbent, rollout
         self.catalog = incumbent.catalog
         self.reward_fn = reward_fn or RewardFunction()
         self.log_store, self.budget, self.slo = log_store, budget, slo
@@ -241,13 +260,11 @@ class LLMParameterOptimizer:
         self._buffer_seqs: list[int] = []  # segment of each buffered row's decision record
         self._open: dict[int, int] = {}  # segment -> its decisions not yet in the log store
         self._closed_segments: set[int] = set()  # rotated away, not yet deleted
-        self._shadow_rows: list[dict[str, Any]] = []
+        self._rollout_rows: list[dict[str, Any]] = []
         self._unwritten: list[
             tuple[int | None, list[dict[str, Any]], list[dict[str, Any]], list[int]]
         ] = []
-        self._candidate_samples = 0
         self._closed = False
-        self.shadow_log: deque[tuple[str, str, np.ndarray]] = deque(maxlen=shadow_keep)
         self.last_recovery: RecoveryReport | None = None
         self._journal: OutcomeJournal | None = None
         if log_store is not None and journal is not False:
@@ -257,6 +274,11 @@ class LLMParameterOptimizer:
         owner = self._journal.owner if self._journal is not None else f"mem-{uuid.uuid4().hex[:12]}"
         self._lease = budget.open_lease(owner, block=lease_block) if budget is not None else None
         atexit.register(_close_at_exit, weakref.ref(self))
+
+    def _snapshot(self) -> Any:
+        if self.rollout is None:
+            return _Static(self.incumbent)
+        return self.rollout.snapshot()
 
     # ------------------------------------------------------------------ masks
     def _constraint_mask(self, constraints: Any) -> np.ndarray:
@@ -337,8 +359,10 @@ class LLMParameterOptimizer:
         reused = self._reused(rid, features, task_type)
         if reused is not None:
             return reused
-        x = featurize(features, self.incumbent.spec)
-        inc_arm = int(self.incumbent.action_dist(x[None, :]).argmax())
+        snap = self._snapshot()
+        incumbent = snap.incumbent
+        x = featurize(features, incumbent.spec)
+        inc_arm = int(incumbent.action_dist(x[None, :]).argmax())
         mask = (
             self._trust[inc_arm]
             & self._tier_masks[features.risk_tier]
@@ -352,20 +376,31 @@ class LLMParameterOptimizer:
                 "constraints: do not call",
                 features,
             )
-        served, policy, phase = "incumbent", self.incumbent, None
-        if self.rollout is not None and self.candidate is not None:
-            phase = self.rollout.phase.value
-            if phase != "shadow" and rid is not None and self.rollout.assign(rid) == "candidate":
-                served, policy = "candidate", self.candidate
+        served, policy, phase = "incumbent", incumbent, None
+        candidate = snap.candidate
+        if candidate is not None:
+            phase = snap.phase
+            if rid is not None and snap.assign(rid) == "candidate":
+                served, policy = "candidate", candidate
         res, note = self._select_within_budget(policy, features, rid, mask)
         if res is None:
             return self._blocked(task_type, rid, note, features)
-        shadow = None
-        if phase == "shadow":
-            fp = np.array([context_fingerprint(features)], dtype=np.uint64)
-            key = self.candidate.request_keys(fp, [res.request_id])
-            dist = self.candidate.action_dist(x[None, :], mask[None, :], keys=key)[0]
-            shadow = (self.candidate.version, dist)
+        info = None
+        if candidate is not None:
+            info = {
+                "served_arm_index": self.catalog.index(res.arm_id),
+                "arm": served if rid is not None else "unassigned",
+                "phase": phase,
+                "share": snap.share,
+                "model": snap.model,
+                "candidate_version": snap.candidate_version,
+                "incumbent_version": snap.incumbent_version,
+                "action_dist": None,
+            }
+            if phase == "shadow":
+                fp = np.array([context_fingerprint(features)], dtype=np.uint64)
+                key = candidate.request_keys(fp, [res.request_id])
+                info["action_dist"] = candidate.action_dist(x[None, :], mask[None, :], keys=key)[0].tolist()
         res = SelectionResult(
             request_id=res.request_id,
             arm_id=res.arm_id,
@@ -376,7 +411,7 @@ class LLMParameterOptimizer:
             phase=phase,
             reason=res.reason or note,
         )
-        return self._commit(res, features, x, served, shadow)
+        return self._commit(res, features, x, served, info, policy=policy)
 
     def _reused(self, rid: str | None, f: TaskFeatures, task_type: Any) -> SelectionResult | None:
         """The answer for a request id already in use: the same answer for the same
@@ -479,7 +514,7 @@ class LLMParameterOptimizer:
             arm_id=self.catalog.arm_ids[k],
             params=self.catalog.params[k],
             propensity=1.0,
-            policy_version=self.incumbent.version,
+            policy_version=self._snapshot().incumbent.version,
             reason=reason[:300],
         )
         return self._commit(res, f, None, "incumbent", None)
@@ -506,7 +541,7 @@ class LLMParameterOptimizer:
             arm_id=self.catalog.arm_ids[k],
             params=self.catalog.params[k],
             propensity=1.0,
-            policy_version=self.incumbent.version,
+            policy_version=self._snapshot().incumbent.version,
             reason=reason[:300],
             blocked=True,
         )
@@ -531,9 +566,10 @@ class LLMParameterOptimizer:
         f: TaskFeatures,
         x: np.ndarray | None,
         served: str,
-        shadow: tuple[str, np.ndarray] | None,
+        rollout: dict[str, Any] | None,
         *,
         reserved: int | None = None,
+        policy: Any = None,
     ) -> SelectionResult:
         """Journal the decision, remember it as pending, return it."""
         if reserved is None:
@@ -549,8 +585,8 @@ class LLMParameterOptimizer:
             "task": f.task_type,
             "blocked": res.blocked,
         }
-        if shadow is not None:
-            line["shadow"] = {"version": shadow[0], "dist": shadow[1].tolist()}
+        if rollout is not None:
+            line["rollout"] = rollout
         data = OutcomeJournal.encode(line) if self._journal is not None else b""
         with self._lock:  # one os.write under the lock: the segment and its count agree
             seq = -1
@@ -568,19 +604,7 @@ class LLMParameterOptimizer:
                 self._close_decision(old.seq)
                 if old.reserved and self._lease is not None and not reserved:
                     self._lease.settle(res.request_id, old.reserved)  # its call may have happened
-            self._pending[res.request_id] = _Pending(f, x, res, served, row, reserved, seq)
-            if shadow is not None:
-                self.shadow_log.append((res.request_id, shadow[0], shadow[1]))
-                self._shadow_rows.append(
-                    {
-                        "request_id": res.request_id,
-                        "timestamp": row["timestamp"],
-                        "task_type": f.task_type,
-                        "served_arm_id": res.arm_id,
-                        "candidate_version": shadow[0],
-                        "action_dist": shadow[1].tolist(),
-                    }
-                )
+            self._pending[res.request_id] = _Pending(f, x, res, served, row, reserved, seq, rollout, policy)
             while (
                 len(self._pending) > _MAX_PENDING
             ):  # the oldest never came back: book what it reserved
@@ -636,17 +660,18 @@ class LLMParameterOptimizer:
             self._buffer.append({**p.row, **orow})
             self._buffer_seqs.append(p.seq)
             r = p.result
-            if self.learn_online and p.x is not None:
-                policy = self.candidate if p.served_by == "candidate" else self.incumbent
-                policy.update(p.x, np.array([self.catalog.index(r.arm_id)]), np.array([rr.reward]))
+            if p.rollout is not None:
+                self._rollout_rows.append(
+                    rollout_row(rid, p.row["timestamp"], p.features.task_type, r.arm_id, p.rollout)
+                )
+            if self.learn_online and p.x is not None and hasattr(p.policy, "update"):
+                p.policy.update(p.x, np.array([self.catalog.index(r.arm_id)]), np.array([rr.reward]))
             if self.slo is not None:
                 self.slo.observe(
                     "candidate" if p.served_by == "candidate" else "baseline",
                     outcome.latency_ms,
                     outcome.quality,
                 )
-            if p.served_by == "candidate":
-                self._candidate_samples += 1
             full = len(self._buffer) >= self.log_batch
         if full:
             self.flush()
@@ -680,37 +705,32 @@ class LLMParameterOptimizer:
         """
         with self._flush_lock:
             with self._lock:
-                if self._buffer or self._shadow_rows:
+                if self._buffer or self._rollout_rows:
                     seq = None  # rotate first: if it fails, nothing has left the buffer
                     if self._journal is not None:
                         seq, _ = self._journal.rotate()
                         self._closed_segments.add(seq)
                     self._unwritten.append(
-                        (seq, self._buffer, self._shadow_rows, self._buffer_seqs)
+                        (seq, self._buffer, self._rollout_rows, self._buffer_seqs)
                     )
-                    self._buffer, self._shadow_rows, self._buffer_seqs = [], [], []
-                samples, self._candidate_samples = self._candidate_samples, 0
+                    self._buffer, self._rollout_rows, self._buffer_seqs = [], [], []
             written = 0
-            try:
-                while self._unwritten:
-                    seq, rows, shadow_rows, dseqs = self._unwritten[0]
-                    if self.log_store is not None:
-                        segment = None if seq is None else f"{self._journal.owner}-{seq:06d}"
-                        written += write_rows(
-                            self.log_store, rows, shadow_rows, catalog=self.catalog, segment=segment
-                        )
-                    if self._lease is not None:
-                        self._lease.flush()
-                    with self._lock:
-                        self._unwritten.pop(0)
-                        for d in dseqs:
-                            self._close_decision(d)
-                    self._remove_segments()
+            while self._unwritten:
+                seq, rows, rollout_rows, dseqs = self._unwritten[0]
+                if self.log_store is not None:
+                    segment = None if seq is None else f"{self._journal.owner}-{seq:06d}"
+                    written += write_rows(
+                        self.log_store, rows, rollout_rows, catalog=self.catalog, segment=segment
+                    )
                 if self._lease is not None:
                     self._lease.flush()
-            finally:
-                if samples and self.rollout is not None:
-                    self.rollout.add_samples(samples)
+                with self._lock:
+                    self._unwritten.pop(0)
+                    for d in dseqs:
+                        self._close_decision(d)
+                self._remove_segments()
+            if self._lease is not None:
+                self._lease.flush()
         return written
 
     def _remove_segments(self) -> None:

@@ -30,25 +30,42 @@ from rtopt_lab.logstore import LOG_SCHEMA
 from rtopt_lab.types import SelectionResult, TaskFeatures, TaskOutcome
 
 __all__ = [
-    "SHADOW_SCHEMA",
+    "ROLLOUT_SCHEMA",
     "RecoveryReport",
     "decision_row",
     "outcome_row",
     "recover_journals",
+    "rollout_row",
     "write_rows",
 ]
 
-#: Shadow decisions: which candidate version would have served, with its exact distribution.
-SHADOW_SCHEMA = pa.schema(
+#: One row per decision made under a rollout (``<log>/_rollout/``): the phase, the
+#: candidate's share, which of the two served (``candidate``/``incumbent``), the registry
+#: versions, the served arm's catalog index, and in shadow the candidate's exact action
+#: distribution on the request (what it would have served).
+ROLLOUT_SCHEMA = pa.schema(
     [
         pa.field("request_id", pa.string(), nullable=False),
         ("timestamp", pa.timestamp("us", tz="UTC")),
         ("task_type", pa.string()),
         ("served_arm_id", pa.string()),
+        ("served_arm_index", pa.int32()),
+        ("arm", pa.string()),
+        ("phase", pa.string()),
+        ("share", pa.float64()),
+        ("model", pa.string()),
         ("candidate_version", pa.string()),
+        ("incumbent_version", pa.string()),
         ("action_dist", pa.list_(pa.float64())),
     ]
 )
+
+
+def rollout_row(rid: str, timestamp: Any, task_type: str, arm_id: str, info: dict[str, Any]) -> dict[str, Any]:
+    """The rollout row of one decision (``info``: what the optimizer journaled)."""
+    return {"request_id": rid, "timestamp": timestamp, "task_type": task_type, "served_arm_id": arm_id,
+            **{k: info.get(k) for k in ("served_arm_index", "arm", "phase", "share", "model",
+                                        "candidate_version", "incumbent_version", "action_dist")}}
 
 _OUTCOME_COLUMNS = (
     "quality",
@@ -141,29 +158,31 @@ def _atomic_parquet(table: pa.Table, path: Path) -> bool:
 def write_rows(
     store: Any,
     rows: Sequence[dict[str, Any]],
-    shadow: Sequence[dict[str, Any]] = (),
+    rollout: Sequence[dict[str, Any]] = (),
     *,
     catalog: Any = None,
     segment: str | None = None,
 ) -> int:
-    """Append completed rows (and shadow rows) to ``store``; returns the rows written.
+    """Append completed rows (and their rollout rows) to ``store``; returns the rows written.
 
     With ``segment`` the write is idempotent: a segment already in the store is skipped.
-    Shadow rows go to ``<store>/_shadow/shadow-<segment>.parquet``.
+    Rollout rows go to ``<store>/_rollout/rollout-<segment>.parquet``, written before the
+    decision rows (a row in the log always has its rollout row; the reverse, after a crash
+    between the two, is harmless: the evidence joins the two).
     """
     written = 0
+    if rollout:
+        name = f"rollout-{segment or uuid.uuid4().hex}.parquet"
+        _atomic_parquet(
+            pa.Table.from_pylist(list(rollout), schema=ROLLOUT_SCHEMA),
+            Path(store.root) / "_rollout" / name,
+        )
     if rows:
         try:  # the fast path: one Arrow conversion of the whole batch
             batch: Any = pa.Table.from_pylist(list(rows), schema=LOG_SCHEMA)
         except (pa.ArrowException, ValueError, TypeError, UnicodeError):
             batch = list(rows)  # cell by cell: a bad cell quarantines its row, not the batch
         written = store.append(batch, known_arms=catalog, segment=segment).rows_written
-    if shadow:
-        name = f"shadow-{segment or uuid.uuid4().hex}.parquet"
-        _atomic_parquet(
-            pa.Table.from_pylist(list(shadow), schema=SHADOW_SCHEMA),
-            Path(store.root) / "_shadow" / name,
-        )
     return written
 
 
@@ -229,17 +248,11 @@ def recover_journals(
                     elif kind == "o" and rid in open_d:
                         d = open_d.pop(rid)
                         done.append(_restore({**d["row"], **rec["o"]}))
-                        if d.get("shadow"):
+                        if d.get("rollout"):
                             shadow.append(
                                 _restore(
-                                    {
-                                        "request_id": rid,
-                                        "timestamp": d["row"]["timestamp"],
-                                        "task_type": d["task"],
-                                        "served_arm_id": d["row"]["arm_id"],
-                                        "candidate_version": d["shadow"]["version"],
-                                        "action_dist": d["shadow"]["dist"],
-                                    }
+                                    rollout_row(rid, d["row"]["timestamp"], d["task"], d["row"]["arm_id"],
+                                                d["rollout"])
                                 )
                             )
                         spends.append(

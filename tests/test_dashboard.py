@@ -28,8 +28,6 @@ from rtopt_lab.features import DEFAULT_SPEC, featurize_frame
 from rtopt_lab.gates import GateVerdict, combine
 from rtopt_lab.ope import evaluate
 from rtopt_lab.policies import FixedPolicy, LinUCB, fit_from_log
-from rtopt_lab.rollout.manager import RolloutManager
-from rtopt_lab.rollout.phases import PhaseConfig
 from rtopt_lab.simulate import DEFAULT_PROFILES, LLMTaskSimulator
 
 
@@ -349,31 +347,28 @@ class _Clock:
         return datetime.fromtimestamp(self.t, UTC)
 
 
-GOOD = dict(gates="pass", slo="ok", ope_lower_bound=0.02, online_lower_bound=0.01)
-
-
 @pytest.fixture
 def rollout(tmp_path):
-    """A real rollout: shadow -> canary -> guarded -> rollback to canary -> guarded."""
+    """A rollout as the controller records it: shadow -> canary -> guarded -> rollback to canary
+    -> guarded (records shaped like the registry's moves, on an injected clock)."""
     clock = _Clock()
     prov = ProvenanceLog(tmp_path / "prov.jsonl", clock=clock.dt)
-    m = RolloutManager(tmp_path / "state.json", prov, clock=clock,
-                       config=PhaseConfig(min_samples={"canary": 10, "guarded": 10},
-                                          min_duration_s={"canary": 60, "guarded": 60}, cooldown_s=30))
-    m.start("linucb-v2", "prod-v1")
+
+    def move(action, frm, to, reason, dt):
+        clock.t += dt
+        prov.append(actor="rollout-controller", action=action, policy_version="linucb-v2", reason=reason,
+                    evidence={"model": "m", "version": "2", "from": frm, "to": to, "at": clock.t})
+
+    prov.append(actor="bob", action="config_change", policy_version="linucb-v2", reason="candidate entered shadow",
+                evidence={"phase": "shadow", "incumbent": "prod-v1"})
     clock.t += 3600
-    m.approve("alice", "reviewed the OPE report")
-    assert m.step(**GOOD).kind == "promote"
-    m.add_samples(50)
-    clock.t += 3600
-    assert m.step(**GOOD).kind == "promote"
-    clock.t += 1800
-    assert m.step(gates="pass", slo="breach").kind == "rollback"
-    assert m.step(**GOOD).kind == "hold"                     # cool-down: no flapping
-    m.add_samples(50)
-    clock.t += 7200
-    assert m.step(**GOOD).kind == "promote"
-    return m, prov, tmp_path
+    prov.append(actor="alice", action="approve", policy_version="linucb-v2", reason="reviewed the OPE report",
+                evidence={"phase": "shadow"})
+    move("promote", "shadow", "canary", "shadow -> canary: every condition holds", 0)
+    move("promote", "canary", "guarded", "canary -> guarded: every condition holds", 3600)
+    move("rollback", "guarded", "canary", "SLO breach in guarded: back to canary", 1800)
+    move("promote", "canary", "guarded", "canary -> guarded: every condition holds", 7200)
+    return None, prov, tmp_path
 
 
 def test_provenance_timeline_of_a_real_rollout(rollout):
@@ -395,26 +390,8 @@ def test_provenance_timeline_of_a_real_rollout(rollout):
     assert s.since == t["time"].iloc[-1]
 
 
-def test_state_timeline_matches_provenance(rollout):
-    m, prov, tmp_path = rollout
-    st_ = d.state_timeline(m)
-    pv = d.provenance_timeline(prov)
-    moves = pv.loc[pv["event"].isin(["promote", "rollback"])].reset_index(drop=True)
-    assert st_["hash"].tolist() == moves["hash"].tolist()
-    assert st_["time"].tolist() == moves["time"].tolist()
-    assert st_[["event", "from_phase", "to_phase", "phase"]].equals(moves[["event", "from_phase", "to_phase", "phase"]])
-    pd.testing.assert_frame_equal(st_, d.state_timeline(tmp_path / "state.json"))
-    pd.testing.assert_frame_equal(st_, d.state_timeline(m.state))
-    assert d.rollout_status(st_).phase == "guarded"
-
-
-def test_state_timeline_before_any_transition(tmp_path):
-    m = RolloutManager(tmp_path / "s.json", ProvenanceLog(tmp_path / "p.jsonl"), clock=lambda: 1000.0)
-    m.start("v2", "v1")
-    t = d.state_timeline(m)
-    assert t["event"].tolist() == ["start"] and t["phase"].tolist() == ["shadow"]
-    with pytest.raises(TypeError, match="`state` must be a RolloutManager"):
-        d.state_timeline(42)
+def test_rollout_status_names_an_unknown_version(rollout):
+    t = d.provenance_timeline(rollout[1])
     with pytest.raises(ValueError, match="`policy_version` 'nope' is not in the timeline"):
         d.rollout_status(t, "nope")
 
@@ -458,13 +435,12 @@ def figures(sim, log, results, dists, tmp_path_factory):
     path = tmp_path_factory.mktemp("prov") / "p.jsonl"
     clock = _Clock()
     prov = ProvenanceLog(path, clock=clock.dt)
-    m = RolloutManager(path.with_name("s.json"), prov, clock=clock,
-                       config=PhaseConfig(min_samples={"canary": 0, "guarded": 0}, cooldown_s=0,
-                                          min_duration_s={"canary": 0, "guarded": 0}))
-    m.start("v2", "v1")
-    m.step(**GOOD)
-    clock.t += 60
-    m.step(gates="pass", slo="breach")
+    prov.append(actor="bob", action="config_change", policy_version="v2", reason="candidate entered shadow",
+                evidence={"phase": "shadow", "incumbent": "v1"})
+    for action, frm, to in (("promote", "shadow", "canary"), ("rollback", "canary", "shadow")):
+        clock.t += 60
+        prov.append(actor="rollout-controller", action=action, policy_version="v2", reason=f"{frm} -> {to}",
+                    evidence={"from": frm, "to": to, "at": clock.t})
     return {
         "OPE forest plot": d.forest_plot(results),
         "Pareto front of arms": d.pareto_plot(pts),

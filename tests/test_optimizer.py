@@ -9,12 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from rtopt_lab.compliance import BudgetTracker, ProvenanceLog
+from rtopt_lab.compliance import BudgetTracker
 from rtopt_lab.logstore import LogStore
 from rtopt_lab.optimizer import LLMParameterOptimizer, OptimizationConstraints
 from rtopt_lab.policies import FixedPolicy, LinUCB, fit_from_log
-from rtopt_lab.rollout.manager import RolloutManager
-from rtopt_lab.rollout.phases import PhaseConfig
+from rtopt_lab.rollout.resolver import FixedRollout
 from rtopt_lab.types import TaskFeatures, TaskOutcome
 
 OUT = TaskOutcome(
@@ -51,11 +50,7 @@ def test_incumbent_serves_and_outcomes_are_logged_once(sim, tmp_path):
 
 
 def test_masks_trust_region_tiers_and_constraints(sim, candidate, tmp_path):
-    opt = LLMParameterOptimizer(
-        incumbent=FixedPolicy(sim.catalog),
-        candidate=candidate,
-        rollout=_rollout(tmp_path, "guarded"),
-    )
+    opt = LLMParameterOptimizer(rollout=FixedRollout(FixedPolicy(sim.catalog), candidate, "guarded"))
     cat = sim.catalog
     base = cat.index("t0.60-p1.00-m600")
     inside = cat.trust_region()[base]
@@ -73,56 +68,32 @@ def test_masks_trust_region_tiers_and_constraints(sim, candidate, tmp_path):
         assert r.params.max_tokens <= 400 and r.params.temperature <= 0.5
 
 
-def _rollout(tmp_path, phase):
-    m = RolloutManager(
-        tmp_path / "state.json",
-        ProvenanceLog(tmp_path / "prov.jsonl"),
-        config=PhaseConfig(
-            min_samples={"canary": 0, "guarded": 0},
-            min_duration_s={"canary": 0, "guarded": 0},
-            cooldown_s=0,
-        ),
-    )
-    m.start("cand", "prod")
-    good = dict(gates="pass", slo="ok", ope_lower_bound=0.1, online_lower_bound=0.1)
-    while m.phase.value != phase:
-        m.step(**good)
-    return m
-
-
-def test_rollout_assignment_and_shadow_logging(sim, candidate, tmp_path):
+def test_rollout_assignment_and_rollout_rows(sim, candidate, tmp_path):
     store = LogStore(tmp_path / "log")
-    shadow = LLMParameterOptimizer(
-        incumbent=FixedPolicy(sim.catalog),
-        candidate=candidate,
-        rollout=_rollout(tmp_path / "a", "shadow"),
-        log_store=store,
-        shadow_keep=150,
-    )
+    inc = FixedPolicy(sim.catalog)
+    shadow = LLMParameterOptimizer(rollout=FixedRollout(inc, candidate, "shadow"), log_store=store)
     for i in range(200):
         r = shadow.recommend_parameters(
             "brainstorming", _feat(i, task="brainstorming"), request_id=f"s{i}"
         )
-        assert r.phase == "shadow" and r.policy_version == shadow.incumbent.version
-        shadow.record_outcome(r.request_id, OUT)
-    assert len(shadow.shadow_log) == 150  # bounded in memory; every one persisted at flush
+        assert r.phase == "shadow" and r.policy_version == inc.version
+        if i < 150:
+            shadow.record_outcome(r.request_id, OUT)
     shadow.flush()
-    persisted = pq.read_table(store.root / "_shadow")
-    assert persisted.num_rows == 200 and set(persisted.column("candidate_version").to_pylist()) == {
+    persisted = pq.read_table(store.root / "_rollout")
+    # one rollout row per completed decision: the 50 without an outcome come with their outcome
+    assert persisted.num_rows == 150 and set(persisted.column("candidate_version").to_pylist()) == {
         candidate.version
     }
-    assert len(store) == 200  # the shadow folder is not read as decisions
-    _, version, dist = shadow.shadow_log[0]
-    assert (
-        version == candidate.version
-        and dist.shape == (len(sim.catalog),)
-        and dist.sum() == pytest.approx(1)
-    )
-    guarded = LLMParameterOptimizer(
-        incumbent=FixedPolicy(sim.catalog),
-        candidate=candidate,
-        rollout=_rollout(tmp_path / "b", "guarded"),
-    )
+    assert set(persisted.column("arm").to_pylist()) == {"incumbent"}
+    assert set(persisted.column("phase").to_pylist()) == {"shadow"}
+    assert len(store) == 150  # the rollout folder is not read as decisions
+    dist = np.array(persisted.column("action_dist").to_pylist()[0])
+    assert dist.shape == (len(sim.catalog),) and dist.sum() == pytest.approx(1)
+    idx = persisted.column("served_arm_index").to_pylist()
+    assert [sim.catalog.arm_ids[k] for k in idx] == persisted.column("served_arm_id").to_pylist()
+    guarded = LLMParameterOptimizer(rollout=FixedRollout(inc, candidate, "guarded"),
+                                    log_store=LogStore(tmp_path / "g"))
     served = [
         guarded.recommend_parameters(
             "brainstorming", _feat(i, task="brainstorming"), request_id=f"g{i}"
@@ -134,7 +105,9 @@ def test_rollout_assignment_and_shadow_logging(sim, candidate, tmp_path):
     for i in range(200):
         guarded.record_outcome(f"g{i}", OUT)
     guarded.flush()
-    assert guarded.rollout.state.samples == sum(v == candidate.version for v in served[:200])
+    rows = pq.read_table(tmp_path / "g" / "_rollout").to_pandas()
+    assert (rows["arm"] == "candidate").sum() == sum(v == candidate.version for v in served[:200])
+    assert set(rows["share"]) == {0.25} and rows["action_dist"].isna().all()
 
 
 def test_budget_reserves_falls_back_to_cheaper_arms_then_blocks(sim, tmp_path):

@@ -22,9 +22,9 @@ from rtopt_lab.gates import Compliance
 from rtopt_lab.hashing import safe_request_id
 from rtopt_lab.optimizer import LLMParameterOptimizer, OptimizationConstraints
 from rtopt_lab.policies import FixedPolicy, LinUCB, fit_from_log
+from rtopt_lab.rollout.resolver import FixedRollout
 from rtopt_lab.types import TaskFeatures, TaskOutcome
 from tests.strategies import hostile_features, hostile_request_ids, task_types
-from tests.test_optimizer import _rollout
 
 OUT = TaskOutcome(quality=0.5, latency_ms=100.0, prompt_tokens=10, completion_tokens=10)
 SETTINGS = settings(
@@ -39,12 +39,12 @@ SETTINGS = settings(
 @pytest.fixture(scope="module")
 def world(sim, tmp_path_factory):
     cand = fit_from_log(LinUCB(sim.catalog), sim.simulate_log(3_000, seed=3))
-    rollout = _rollout(tmp_path_factory.mktemp("rules"), "guarded")
     inc = FixedPolicy(sim.catalog)
+    rollout = FixedRollout(inc, cand, "guarded")
     return (
         sim.catalog,
         inc,
-        lambda: LLMParameterOptimizer(incumbent=inc, candidate=cand, rollout=rollout),
+        lambda: LLMParameterOptimizer(rollout=rollout),
     )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _evidence import LIVE_OK
+from _evidence import LIVE_OK, SHADOW_OK
 
 from rtopt_lab.cli import main
 from rtopt_lab.compliance import ProvenanceLog, verify
@@ -26,6 +26,7 @@ from rtopt_lab.gates import Compliance
 from rtopt_lab.ope import evaluate
 from rtopt_lab.policies import Constrained, FixedPolicy, LinUCB, ThompsonGaussian
 from rtopt_lab.policies.learning import fit_from_log
+from rtopt_lab.rollout.phases import PhaseEvidence
 from rtopt_lab.serving import FEATURE_COLUMNS, select_frame
 from rtopt_lab.tracking import (
     MODEL_NAME,
@@ -178,19 +179,24 @@ def test_version_tags_carry_ope_gates_and_provenance_head(sim, store, fitted):
 def test_promotion_rules_refuse_skips_failed_gates_and_missing_approval():
     ok = {"gates.status": "pass", "ope.lower_bound": "0.01"}
     assert promotion_refusals(None, "shadow", ok) == []
-    assert promotion_refusals("shadow", "canary", ok) == []
+    assert promotion_refusals("shadow", "canary", ok, evidence=SHADOW_OK) == []
+    assert any("no live evidence of shadow" in r for r in promotion_refusals("shadow", "canary", ok))
     assert promotion_refusals("canary", "guarded", ok, evidence=LIVE_OK) == []
     assert any("never skipped" in r for r in promotion_refusals("shadow", "guarded", ok))
     assert any("never skipped" in r for r in promotion_refusals(None, "canary", ok))
     assert any("already general" in r for r in promotion_refusals("general", "general", ok))
     assert any("a gate failed" in r for r in promotion_refusals(None, "shadow", {"gates.status": "fail"}))
     assert promotion_refusals(None, "shadow", {"gates.status": "insufficient_evidence"}) == []
-    assert any("not pass" in r for r in promotion_refusals("shadow", "canary", {**ok, "gates.status": "error"}))
-    assert any("<= margin 0" in r for r in promotion_refusals("shadow", "canary", {**ok, "ope.lower_bound": "-0.2"}))
-    assert any("no off-policy" in r for r in promotion_refusals("shadow", "canary", {"gates.status": "pass"}))
+    assert any("not pass" in r for r in promotion_refusals("shadow", "canary", {**ok, "gates.status": "error"},
+                                                           evidence=SHADOW_OK))
+    low = dataclasses.replace(SHADOW_OK, ope_lower_bound=-0.2)  # the shadow traffic's bound decides
+    assert any("<= margin 0" in r for r in promotion_refusals("shadow", "canary", ok, evidence=low))
+    assert any("no off-policy" in r for r in promotion_refusals("shadow", "canary", ok, evidence=PhaseEvidence()))
     tier1 = {**ok, "approval_required": "true"}
-    assert any("approver" in r for r in promotion_refusals("shadow", "canary", tier1))
-    assert promotion_refusals("shadow", "canary", tier1, approved_by="alice") == []
+    assert any("approver" in r for r in promotion_refusals("shadow", "canary", tier1, evidence=SHADOW_OK))
+    assert promotion_refusals("shadow", "canary", tier1, approved_by="alice", evidence=SHADOW_OK) == []
+    retired = {**ok, "rollout.retired": "true"}
+    assert any("retired" in r for r in promotion_refusals(None, "shadow", retired))
 
 
 def test_beyond_canary_the_registry_asks_the_rollout_rule_with_live_evidence():
@@ -203,9 +209,9 @@ def test_beyond_canary_the_registry_asks_the_rollout_rule_with_live_evidence():
     weak = dataclasses.replace(LIVE_OK, online_lower_bound=0.0)       # strict: a bound of 0 is no improvement
     assert any("online (anytime-valid) lower bound 0 <= margin 0" in r
                for r in promotion_refusals("canary", "guarded", ok, evidence=weak))
-    once = dataclasses.replace(LIVE_OK, improved_windows=1)
+    once = dataclasses.replace(LIVE_OK, improved_looks=1)
     assert promotion_refusals("canary", "guarded", ok, evidence=once) == []
-    assert any("consecutive window" in r for r in promotion_refusals("guarded", "general", ok, evidence=once))
+    assert any("consecutive scheduled look" in r for r in promotion_refusals("guarded", "general", ok, evidence=once))
     breach = promotion_refusals("guarded", "general", ok, evidence=dataclasses.replace(LIVE_OK, slo="breach"))
     assert any("SLO breach in guarded" in r for r in breach) and any("rtopt rollback" in r for r in breach)
     margin = {**ok, "ope.margin": "0.02"}                            # the version's margin is the rule's
@@ -231,7 +237,7 @@ def test_full_rollout_then_rollback_restores_the_displaced_general(sim, store, t
     with pytest.raises(PermissionError, match="never skipped"):
         promote(model, v2, "general", uri=uri, provenance=prov)
     assert phase_of(model, v2, uri=uri) == "shadow"           # a refusal moves nothing
-    promote(model, v2, "canary", uri=uri, provenance=prov, approved_by="alice")
+    promote(model, v2, "canary", uri=uri, provenance=prov, approved_by="alice", evidence=SHADOW_OK)
     promote(model, v2, "guarded", uri=uri, provenance=prov, evidence=LIVE_OK)
     move = promote(model, v2, "general", uri=uri, provenance=prov, evidence=LIVE_OK)
     assert move.displaced == v1 and phase_of(model, v1, uri=uri) is None
@@ -274,8 +280,10 @@ def test_cli_promote_rollback_status(sim, store, tmp_path, capsys, monkeypatch):
     assert load_phase_guarded(model, "shadow", uri=uri).incumbent.version == FixedPolicy(sim.catalog).version
     assert main(["promote", "--version", "1", "--to", "general", *base]) == 1
     assert "never skipped" in capsys.readouterr().err
-    assert main(["promote", "--version", "1", "--to", "canary", "--approved-by", "bob", "--reason", "ok", *base]) == 0
-    capsys.readouterr()
+    # shadow -> canary is earned on the shadow traffic: without a decision log the CLI refuses
+    assert main(["promote", "--version", "1", "--to", "canary", "--approved-by", "bob", "--reason", "ok", *base]) == 1
+    assert "no live evidence of shadow" in capsys.readouterr().err
+    promote(model, "1", "canary", uri=uri, approved_by="bob", reason="ok", evidence=SHADOW_OK)
     assert main(["promote", "--version", "1", "--to", "guarded", *base]) == 1   # tags never pass canary
     err = capsys.readouterr().err
     assert "0 samples in canary" in err and "no live evidence of canary" in err

@@ -1,5 +1,6 @@
-"""Canary simulation (issue 6, item 5): the real manager, SLO rule and anytime bound, driven
-by the simulator with 10,000 candidate outcomes per monitoring window (slo.py's guidance).
+"""Canary simulation (issue 6, item 5; issue 15): the one rule (next_phase), the SLO rule and
+the unpaired anytime bound, driven by the simulator with 10,000 candidate outcomes per
+monitoring window (slo.py's guidance).
 
 Measured rates (seeds 0..99 / 0..19, as asserted below):
 good candidate reaches general with zero breaches 20/20; latency x 1.30 rolled back in the
@@ -67,12 +68,11 @@ def test_same_seed_same_result_and_provenance(sim, tmp_path):
     assert isinstance(a, CanaryResult)
     assert a.path == b.path and [w.online_lower_bound for w in a.windows] == [w.online_lower_bound for w in b.windows]
     assert a.path[:3] == ("shadow", "canary", "guarded")
-    # every transition went through the manager into the hash-chained provenance log
+    # every transition next_phase decided is in the hash-chained provenance log, with its time
     assert verify(tmp_path / "a" / "provenance.jsonl").ok
-    actions = [json.loads(line)["action"] for line in (tmp_path / "a" / "provenance.jsonl").read_text().splitlines()]
-    assert actions.count("promote") == len(a.path) - 1
-    state = json.loads((tmp_path / "a" / "rollout.json").read_text())
-    assert state["phase"] == a.final_phase
+    recs = [json.loads(line) for line in (tmp_path / "a" / "provenance.jsonl").read_text().splitlines()]
+    assert [r["action"] for r in recs].count("promote") == len(a.path) - 1
+    assert recs[-1]["evidence"]["to"] == a.final_phase and recs[-1]["evidence"]["at"] > 0
 
 
 def test_a_full_trial_walks_every_window(sim, base_arms):
@@ -112,3 +112,13 @@ def test_healthy_candidate_is_not_rolled_back(sim, base_arms):
     judged = sum(sum(w.slo in ("ok", "breach") for w in r.windows) for r in results)
     assert judged >= 100 * 20  # it really was judged in canary and guarded, window after window
     assert never >= 95, never
+
+
+def test_a_bad_candidate_is_retired_after_three_rollbacks_with_doubling_cooldowns(sim, base_arms):
+    r = simulate_canary(sim, Effect(latency_factor=1.30, reward_shift=CLAIMED), seed=0,
+                        candidate_arms=base_arms, max_windows=200)
+    assert r.final_phase == "retired" and len(r.rollback_windows) == 3
+    assert r.path == ("shadow", "canary", "shadow") * 1 + ("canary", "shadow") * 2
+    # the cool-down doubles: 1 h, 2 h, 4 h before each re-entry (windows of 1 h; +1 to re-promote)
+    gaps = [e - w for w, e in zip(r.rollback_windows, r.canary_entries[1:], strict=False)]
+    assert gaps[1] > gaps[0], (r.rollback_windows, r.canary_entries)

@@ -12,7 +12,7 @@ from scipy import stats
 from rtopt_lab.rollout import Phase, PhaseConfig, PhaseEvidence, anytime_lower_bound, next_phase
 
 GOOD = dict(gates="pass", slo="ok", ope_lower_bound=0.01, online_lower_bound=0.01, samples=50_000,
-            duration_s=10 * 86_400, improved_windows=2)
+            duration_s=10 * 86_400, improved_looks=2)
 
 
 def ev(**over):
@@ -52,7 +52,7 @@ def test_promotes_one_phase_at_a_time_when_everything_holds():
         ("canary", {"duration_s": 60}, "60 s in canary < 3600 s"),
         ("canary", {"slo": "insufficient"}, "SLO status is insufficient, not ok"),
         ("canary", {"online_lower_bound": -0.2}, "online (anytime-valid) lower bound -0.2 <= margin 0"),
-        ("guarded", {"improved_windows": 1}, "improvement held in 1 consecutive window(s) < 2"),
+        ("guarded", {"improved_looks": 1}, "bound above the margin at 1 consecutive scheduled look(s) < 2"),
         ("guarded", {"since_transition_s": 10}, "cool-down: 10 s since the last transition"),
     ],
 )
@@ -77,7 +77,7 @@ def test_breach_rolls_back_at_once_and_error_holds():
 
 def test_many_missing_conditions_are_all_reported():
     t = next_phase("guarded", ev(gates="fail", samples=1, duration_s=1, slo="insufficient",
-                                 online_lower_bound=None, improved_windows=0, since_transition_s=5))
+                                 online_lower_bound=None, improved_looks=0, since_transition_s=5))
     assert len(t.reasons) == 7
 
 
@@ -89,7 +89,7 @@ def test_many_missing_conditions_are_all_reported():
         ({"shares": {"shadow": 0, "canary": 1.5, "guarded": 2, "general": 2}}, r"`shares\[canary\]` must be in \[0, 1\]"),
         ({"min_samples": {"canary": -1}}, r"`min_samples\[canary\]` must be a finite number >= 0"),
         ({"cooldown_s": -1}, r"`cooldown_s` must be a number >= 0"),
-        ({"windows_required": 0}, r"`windows_required` must be an int >= 1"),
+        ({"looks_required": 0}, r"`looks_required` must be an int >= 1"),
     ],
 )
 def test_config_iv(kw, match):

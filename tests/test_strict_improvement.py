@@ -26,7 +26,7 @@ READY = dict(
     samples=50_000,
     duration_s=1e6,
     since_transition_s=1e6,
-    improved_windows=5,
+    improved_looks=5,
 )
 
 
@@ -138,7 +138,8 @@ def test_registry_and_rollout_refuse_a_copy_of_production(copy_report):
     _, tags = gate_evidence(copy_report)
     assert tags["ope.lower_bound"] == "0.0" and tags["ope.margin"] == "0.0"
     # even with every gate forced to pass, the bound alone refuses the move
-    refusals = promotion_refusals("shadow", "canary", {**tags, "gates.status": "pass"})
+    shadow = PhaseEvidence(ope_lower_bound=float(tags["ope.lower_bound"]))  # its shadow bound is 0 too
+    refusals = promotion_refusals("shadow", "canary", {**tags, "gates.status": "pass"}, evidence=shadow)
     assert refusals == ["off-policy lower bound of the improvement 0 <= margin 0"]
     t = next_phase(Phase.SHADOW, PhaseEvidence(**READY, ope_lower_bound=0.0))
     assert t.kind == "hold" and t.reasons == (
@@ -147,7 +148,7 @@ def test_registry_and_rollout_refuse_a_copy_of_production(copy_report):
     # the same evidence with a positive bound is promoted: the refusal is the bound's
     assert (
         promotion_refusals(
-            "shadow", "canary", {**tags, "gates.status": "pass", "ope.lower_bound": "1e-06"}
+            "shadow", "canary", {**tags, "gates.status": "pass"}, evidence=PhaseEvidence(ope_lower_bound=1e-6)
         )
         == []
     )
@@ -160,6 +161,7 @@ def test_the_margin_is_configurable_everywhere(sim, logs):
         "shadow",
         "canary",
         {"gates.status": "pass", "ope.lower_bound": "0.01", "ope.margin": "0.02"},
+        evidence=PhaseEvidence(ope_lower_bound=0.01),
     ) == ["off-policy lower bound of the improvement 0.01 <= margin 0.02"]
     cfg = PhaseConfig(margin=0.02)
     assert next_phase("shadow", PhaseEvidence(**READY, ope_lower_bound=0.01), cfg).kind == "hold"

@@ -54,7 +54,6 @@ from rtopt_lab.dashboard.timeline import (
     performance_trends,
     provenance_timeline,
     rollout_status,
-    state_timeline,
 )
 
 _PLOTS = ("attribution_plot", "drift_plot", "forest_plot", "pareto_plot", "timeline_plot", "trend_plot")
@@ -94,7 +93,6 @@ __all__ = [
     "render_report",
     "rollout_status",
     "split_by_time",
-    "state_timeline",
     "timeline_plot",
     "trend_plot",
     "write_report",

@@ -255,7 +255,7 @@ def timeline_plot(timeline: pd.DataFrame, *, title: str | None = None) -> Figure
     ----------
     timeline : DataFrame
         :func:`~rtopt_lab.dashboard.provenance_timeline` or
-        :func:`~rtopt_lab.dashboard.state_timeline`.
+        :func:`~rtopt_lab.dashboard.rollout_status`.
     title : str, optional
     """
     _need(timeline, "timeline", ("time", "policy_version", "phase_rank", "from_phase", "event"))

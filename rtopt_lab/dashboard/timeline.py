@@ -3,7 +3,6 @@
 - :func:`provenance_timeline`: every record of a :class:`~rtopt_lab.compliance.ProvenanceLog`
   (start, approvals, promotions, rollbacks, evaluations) with the phase each leaves the
   policy version in;
-- :func:`state_timeline`: the transitions of a rollout manager's persisted state;
 - :func:`rollout_status`: where a rollout stands (phase, since when, how many promotions
   and rollbacks, the last reason);
 - :func:`performance_trends`: windowed means of reward and quality (with standard errors)
@@ -12,12 +11,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,10 +29,9 @@ __all__ = [
     "performance_trends",
     "provenance_timeline",
     "rollout_status",
-    "state_timeline",
 ]
 
-#: Columns of :func:`provenance_timeline` and :func:`state_timeline`.
+#: Columns of :func:`provenance_timeline`.
 TIMELINE_COLUMNS: tuple[str, ...] = (
     "time", "seq", "event", "actor", "policy_version", "from_phase", "to_phase", "phase",
     "phase_rank", "share", "rollback", "reason", "hash",
@@ -46,7 +42,7 @@ _SHARE = {p.value: s for p, s in DEFAULT_SHARES.items()}
 
 def _finish(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(TIMELINE_COLUMNS))
-    frame["time"] = pd.to_datetime(frame["time"], utc=True)
+    frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
     frame = frame.sort_values(["time", "seq"], kind="stable").reset_index(drop=True)
     if len(frame):
         frame["phase"] = frame.groupby("policy_version", sort=False)["to_phase"].ffill()
@@ -72,8 +68,9 @@ def provenance_timeline(records: Any) -> pd.DataFrame:
     Returns
     -------
     DataFrame
-        Columns :data:`TIMELINE_COLUMNS`: ``time`` (UTC), ``seq``, ``event`` (``start``
-        for the record of ``RolloutManager.start``, else the record's action),
+        Columns :data:`TIMELINE_COLUMNS`: ``time`` (UTC: the rollout clock's
+        ``evidence["at"]`` when the record has it, else the record's timestamp), ``seq``,
+        ``event`` (``start`` for a record that starts a rollout, else the record's action),
         ``actor``, ``policy_version``, ``from_phase`` / ``to_phase`` (from the evidence
         of promotions and rollbacks; ``to_phase`` is the phase a start or approval
         names), ``phase`` (the version's phase after the record, carried forward),
@@ -94,59 +91,15 @@ def provenance_timeline(records: Any) -> pd.DataFrame:
         event = r.action
         if r.action not in ("promote", "rollback") and _phase(ev.get("phase")):
             to = _phase(ev.get("phase"))
-            if r.action == "config_change" and "incumbent" in ev:   # RolloutManager.start
+            if r.action == "config_change" and "incumbent" in ev:   # a rollout's start
                 event = "start"
-        rows.append({"time": r.timestamp, "seq": r.seq, "event": event, "actor": r.actor,
+        at = ev.get("at")
+        when = (pd.Timestamp(float(at), unit="s", tz="UTC").isoformat() if isinstance(at, (int, float))
+                and not isinstance(at, bool) and math.isfinite(at) else r.timestamp)
+        rows.append({"time": when, "seq": r.seq, "event": event, "actor": r.actor,
                      "policy_version": r.policy_version, "from_phase": frm, "to_phase": to,
                      "reason": r.reason, "hash": r.hash})
     return _finish(rows)
-
-
-def state_timeline(state: Any) -> pd.DataFrame:
-    """The transitions a rollout manager recorded in its state, as a tidy timeline.
-
-    Parameters
-    ----------
-    state : RolloutManager, RolloutState, or path of the manager's JSON state file
-
-    Returns
-    -------
-    DataFrame
-        Columns :data:`TIMELINE_COLUMNS`; one ``start`` row at ``entered_at`` when no
-        transition happened yet, else one row per promotion or rollback (the state keeps
-        no start time once the phase has changed; the first row's ``from_phase`` is the
-        phase before it). ``actor`` and ``reason`` are empty (they live in the provenance
-        log: join on ``hash``).
-    """
-    if isinstance(state, (str, os.PathLike)):
-        path = Path(state)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"rollout state file {path} is unreadable: {exc}") from None
-    elif hasattr(state, "state") and hasattr(state, "step"):       # a RolloutManager
-        data = _state_dict(state.state)
-    elif hasattr(state, "history") and hasattr(state, "candidate_version"):
-        data = _state_dict(state)
-    else:
-        raise TypeError(f"`state` must be a RolloutManager, a RolloutState or a path; got {type(state).__name__}")
-    version = data.get("candidate_version")
-    history = list(data.get("history", ()))
-    rows = []
-    for i, h in enumerate(history):
-        rows.append({"time": pd.to_datetime(float(h["at"]), unit="s", utc=True), "seq": i, "event": h["kind"],
-                     "actor": None, "policy_version": version, "from_phase": _phase(h.get("from")),
-                     "to_phase": _phase(h.get("to")), "reason": None, "hash": h.get("hash")})
-    if not rows:
-        rows.append({"time": pd.to_datetime(float(data.get("entered_at", 0.0)), unit="s", utc=True), "seq": 0,
-                     "event": "start", "actor": None, "policy_version": version, "from_phase": None,
-                     "to_phase": _phase(data.get("phase")), "reason": None, "hash": None})
-    return _finish(rows)
-
-
-def _state_dict(s: Any) -> dict[str, Any]:
-    return {"candidate_version": s.candidate_version, "phase": s.phase, "entered_at": s.entered_at,
-            "history": list(s.history)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +130,7 @@ class RolloutStatus:
 
 
 def rollout_status(timeline: pd.DataFrame, policy_version: str | None = None) -> RolloutStatus:
-    """Summarise a timeline (:func:`provenance_timeline` or :func:`state_timeline`).
+    """Summarise a timeline (:func:`provenance_timeline`).
 
     Parameters
     ----------
@@ -186,7 +139,7 @@ def rollout_status(timeline: pd.DataFrame, policy_version: str | None = None) ->
         Default: the version of the last row.
     """
     if not isinstance(timeline, pd.DataFrame) or not set(TIMELINE_COLUMNS) <= set(timeline.columns):
-        raise TypeError("`timeline` must be a DataFrame from provenance_timeline() or state_timeline()")
+        raise TypeError("`timeline` must be a DataFrame from provenance_timeline()")
     if len(timeline) == 0:
         raise ValueError("`timeline` has no rows")
     version = str(timeline["policy_version"].iloc[-1]) if policy_version is None else policy_version

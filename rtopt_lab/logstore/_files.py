@@ -90,7 +90,7 @@ def _data_files(root: Path) -> list[Path]:
 MARKER = "_rtopt_log.json"
 _MARKER_FORMAT = "rtopt-decision-log"
 #: Entries a store's root may hold before its marker exists (a first append cut short).
-_PRE_MARKER = frozenset({"_tmp", "_journal", "_shadow"})  # _journal, _shadow: the optimizer's
+_PRE_MARKER = frozenset({"_tmp", "_journal", "_shadow", "_rollout"})  # _journal, _shadow: the optimizer's
 
 
 def _legacy_data(root: Path) -> bool:

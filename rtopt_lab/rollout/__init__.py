@@ -1,4 +1,4 @@
-"""Phased rollout: phases and transitions (pure), SLO monitoring, and the manager."""
+"""Phased rollout: the one rule (pure), live evidence, SLO monitoring, the registry-backed controller."""
 
 from rtopt_lab.rollout.phases import (
     DEFAULT_SHARES,

@@ -1,7 +1,8 @@
 """Canary simulation: one candidate's rollout, shadow -> canary -> guarded -> general, driven
-by the simulator, with the real :class:`~rtopt_lab.rollout.manager.RolloutManager`, the
+by the simulator, with the real rule (:func:`~rtopt_lab.rollout.phases.next_phase`), the
 real SLO rule (:func:`~rtopt_lab.rollout.slo.evaluate_window`) and the real anytime-valid
-online bound (:func:`~rtopt_lab.rollout.phases.anytime_lower_bound`).
+bounds (:mod:`rtopt_lab.rollout.bounds`). The registry-backed loop is
+:mod:`rtopt_lab.rollout.controller`; this harness measures the rule's behaviour fast.
 
 The model of one trial
 ----------------------
@@ -30,24 +31,28 @@ sample-size guidance; at one hour that is about 56 requests/s overall). Per wind
    sides, 1,500 windows each): 0.2 % at 10,000 / 40,000, 0.07 % at 20,000 / 20,000,
    0 at 50,000 / 20,000; all from the p99 rule. Capping guarded at 10,000 judged
    outcomes (10,000 / 40,000) instead rolled back 7 of 100 healthy 26-window rollouts.
-5. Per-request improvements ``d_i = r_cand,i - r_base,i`` (paired by position, independent
-   draws) feed the running mean and SD of the current phase; the online lower bound is
-   :func:`anytime_lower_bound` over them (valid however often the manager looks), and the
-   window counts as *improved* when the bound over that window's differences alone is
-   >= 0.
-6. :meth:`RolloutManager.add_samples` then :meth:`RolloutManager.step` once, with
-   ``gates="pass"`` and the window's SLO status.
+5. The online bound is unpaired, as on real traffic: the window's candidate and judged
+   incumbent requests, in a random order, are the two arms of an experiment in which a
+   request is the candidate's with probability ``nc / (nc + n_base)``; their
+   :func:`~rtopt_lab.rollout.bounds.online_terms` accumulate over the phase and the
+   anytime-valid :func:`~rtopt_lab.rollout.bounds.lower_bound` is read at every window;
+   ``improved_looks`` counts the trailing scheduled looks (every ``look_every_s``, 12
+   windows by default here) at which the bound was above the margin.
+6. :func:`~rtopt_lab.rollout.phases.next_phase`, the one rule, decides on a
+   :class:`~rtopt_lab.rollout.phases.PhaseEvidence` with ``gates="pass"``; the state is
+   a few local variables (this is a simulation: no registry), and every transition is
+   appended to a provenance log in ``state_dir``.
 
 In shadow the candidate serves nothing, so there is no SLO verdict (``insufficient``); the
 off-policy lower bound that gates canary is the anytime bound over the candidate's
-counterfactual rewards on that window's contexts *without* the latency and quality
+counterfactual rewards minus the baseline's on the same contexts, *without* the latency and quality
 perturbation (``reward_shift`` is included): the effect models a serving regression
 (a slower endpoint, a degraded model build) that evaluation on logged data cannot see, which
 is exactly what the canary is for. A bad candidate therefore does reach canary, and the
 test is whether the SLO monitor throws it out.
 
 The trial ends when the candidate reaches general, after ``max_windows`` windows, or at the
-first rollback when ``stop_on_rollback``. After a rollback to shadow the manager's
+first rollback when ``stop_on_rollback``. After a rollback to shadow the (doubled)
 cool-down applies and the candidate may be promoted again.
 
 Examples
@@ -72,8 +77,8 @@ from typing import Any
 import numpy as np
 
 from rtopt_lab.compliance import ProvenanceLog
-from rtopt_lab.rollout.manager import RolloutManager
-from rtopt_lab.rollout.phases import Phase, PhaseConfig, anytime_lower_bound
+from rtopt_lab.rollout.bounds import bounds_at, lower_bound, online_terms
+from rtopt_lab.rollout.phases import Phase, PhaseConfig, PhaseEvidence, next_phase
 from rtopt_lab.rollout.slo import SLOConfig, evaluate_window
 from rtopt_lab.simulate import LLMTaskSimulator
 
@@ -198,46 +203,6 @@ def baseline_candidate_arms(sim: LLMTaskSimulator) -> dict[str, int]:
 _ARM_CACHE: list[tuple[LLMTaskSimulator, dict[str, int]]] = []
 
 
-class _Running:
-    """Running count, mean and M2 of the per-request improvements (Chan et al. merge)."""
-
-    __slots__ = ("m2", "mean", "n")
-
-    def __init__(self) -> None:
-        self.n, self.mean, self.m2 = 0, 0.0, 0.0
-
-    def add(self, d: np.ndarray) -> None:
-        nb = d.size
-        if nb == 0:
-            return
-        mb = float(d.mean())
-        m2b = float(((d - mb) ** 2).sum())
-        n = self.n + nb
-        delta = mb - self.mean
-        self.mean += delta * nb / n
-        self.m2 += m2b + delta * delta * self.n * nb / n
-        self.n = n
-
-    def lower_bound(self, alpha: float) -> float:
-        if self.n < 2:
-            return -math.inf
-        return anytime_lower_bound(self.mean, math.sqrt(self.m2 / (self.n - 1)), self.n, alpha=alpha)
-
-
-def _bound(d: np.ndarray, alpha: float) -> float:
-    if d.size < 2:
-        return -math.inf
-    return anytime_lower_bound(float(d.mean()), float(d.std(ddof=1)), int(d.size), alpha=alpha)
-
-
-class _Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def simulate_canary(sim: LLMTaskSimulator, candidate_effect: Effect | None = None, *, seed: int,
                     config: PhaseConfig | None = None, slo_config: SLOConfig | None = None,
                     window_outcomes: int = 10_000, baseline_outcomes: int | None = None,
@@ -255,8 +220,9 @@ def simulate_canary(sim: LLMTaskSimulator, candidate_effect: Effect | None = Non
     seed : int
         Seeds the context pool and every draw: the same seed gives the same result.
     config : PhaseConfig, optional
-        The manager's phase rules (the defaults: canary 1 h / 2,000 samples, guarded
-        24 h / 10,000, cool-down 1 h, two improved windows for general).
+        The phase rules (the defaults: canary 1 h / 2,000 samples, guarded 24 h /
+        10,000, cool-down 1 h doubling per rollback, two improved looks for general),
+        with looks every 12 windows.
     slo_config : SLOConfig, optional
         The SLO rule (p99 x 1.10, mean quality x 0.95 by default); ``window_s`` is the
         length of a monitoring window.
@@ -278,8 +244,8 @@ def simulate_canary(sim: LLMTaskSimulator, candidate_effect: Effect | None = Non
     pool_size : int, default 20,000
         Contexts drawn once per trial and resampled with replacement per window.
     state_dir : path, optional
-        Where the manager's state and provenance files go; a temporary directory,
-        removed afterwards, when None.
+        Where the provenance file goes; a temporary directory, removed afterwards,
+        when None.
     start_time : float
         The injected clock's start, in seconds.
 
@@ -294,8 +260,8 @@ def simulate_canary(sim: LLMTaskSimulator, candidate_effect: Effect | None = Non
                     ("max_judged", max_judged)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"`{name}` must be an int >= 1; got {v!r}")
-    config = config or PhaseConfig()
     slo_config = slo_config or SLOConfig()
+    config = config or PhaseConfig(look_every_s=12 * slo_config.window_s)
     n_base = 2 * window_outcomes if baseline_outcomes is None else int(baseline_outcomes)
     if n_base < 1:
         raise ValueError(f"`baseline_outcomes` must be >= 1; got {baseline_outcomes!r}")
@@ -348,55 +314,87 @@ def _run(sim: LLMTaskSimulator, effect: Effect, seed: int, config: PhaseConfig, 
         raise ValueError("the canary share must be > 0 to size the request rate")
     rate = window_outcomes / (canary_share * slo_config.window_s)
 
-    clock = _Clock(float(start_time))
+    now = float(start_time)
     state_dir.mkdir(parents=True, exist_ok=True)
-    mgr = RolloutManager(state_dir / "rollout.json", ProvenanceLog(state_dir / "provenance.jsonl"),
-                         config=config, clock=clock, actor="canary-simulation")
-    mgr.start("candidate", "baseline")
-
+    prov = ProvenanceLog(state_dir / "provenance.jsonl")
+    prov.append(actor="canary-simulation", action="config_change", policy_version="candidate",
+                reason="candidate entered shadow", evidence={"phase": "shadow", "incumbent": "baseline"})
+    phase, entered, last_move, n_rollbacks, retired = Phase.SHADOW, now, now, 0, False
     path = [Phase.SHADOW.value]
     rollbacks: list[int] = []
     entries: list[int] = []
     records: list[WindowRecord] = []
     breaches = 0
-    running = _Running()
+    terms: list[np.ndarray] = []  # the current phase's bound terms, window by window
+    term_t: list[np.ndarray] = []
+    samples = 0
     for w in range(1, max_windows + 1):
-        clock.t += slo_config.window_s
-        phase = mgr.phase
+        now += slo_config.window_s
         served = round(rate * config.shares[phase] * slo_config.window_s)
         online = ope = None
+        metrics: dict[str, Any] = {}
         if phase is Phase.SHADOW or served == 0:
-            # counterfactual: what the candidate would have done on the same traffic
+            # counterfactual on the same requests: what the candidate would have done
             m = window_outcomes
-            _, _, rc = perturb(draw(m, cand_arm), serving=False)
-            ope = _bound(rc - draw(m, base_arm)["reward"], alpha)
-            status, metrics = "insufficient", {}
-            t = mgr.step(gates="pass", slo=status, ope_lower_bound=ope)
+            idx = rng.integers(0, pool_size, m)
+            _, _, rc = perturb(encoded.sample(idx, cand_arm[idx], rng), serving=False)
+            rb = encoded.sample(idx, base_arm[idx], rng)["reward"]
+            terms.append(rc - rb)
+            status = "insufficient"
         else:
             nc = min(served, max_judged)
             oc, ob = draw(nc, cand_arm), draw(n_base, base_arm)
             lc, qc, rc = perturb(oc, serving=True)
             rep = evaluate_window(lc, qc, ob["latency_ms"], ob["quality"], slo_config,
-                                  window=(clock.t - slo_config.window_s, clock.t))
+                                  window=(now - slo_config.window_s, now))
             status, metrics = rep.status, rep.metrics
             breaches += status == "breach"
-            m = min(nc, n_base)
-            d = rc[:m] - ob["reward"][:m]
-            running.add(d)
-            online = running.lower_bound(alpha)
-            mgr.add_samples(served, improved_window=_bound(d, alpha) >= 0)
-            t = mgr.step(gates="pass", slo=status, online_lower_bound=online)
+            # unpaired: the window's candidate and incumbent requests in a random order, each
+            # a candidate one with probability nc / (nc + n_base) (online_terms)
+            order = rng.permutation(nc + n_base)
+            r_all = np.concatenate([rc, ob["reward"]])[order]
+            a_all = (order < nc)
+            terms.append(online_terms(r_all, a_all, nc / (nc + n_base)))
+            samples += served
+        term_t.append(np.linspace(now - slo_config.window_s, now, len(terms[-1]), endpoint=False) + 1e-6)
+        z, tz = np.concatenate(terms), np.concatenate(term_t)
+        bound = lower_bound(z, alpha=alpha, n_opt=config.n_opt)
+        bound = bound if math.isfinite(bound) else None
+        k = int((now - entered) // config.look_every_s)
+        looks = bounds_at(z, tz, entered + config.look_every_s * np.arange(1, k + 1), alpha=alpha,
+                          n_opt=config.n_opt) if k else np.zeros(0)
+        improved = 0
+        for b in looks[::-1]:
+            if not b > config.margin:
+                break
+            improved += 1
+        if phase is Phase.SHADOW or served == 0:
+            ope = bound
+        else:
+            online = bound
+        ev = PhaseEvidence(gates="pass", slo=status, ope_lower_bound=ope, online_lower_bound=online,
+                           samples=samples, duration_s=now - entered, since_transition_s=now - last_move,
+                           improved_looks=improved, rollbacks=n_rollbacks, retired=retired)
+        t = next_phase(phase, ev, config)
         if t.kind != "hold":
-            path.append(t.to.value)
-            running = _Running()
-            if t.kind == "rollback":
+            prov.append(actor="canary-simulation", action="rollback" if t.kind == "retire" else t.kind,
+                        policy_version="candidate", reason="; ".join(t.reasons),
+                        evidence={"from": t.frm.value, "to": None if t.to is None else t.to.value,
+                                  "slo": status, "ope_lower_bound": ope, "online_lower_bound": online,
+                                  "samples": samples, "at": now})
+            n_rollbacks += t.kind in ("rollback", "retire")
+            retired = retired or t.kind == "retire"
+            to = Phase.SHADOW if t.to is None else t.to
+            path.append(to.value)
+            phase, entered, last_move, samples, terms, term_t = to, now, now, 0, [], []
+            if t.kind in ("rollback", "retire"):
                 rollbacks.append(w)
-            elif t.to is Phase.CANARY:
+            elif to is Phase.CANARY:
                 entries.append(w)
-        records.append(WindowRecord(w, phase.value, served if phase is not Phase.SHADOW else 0, status,
-                                    online, ope, t.kind, t.to.value, metrics))
-        if mgr.phase is Phase.GENERAL or (stop_on_rollback and rollbacks):
+        records.append(WindowRecord(w, t.frm.value, served if t.frm is not Phase.SHADOW else 0, status,
+                                    online, ope, t.kind, (t.to or Phase.SHADOW).value, metrics))
+        if phase is Phase.GENERAL or retired or (stop_on_rollback and rollbacks):
             break
     return CanaryResult(path=tuple(path), rollback_windows=tuple(rollbacks), canary_entries=tuple(entries),
-                        slo_breaches=breaches, reached_general=mgr.phase is Phase.GENERAL,
-                        windows=tuple(records), final_phase=mgr.phase.value)
+                        slo_breaches=breaches, reached_general=phase is Phase.GENERAL,
+                        windows=tuple(records), final_phase="retired" if retired else phase.value)

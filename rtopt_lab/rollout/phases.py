@@ -3,41 +3,56 @@
 =========  =======  ============================================================  ===============
 phase      traffic  enters when                                                   leaves by
 =========  =======  ============================================================  ===============
-shadow     0 %      the gates pass (logged only)                                  --
-canary     5 %      OPE lower bound of the improvement > margin on shadow logs,   rollback on an
-                    gates pass, a recorded approval for tier-1 tasks              SLO breach
+shadow     0 %      the gates pass (logged only)                                  retire after
+                                                                                  N rollbacks
+canary     5 %      anytime-valid off-policy lower bound of the improvement on    rollback on an
+                    the shadow traffic > margin, gates pass, a recorded approval  SLO breach
+                    for tier-1 tasks
 guarded    25 %     canary clean for its minimum samples and duration, online      rollback
-                    lower bound > margin
-general    100 %    guarded clean likewise, and the improvement held in two        rollback
-                    consecutive windows
+                    anytime-valid lower bound > margin
+general    100 %    guarded clean likewise, and the online bound above the         rollback
+                    margin at two consecutive scheduled looks (weekly)
 =========  =======  ============================================================  ===============
 
 :func:`next_phase` maps (phase, :class:`PhaseEvidence`, :class:`PhaseConfig`) to a
 :class:`Transition`: ``promote`` one phase, ``rollback`` one phase, or ``hold``, always
-with the reasons. "Improvement" is :func:`~rtopt_lab.improvement.is_improvement`: the
+with the reasons, or ``retire`` (an SLO breach that is the candidate's ``max_rollbacks``-th
+rollback: out of every phase until a person re-admits it). "Improvement" is :func:`~rtopt_lab.improvement.is_improvement`: the
 lower bound strictly above ``PhaseConfig.margin`` (default 0), so a copy of production
-never moves past shadow. It fetches nothing and writes nothing; the rollout manager gathers the
-evidence and carries the transition out (registry aliases, provenance).
+never moves past shadow. It fetches nothing and writes nothing: it is the one rule every
+path applies (``rtopt promote``, the notebooks, ``rtopt rollout step``, the canary
+simulator); :func:`rtopt_lab.rollout.live.rollout_evidence` gathers the evidence from the
+decision log and :mod:`rtopt_lab.rollout.controller` carries the transition out on the
+registry (aliases, tags, provenance), which is the only state of a rollout.
+
+Flapping
+--------
+Every rollback doubles the cool-down before the next promotion (``cooldown_s x
+2**rollbacks``), and the ``max_rollbacks``-th rollback retires the candidate.
 
 Repeated looks
 --------------
-The rollout looks at the online evidence again and again; a fixed-n one-sided bound
-checked at every look would be crossed by chance far more often than α. The online lower
-bound the rule expects is therefore anytime-valid: :func:`anytime_lower_bound` is the
-one-sided normal-mixture confidence sequence (Robbins 1970; Howard et al. 2021), valid
-simultaneously over all sample sizes, so the probability that a candidate with no true
-improvement is *ever* promoted on it stays below α however often the manager looks.
-We chose a confidence sequence over an α-spending rule because looks here are not
-scheduled in advance (they follow traffic), which a spending function needs.
+The rollout looks at the evidence again and again; a fixed-n one-sided bound checked at
+every look would be crossed by chance far more often than α. Every bound the rule reads
+is therefore anytime-valid: :func:`anytime_lower_bound` is the one-sided normal-mixture
+confidence sequence (Robbins 1970; Howard et al. 2021) with the running standard
+deviation plugged in, the asymptotic confidence sequence of Waudby-Smith et al. (2021),
+valid simultaneously over all sample sizes, so the probability that a candidate with no
+true improvement is *ever* promoted on it stays below α however often the controller
+looks. :mod:`rtopt_lab.rollout.bounds` builds the per-request terms it is applied to. We
+chose a confidence sequence over an α-spending rule because looks here are not scheduled
+in advance (the controller looks every few minutes), which a spending function needs.
+The seed's "two consecutive weeks" is ``looks_required`` consecutive *scheduled* looks
+(every ``look_every_s`` since the phase began) at which the bound was above the margin.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from rtopt_lab.improvement import check_margin, is_improvement
 
@@ -103,13 +118,26 @@ class PhaseConfig:
     min_duration_s : mapping of Phase to float
         Time a phase must last before promotion (canary 1 h, guarded 24 h by default).
     cooldown_s : float, default 3600
-        No promotion within this long of the last transition (hysteresis: after a
-        rollback the candidate must prove itself again before moving up).
-    windows_required : int, default 2
-        Consecutive improved windows needed to enter general (the seed's two weeks).
+        No promotion within this long of the last transition; after ``r`` rollbacks the
+        cool-down is ``cooldown_s x 2**r`` (hysteresis: a candidate that was thrown out
+        must prove itself for longer before it moves up again).
+    looks_required : int, default 2
+        Consecutive scheduled looks in guarded at which the online bound was above the
+        margin, needed to enter general (the seed's two consecutive weeks).
+    look_every_s : float, default 604800 (a week)
+        The schedule of those looks: every ``look_every_s`` since the phase began.
+    max_rollbacks : int, default 3
+        The rollback that makes this many retires the candidate (no phase, no traffic)
+        until a person re-admits it.
     margin : float, default 0.0
         The improvement δ >= 0 the off-policy and online lower bounds must exceed,
         strictly (:func:`~rtopt_lab.improvement.is_improvement`).
+    alpha : float, default 0.05
+        Level of every one-sided anytime-valid bound.
+    n_opt : int, default 100000
+        Terms at which the confidence sequence is tightest (:func:`anytime_lower_bound`);
+        tuned for a day of canary traffic at 20,000 candidate requests a day
+        (``benchmarks.rollout_null``).
     """
 
     shares: Mapping[Phase, float] = field(default_factory=lambda: dict(DEFAULT_SHARES))
@@ -117,8 +145,12 @@ class PhaseConfig:
     min_duration_s: Mapping[Phase, float] = field(
         default_factory=lambda: {Phase.CANARY: 3_600.0, Phase.GUARDED: 86_400.0})
     cooldown_s: float = 3_600.0
-    windows_required: int = 2
+    looks_required: int = 2
+    look_every_s: float = 7 * 86_400.0
+    max_rollbacks: int = 3
     margin: float = 0.0
+    alpha: float = 0.05
+    n_opt: int = 100_000
 
     def __post_init__(self) -> None:
         shares = {Phase.parse(k): v for k, v in self.shares.items()}
@@ -141,10 +173,43 @@ class PhaseConfig:
             object.__setattr__(self, name, m)
         if isinstance(self.cooldown_s, bool) or not isinstance(self.cooldown_s, (int, float)) or self.cooldown_s < 0:
             raise ValueError(f"`cooldown_s` must be a number >= 0; got {self.cooldown_s!r}")
-        if isinstance(self.windows_required, bool) or not isinstance(self.windows_required, int) \
-                or self.windows_required < 1:
-            raise ValueError(f"`windows_required` must be an int >= 1; got {self.windows_required!r}")
+        for name in ("looks_required", "max_rollbacks", "n_opt"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"`{name}` must be an int >= 1; got {v!r}")
+        if isinstance(self.look_every_s, bool) or not isinstance(self.look_every_s, (int, float)) \
+                or not 0 < self.look_every_s < math.inf:
+            raise ValueError(f"`look_every_s` must be a finite number > 0; got {self.look_every_s!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
+            raise ValueError(f"`alpha` must be in (0, 1); got {self.alpha!r}")
         object.__setattr__(self, "margin", check_margin(self.margin))
+
+    def cooldown_after(self, rollbacks: int) -> float:
+        """The cool-down after ``rollbacks`` rollbacks: ``cooldown_s x 2**rollbacks``."""
+        return self.cooldown_s * 2.0 ** max(int(rollbacks), 0)
+
+    def share(self, phase: Phase | str) -> float:
+        """The candidate's traffic share in ``phase``."""
+        return self.shares[Phase.parse(phase)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (phase names as keys); :meth:`from_dict` reads it back."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = {p.value: x for p, x in v.items()} if isinstance(v, Mapping) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PhaseConfig:
+        """The config of :meth:`to_dict`; unknown keys are an error naming them."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a rollout config must be a JSON object; got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown rollout config key(s) {unknown}; known: {sorted(known)}")
+        return cls(**dict(data))
 
 
 SLOState = Literal["ok", "breach", "insufficient", "error"]
@@ -171,10 +236,15 @@ class PhaseEvidence:
         Time spent in the current phase.
     since_transition_s : float
         Time since the last transition of any kind (for the cool-down).
-    improved_windows : int
-        Consecutive monitoring windows in which the improvement held.
+    improved_looks : int
+        Consecutive scheduled looks, up to now, at which the online bound was above the
+        margin.
     approval_required, approved : bool
         Tier-1 tasks need a recorded human approval before canary.
+    rollbacks : int
+        Rollbacks of this candidate so far (since it was last re-admitted).
+    retired : bool
+        Retired after ``max_rollbacks`` rollbacks: it moves nowhere until re-admitted.
     """
 
     gates: GateState = "insufficient_evidence"
@@ -184,9 +254,11 @@ class PhaseEvidence:
     samples: int = 0
     duration_s: float = 0.0
     since_transition_s: float = math.inf
-    improved_windows: int = 0
+    improved_looks: int = 0
     approval_required: bool = False
     approved: bool = False
+    rollbacks: int = 0
+    retired: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,23 +266,32 @@ class Transition:
     """The decision: from, to, what kind, and why."""
 
     frm: Phase
-    to: Phase
-    kind: Literal["promote", "rollback", "hold"]
+    to: Phase | None
+    kind: Literal["promote", "rollback", "retire", "hold"]
     reasons: tuple[str, ...] = ()
 
 
 def next_phase(phase: Phase | str, evidence: PhaseEvidence, config: PhaseConfig | None = None) -> Transition:
     """The transition the evidence supports; a pure function.
 
-    Order of the rules: an SLO breach in a serving phase rolls back one phase at once
-    (no cool-down: users are exposed); an SLO metric error holds (never a breach, never a
-    pass); otherwise a promotion needs every condition of the next phase, and anything
-    missing holds with every missing condition as a reason.
+    Order of the rules: a retired candidate holds; an SLO breach in a serving phase rolls
+    back one phase at once (no cool-down: users are exposed), and retires the candidate
+    when it is its ``max_rollbacks``-th rollback; an SLO metric error holds (never a
+    breach, never a pass); otherwise a promotion needs every condition of the next
+    phase, and anything missing holds with every missing condition as a reason.
     """
     config = config or PhaseConfig()
     phase = Phase.parse(phase)
     ev = evidence
+    if ev.retired:
+        return Transition(phase, phase, "hold", (
+            f"retired after {ev.rollbacks} rollback(s): a person must re-admit it "
+            "(rtopt rollout readmit)",))
     if ev.slo == "breach" and phase is not Phase.SHADOW:
+        if ev.rollbacks + 1 >= config.max_rollbacks:
+            return Transition(phase, None, "retire", (
+                f"SLO breach in {phase.value}: rollback {ev.rollbacks + 1} of at most "
+                f"{config.max_rollbacks}; the candidate is retired until a person re-admits it",))
         return Transition(phase, phase.previous, "rollback",
                           (f"SLO breach in {phase.value}: back to {phase.previous.value}",))
     if ev.slo == "error" and phase is not Phase.SHADOW:
@@ -221,8 +302,11 @@ def next_phase(phase: Phase | str, evidence: PhaseEvidence, config: PhaseConfig 
     reasons = []
     if ev.gates != "pass":
         reasons.append(f"gates are {ev.gates}, not pass")
-    if ev.since_transition_s < config.cooldown_s:
-        reasons.append(f"cool-down: {ev.since_transition_s:.0f} s since the last transition < {config.cooldown_s:.0f} s")
+    cooldown = config.cooldown_after(ev.rollbacks)
+    if ev.since_transition_s < cooldown:
+        after = f" (doubled per rollback: {ev.rollbacks})" if ev.rollbacks else ""
+        reasons.append(f"cool-down: {ev.since_transition_s:.0f} s since the last transition < "
+                       f"{cooldown:.0f} s{after}")
     if phase is Phase.SHADOW:
         if ev.ope_lower_bound is None or not math.isfinite(ev.ope_lower_bound):
             reasons.append("no off-policy lower bound of the improvement yet")
@@ -245,9 +329,9 @@ def next_phase(phase: Phase | str, evidence: PhaseEvidence, config: PhaseConfig 
         elif not is_improvement(ev.online_lower_bound, config.margin):
             reasons.append(f"online (anytime-valid) lower bound {ev.online_lower_bound:.4g} "
                            f"<= margin {config.margin:g}")
-        if to is Phase.GENERAL and ev.improved_windows < config.windows_required:
-            reasons.append(f"improvement held in {ev.improved_windows} consecutive window(s) < "
-                           f"{config.windows_required}")
+        if to is Phase.GENERAL and ev.improved_looks < config.looks_required:
+            reasons.append(f"bound above the margin at {ev.improved_looks} consecutive scheduled "
+                           f"look(s) < {config.looks_required}")
     if reasons:
         return Transition(phase, phase, "hold", tuple(reasons))
     return Transition(phase, to, "promote", (f"{phase.value} -> {to.value}: every condition holds",))

@@ -75,7 +75,9 @@ __all__ = [
 
 PHASES: tuple[str, ...] = tuple(p.value for p in Phase)
 #: Tag name prefixes that are evidence (gate verdicts, off-policy estimates).
-EVIDENCE_TAG_PREFIXES: tuple[str, ...] = ("gate.", "gates.", "ope.")
+EVIDENCE_TAG_PREFIXES: tuple[str, ...] = ("gate.", "gates.", "ope.", "rollout.")
+#: Registered-model tags that are rollout state (traffic shares and rules): recorded too.
+MODEL_TAG_PREFIX = "rollout."
 #: Single tags that are evidence.
 EVIDENCE_TAG_NAMES = frozenset(
     {"approval_required", "policy.kind", "policy.version", "incumbent.adopted", "serving.masks"}
@@ -248,6 +250,7 @@ def registry_state(
     aliases: Mapping[str, str] | None = None,
     versions: Iterable[str] = (),
     tags: Mapping[str, Mapping[str, str]] | None = None,
+    model_tags: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The registry state a provenance record carries.
 
@@ -261,11 +264,15 @@ def registry_state(
         Versions to include besides those in ``aliases``.
     tags : Mapping[str, Mapping[str, str]], optional
         Tags to use for some versions instead of the registry's (tags about to be written).
+    model_tags : Mapping[str, str], optional
+        The registered model's ``rollout.*`` tags to record instead of the registry's
+        (a rollout config about to be written).
 
     Returns
     -------
     dict
-        ``{"aliases": {phase: version}, "versions": {version: {"digest", "tags"}}}``.
+        ``{"aliases": {phase: version}, "versions": {version: {"digest", "tags"}},
+        "model": {tag: value}}`` (``model``: the rollout config tags, when any).
     """
     aliases = current_aliases(client, model) if aliases is None else dict(aliases)
     out: dict[str, Any] = {}
@@ -278,7 +285,20 @@ def registry_state(
             except MlflowException:
                 continue
         out[v] = _evidence_of(t)
-    return {"aliases": {p: aliases[p] for p in PHASES if p in aliases}, "versions": out}
+    state: dict[str, Any] = {"aliases": {p: aliases[p] for p in PHASES if p in aliases}, "versions": out}
+    mt = rollout_model_tags(client, model) if model_tags is None else dict(model_tags)
+    if mt:
+        state["model"] = {k: _short(str(v)) for k, v in sorted(mt.items())}
+    return state
+
+
+def rollout_model_tags(client: MlflowClient, model: str) -> dict[str, str]:
+    """The registered model's rollout tags (``rollout.*``; ``{}`` if none or no model)."""
+    try:
+        tags = client.get_registered_model(model).tags
+    except MlflowException:
+        return {}
+    return {k: str(v) for k, v in tags.items() if k.startswith(MODEL_TAG_PREFIX)}
 
 
 def all_version_tags(client: MlflowClient, model: str) -> dict[str, dict[str, str]]:
@@ -460,6 +480,12 @@ def _compare(
         else:
             how, says = "moved", f"provenance says version {a}, registry says {b}"
         out.append(RegistryProblem("alias_moved", f"alias {p} {how} outside the workbench: {says}"))
+    m0, m1 = recorded.get("model", {}), state.get("model", {})
+    for k in sorted(set(m0) | set(m1)):
+        if m0.get(k) != m1.get(k):
+            out.append(RegistryProblem(
+                "tag_edited", f"rollout tag {k} of the registered model changed outside the workbench: "
+                f"recorded {m0.get(k)!r}, now {m1.get(k)!r} (set it with `rtopt rollout config`)"))
     # evidence tags: every version ever recorded, against the latest verified record of it
     latest: dict[str, Mapping[str, Any]] = {}
     for rec in verified:

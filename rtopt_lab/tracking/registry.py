@@ -12,17 +12,24 @@ Moves follow one rule set, the rollout's :func:`~rtopt_lab.rollout.phases.next_p
 
 - a promotion goes exactly one phase up (a new version enters ``shadow``; phases are
   never skipped);
-- into ``shadow`` (admission): no gate may have failed; beyond it every gate must pass;
-- into ``canary``: the off-policy lower bound of the improvement must be strictly above
-  the tag ``ope.margin`` (default 0; :func:`rtopt_lab.improvement.is_improvement`), and a
-  version flagged ``approval_required`` needs a named approver;
+- into ``shadow`` (admission): no gate may have failed and the version is not retired;
+  beyond it every gate must pass;
+- into ``canary``: the anytime-valid off-policy lower bound of the improvement on the
+  shadow traffic must be strictly above the tag ``ope.margin`` (default 0;
+  :func:`rtopt_lab.improvement.is_improvement`), and a version flagged
+  ``approval_required`` needs a named approver;
 - into ``guarded`` and ``general``: the live evidence of the current phase (minimum
   samples and duration, SLO ok, an anytime-valid online lower bound above the margin,
-  and for general the improvement held at consecutive looks) — passed as ``evidence``;
-  tags alone never move a version past canary;
+  and for general the bound above it at consecutive scheduled looks);
+- the live evidence is passed as ``evidence`` (built from the decision log by
+  :func:`rtopt_lab.rollout.live.rollout_evidence`); tags alone never move a version
+  past shadow;
 - a rollback is never refused: the version leaves its phase at once (its alias moves one
   phase down when that alias is free), and a rollback out of ``general`` restores the
-  version it displaced.
+  version it displaced; a retirement (``retire=True``) takes it out of every phase.
+
+The traffic shares and rules of the rollout are the model's tag ``rollout.config``
+(:func:`set_rollout_config`, recorded like every move).
 
 MLflow keeps no history of alias moves, so every move is first written to the
 hash-chained :class:`~rtopt_lab.compliance.ProvenanceLog`, and its head hash is tagged on
@@ -46,6 +53,7 @@ import getpass
 import json
 import math
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,9 +101,12 @@ __all__ = [
     "promote",
     "promotion_refusals",
     "provenance_head",
+    "readmit",
     "reconcile",
     "register_policy",
     "rollback",
+    "rollout_config",
+    "set_rollout_config",
     "status",
     "tag_version",
     "verify_registry",
@@ -465,13 +476,15 @@ def promotion_refusals(
     """Every reason a version in ``current`` with ``tags`` may not enter ``to`` (pure).
 
     An empty list means the move is allowed. Entering ``shadow`` is the admission rule (no
-    gate may have failed); every later move is :func:`~rtopt_lab.rollout.phases.next_phase`
-    itself (one rule set), on a :class:`~rtopt_lab.rollout.phases.PhaseEvidence` built
-    from the version's tags (``gates.status``, ``ope.lower_bound``, ``ope.margin``,
-    ``approval_required``; ``approved_by``) and the live evidence of ``evidence`` (SLO
-    status, samples, duration, online anytime-valid bound, improved windows, time since
-    the last transition). Without live evidence a move beyond canary is refused: a
-    candidate earns guarded and general on its own traffic, never on tags.
+    gate may have failed, not retired); every later move is
+    :func:`~rtopt_lab.rollout.phases.next_phase` itself (one rule set), on the live
+    ``evidence`` (:func:`rtopt_lab.rollout.live.rollout_evidence`: the shadow traffic's
+    anytime-valid off-policy bound, SLO status, samples, duration, the online bound,
+    improved looks, cool-down, rollbacks) with the version's tags for the gates
+    (``gates.status``), ``ope.margin`` and ``approval_required`` (``approved_by`` or an
+    approval in the evidence). Without live evidence every move after shadow is refused:
+    a candidate earns canary on the shadow traffic and guarded and general on its own,
+    never on tags.
 
     Parameters
     ----------
@@ -484,8 +497,8 @@ def promotion_refusals(
     approved_by : str, optional
         A named approver (tier-1 versions need one before canary).
     evidence : PhaseEvidence, optional
-        The live evidence of the current phase; its gate, off-policy and approval fields
-        are replaced by the tags' and ``approved_by``.
+        The live evidence of the current phase; its gate and approval-required fields
+        are replaced by the tags'.
     config : PhaseConfig, optional
         Minimum samples, durations, cool-down, windows; ``margin`` is the tag
         ``ope.margin`` when the version has it.
@@ -501,6 +514,10 @@ def promotion_refusals(
             "(phases are never skipped)"
         )
     gates = tags.get("gates.status", "insufficient_evidence")
+    if tags.get("rollout.retired") == "true":
+        reasons.append("the version is retired after repeated rollbacks: a person must re-admit it "
+                       "(rtopt rollout readmit)")
+        return reasons
     if target is Phase.SHADOW or current is None:
         if gates == "fail":
             reasons.append("a gate failed: " + tags.get("gates.reasons", _gate_reasons(tags)))
@@ -510,25 +527,25 @@ def promotion_refusals(
     config = config or PhaseConfig()
     if "ope.margin" in tags:
         config = dataclasses.replace(config, margin=float(tags["ope.margin"]))
-    lb = tags.get("ope.lower_bound")
+    live = evidence or PhaseEvidence()
     ev = dataclasses.replace(
-        evidence or PhaseEvidence(),
+        live,
         gates=gates if gates in ("pass", "fail", "insufficient_evidence", "error") else "error",
-        ope_lower_bound=None if lb is None else float(lb),
         approval_required=tags.get("approval_required") == "true",
-        approved=bool(approved_by and approved_by.strip()),
+        approved=live.approved or bool(approved_by and approved_by.strip()),
     )
     t = next_phase(Phase.parse(current), ev, config)
     if t.kind == "promote" and t.to is target:
         return []
     hints = {"gates are": f": {_gate_reasons(tags)}" if _gate_reasons(tags) else "",
-             "no off-policy": " (tag ope.lower_bound)", "tier-1": " (--approved-by)"}
+             "tier-1": " (--approved-by)"}
     out = [r + next((h for p, h in hints.items() if r.startswith(p)), "") for r in t.reasons]
-    if t.kind == "rollback":
+    if t.kind in ("rollback", "retire"):
         out.append("roll the version back instead (rtopt rollback)")
-    elif evidence is None and current != Phase.SHADOW.value:
-        out.append(f"no live evidence of {current} was given: a move beyond canary is earned on the "
-                   "candidate's own traffic (PhaseEvidence from the decision log)")
+    elif evidence is None:
+        out.append(f"no live evidence of {current} was given: every move after shadow is earned on "
+                   "traffic (the shadow log's off-policy bound, then the candidate's own), built from "
+                   "the decision log (rtopt rollout step, or rtopt promote --log LOG)")
     return out
 
 
@@ -559,12 +576,15 @@ def promote(
     provenance: ProvenanceLog | str | Path | None = None,
     evidence: PhaseEvidence | None = None,
     config: PhaseConfig | None = None,
+    at: float | None = None,
 ) -> AliasMove:
     """Move ``version`` one phase up to ``to``: check the rules, write provenance, move aliases.
 
     The rules are :func:`promotion_refusals` (the rollout's :func:`next_phase` beyond
     shadow) on the version's tags and the live ``evidence`` of its current phase; the
-    evidence is written into the provenance record of the move.
+    evidence is written into the provenance record of the move. ``config`` defaults to
+    the model's rollout config (:func:`rollout_config`); ``at`` (seconds since the epoch,
+    default now) is the time of the move the rollout's clock records.
 
     Raises
     ------
@@ -582,6 +602,8 @@ def promote(
         checked = require_clean(client, model, log, "promotion", versions=[version])
         mv = _version(client, model, version)  # the tags just checked against provenance
         current = phase_of(model, version, uri=uri)
+        if config is None:
+            config = rollout_config(model, uri=uri)
         refusals = promotion_refusals(current, to, mv.tags, approved_by=approved_by, evidence=evidence,
                                       config=config)
         if refusals:
@@ -622,6 +644,7 @@ def promote(
                 "gates": mv.tags.get("gates.status"),
                 "ope_lower_bound": mv.tags.get("ope.lower_bound"),
                 "approved_by": approved_by,
+                "at": _at(at),
                 "live_evidence": None if evidence is None else _evidence_record(evidence),
                 "registry": registry_state(client, model, aliases=after, versions=[version]),
             },
@@ -643,6 +666,9 @@ def rollback(
     actor: str | None = None,
     reason: str = "rollback",
     provenance: ProvenanceLog | str | Path | None = None,
+    at: float | None = None,
+    evidence: PhaseEvidence | None = None,
+    retire: bool = False,
 ) -> AliasMove:
     """Take a version out of its phase at once (never refused once the version is found).
 
@@ -651,6 +677,11 @@ def rollback(
     parked with no alias); leaving ``general`` restores the version it displaced, which
     the provenance log remembers (read from verified records only). With no version to
     restore, rolling back ``general`` would leave nothing to serve, so that one case raises.
+
+    With ``retire`` the version leaves every phase (no alias) and is tagged
+    ``rollout.retired=true``: the rollout controller moves it nowhere until a person
+    re-admits it (:func:`readmit`). ``evidence`` (the live evidence that triggered it) and
+    ``at`` (the rollout clock's time) go into the provenance record.
 
     Raises
     ------
@@ -689,10 +720,12 @@ def rollback(
         down = Phase.parse(frm).previous
         to = (
             down.value
-            if down is not None and _holder(client, model, down.value) in (None, version)
+            if not retire and down is not None and _holder(client, model, down.value) in (None, version)
             else None
         )
         after = {k: v for k, v in checked.state["aliases"].items() if k != frm}
+        new_tags = {"rollout.retired": "true"} if retire else {}
+        tags_after = {version: {**_version(client, model, version).tags, **new_tags}}
         if restored is not None:
             after[frm] = restored
         if to is not None:
@@ -708,9 +741,14 @@ def rollback(
                 "from": frm,
                 "to": to,
                 "restored": restored,
-                "registry": registry_state(client, model, aliases=after, versions=[version]),
+                "retired": retire,
+                "at": _at(at),
+                "live_evidence": None if evidence is None else _evidence_record(evidence),
+                "registry": registry_state(client, model, aliases=after, versions=[version], tags=tags_after),
             },
         )
+        for k, v in new_tags.items():
+            client.set_model_version_tag(model, version, k, v)
         if restored is not None:
             client.set_registered_model_alias(model, frm, restored)
         else:
@@ -718,7 +756,126 @@ def rollback(
         if to is not None:
             client.set_registered_model_alias(model, to, version)
         _anchor(client, model, version, record.hash)
-        return AliasMove(model, version, "rollback", frm, to, None, restored, record.hash)
+        return AliasMove(model, version, "retire" if retire else "rollback", frm, to, None, restored,
+                         record.hash)
+
+
+def readmit(
+    model: str,
+    version: str | int,
+    *,
+    by: str,
+    reason: str,
+    uri: str | None = None,
+    provenance: ProvenanceLog | str | Path | None = None,
+    at: float | None = None,
+) -> AliasMove:
+    """A person re-admits a retired version: it re-enters ``shadow`` with no rollbacks counted.
+
+    The ``rollout.retired`` tag becomes ``false``; the re-admission is an ``approve``
+    record naming ``by``, and the version's rollback count restarts after it.
+    """
+    if not isinstance(by, str) or not by.strip():
+        raise ValueError(f"`by` must name the person who re-admits the version; got {by!r}")
+    client, uri = _client(uri)
+    version = str(version)
+    mv = _version(client, model, version)
+    if mv.tags.get("rollout.retired") != "true":
+        raise ValueError(f"{model} version {version} is not retired (tag rollout.retired): nothing to re-admit")
+    log = _provenance(provenance, uri)
+    with registry_lock(log):
+        checked = require_clean(client, model, log, "re-admission", versions=[version])
+        if _holder(client, model, Phase.SHADOW.value) not in (None, version):
+            raise PermissionError(f"shadow is held by version {_holder(client, model, Phase.SHADOW.value)}: "
+                                  "roll it back first, then re-admit")
+        after = {**checked.state["aliases"], Phase.SHADOW.value: version}
+        tags_after = {version: {**mv.tags, "rollout.retired": "false"}}
+        record = log.append(
+            actor=by.strip(),
+            action="approve",
+            policy_version=f"{model}/{version}",
+            reason=reason,
+            evidence={
+                "model": model,
+                "version": version,
+                "readmit": True,
+                "to": Phase.SHADOW.value,
+                "at": _at(at),
+                "registry": registry_state(client, model, aliases=after, versions=[version], tags=tags_after),
+            },
+        )
+        client.set_model_version_tag(model, version, "rollout.retired", "false")
+        client.set_registered_model_alias(model, Phase.SHADOW.value, version)
+        _anchor(client, model, version, record.hash)
+        return AliasMove(model, version, "readmit", None, Phase.SHADOW.value, None, None, record.hash)
+
+
+# --------------------------------------------------------------------------- rollout config
+CONFIG_TAG = "rollout.config"
+
+
+def rollout_config(model: str = MODEL_NAME, *, uri: str | None = None) -> PhaseConfig:
+    """The model's rollout config (traffic shares and rules; tag ``rollout.config``).
+
+    ``PhaseConfig()`` when none was set. Raises ValueError naming the tag when it does
+    not parse (it was edited by hand: set it with :func:`set_rollout_config`).
+    """
+    client, _ = _client(uri)
+    try:
+        raw = client.get_registered_model(model).tags.get(CONFIG_TAG)
+    except MlflowException:
+        return PhaseConfig()
+    if raw is None:
+        return PhaseConfig()
+    try:
+        return PhaseConfig.from_dict(json.loads(raw))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"tag {CONFIG_TAG} of {model} does not parse ({exc}); set it with "
+                         "`rtopt rollout config`") from None
+
+
+def set_rollout_config(
+    model: str,
+    config: PhaseConfig,
+    *,
+    reason: str,
+    uri: str | None = None,
+    actor: str | None = None,
+    provenance: ProvenanceLog | str | Path | None = None,
+) -> PhaseConfig:
+    """Record and set the model's rollout config (shares per phase, samples, looks, ...).
+
+    Services read the shares from it (:class:`~rtopt_lab.rollout.resolver.PolicyResolver`)
+    and the controller its rules; the change is a ``config_change`` record.
+    """
+    if not isinstance(config, PhaseConfig):
+        raise TypeError(f"`config` must be a PhaseConfig; got {type(config).__name__}")
+    client, uri = _client(uri)
+    _registered(client, model)
+    log = _provenance(provenance, uri)
+    value = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
+    with registry_lock(log):
+        require_clean(client, model, log, "setting the rollout config")
+        model_tags = {**_integrity.rollout_model_tags(client, model), CONFIG_TAG: value}
+        record = log.append(
+            actor=actor or getpass.getuser(),
+            action="config_change",
+            policy_version=f"{model}/config",
+            reason=reason,
+            evidence={"model": model, "rollout_config": config.to_dict(),
+                      "registry": registry_state(client, model, model_tags=model_tags)},
+        )
+        client.set_registered_model_tag(model, CONFIG_TAG, value)
+        client.set_registered_model_tag(model, "provenance.head", record.hash)
+    return config
+
+
+def _at(at: float | None) -> float:
+    if at is None:
+        return round(time.time(), 6)
+    if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
+        raise ValueError(f"`at` must be seconds since the epoch; got {at!r}")
+    return float(at)
 
 
 def _displaced_by(records: list[ProvenanceRecord], model: str, version: str) -> str | None:
