@@ -76,12 +76,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         parents=[store],
         help="move a version one phase up (shadow > canary > ...)",
         description="Promote a registered version exactly one phase up, under the rollout "
-        "rule (rtopt_lab.rollout.phases.next_phase): no skipped phases; gates must pass "
-        "beyond shadow; canary needs an off-policy lower bound of the improvement > its "
-        "margin and, for tier-1 versions, a named approver; guarded and general need live "
-        "evidence of the candidate's own traffic (samples, duration, SLO, an anytime-valid "
-        "online bound), which this command does not have, so it refuses them and says "
-        "why. The move is written to the provenance log first. Exit "
+        "rule (rtopt_lab.rollout.phases.next_phase), the same one `rtopt rollout step` "
+        "applies: no skipped phases; gates must pass beyond shadow; canary needs the "
+        "anytime-valid off-policy lower bound of the improvement on the shadow traffic > its "
+        "margin and, for tier-1 versions, a named approver; guarded and general need the "
+        "candidate's own traffic (samples, duration, SLO, an anytime-valid online bound). "
+        "That live evidence is built from the decision log given with --log; without it "
+        "every move after shadow is refused, with the reasons. The move is written to the "
+        "provenance log first. Exit "
         "status 1 when refused, with every reason; 3 when the registry does "
         "not match its provenance (see `rtopt status`).",
     )
@@ -91,6 +93,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--approved-by", default=None, help="approver's name (recorded; required for tier 1)"
     )
     pr.add_argument("--reason", default=None, help="why (recorded in the provenance log)")
+    pr.add_argument("--log", type=Path, default=None,
+                    help="decision log the services write (with _rollout/): the live evidence")
     pr.set_defaults(func=_cmd_promote)
 
     rb = sub.add_parser(
@@ -287,12 +291,17 @@ def _promote(
     approved_by: str | None,
     actor: str | None,
     reason: str | None,
+    log: Path | None = None,
 ) -> int:
     from rtopt_lab.tracking import promote
 
+    evidence = None
     try:
+        if log is not None:
+            evidence = _live_evidence(model, version, uri, log)
         move = promote(
-            model, version, to, uri=uri, approved_by=approved_by, actor=actor, reason=reason
+            model, version, to, uri=uri, approved_by=approved_by, actor=actor, reason=reason,
+            evidence=evidence,
         )
     except PermissionError as exc:
         return _refused(exc)
@@ -304,9 +313,24 @@ def _promote(
     return 0
 
 
+def _live_evidence(model: str, version: str, uri: str, log: Path):
+    """The live evidence of ``version``'s phase from the decision log ``log``."""
+    from rtopt_lab.logstore import LogStore
+    from rtopt_lab.rollout.live import rollout_evidence
+    from rtopt_lab.rollout.state import read_state
+
+    if not log.is_dir():
+        raise PermissionError(f"--log {log} is not a folder (the decision log the services write)")
+    state = read_state(model, uri=uri)
+    if state.candidate != str(version):
+        raise PermissionError(f"version {version} is not the rollout's candidate (that is "
+                              f"{state.candidate or 'none'}): the log's evidence is about the candidate")
+    return rollout_evidence(LogStore(log), state).phase_evidence
+
+
 def _cmd_promote(args: argparse.Namespace) -> int:
     return _promote(
-        args.model, args.version, args.to, _uri(args), args.approved_by, None, args.reason
+        args.model, args.version, args.to, _uri(args), args.approved_by, None, args.reason, args.log
     )
 
 

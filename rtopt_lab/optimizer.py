@@ -41,6 +41,7 @@ import atexit
 import contextlib
 import math
 import threading
+import time
 import uuid
 import weakref
 from collections import OrderedDict
@@ -198,6 +199,9 @@ class LLMParameterOptimizer:
         reserved is booked all the same at settlement.
     lease_block : int, default 20_000
         Tokens a lease takes from the ledger at a time (smaller near the limit).
+    clock : callable returning seconds since the epoch, default ``time.time``
+        The decisions' timestamps (injectable: a simulation or a test runs days of
+        traffic in minutes; the controller reads the same clock's times from the log).
     """
 
     def __init__(
@@ -218,6 +222,7 @@ class LLMParameterOptimizer:
         journal_fsync: bool = False,
         prompt_allowance: int = 512,
         lease_block: int = 20_000,
+        clock: Any = None,
     ):
         if rollout is not None and not callable(getattr(rollout, "snapshot", None)):
             raise TypeError(f"`rollout` must be a PolicyResolver or FixedRollout; got {type(rollout).__name__}")
@@ -238,6 +243,7 @@ class LLMParameterOptimizer:
             if v < lo:
                 raise ValueError(f"`{name}` must be >= {lo}; got {v!r}")
         self.incumbent, self.rollout = incumbent, rollout
+        self.clock = clock or time.time
         self.catalog = incumbent.catalog
         self.reward_fn = reward_fn or RewardFunction()
         self.log_store, self.budget, self.slo = log_store, budget, slo
@@ -576,7 +582,7 @@ class LLMParameterOptimizer:
             reserved = (
                 self._cost(self.catalog.index(res.arm_id), f) if self._lease is not None else 0
             )
-        row = decision_row(res, f, datetime.now(UTC))
+        row = decision_row(res, f, datetime.fromtimestamp(self.clock(), UTC))
         line = {
             "k": "d",
             "rid": res.request_id,

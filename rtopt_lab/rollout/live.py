@@ -130,7 +130,7 @@ def read_rollout_rows(log: Any, *, candidate: str | None = None, start: float | 
     if candidate is not None:
         flt = ds.field("candidate_version") == candidate
     if start is not None and math.isfinite(start):
-        t = ds.field("timestamp") >= pd.Timestamp(start, unit="s", tz="UTC").to_pydatetime()
+        t = ds.field("timestamp") >= datetime.fromtimestamp(start, UTC)
         flt = t if flt is None else flt & t
     return dataset.to_table(filter=flt).to_pandas().drop_duplicates("request_id", keep="first")
 

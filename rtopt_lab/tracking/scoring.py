@@ -11,6 +11,14 @@ such option in 3.17, hence this module. ``/invocations``, ``/ping``, ``/health``
 ``/version`` are MLflow's own, so the JSON formats are unchanged.
 
 The model's artifacts go to a temporary folder this process creates and removes on exit.
+
+**Following the alias.** With ``--follow`` (what ``rtopt serve`` runs) the server checks
+every ``--refresh-s`` seconds (default 30) which version holds the alias of
+``models:/MODEL@ALIAS``; when it moved (a promotion, a rollback), the new version is
+downloaded and loaded beside the old one, and requests are switched to it at once (no
+restart, no request dropped). The staleness bound is ``--refresh-s`` plus one download
+and load. Every answer carries the version that produced it in the header
+``x-rtopt-model-version``. A failed reload keeps the old version serving and prints why.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-__all__ = ["HostGuard", "create_app", "main"]
+__all__ = ["AliasFollower", "HostGuard", "create_app", "main"]
 
 MODEL_PATH_ENV = "RTOPT_SCORING_MODEL_PATH"
 ALLOWED_HOSTS_ENV = "RTOPT_SCORING_ALLOWED_HOSTS"
@@ -68,6 +76,63 @@ class HostGuard:
         await self.app(scope, receive, send)
 
 
+class AliasFollower:
+    """ASGI app that serves the version holding an alias and swaps it when the alias moves.
+
+    Parameters
+    ----------
+    model_uri : str
+        ``models:/MODEL@ALIAS``.
+    tracking_uri : str
+    refresh_s : float
+    load : callable (version) -> ASGI app
+        Builds the app of one version (downloads and loads it).
+    version : str
+        The version already loaded; ``app`` its app.
+    """
+
+    def __init__(self, model_uri: str, tracking_uri: str, refresh_s: float, load, version: str, app):
+        import threading
+
+        name, _, alias = model_uri[len("models:/"):].partition("@")
+        self.model, self.alias, self.uri = name, alias, tracking_uri
+        self.refresh_s, self._load = float(refresh_s), load
+        self.version, self.app = version, app
+        self.reloads = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rtopt-alias-follower", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        from rtopt_lab.tracking.server import phase_version
+
+        while not self._stop.wait(self.refresh_s):
+            try:
+                v = phase_version(self.model, self.alias, uri=self.uri)
+                if v is not None and v != self.version:
+                    app = self._load(v)
+                    self.app, self.version = app, v  # one assignment each: requests switch at once
+                    self.reloads += 1
+                    print(f"alias {self.alias} moved: now serving {self.model} version {v}", flush=True)
+            except Exception as exc:  # keep serving the old version
+                print(f"alias check failed, still serving version {self.version}: "
+                      f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+    async def __call__(self, scope, receive, send):
+        app, version = self.app, self.version
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        tag = (b"x-rtopt-model-version", str(version).encode())
+
+        async def tagged(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), tag]}
+            await send(message)
+
+        await app(scope, receive, tagged)
+
+
 def create_app():
     """The guarded scoring app (a uvicorn factory: each worker calls it once).
 
@@ -92,6 +157,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allowed-hosts", required=True, help="comma-separated exact Host header values"
     )
+    p.add_argument("--follow", action="store_true",
+                   help="reload when the alias of --model-uri moves (checked every --refresh-s)")
+    p.add_argument("--refresh-s", type=float, default=30.0,
+                   help="seconds between alias checks with --follow (default: %(default)s)")
     return p
 
 
@@ -116,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         gc.collect()
         gc.freeze()  # what download and loading left behind is never garbage: keep it out of GC passes
+        if args.follow and args.workers == 1 and "@" in args.model_uri:
+            app = _follower(args, tmp, app)
         target = app if args.workers == 1 else "rtopt_lab.tracking.scoring:create_app"
         uvicorn.run(
             target,
@@ -126,6 +197,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_level="info",
         )
     return 0
+
+
+def _follower(args, tmp: str, app):
+    from mlflow.pyfunc import scoring_server
+    from mlflow.tracking.artifact_utils import _download_artifact_from_uri
+
+    from rtopt_lab.tracking.server import phase_version
+
+    hosts = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    name, _, alias = args.model_uri[len("models:/"):].partition("@")
+    version = phase_version(name, alias, uri=uri) or "?"
+
+    def load(v: str):
+        path = _download_artifact_from_uri(f"models:/{name}/{v}", output_path=tempfile.mkdtemp(dir=tmp))
+        return HostGuard(scoring_server.init(scoring_server.load_model_with_mlflow_config(path)), hosts)
+
+    return AliasFollower(args.model_uri, uri, args.refresh_s, load, version, app)
 
 
 if __name__ == "__main__":

@@ -130,11 +130,13 @@ def serve_command(
     uri: str | None = None,
     port: int = 5001,
     workers: int = 1,
+    refresh_s: float = 30.0,
 ) -> tuple[list[str], dict[str, str]]:
     """The scoring server of ``models:/MODEL@PHASE`` on 127.0.0.1 (see :mod:`.scoring`).
 
     What ``mlflow models serve -m models:/MODEL@PHASE --env-manager local`` runs, plus a
-    guard that answers 403 unless ``Host`` is one of :func:`allowed_hosts`.
+    guard that answers 403 unless ``Host`` is one of :func:`allowed_hosts`, and (one
+    worker) following the alias: a move reaches it within ``refresh_s`` plus one load.
     """
     if phase not in PHASES:
         raise ValueError(f"`phase` must be one of {list(PHASES)}; got {phase!r}")
@@ -153,6 +155,9 @@ def serve_command(
         str(_workers(workers)),
         "--allowed-hosts",
         ",".join(allowed_hosts(port)),
+        "--follow",
+        "--refresh-s",
+        str(float(refresh_s)),
     ]
     return cmd, _env(uri)
 
