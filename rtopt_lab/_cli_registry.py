@@ -150,6 +150,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "once /ping answers. POST rows of task features to /invocations, e.g. "
         '{"dataframe_records": [{"task_type": "summarization"}]}. Requests '
         "whose Host header is not 127.0.0.1:PORT or localhost:PORT get 403. "
+        "The server follows the alias: within --refresh-s of a move it serves the new "
+        "version (the header x-rtopt-model-version names the version of each answer). "
         "Ctrl-C, SIGTERM or SIGHUP stop every process of it. Exit status 1, with "
         "one line, when no version holds the phase or the server cannot start.",
     )
@@ -160,6 +162,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="phase alias to serve (default: %(default)s)",
     )
     sv.add_argument("--port", type=int, default=5001, help="port (default: %(default)s)")
+    sv.add_argument("--refresh-s", type=float, default=30.0,
+                    help="seconds between checks of the alias: when it moves (a promotion, a rollback) "
+                    "the new version is loaded and served without a restart (default: %(default)s)")
     sv.set_defaults(func=_cmd_serve)
 
 
@@ -452,7 +457,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from rtopt_lab.tracking.server import HOST, phase_version, serve_command
 
     uri = _uri(args)
-    cmd_env = serve_command(model=args.model, phase=args.phase, uri=uri, port=args.port)
+    if not 0 < args.refresh_s < float("inf"):
+        print(f"rtopt serve: error: --refresh-s must be > 0; got {args.refresh_s}", file=sys.stderr)
+        return 2
+    cmd_env = serve_command(model=args.model, phase=args.phase, uri=uri, port=args.port,
+                            refresh_s=args.refresh_s)
     version = phase_version(args.model, args.phase, uri=uri)
     if version is None:
         print(

@@ -328,6 +328,37 @@ def _announced(proc: subprocess.Popen, prefix: str, timeout_s: float = 240.0) ->
     pytest.fail(f"no {prefix!r} line within {timeout_s} s")
 
 
+def _served_version(port: int, body: bytes) -> tuple[str | None, list]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("POST", "/invocations", body, {"Content-Type": "application/json", "Host": f"127.0.0.1:{port}"})
+    r = conn.getresponse()
+    out = r.getheader("x-rtopt-model-version"), json.loads(r.read())["predictions"]
+    conn.close()
+    return out
+
+
+def _follows_the_alias(port, uri, root, sim, body, frame):
+    """A promotion into general, then a rollback, reach the running server without a restart."""
+    from rtopt_lab.policies import FixedPolicy
+    from rtopt_lab.serving import select_frame
+    from rtopt_lab.tracking import ensure_experiment, promote, register_policy, rollback
+
+    assert _served_version(port, body)[0] == "1"
+    prov = root / "prov.jsonl"
+    v2 = register_policy(FixedPolicy(sim.catalog), experiment_id=ensure_experiment("rtopt/servers-test", uri=uri),
+                         uri=uri, gate_verdicts={"all": {"status": "pass"}}, provenance=prov).version
+    for to in ("shadow", "canary", "guarded", "general"):
+        promote("rtopt-policy", v2, to, uri=uri, provenance=prov, evidence=LIVE_OK)
+    t = time.monotonic()
+    assert _until(lambda: _served_version(port, body)[0] == v2, 60), "the server never followed the alias"
+    took = time.monotonic() - t
+    got = _served_version(port, body)[1]
+    assert [g["arm_id"] for g in got] == select_frame(FixedPolicy(sim.catalog), frame)["arm_id"].tolist()
+    rollback("rtopt-policy", phase="general", uri=uri, provenance=prov, reason="p99 latency breach")
+    assert _until(lambda: _served_version(port, body)[0] == "1", 60), "the rollback never reached the server"
+    assert took < 30, f"{took:.1f} s to follow a move (refresh 0.5 s + one load)"
+
+
 @pytest.mark.slow
 def test_serve_nothing_in_the_phase_exits_1_with_one_line(store):
     uri, root, _ = store
@@ -353,7 +384,8 @@ def test_serve_announces_when_up_guards_host_and_stops_on_sigterm(store, sim):
     uri, root, policy = store
     port = _free_port()
     proc = _rtopt(
-        "serve", "--phase", "general", "--tracking-uri", uri, "--port", str(port), cwd=root
+        "serve", "--phase", "general", "--tracking-uri", uri, "--port", str(port),
+        "--refresh-s", "0.5", cwd=root,
     )
     errors: list[str] = []
     try:
@@ -390,6 +422,7 @@ def test_serve_announces_when_up_guards_host_and_stops_on_sigterm(store, sim):
         assert err.strip().splitlines() == [
             f"rtopt: port {port} on 127.0.0.1 is in use; choose another with --port"
         ]
+        _follows_the_alias(port, uri, root, sim, body, frame)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
