@@ -609,3 +609,15 @@ def test_write_report_never_replaces_a_file_it_did_not_write(tmp_path):
     assert other.read_text() == "<p>my notes</p>"
     with pytest.raises(ValueError, match=r"\.html"):
         d.write_report(tmp_path / "README.md", title="t", results=results)
+
+
+def test_live_evidence_plot_marks_bounds_above_the_margin():
+    metrics = pd.DataFrame({"task_type": ["all", "a", "b"], "improvement": [0.1, 0.2, 0.05],
+                            "lower_bound": [0.05, 0.1, float("nan")]})
+    fig = d.live_evidence_plot(metrics, margin=0.0)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["all", "a", "b"][::-1] or ax.get_yticklabels()
+    assert "lower bound" in ax.get_title() and "reward units" in ax.get_xlabel()
+    assert d.figure_png(fig, dpi=40).startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="no task type with an estimate"):
+        d.live_evidence_plot(metrics.assign(improvement=float("nan")))

@@ -56,7 +56,8 @@ from rtopt_lab.dashboard.timeline import (
     rollout_status,
 )
 
-_PLOTS = ("attribution_plot", "drift_plot", "forest_plot", "pareto_plot", "timeline_plot", "trend_plot")
+_PLOTS = ("attribution_plot", "drift_plot", "forest_plot", "live_evidence_plot", "pareto_plot", "timeline_plot",
+          "trend_plot")
 
 __all__ = [
     "AVERAGE_CONTEXT",
@@ -81,6 +82,7 @@ __all__ = [
     "fit_linear_q",
     "forest_plot",
     "linear_q_hat",
+    "live_evidence_plot",
     "outcome_log",
     "pareto_frame",
     "pareto_front",

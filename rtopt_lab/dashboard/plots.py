@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-__all__ = ["attribution_plot", "drift_plot", "forest_plot", "pareto_plot", "timeline_plot", "trend_plot"]
+__all__ = ["attribution_plot", "drift_plot", "forest_plot", "live_evidence_plot", "pareto_plot", "timeline_plot",
+           "trend_plot"]
 
 _VERDICT_COLORS = {"improved": "#1a9850", "worse": "#d73027", "not significant": "#4d4d4d", "insufficient_evidence": "#b8860b",
                    "baseline": "#2166ac"}
@@ -292,6 +293,42 @@ def timeline_plot(timeline: pd.DataFrame, *, title: str | None = None) -> Figure
     ax.legend(loc="upper left", fontsize="small")
     ax.grid(alpha=0.3)
     fig.autofmt_xdate()
+    return fig
+
+
+def live_evidence_plot(metrics: pd.DataFrame, *, margin: float = 0.0, title: str | None = None) -> Figure:
+    """The candidate's improvement over the incumbent per task type, with its anytime-valid
+    lower bound, against the margin the rule needs (the live rollout's evidence).
+
+    Parameters
+    ----------
+    metrics : DataFrame
+        :attr:`rtopt_lab.rollout.live.RolloutEvidence.metrics` (``task_type``,
+        ``improvement``, ``lower_bound``).
+    margin : float, default 0
+        The rule's margin δ: a bound strictly above it is an improvement.
+    """
+    m = _need(metrics, "metrics", ("task_type", "improvement", "lower_bound"))
+    m = m[np.isfinite(m["improvement"].astype(float))]
+    if len(m) == 0:
+        raise ValueError("`metrics` has no task type with an estimate yet")
+    fig = _figure(8.0, 1.4 + 0.45 * len(m))
+    ax = fig.add_subplot()
+    y = np.arange(len(m))[::-1]
+    est = m["improvement"].astype(float).to_numpy()
+    lb = m["lower_bound"].astype(float).to_numpy()
+    ok = np.isfinite(lb)
+    ax.hlines(y[ok], lb[ok], est[ok], color="#4d4d4d", linewidth=2, label="anytime-valid lower bound .. estimate")
+    colors = np.where(ok & (lb > margin), _VERDICT_COLORS["improved"], _VERDICT_COLORS["not significant"])
+    ax.scatter(est, y, color=colors, s=50, zorder=5, label="estimate (green: bound > margin)")
+    ax.scatter(lb[ok], y[ok], marker="|", s=200, color="#4d4d4d", zorder=5)
+    ax.axvline(margin, color="#d73027", linestyle="--", linewidth=1, label=f"margin δ = {margin:g}")
+    ax.set_yticks(y, [str(t) for t in m["task_type"]])
+    ax.set_xlabel("improvement over the incumbent (reward units, candidate − incumbent)")
+    ax.set_ylabel("task type")
+    ax.set_title(title or "Live evidence: improvement and its anytime-valid lower bound")
+    ax.legend(loc="best", fontsize="small")
+    ax.grid(alpha=0.3, axis="x")
     return fig
 
 
