@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from rtopt_lab.simulate import LLMTaskSimulator
+# One BLAS thread per process, before numpy is loaded here or in any subprocess (CLI runs,
+# kernels, workers, Spark's Python workers inherit the environment). The policies' kernels
+# multiply many small matrices (Thompson: 32 contexts at a time); on a 2-core machine that
+# also runs servers, workers and a JVM, OpenBLAS's spinning threads made them 10-100 times
+# slower. The numbers do not depend on it (the tests compare at rtol 1e-9 or looser).
+# A value set by the caller is kept.
+for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import pytest  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from rtopt_lab.simulate import LLMTaskSimulator  # noqa: E402
+
+# numpy may already be loaded (a plugin, or rtopt_lab's doctests collected first): the
+# same limit at run time, where the caller has not set one
+if os.environ["OPENBLAS_NUM_THREADS"] == "1":
+    threadpool_limits(limits=1, user_api="blas")
 
 
 @pytest.fixture(scope="session")

@@ -44,11 +44,12 @@ def world(sim, tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setenv("RTOPT_ALLOW_PATHS", str(root))  # outside the project: allowed explicitly
     eid = ensure_experiment("rtopt/experiments-test", uri=uri)
     log_dir = root / "log"
-    write_log(sim.iter_log(30_000, logging_policy="epsilon", seed=5), log_dir, total_rows=30_000,
+    # 10,000 rows: every notebook runs its whole pipeline on it; no test here is statistical
+    write_log(sim.iter_log(10_000, logging_policy="epsilon", seed=5), log_dir, total_rows=10_000,
               progress=False, known_arms=sim.catalog.arm_ids)
     adopt_incumbent(FixedPolicy(sim.catalog), experiment_id=eid, uri=uri)
     frame = read_log(log_dir).table.to_pandas()
-    cand = fit_from_log(LinUCB(sim.catalog), frame.iloc[:10_000])
+    cand = fit_from_log(LinUCB(sim.catalog), frame.iloc[:4_000])
     v = register_policy(cand, experiment_id=eid, uri=uri, gate_verdicts={"all": {"status": "pass"}},
                         tags={"ope.lower_bound": "0.0"}).version
     promote("rtopt-policy", v, "shadow", uri=uri)
