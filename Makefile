@@ -3,6 +3,9 @@
 #   make test   set up .venv, then run the whole test suite
 # Set-up is incremental: .venv/.installed is rebuilt only when pyproject.toml changes.
 # uv is used when it can be installed into the venv (about ten times faster), else pip.
+# Dependencies are compiled to bytecode at install (pip does by default, uv with --compile-bytecode):
+# where PYTHONDONTWRITEBYTECODE is set (as on the 2-core test machine) every process otherwise (test
+# subprocesses, kernels, MLflow's requirement capture) compiles mlflow, pandas... again: ~4 s CPU each.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -23,7 +26,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	@if $(PY) -m pip install -q --disable-pip-version-check uv >/dev/null 2>&1 && $(VENV)/bin/uv --version >/dev/null 2>&1; then \
 	  echo "installing with uv"; \
-	  $(VENV)/bin/uv pip install --python $(PY) -q -e '.[$(EXTRAS)]'; \
+	  $(VENV)/bin/uv pip install --python $(PY) -q --compile-bytecode -e '.[$(EXTRAS)]'; \
 	else \
 	  echo "uv unavailable: installing with pip"; \
 	  $(PY) -m pip install -q --disable-pip-version-check -e '.[$(EXTRAS)]'; \
