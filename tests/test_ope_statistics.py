@@ -30,8 +30,10 @@ def world(sim):
     pb = sim.logging_action_dist(ctx, "epsilon", epsilon=0.2)
     pi = 0.5 * special.softmax(q / 0.1, axis=1) + 0.5 / k
     q_hat = q + 0.1 * np.sin(0.37 * np.arange(q.size).reshape(q.shape))
+    # the pool encodes the contexts once: its draws are sample_outcomes' draws for the same
+    # generator state (tests/test_simulate.py), without re-encoding n contexts per replication
     return {"ctx": ctx, "q": q, "pb": pb, "pi": pi, "q_hat": q_hat, "cum": np.cumsum(pb, axis=1),
-            "value": float((pi * q).sum(axis=1).mean())}
+            "pool": sim.context_pool(ctx), "value": float((pi * q).sum(axis=1).mean())}
 
 
 def _replicate(sim, world, n: int, rep: int):
@@ -40,7 +42,7 @@ def _replicate(sim, world, n: int, rep: int):
     k = world["q"].shape[1]
     u = rng.random(n)
     a = np.minimum((world["cum"][idx] < u[:, None]).sum(axis=1), k - 1)
-    r = sim.sample_outcomes(world["ctx"].iloc[idx], a, seed=rng)["reward"].to_numpy()
+    r = world["pool"].sample(idx, a, rng)["reward"]
     return r, a, world["pb"][idx, a], world["pi"][idx], world["q_hat"][idx]
 
 
