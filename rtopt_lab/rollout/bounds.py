@@ -102,8 +102,9 @@ def online_terms(reward, candidate, share: float, task=None, *, block: int = _BL
         Rewards in time order, of every request of the phase (both arms).
     candidate : array (n,) of bool
         Whether the candidate served the request (the hash assignment).
-    share : float in (0, 1)
-        The candidate's share ``s`` in the phase (its assignment propensity).
+    share : float in (0, 1), or array (n,) of them
+        The candidate's share ``s`` in the phase (its assignment propensity), or each
+        request's own (a share changed within the phase).
     task : array (n,), optional
         Task type of each request: the baseline ``m_i`` is the running mean per task type.
     block : int, default 1024
@@ -117,7 +118,8 @@ def online_terms(reward, candidate, share: float, task=None, *, block: int = _BL
     a = _as(candidate, "candidate", bool)
     if len(a) != len(r):
         raise ValueError(f"`candidate` has {len(a)} rows, `reward` {len(r)}")
-    if isinstance(share, bool) or not 0 < share < 1:
+    s_arr = np.broadcast_to(np.asarray(share, dtype=float), r.shape) if not isinstance(share, bool) else None
+    if s_arr is None or not np.all((s_arr > 0) & (s_arr < 1)):
         raise ValueError(f"`share` must be in (0, 1) for a two-arm comparison; got {share!r}")
     if len(r) == 0:
         return r
@@ -126,9 +128,9 @@ def online_terms(reward, candidate, share: float, task=None, *, block: int = _BL
         codes = np.zeros(len(r), dtype=np.int64)
     elif len(codes) != len(r):
         raise ValueError(f"`task` has {len(codes)} rows, `reward` {len(r)}")
-    s, c = _before(r, codes, k, block)
-    m = (s + _PRIOR * _PRIOR_N) / (c + _PRIOR_N)
-    return np.where(a, 1.0 / share, -1.0 / (1.0 - share)) * (r - m)
+    sums, c = _before(r, codes, k, block)
+    m = (sums + _PRIOR * _PRIOR_N) / (c + _PRIOR_N)
+    return np.where(a, 1.0 / s_arr, -1.0 / (1.0 - s_arr)) * (r - m)
 
 
 def shadow_terms(reward, pscore, action_dist, arm_index, task=None, *, block: int = _BLOCK,

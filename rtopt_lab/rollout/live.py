@@ -254,12 +254,7 @@ def _kept(df: pd.DataFrame, shadow: bool, cand: np.ndarray) -> np.ndarray:
 
 
 def _online(r, cand, share, task) -> np.ndarray:
-    if np.ptp(share) == 0:
-        return online_terms(r, cand, float(share[0]), task)
-    # per-row shares: z_i = (A_i/s_i - (1-A_i)/(1-s_i)) (r_i - m_i), same construction
-    z1 = online_terms(r, cand, 0.5, task)  # (+-2)(r - m)
-    resid = z1 / np.where(cand, 2.0, -2.0)
-    return np.where(cand, 1.0 / share, -1.0 / (1.0 - share)) * resid
+    return online_terms(r, cand, share, task)
 
 
 def _shadow(df: pd.DataFrame) -> tuple[np.ndarray, str | None]:
