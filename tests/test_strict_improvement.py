@@ -287,33 +287,51 @@ def test_the_old_holm_bound_contradiction_is_gone():
         assert c.difference + z1 * c.se > c.lower_bound
 
 
+@pytest.fixture(scope="module")
+def uniform_world(sim):
+    """A pool of 20,000 contexts with exact q, the production policy and the candidates,
+    computed once: each replication draws its contexts from the pool (exact q looked up,
+    not recomputed), uniform actions and rewards from the simulator."""
+    ctx = sim.sample_contexts(20_000, seed=10_000)
+    q = sim.expected_reward(ctx)
+    n, k = q.shape
+    prod = np.zeros((n, k))
+    prod[np.arange(n), sim.catalog.baseline_arms(ctx["task_type"].to_numpy())] = 1.0
+    dists = {"prod": prod}
+    for j, tau in enumerate((0.05, 0.1, 0.2, 0.5)):
+        dists[f"c{j}"] = 0.5 * special.softmax(q / tau, axis=1) + 0.5 * prod
+    q_hat = q + 0.05 * np.cos(np.arange(q.size)).reshape(q.shape)
+    # exact value of every policy on every pool context: sum_a pi(a|x) q(x, a)
+    row_value = {c: (d * q).sum(axis=1) for c, d in dists.items()}
+    return {"ctx": ctx, "pool": sim.context_pool(ctx), "dists": dists, "q_hat": q_hat, "row_value": row_value}
+
+
 @pytest.mark.slow
-def test_the_lower_bounds_are_simultaneous_on_the_simulator(sim):
+def test_the_lower_bounds_are_simultaneous_on_the_simulator(sim, uniform_world):
     """P(any candidate's lower bound > its true difference) <= alpha, over 300 seeded
-    replications with exact policy values, for IPS and DR (normal intervals)."""
-    reps, alpha, m = 300, 0.1, 4
+    replications with exact policy values, for IPS and DR (normal intervals). Each
+    replication logs 2,000 contexts of the pool with uniform actions; the truth is the
+    exact difference of values on those contexts."""
+    reps, alpha, m, n = 300, 0.1, 4, 2_000
+    w = uniform_world
+    size, k = w["q_hat"].shape
     misses = {"ips": 0, "dr": 0}
     single = {"ips": 0, "dr": 0}  # the same, with unadjusted bounds at alpha
     z1 = special.ndtri(alpha)
     for s in range(reps):
-        log = sim.simulate_log(2_000, logging_policy="uniform", seed=10_000 + s)
-        q = sim.expected_reward(log)
-        n, k = q.shape
-        prod = np.zeros((n, k))
-        prod[np.arange(n), sim.catalog.baseline_arms(log["task_type"].to_numpy())] = 1.0
-        dists = {"prod": prod}
-        for j, tau in enumerate((0.05, 0.1, 0.2, 0.5)):
-            dists[f"c{j}"] = 0.5 * special.softmax(q / tau, axis=1) + 0.5 * prod
-        q_hat = q + 0.05 * np.cos(np.arange(q.size)).reshape(q.shape)
+        rng = np.random.default_rng([10_000, s])
+        idx = rng.integers(0, size, n)
+        a = rng.integers(0, k, n)
+        r = w["pool"].sample(idx, a, rng)["reward"]
+        dists = {c: d[idx] for c, d in w["dists"].items()}
         res = compare(
-            *_arrays(sim, log), dists, q_hat, baseline="prod", estimator=("ips", "dr"), alpha=alpha
+            r, a, np.full(n, 1.0 / k), dists, w["q_hat"][idx], baseline="prod", estimator=("ips", "dr"),
+            alpha=alpha,
         )
-        # exact values from the exact q already computed: V(pi) = mean_i sum_a pi(a|x_i) q(x_i, a)
-        # (sim.policy_value recomputes q, five times per replication; checked equal once)
-        value = {c: float((d * q).sum(axis=1).mean()) for c, d in dists.items()}
-        if s == 0:
+        value = {c: float(v[idx].mean()) for c, v in w["row_value"].items()}
+        if s == 0:  # the exact values are the simulator's
             for c, d in dists.items():
-                assert value[c] == pytest.approx(sim.policy_value(log, d), rel=1e-12, abs=1e-15)
+                assert value[c] == pytest.approx(sim.policy_value(w["ctx"].iloc[idx], d), rel=1e-12, abs=1e-15)
         truth = {c: value[c] - value["prod"] for c in dists if c != "prod"}
         for e in misses:
             cs = [c for c in res if c.estimator == e]
