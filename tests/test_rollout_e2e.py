@@ -428,6 +428,9 @@ def test_rollout_walks_a_better_candidate_and_rolls_a_regression_back(tmp_path, 
     assert moves == [(v2, "promote", "canary"), (v2, "promote", "guarded"), (v2, "promote", "general"),
                      (v3, "promote", "canary"), (v3, "rollback", "shadow")], moves
 
+    races = [s["resolver_races"] for s in final]
+    assert all(not x for x in races), f"a service read the registry between a move's record and its anchor: {races}"
+
     times["total (fits, store, registry, both scenarios, teardown)"] = time.time() - began
     took = np.array([lk.took_s for lk in r.looks])
     services = [{k: s[k] for k in ("requests", "rps", "candidate_total", "resolver_races")} for s in final]

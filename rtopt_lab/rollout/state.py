@@ -83,16 +83,17 @@ def read_state(model: str | None = None, *, uri: str | None = None,
         the workbench): a controller must not act on a state nobody recorded.
     """
     from rtopt_lab.tracking import registry as reg
-    from rtopt_lab.tracking.integrity import check_registry, verified_records
+    from rtopt_lab.tracking.integrity import check_registry, registry_lock, verified_records
 
     model = model or reg.MODEL_NAME
     client, uri = reg._client(uri)
     reg._registered(client, model)
     log = reg._provenance(provenance, uri)
-    chk = check_registry(client, model, log)
-    records = verified_records(client, model, log, checked=chk)  # raises when not clean
+    with registry_lock(log):  # a writer appends, then anchors: never read between the two
+        chk = check_registry(client, model, log)
+        records = verified_records(client, model, log, checked=chk)  # raises when not clean
+        config = reg.rollout_config(model, uri=uri)
     aliases = dict(chk.state["aliases"])
-    config = reg.rollout_config(model, uri=uri)
     incumbent = aliases.get(Phase.GENERAL.value)
     below = [(p, aliases[p.value]) for p in (Phase.GUARDED, Phase.CANARY, Phase.SHADOW)
              if p.value in aliases and aliases[p.value] != incumbent]
