@@ -30,6 +30,13 @@ from rtopt_lab.tracking import (
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory):
+    """One SQLite store for the tests that do not test its creation (each uses an experiment
+    of its own): creating and migrating a store takes seconds."""
+    return default_tracking_uri(tmp_path_factory.mktemp("store"))
+
+
 def test_import_mlflow_from_the_repo_root_is_the_installed_package():
     out = subprocess.run([sys.executable, "-c", "import mlflow, sys; print(mlflow.__file__)"], cwd=REPO,
                          capture_output=True, text=True, check=True)
@@ -68,8 +75,8 @@ def test_log_evaluation_records_params_metrics_and_artifacts(sim, tmp_path):
     assert json.loads(Path(local).read_text())["quality_floor"]["status"] == "fail"
 
 
-def test_parallel_runs_land_in_the_right_experiment(tmp_path):
-    uri = default_tracking_uri(tmp_path)
+def test_parallel_runs_land_in_the_right_experiment(store_uri):
+    uri = store_uri
     eid = ensure_experiment("rtopt/parallel", uri=uri)          # created before fanning out
     code = ("import mlflow, sys; mlflow.set_tracking_uri(sys.argv[1]);"
             "r = mlflow.start_run(experiment_id=sys.argv[2]); mlflow.log_metric('x', float(sys.argv[3]));"
@@ -84,8 +91,8 @@ def test_parallel_runs_land_in_the_right_experiment(tmp_path):
     assert len(runs) == 4 and sorted(r.data.metrics["x"] for r in runs) == [0.0, 1.0, 2.0, 3.0]
 
 
-def test_run_table_names_a_missing_table(tmp_path):
-    uri = default_tracking_uri(tmp_path)
+def test_run_table_names_a_missing_table(store_uri):
+    uri = store_uri
     eid = ensure_experiment("rtopt/tables", uri=uri)
     rid = log_run(experiment_id=eid, uri=uri, tables={"candidates": pd.DataFrame({"a": [1, 2]})},
                   metrics={"x": 1.0, "nan": float("nan")})
