@@ -42,6 +42,11 @@ def world(sim, tmp_path_factory, monkeypatch_module):
     uri = default_tracking_uri(root)
     monkeypatch_module.setenv("RTOPT_PROVENANCE", str(root / "provenance.jsonl"))
     monkeypatch_module.setenv("RTOPT_ALLOW_PATHS", str(root))  # outside the project: allowed explicitly
+    # MLflow infers a logged model's pip requirements by importing it in a subprocess, most of
+    # a registration's time; these models never leave the temp folder and no test here reads
+    # their requirements: give up after 1 s and keep MLflow's fallback list (as test_rollout_e2e);
+    # the notebooks' kernels inherit the setting
+    monkeypatch_module.setenv("MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT", "1")
     eid = ensure_experiment("rtopt/experiments-test", uri=uri)
     log_dir = root / "log"
     # 10,000 rows: every notebook runs its whole pipeline on it; no test here is statistical

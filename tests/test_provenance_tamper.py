@@ -50,24 +50,29 @@ FAIL = {"trust_region": {"status": "fail", "reasons": ["leaves the trust region"
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, sim):
     saved = os.environ.pop("RTOPT_PROVENANCE", None)
-    root = tmp_path_factory.mktemp("tamper")
-    uri = default_tracking_uri(root)
-    eid = ensure_experiment("rtopt/tamper", uri=uri, root=root)
-    v1 = adopt_incumbent(FixedPolicy(sim.catalog), experiment_id=eid, uri=uri).version
-    v2 = register_policy(
-        ThompsonGaussian(sim.catalog, seed=1),
-        experiment_id=eid,
-        uri=uri,
-        gate_verdicts=PASS,
-        tags={"ope.lower_bound": "0.02"},
-        approval_required=True,
-    ).version
-    for to in ("shadow", "canary", "guarded", "general"):
-        promote(MODEL, v2, to, uri=uri, approved_by="alice" if to == "canary" else None, evidence=LIVE_OK)
-    v3 = register_policy(
-        UniformRandom(sim.catalog), experiment_id=eid, uri=uri, gate_verdicts=FAIL
-    ).version
-    assert (v1, v2, v3) == ("1", "2", "3")
+    # MLflow infers a logged model's pip requirements by importing it in a subprocess, most of
+    # a registration's time; these models never leave the temp folder and no test here reads
+    # their requirements: give up after 1 s and keep MLflow's fallback list (as test_rollout_e2e)
+    with pytest.MonkeyPatch.context() as quick:
+        quick.setenv("MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT", "1")
+        root = tmp_path_factory.mktemp("tamper")
+        uri = default_tracking_uri(root)
+        eid = ensure_experiment("rtopt/tamper", uri=uri, root=root)
+        v1 = adopt_incumbent(FixedPolicy(sim.catalog), experiment_id=eid, uri=uri).version
+        v2 = register_policy(
+            ThompsonGaussian(sim.catalog, seed=1),
+            experiment_id=eid,
+            uri=uri,
+            gate_verdicts=PASS,
+            tags={"ope.lower_bound": "0.02"},
+            approval_required=True,
+        ).version
+        for to in ("shadow", "canary", "guarded", "general"):
+            promote(MODEL, v2, to, uri=uri, approved_by="alice" if to == "canary" else None, evidence=LIVE_OK)
+        v3 = register_policy(
+            UniformRandom(sim.catalog), experiment_id=eid, uri=uri, gate_verdicts=FAIL
+        ).version
+        assert (v1, v2, v3) == ("1", "2", "3")
     yield root / "mlflow"
     if saved is not None:
         os.environ["RTOPT_PROVENANCE"] = saved

@@ -91,14 +91,19 @@ def served(tmp_path_factory, guard):
     uri = default_tracking_uri(tmp_path_factory.mktemp("rules-registry"))
     eid = ensure_experiment("rtopt/rules-property", uri=uri)
     verdicts = {"trust_region": {"status": "pass"}, "compliance": {"status": "pass"}}
-    rv = register_policy(
-        guard.policy,
-        experiment_id=eid,
-        model="rtopt-rules",
-        uri=uri,
-        gate_verdicts=verdicts,
-        serving=guard,
-    )
+    # MLflow infers a logged model's pip requirements by importing it in a subprocess, most of
+    # a registration's time; these models never leave the temp folder and no test here reads
+    # their requirements: give up after 1 s and keep MLflow's fallback list (as test_rollout_e2e)
+    with pytest.MonkeyPatch.context() as quick:
+        quick.setenv("MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT", "1")
+        rv = register_policy(
+            guard.policy,
+            experiment_id=eid,
+            model="rtopt-rules",
+            uri=uri,
+            gate_verdicts=verdicts,
+            serving=guard,
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = load_phase_model("rtopt-rules", rv.version, uri=uri)  # mlflow.pyfunc.load_model

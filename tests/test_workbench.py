@@ -128,7 +128,11 @@ def test_project_paths_resolve_from_notebooks_folder(monkeypatch):
         project_path("/abs/p")
 
 
-def test_adopt_incumbent_then_tag_and_roll_back_to_it(sim, tmp_path):
+def test_adopt_incumbent_then_tag_and_roll_back_to_it(sim, tmp_path, monkeypatch):
+    # MLflow infers a logged model's pip requirements by importing it in a subprocess, most of
+    # a registration's time; these models never leave the temp folder and no test here reads
+    # their requirements: give up after 1 s and keep MLflow's fallback list (as test_rollout_e2e)
+    monkeypatch.setenv("MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT", "1")
     uri = default_tracking_uri(tmp_path)
     eid = ensure_experiment("wb", uri=uri)
     prov = tmp_path / "prov.jsonl"
