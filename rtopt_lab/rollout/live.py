@@ -212,7 +212,7 @@ def rollout_evidence(log: Any, state: RolloutState, *, now: float | None = None,
             s = share[keep]
             if np.ptp(s) > 0:
                 notes.append("the share changed within the phase: each row is weighted by its own")
-            terms = _online(r[keep], cand[keep], s, task[keep])
+            terms = online_terms(r[keep], cand[keep], s, task[keep])
         else:
             notes.append("no requests of both arms yet: no online bound")
     t_terms = df["t"].to_numpy()[_kept(df, shadow, cand)] if len(terms) else np.zeros(0)
@@ -238,7 +238,7 @@ def rollout_evidence(log: Any, state: RolloutState, *, now: float | None = None,
         online_lower_bound=None if shadow else bound,
         improved_looks=improved,
     )
-    metrics = _metrics(df, shadow, cfg)
+    metrics = _metrics(df, shadow, cfg, pooled=(est, lb))
     return RolloutEvidence(state.model, state.candidate, state.incumbent, state.phase, now, ev, slo, windows,
                            lb, est, looks, len(df), samples, metrics, tuple(notes))
 
@@ -251,10 +251,6 @@ def _kept(df: pd.DataFrame, shadow: bool, cand: np.ndarray) -> np.ndarray:
     if shadow:
         return df["action_dist"].notna().to_numpy()
     return (cand | (df["arm"] == "incumbent").to_numpy())
-
-
-def _online(r, cand, share, task) -> np.ndarray:
-    return online_terms(r, cand, share, task)
 
 
 def _shadow(df: pd.DataFrame) -> tuple[np.ndarray, str | None]:
@@ -300,23 +296,30 @@ def _windows(df, entered, now, config) -> tuple[SLOReport, ...]:
                  for i in range(k))
 
 
-def _metrics(df: pd.DataFrame, shadow: bool, cfg) -> pd.DataFrame:
+def _metrics(df: pd.DataFrame, shadow: bool, cfg, *, pooled: tuple[float, float]) -> pd.DataFrame:
+    """Per task type and ``all``; ``pooled`` is the (estimate, bound) already computed for all rows."""
     rows = []
     groups = [("all", df)] + [(t, g) for t, g in df.groupby("task_type", sort=True)]
-    for name, g in groups:
+    for i, (name, g) in enumerate(groups):
         c, b = g[g["arm"] == "candidate"], g[g["arm"] == "incumbent"]
         row: dict[str, Any] = {"task_type": name, "candidate_n": len(c), "incumbent_n": len(b)}
-        if shadow:
+        if i == 0:  # all rows: the pooled figures rollout_evidence computed
+            terms = None
+        elif shadow:
             terms, _ = _shadow(g) if len(g) else (np.zeros(0), None)
         elif len(c) and len(b):
             keep = g["arm"].isin(["candidate", "incumbent"]).to_numpy()
             gg = g[keep]
-            terms = _online(gg["reward"].to_numpy(float), (gg["arm"] == "candidate").to_numpy(),
-                            gg["share"].to_numpy(float), gg["task_type"].to_numpy(object))
+            terms = online_terms(gg["reward"].to_numpy(float), (gg["arm"] == "candidate").to_numpy(),
+                                 gg["share"].to_numpy(float), gg["task_type"].to_numpy(object))
         else:
             terms = np.zeros(0)
-        row["improvement"] = float(terms.mean()) if len(terms) else math.nan
-        lb = lower_bound(terms, alpha=cfg.alpha, n_opt=cfg.n_opt) if len(terms) else -math.inf
+        if terms is None:
+            est, lb = pooled
+        else:
+            est = float(terms.mean()) if len(terms) else math.nan
+            lb = lower_bound(terms, alpha=cfg.alpha, n_opt=cfg.n_opt) if len(terms) else -math.inf
+        row["improvement"] = est
         row["lower_bound"] = lb if math.isfinite(lb) else math.nan
         for arm, x in (("candidate", c), ("incumbent", b)):
             q = x["quality"].to_numpy(float)

@@ -725,7 +725,7 @@ def rollback(
         )
         after = {k: v for k, v in checked.state["aliases"].items() if k != frm}
         new_tags = {"rollout.retired": "true"} if retire else {}
-        tags_after = {version: {**_version(client, model, version).tags, **new_tags}}
+        tags_after = {version: {**_version(client, model, version).tags, **new_tags}} if retire else None
         if restored is not None:
             after[frm] = restored
         if to is not None:
@@ -785,9 +785,10 @@ def readmit(
     log = _provenance(provenance, uri)
     with registry_lock(log):
         checked = require_clean(client, model, log, "re-admission", versions=[version])
-        if _holder(client, model, Phase.SHADOW.value) not in (None, version):
-            raise PermissionError(f"shadow is held by version {_holder(client, model, Phase.SHADOW.value)}: "
-                                  "roll it back first, then re-admit")
+        mv = _version(client, model, version)  # the tags just checked against provenance
+        holder = checked.state["aliases"].get(Phase.SHADOW.value)
+        if holder not in (None, version):
+            raise PermissionError(f"shadow is held by version {holder}: roll it back first, then re-admit")
         after = {**checked.state["aliases"], Phase.SHADOW.value: version}
         tags_after = {version: {**mv.tags, "rollout.retired": "false"}}
         record = log.append(
