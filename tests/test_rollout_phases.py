@@ -129,5 +129,17 @@ def test_anytime_bound_controls_false_promotions_over_repeated_looks():
 def test_anytime_bound_edges():
     assert anytime_lower_bound(0.5, 0.0, 10) == 0.5
     assert anytime_lower_bound(0.5, 1.0, 0) == -math.inf
-    with pytest.raises(ValueError, match=r"`alpha` must be in \(0, 1\)"):
-        anytime_lower_bound(0.0, 1.0, 10, alpha=1.0)
+    with pytest.raises(ValueError, match=r"`alpha` must be in \(0, 0.5\)"):
+        anytime_lower_bound(0.0, 1.0, 10, alpha=0.5)
+
+
+def test_one_sided_boundary_matches_reference_and_beats_two_sided():
+    """confseq's normal_mixture_bound(100, 0.05, v_opt=100) is 27.66071 (one-sided); the
+    two-sided mixture used one-sided, 30.35209, is the wider boundary at every n."""
+    from rtopt_lab.rollout.phases import one_sided_boundary
+    assert one_sided_boundary(100, alpha=0.05, n_opt=100) == pytest.approx(27.66071, abs=1e-5)
+    ell = math.log(1 / 0.05)
+    rho = 1e6 / (2 * ell + math.log(1 + 2 * ell))
+    for n in (10, 1e3, 1e5, 1e6, 1e8):
+        two = math.sqrt((n + rho) * (math.log(1 + n / rho) + 2 * ell))
+        assert one_sided_boundary(n, n_opt=1e6) < two

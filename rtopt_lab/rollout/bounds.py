@@ -197,7 +197,7 @@ def shadow_terms(reward, pscore, action_dist, arm_index, task=None, *, block: in
     return out
 
 
-def lower_bound(terms, *, alpha: float = 0.05, n_opt: int = 100_000) -> float:
+def lower_bound(terms, *, alpha: float = 0.05, n_opt: int = 1_000_000) -> float:
     """Anytime-valid one-sided lower bound of the mean of ``terms`` (``-inf`` with < 2)."""
     z = _as(terms, "terms")
     if len(z) < 2:
@@ -205,7 +205,7 @@ def lower_bound(terms, *, alpha: float = 0.05, n_opt: int = 100_000) -> float:
     return anytime_lower_bound(float(z.mean()), float(z.std(ddof=1)), len(z), alpha=alpha, n_opt=n_opt)
 
 
-def bounds_at(terms, times, looks, *, alpha: float = 0.05, n_opt: int = 100_000) -> np.ndarray:
+def bounds_at(terms, times, looks, *, alpha: float = 0.05, n_opt: int = 1_000_000) -> np.ndarray:
     """The anytime-valid lower bound over the terms up to each look time (prefixes).
 
     ``times`` must be sorted like ``terms``; a look with fewer than 2 terms gives ``-inf``.
