@@ -487,7 +487,10 @@ def test_processes_share_one_daily_budget_and_end_at_or_under_it(tmp_path, n_wor
     assert spent <= 200_000  # 0 tokens over
     assert spent >= 0.97 * 200_000  # leases strand at most the last few calls' worth
     assert b.held(TASK) == 0 and b.leases() == []
-    assert sum(o["calls"] > 0 for o in outs) == n_workers
+    # the workers raced for the same budget (a worker the scheduler starts after the
+    # budget is gone makes no call: on a loaded 2-core machine 7 of 8 did, so "all" is
+    # a timing assertion, not a budget one)
+    assert sum(o["calls"] > 0 for o in outs) >= min(n_workers, 3)
     assert all(r.startswith("budget exhausted: ") for o in outs for r in o["reasons"])
 
 
