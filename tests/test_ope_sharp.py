@@ -15,7 +15,7 @@ One set of replications per environment (module fixtures) feeds every assertion:
 ``compare`` with one candidate (its lower bound is at alpha = 0.05) and the three
 estimators at once, guarded (the decision bound: SNIPS and DR never above IPS's 75 % bound, see
 ``compare``'s Notes) and unguarded (``guard=False``: each estimator's own t bound), and
-``ips``/``dr`` for the value.
+``ips``/``snips``/``dr`` for the value (two-sided t interval, coverage within 93-97 %).
 
 Why the guard: on the logistic environment DR's own t bound of the improvement misses
 about 8 % of the time (0.084, Clopper-Pearson [0.068, 0.103] over 1,000 replications of
@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from rtopt_lab.ope import compare, dr, ips
+from rtopt_lab.ope import compare, dr, ips, snips
 from rtopt_lab.ope.diagnostics import ESS_FLOOR
 from rtopt_lab.simulate_logistic import LogisticBandit
 
@@ -125,7 +125,7 @@ def _replications(world: dict, env_id: int, reps: int, n: int = N, normal: bool 
         if normal:
             (c,) = compare(r, a, ps, {"cand": pi}, qh, estimator="dr", ci="normal", guard=False)
             out.setdefault("own_dr_normal", []).append(c.lower_bound)
-        for name, fn in (("ips", ips), ("dr", dr)):
+        for name, fn in (("ips", ips), ("snips", snips), ("dr", dr)):
             e = fn(r, a, ps, pi, qh, ci="t")
             out.setdefault(f"value_{name}", []).append((e.ci_low, e.ci_high))
     return {k: np.array(v) for k, v in out.items()}
@@ -167,15 +167,19 @@ def test_decision_bound_of_the_improvement_misses_at_most_5_percent(runs, estima
     assert test.pvalue > 0.01, (name, estimator, misses / len(lb), test.pvalue)
 
 
-@pytest.mark.parametrize("estimator", ["ips", "dr"])
-def test_t_interval_of_the_value_covers_at_least_nominally(runs, estimator):
+@pytest.mark.parametrize("estimator", ["ips", "snips", "dr"])
+def test_t_interval_of_the_value_covers_93_to_97_percent(runs, estimator):
+    """Two-sided 95 % coverage within 93-97 %: neither one-sided binomial test against an
+    edge of the band rejects at 5 % (500 replications; measured at 1,000 in
+    ``benchmarks.coverage``: DR 0.978 at tau 0.02 and SNIPS 0.922 on the sharp logistic
+    candidate are the cells nearest the edges)."""
     name, world, res = runs
     lo, hi = res[f"value_{estimator}"].T
     covered = int(((lo <= world["value"]) & (world["value"] <= hi)).sum())
     share = covered / len(lo)
-    assert 0.93 <= share <= 0.98, (name, estimator, share)
-    if share < 0.95:
-        assert stats.binomtest(covered, len(lo), 0.95).pvalue > 0.01, (name, estimator, share)
+    below = stats.binomtest(covered, len(lo), 0.93, alternative="less").pvalue
+    above = stats.binomtest(covered, len(lo), 0.97, alternative="greater").pvalue
+    assert below > 0.05 and above > 0.05, (name, estimator, share, below, above)
 
 
 def test_guarded_bound_is_never_above_the_estimators_own_nor_ips_point_estimate(runs):
