@@ -2,7 +2,10 @@
 
 :func:`offline_check` runs four checks and returns a :class:`CheckReport`:
 
-(a) **replay**: the candidate beats the baseline (the production policy) by IPS and by DR:
+(a) **replay**: the candidate *as it would serve* (:class:`~rtopt_lab.policies.Constrained`:
+    its distribution restricted to the trust region around the incumbent and to each
+    tier's compliance rules, as the registered model serves it) beats the baseline (the
+    production policy) by IPS and by DR:
     the one-sided lower bound of the improvement at ``alpha`` is strictly greater than
     ``margin`` (:func:`~rtopt_lab.improvement.is_improvement`; a copy of production fails),
     and in every task type with enough evidence the lower bound is at least ``-margin``
@@ -38,7 +41,7 @@ from rtopt_lab.features import context_fingerprint_frame, featurize_frame
 from rtopt_lab.gates import Compliance, TrustRegion
 from rtopt_lab.improvement import check_margin
 from rtopt_lab.logstore import read_log
-from rtopt_lab.policies import BasePolicy, FixedPolicy, load_policy
+from rtopt_lab.policies import BasePolicy, Constrained, FixedPolicy, load_policy
 from rtopt_lab.types import GenerationRequest, Message, ParameterSet, TaskFeatures, TaskOutcome
 
 __all__ = ["ADVERSARIAL_FEATURES", "CheckReport", "CheckResult", "canary_check", "gate_evidence", "offline_check"]
@@ -172,7 +175,11 @@ def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: Ba
     used = overlap(frame, policy) if ov.n_overlap else ov
     evidence = {"evaluation": used.evaluation, "training": ov.training, "method": ov.method,
                 "overlap_dropped": ov.n_overlap, "overlap": used.n_overlap}
-    checks = [_replay(policy, incumbent, frame, alpha, evaluate, margin), _cost(policy, incumbent, frame, alpha)]
+    # the evidence is for the policy as it would serve: restricted to the trust region
+    # around the incumbent and to each tier's compliance rules, as the registered model is
+    served = Constrained(policy, incumbent, max_dtemp=trust_region.max_dtemp, max_dtokens=trust_region.max_dtokens,
+                         tier_masks=compliance.allowed_mask(cat, np.arange(4)))
+    checks = [_replay(served, incumbent, frame, alpha, evaluate, margin), _cost(served, incumbent, frame, alpha)]
     sample = frame.iloc[np.linspace(0, len(frame) - 1, min(n_contexts, len(frame))).astype(int)]
     X = featurize_frame(sample, policy.spec)
     inc_arms = incumbent.action_dist(X).argmax(axis=1)

@@ -10,7 +10,15 @@ import pytest
 
 from rtopt_lab.checks import offline_check, write_report
 from rtopt_lab.gates import Compliance, TierRule
-from rtopt_lab.policies import LinUCB, Softmax, UniformRandom, fit_from_log
+from rtopt_lab.ope import evaluate
+from rtopt_lab.policies import (
+    Constrained,
+    FixedPolicy,
+    LinUCB,
+    Softmax,
+    UniformRandom,
+    fit_from_log,
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +64,16 @@ def test_a_worse_candidate_fails_replay(sim, logs):
     assert not rep.checks[0].passed and rep.checks[0].figures["dr_lower_bound"] < 0
     assert all(c.passed for c in rep.checks if c.name not in ("replay", "cost_efficiency"))
     assert "overall: FAIL" in rep.table()
+    # the replay judges the candidate as it would serve (trust region around the incumbent,
+    # tier rules), not its unconstrained distribution: the demo's registry read a bound of
+    # 0.0945 for Thompson unconstrained where the served policy's was 0.0612
+    inc = FixedPolicy(sim.catalog)
+    served = Constrained(UniformRandom(sim.catalog), inc,
+                         tier_masks=Compliance().allowed_mask(sim.catalog, np.arange(4)))
+    pols = {"b": inc, "served": served, "raw": UniformRandom(sim.catalog)}
+    ev = evaluate(log, pols, estimators="dr", baseline="b", progress=False)
+    assert rep.checks[0].figures["dr_diff"] == pytest.approx(ev.comparison("served", "dr").difference, abs=1e-12)
+    assert abs(ev.comparison("raw", "dr").difference - ev.comparison("served", "dr").difference) > 0.01
 
 
 def test_constraints_fail_when_no_compliant_arm_is_near_the_incumbent(sim, logs):

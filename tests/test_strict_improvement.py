@@ -118,10 +118,14 @@ def test_offline_check_fails_a_copy_of_production(copy_report):
 
 
 def test_a_fitted_policy_against_itself_fails_replay(sim, logs, fitted):
+    """The check judges the candidate as it would serve (inside the trust region around
+    the incumbent's arm): a randomised policy checked against itself serves a restricted
+    copy of itself (its value differs from the original by 0.001 here), which is not
+    proven better."""
     _, log = logs
     rep = offline_check(fitted, log, incumbent=fitted, n_contexts=300)
     assert not rep.checks[0].passed
-    assert rep.checks[0].figures["dr_lower_bound"] == 0.0
+    assert rep.checks[0].figures["dr_lower_bound"] <= 0.0
 
 
 def test_registry_evidence_is_the_decision_estimators_bound():
