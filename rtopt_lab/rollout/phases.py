@@ -370,7 +370,7 @@ def anytime_lower_bound(mean: float, sd: float, n: int, *, alpha: float = 0.05, 
     holds for every n at once. With the running standard deviation plugged in it is the
     asymptotic confidence sequence of Waudby-Smith et al. (2021). The mixing precision
     :math:`\\rho = v^* / (2\\ell + \\log(1 + 2\\ell))`, :math:`\\ell = \\log(1/(2\\alpha))`,
-    makes the boundary tightest near ``n_opt`` terms (Howard et al. 2021, eq. (50) for
+    makes the boundary tightest near ``n_opt`` terms (Howard et al. 2021, for
     the one-sided case, as in ``confseq``'s ``OneSidedNormalMixture::best_rho``). The
     boundary solves :math:`u^2/2 + \\log\\Phi(u) = \\log(1/\\alpha) - \\tfrac12\\log(4\\rho/(n+\\rho))`
     for :math:`u = b_n/\\sqrt{n+\\rho}` (strictly increasing in u; Newton's method). At n near
