@@ -44,7 +44,8 @@ What is asserted
     insufficient SLO (the regression is not in the evidence yet), the first judged look
     rolls it back on latency, and both services serve only the incumbent within the
     staleness bound (refresh period + one read, + the status period); (c) every look
-    within the doubled cool-down holds on it and the candidate serves nothing; the
+    within the doubled cool-down holds on it and the candidate serves nothing (the test
+    stops looking before the cool-down ends: the next look may rightly re-promote it); the
     services exit cleanly on SIGTERM with every outcome in the log, the provenance
     verifies, and the decision journal holds every look and exactly the five moves.
 """
@@ -183,6 +184,13 @@ class Rollout:
         return self.marks[name]
 
     # ---- the controller
+    def next_look_at(self) -> float:
+        """The simulated time at which :meth:`look` would judge if called now."""
+        start = time.time()
+        if self.looks:
+            start = max(start, self.began + self.looks[-1].wall + LOOK_EVERY_S)
+        return self.t0 + (start - self.t0) * SPEED
+
     def look(self) -> StepResult:
         """One look at the earliest LOOK_EVERY_S after the previous one began."""
         if self.looks:
@@ -346,15 +354,19 @@ def _roll_back_regression(r: Rollout, server: LLMTestServer, version: str, arm,
 
 
 def _hold_through_cool_down(r: Rollout, rollback: StepResult) -> int:
-    """(c) every look within the doubled cool-down holds on it; the candidate serves nothing."""
+    """(c) every look within the doubled cool-down holds on it; the candidate serves nothing.
+
+    Looks stop before the cool-down ends: the first look after it may rightly return the
+    candidate to canary (its shadow evidence is reward-based, and it is the better policy;
+    only its parameters' latency regressed), which is the rule working, not this scenario."""
     served = [s["candidate_total"] for s in r.statuses()]
     cooldown = CONFIG.cooldown_after(1)
     assert cooldown == 2 * CONFIG.cooldown_s
+    margin = 0.5 * SPEED  # the judged clock is read a little after the look starts
     looks = 0
-    while r.clock() < rollback.at + cooldown:
+    while r.next_look_at() + margin < rollback.at + cooldown:
         res = r.look()
-        if res.at - rollback.at >= cooldown:
-            break
+        assert res.at - rollback.at < cooldown, f"a look fell past the cool-down:\n{r.history()}"
         looks += 1
         assert res.state.phase.value == "shadow" and res.kind == "hold", (
             f"moved within the cool-down:\n{r.history()}")
