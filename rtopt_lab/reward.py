@@ -14,12 +14,32 @@ exact ground truth, and what keeps the weights readable ("a second of latency is
 Hard constraints (a quality floor, a per-call token budget, a latency cap) are never
 folded into the reward as penalties: :meth:`RewardFunction.__call__` reports them next to
 it, and gates decide what a violation means.
+
+The reward is configuration the team owns: a YAML (or JSON) mapping of the fields of
+:class:`RewardFunction`, every one optional (the defaults fill the rest)::
+
+    quality_weight: 1.0
+    success_weight: 0.2
+    token_cost_per_1k: 0.05
+    latency_cost_per_s: 0.02
+    quality_floor: 0.5          # optional hard limits; null = none
+    max_total_tokens: null
+    max_latency_ms: 30000
+
+:meth:`RewardFunction.from_yaml` reads it (an unknown key is an error naming it and the
+valid ones), :meth:`~RewardFunction.to_dict` writes it, and
+:attr:`~RewardFunction.version` is a short content hash recorded with an experiment and
+with a registered policy version.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,6 +112,78 @@ class RewardFunction:
     def params(self) -> dict[str, Any]:
         """Every weight and limit, for experiment tracking."""
         return asdict(self)
+
+    # configuration ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Every weight and limit as plain JSON values; :meth:`from_dict` reads it back.
+
+        Values are canonical (floats, the token budget an int when whole), so that
+        ``quality_weight: 1`` and ``quality_weight: 1.0`` give the same :attr:`version`.
+        """
+        out: dict[str, Any] = {}
+        for name, v in asdict(self).items():
+            if v is not None:
+                v = int(v) if name == "max_total_tokens" and float(v).is_integer() else float(v)
+            out[name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RewardFunction:
+        """Build from a mapping of field names (missing fields take their defaults).
+
+        Raises
+        ------
+        TypeError
+            ``data`` is not a mapping.
+        ValueError
+            A key is not a field (the message names it and lists the valid ones), or a
+            value is out of range.
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"`data` must be a mapping of reward fields; got {type(data).__name__}")
+        valid = [f.name for f in fields(cls)]
+        unknown = [k for k in data if k not in valid]
+        if unknown:
+            raise ValueError(f"reward config has unknown key(s) {[str(k) for k in unknown]}; "
+                             f"valid keys: {', '.join(valid)}")
+        return cls(**dict(data))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RewardFunction:
+        """Read a reward config file (YAML, so JSON too); see the module docstring.
+
+        Raises
+        ------
+        FileNotFoundError
+            ``path`` does not exist.
+        ValueError
+            The file is not a mapping, or :meth:`from_dict` rejects it (message prefixed
+            with the file).
+        """
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"reward config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML: {exc}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{path}: a reward config must be a mapping of reward fields; got "
+                             f"{type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+    @property
+    def version(self) -> str:
+        """Content hash of the configuration (12 hex digits); equal configs, equal hash."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
 
     def reward_arrays(self, quality: np.ndarray, total_tokens: np.ndarray,
                       latency_ms: np.ndarray, success: np.ndarray) -> np.ndarray:
