@@ -162,7 +162,7 @@ class ArmCatalog:
         spec = yaml.safe_load(path.read_text())
         if not isinstance(spec, Mapping):
             raise ValueError(f"arm grid file {path} must hold a mapping; got {type(spec).__name__}")
-        return cls.from_grid(spec)
+        return cls.from_dict(spec)  # a grid spec, or the list form of to_dict (rtopt arms from-log)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable description: every arm and the baselines (round-trips)."""
@@ -280,6 +280,17 @@ class ArmCatalog:
         if inc.ndim != 1 or ((inc < 0) | (inc >= len(self))).any():
             raise ValueError(f"`incumbent` must be a 1-D array of arm indices in [0, {len(self)})")
         return self.trust_region(max_dtemp, max_dtokens)[inc]
+
+    @classmethod
+    def from_log(cls, log: Any, **options: Any) -> ArmCatalog:
+        """Catalog of the parameter sets ``log`` played: ``catalog_from_log(log, **options).catalog``.
+
+        See :func:`rtopt_lab.catalog_from_log.catalog_from_log` for ``options``
+        (``min_count``, ``baseline``, ``drop_rare``) and for the counts and rare arms.
+        """
+        from rtopt_lab.catalog_from_log import catalog_from_log
+
+        return catalog_from_log(log, **options).catalog
 
 
 def nearest_allowed(catalog: ArmCatalog, arm: int, allowed: np.ndarray) -> int | None:
