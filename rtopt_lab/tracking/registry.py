@@ -68,6 +68,7 @@ from rtopt_lab.compliance import ProvenanceLog, ProvenanceRecord
 from rtopt_lab.gates import GateVerdict, combine
 from rtopt_lab.policies.base import BasePolicy
 from rtopt_lab.policies.constrained import Constrained
+from rtopt_lab.reward import RewardFunction
 from rtopt_lab.rollout.phases import Phase, PhaseConfig, PhaseEvidence, next_phase
 from rtopt_lab.serving import input_example
 from rtopt_lab.tracking import integrity as _integrity
@@ -250,6 +251,7 @@ def register_policy(
     actor: str | None = None,
     reason: str = "registered",
     provenance: ProvenanceLog | str | Path | None = None,
+    reward: RewardFunction | None = None,
 ) -> RegisteredVersion:
     """Log ``policy`` as a pyfunc model, register it as a new version of ``model``, tag it.
 
@@ -262,9 +264,15 @@ def register_policy(
     answers under them.
     The registration is a provenance record; with ``into_shadow`` the version then
     enters shadow through :func:`promote` (which applies the shadow rule).
+    ``reward`` is the reward the policy was fitted and judged on (default: the default
+    :class:`~rtopt_lab.reward.RewardFunction`): its configuration is logged into the run
+    as ``reward.json`` and its hash tags the version as ``reward.version``.
     """
     if not isinstance(policy, BasePolicy):
         raise TypeError(f"`policy` must be a BasePolicy; got {type(policy).__name__}")
+    reward = RewardFunction() if reward is None else reward
+    if not isinstance(reward, RewardFunction):
+        raise TypeError(f"`reward` must be a RewardFunction or None; got {type(reward).__name__}")
     client, uri = _client(uri)
     log = _provenance(provenance, uri)
     require_clean(client, model, log, "registration")  # fail fast, before the slow model logging
@@ -273,6 +281,7 @@ def register_policy(
         "policy.kind": policy.config()["kind"],
         "policy.version": policy.version,
         "approval_required": str(bool(approval_required)).lower(),
+        "reward.version": reward.version,
         **{str(k): _tag(v) for k, v in (tags or {}).items()},
     }
     mlflow.set_tracking_uri(uri)
@@ -307,6 +316,7 @@ def register_policy(
                 input_example=input_example(),
                 registered_model_name=model,
             )
+            mlflow.log_dict(reward.to_dict(), "reward.json")
             run_id = run.info.run_id
     version = str(info.registered_model_version)
     with registry_lock(log):  # the new version is in no phase: nothing checked depends on it yet
@@ -323,6 +333,7 @@ def register_policy(
                 "version": version,
                 "run_id": run_id,
                 "policy_version": policy.version,
+                "reward_version": tags["reward.version"],
                 "gates": tags["gates.status"],
                 "registry": registry_state(client, model, versions=[version]),
             },
