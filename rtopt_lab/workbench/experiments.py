@@ -25,6 +25,11 @@ folder allowed explicitly (``allowed=``, ``rtopt run --allow-path``, ``$RTOPT_AL
 A ``report`` must be an ``.html`` file. This is checked when the file is loaded and again
 before a run starts, before any kernel.
 
+The team's configuration files (:data:`CONFIG_FILE_PARAMETERS`: ``arms``, ``reward``,
+``context``) are paths too, and :func:`check_paths` also makes sure, before any kernel,
+that a non-empty one names an existing file that reads as what it claims (an arm
+catalog, a reward config), so a typo fails in a second, not after the simulation stage.
+
 Everything is checked when the file is loaded, and every error names the file and the key.
 """
 
@@ -46,7 +51,7 @@ import yaml
 
 from rtopt_lab.workbench.paths import allowed_folders, inside_project, project_path
 
-__all__ = ["KEYS", "PATH_NAMES", "PATH_SUFFIXES", "RUNNER_PARAMETERS", "Experiment", "ExperimentError",
+__all__ = ["CONFIG_FILE_PARAMETERS", "KEYS", "PATH_NAMES", "PATH_SUFFIXES", "RUNNER_PARAMETERS", "Experiment", "ExperimentError",
            "check_paths", "discover", "display_path", "is_path_parameter", "load_experiment",
            "notebook_parameters", "parse_override"]
 
@@ -56,8 +61,11 @@ KEYS = ("name", "notebook", "parameters", "description", "timeout_s", "tags", "s
 RUNNER_PARAMETERS = ("tracking_uri", "experiment_id", "run_id_file")
 """Parameters the runner injects itself (when the notebook's parameters cell defines them)."""
 
-PATH_NAMES = ("out", "log", "report", "path", "dir", "file", "input", "output", "runs_dir")
+PATH_NAMES = ("out", "log", "report", "path", "dir", "file", "input", "output", "runs_dir",
+              "arms", "reward", "context")
 """Parameter names that always hold a path."""
+CONFIG_FILE_PARAMETERS = ("arms", "reward", "context")
+"""Parameters naming a configuration file that must exist before a run starts (empty: none)."""
 PATH_SUFFIXES = ("_path", "_dir", "_file", "_out", "_log", "_report")
 """Name endings of parameters that hold a path."""
 
@@ -250,6 +258,31 @@ def check_paths(exp: Experiment) -> None:
     _check_notebook_place(exp.notebook, exp.notebook, exp.source or exp.notebook, exp.allowed, where)
     for key, value in exp.parameters.items():
         _check_path(key, value, where=where, path=exp.source, allowed=exp.allowed)
+        if key in CONFIG_FILE_PARAMETERS and isinstance(value, str) and value.strip():
+            _check_config_file(key, value, where=where, path=exp.source, allowed=exp.allowed)
+
+
+def _check_config_file(key: str, value: str, *, where: str, path: Path | None, allowed: Iterable[Path]) -> None:
+    """An ``arms`` / ``reward`` / ``context`` file exists (and an arm catalog or reward reads)."""
+    resolved = project_path(value, name=f"parameters.{key}", allowed=allowed)
+    if not resolved.is_file():
+        hint = " (e.g. `rtopt arms from-log LOG --out FILE`)" if key == "arms" else ""
+        raise ExperimentError(f"{where}: parameters.{key}: {value!r} ({resolved}) is not a file; create "
+                              f"it{hint} or leave the parameter empty for the default",
+                              path=path, key=f"parameters.{key}")
+    try:
+        if key == "arms":
+            from rtopt_lab.arms import ArmCatalog
+
+            ArmCatalog.from_yaml(resolved)
+        elif key == "reward":
+            from rtopt_lab.reward import RewardFunction
+
+            RewardFunction.from_yaml(resolved)
+        # context: read by rtopt_lab.context (the context-spec change); existence only here
+    except (ValueError, TypeError, KeyError, yaml.YAMLError) as exc:
+        raise ExperimentError(f"{where}: parameters.{key}: {value!r} is not a valid {key} file: {exc}",
+                              path=path, key=f"parameters.{key}") from None
 
 
 def _check_parameter(key: Any, value: Any, *, defined: tuple[str, ...], notebook: Path, where: str,
