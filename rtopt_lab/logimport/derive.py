@@ -1,0 +1,375 @@
+"""From a source frame (the team's columns) to a decision-log frame: renames, units, types,
+defaults, and the derived columns (arm id, context JSON, context fingerprint, reward).
+
+Bad cells are not dropped here: a value that is not a number (a date, a boolean) is left as
+it was, so :meth:`rtopt_lab.logstore.LogStore.append` quarantines its row with a reason
+naming the column, and :class:`Problems` keeps the first bad value of each column for the
+report. A column the contract needs and the source lacks stops the import instead
+(:class:`~rtopt_lab.logimport.contract.LogContractError`), before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rtopt_lab.arms import ArmCatalog, arm_id
+from rtopt_lab.features import context_fingerprint_frame
+from rtopt_lab.logimport.contract import CONTRACT, CONTRACT_NAMES, PARAMETER_NAMES, LogContractError
+from rtopt_lab.logimport.mapping import LogMapping
+from rtopt_lab.logstore import LOG_COLUMNS
+from rtopt_lab.types import ParameterSet
+
+__all__ = ["Derived", "Problems", "to_log_frame"]
+
+_BY_NAME = {f.name: f for f in CONTRACT}
+_FLOATS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "propensity",
+           "quality", "latency_ms", "reward")
+_INTS = ("max_tokens", "seed", "prompt_tokens", "completion_tokens", "risk_tier", "title_length",
+         "description_length", "acceptance_criteria_count", "scope_files_count", "max_files",
+         "max_loc", "prior_failures")
+_BOOLS = ("success", "truncated", "has_external_deps")
+_STRS = ("request_id", "task_type", "model", "arm_id", "model_name", "policy_version",
+         "requested_model")
+_FEATURE_INTS = ("risk_tier", "title_length", "description_length", "acceptance_criteria_count",
+                 "scope_files_count", "max_files", "max_loc")
+_OUTCOME = ("quality", "latency_ms", "prompt_tokens", "completion_tokens", "success")
+_TRUE = frozenset({"true", "t", "yes", "y", "1"})
+_FALSE = frozenset({"false", "f", "no", "n", "0"})
+#: Filled for an outcome column when the source gives the reward itself (VW, OBP).
+_NEUTRAL_OUTCOME = {"quality": 0.0, "latency_ms": 0.0, "prompt_tokens": 0, "completion_tokens": 0,
+                    "success": False}
+
+
+@dataclass
+class Problems:
+    """Bad cells by column: how many, and the first one's row and value (across chunks)."""
+
+    found: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+
+    def add(self, column: str, what: str, bad: np.ndarray, values: pd.Series, offset: int) -> None:
+        n = int(bad.sum())
+        if not n:
+            return
+        key = (column, what)
+        if key in self.found:
+            self.found[key][0] += n
+        else:
+            i = int(np.flatnonzero(bad)[0])
+            self.found[key] = [n, offset + i, values.iloc[i]]
+
+    def lines(self) -> tuple[str, ...]:
+        """One line per column, e.g. ``column 'score' (quality): 2 value(s) not a number; first
+        at row 17: 'abc'``."""
+        return tuple(f"{col}: {n:,} value(s) {what}; first at row {row}: {value!r}"
+                     for (col, what), (n, row, value) in self.found.items())
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    """A chunk in decision-log form: ``frame`` has LOG_COLUMNS plus ``context``."""
+
+    frame: pd.DataFrame
+    defaulted: tuple[str, ...]
+
+
+def _label(mapping: LogMapping, name: str) -> str:
+    src = mapping.source_column(name)
+    return f"column {src!r}" if src == name else f"column {src!r} ({name})"
+
+
+def check_columns(columns: list[str], mapping: LogMapping, *, where: str,
+                  given_reward: bool = False) -> None:
+    """Raise :class:`LogContractError` naming every required column the source lacks."""
+    have = set(columns)
+    d = mapping.defaults
+
+    def present(name: str) -> bool:
+        return mapping.source_column(name) in have or name in d
+
+    missing = [n for n in ("request_id", "timestamp", "task_type") if not present(n)]
+    if not present("arm_id"):
+        missing += [n for n in ("temperature", "top_p", "max_tokens") if not present(n)]
+    if not given_reward and not ("reward" in mapping.columns and mapping.source_column("reward") in have):
+        missing += [n for n in _OUTCOME if not present(n) and not (
+            n == "quality" and mapping.feedback is not None)]
+    if missing:
+        lines = [f"{where}: missing required column(s) {', '.join(map(repr, missing))}."]
+        for n in missing:
+            src = mapping.source_column(n)
+            how = (f"map your column with `columns: {{{n}: <your column>}}`"
+                   if src == n else f"`columns.{n}` names {src!r}, which the source does not have")
+            extra = "; or give `feedback:`" if n == "quality" else ""
+            extra += "; or give arm_id" if n in ("temperature", "top_p", "max_tokens") else ""
+            dflt = "" if n in ("request_id", "timestamp") else f", or set `defaults: {{{n}: ...}}`"
+            lines.append(f"  {n}: {_BY_NAME[n].meaning}. {how}{dflt}{extra}")
+        shown = ", ".join(sorted(have)[:30]) + (" ..." if len(have) > 30 else "")
+        lines.append(f"The source has: {shown or '(no columns)'}.")
+        lines.append("The contract requires: request_id, timestamp, task_type, the parameters "
+                     "(temperature, top_p, max_tokens) or arm_id, quality, latency_ms, "
+                     "prompt_tokens, completion_tokens, success. See `rtopt log schema`.")
+        raise LogContractError("\n".join(lines))
+    if mapping.context is not None:
+        absent = [c for c in mapping.context if c not in have]
+        if absent:
+            raise LogContractError(f"{where}: `context` names column(s) the source does not have: "
+                                   f"{', '.join(map(repr, absent))}")
+
+
+def _numbers(s: pd.Series, label: str, probs: Problems, offset: int) -> tuple[pd.Series, np.ndarray]:
+    """(numeric values with NaN for bad or empty cells, mask of bad cells)."""
+    if s.dtype.kind in "fiu":
+        return s.astype(float), np.zeros(len(s), bool)
+    if s.dtype.kind == "b":
+        out = s.astype(float)
+        return out, np.zeros(len(s), bool)
+    num = pd.to_numeric(s, errors="coerce")
+    bad = (s.notna() & num.isna()).to_numpy()
+    probs.add(label, "not a number", bad, s, offset)
+    return num.astype(float), bad
+
+
+def _bools(s: pd.Series, label: str, probs: Problems, offset: int) -> tuple[pd.Series, np.ndarray]:
+    if s.dtype.kind == "b":
+        return s.astype(object), np.zeros(len(s), bool)
+    text = s.astype(object).where(s.notna(), None).map(
+        lambda v: v if v is None or isinstance(v, bool) else str(v).strip().lower()
+        if not isinstance(v, float) else ("1" if v == 1 else "0" if v == 0 else str(v)))
+    out = text.map(lambda v: v if v is None or isinstance(v, bool)
+                   else True if v in _TRUE else False if v in _FALSE else None)
+    bad = (text.notna() & out.isna()).to_numpy()
+    probs.add(label, "not true/false", bad, s, offset)
+    return out.astype(object), bad
+
+
+def _strings(s: pd.Series) -> pd.Series:
+    if pd.api.types.is_string_dtype(s.dtype) or s.isna().all():
+        return s.astype(object).where(s.notna(), None)
+    return s.astype(object).where(s.notna(), None).map(
+        lambda v: v if v is None or isinstance(v, str) else str(v))
+
+
+def _timestamps(s: pd.Series, mapping: LogMapping, label: str, probs: Problems,
+                offset: int) -> pd.Series:
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        ts = s.dt.tz_convert("UTC")
+    elif s.dtype.kind == "M":
+        ts = s.dt.tz_localize("UTC")
+    elif mapping.timestamp_unit == "iso":
+        if s.dtype.kind in "fiu":
+            raise LogContractError(
+                f"{label} holds numbers, not ISO 8601 times: set `units: {{timestamp: s}}` "
+                "(epoch seconds) or `ms` in the mapping")
+        ts = pd.to_datetime(s, utc=True, format="ISO8601", errors="coerce")
+    else:
+        num, _ = _numbers(s, label, probs, offset)
+        ts = pd.to_datetime(num, unit=mapping.timestamp_unit, utc=True, errors="coerce")
+    probs.add(label, "not a time", (s.notna() & ts.isna()).to_numpy(), s, offset)
+    return ts.dt.as_unit("us")
+
+
+def _indicators(s: pd.Series) -> pd.Series:
+    def one(v: Any) -> Any:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return []
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("["):
+                try:
+                    return [str(x) for x in json.loads(v)]
+                except ValueError:
+                    return v  # left as text: the store quarantines the row
+            return [x.strip() for x in v.split(",") if x.strip()]
+        return [str(x) for x in v]
+
+    if s.isna().all():
+        return pd.Series([[]] * len(s), dtype=object)
+    return s.map(one)
+
+
+def _arm_ids(out: dict[str, pd.Series], n: int) -> pd.Series:
+    """arm_id of each row's parameters (null where they are not a valid ParameterSet)."""
+    keys = pd.DataFrame({k: out[k] for k in PARAMETER_NAMES})
+    group = keys.groupby(list(PARAMETER_NAMES), dropna=False, sort=False).ngroup().to_numpy()
+    firsts = pd.Series(np.arange(n)).groupby(group).first().to_numpy()
+    ids = []
+    for i in firsts:
+        r = keys.iloc[int(i)]
+        try:
+            ids.append(arm_id(ParameterSet(
+                temperature=float(r["temperature"]), top_p=float(r["top_p"]),
+                max_tokens=int(r["max_tokens"]),
+                frequency_penalty=float(r["frequency_penalty"]),
+                presence_penalty=float(r["presence_penalty"]),
+                seed=None if pd.isna(r["seed"]) else int(r["seed"]),
+                model_name=None if r["model"] is None or pd.isna(r["model"]) else str(r["model"]))))
+        except (TypeError, ValueError, OverflowError):
+            ids.append(None)  # the store names the bad parameter
+    return pd.Series(np.array(ids, dtype=object)[group], dtype=object)
+
+
+def _from_catalog(arms: pd.Series, catalog: ArmCatalog, out: dict[str, pd.Series]) -> None:
+    k = pd.Series(arms).map(lambda a: catalog.index(a) if a in catalog else -1).to_numpy()
+    for name, attr in (("temperature", "temperature"), ("top_p", "top_p"),
+                       ("max_tokens", "max_tokens"), ("frequency_penalty", "frequency_penalty"),
+                       ("presence_penalty", "presence_penalty"), ("seed", "seed"),
+                       ("model", "model_name")):
+        vals = np.array([getattr(p, attr) for p in catalog.params] + [None], dtype=object)
+        out[name] = pd.Series(vals[np.where(k < 0, len(catalog), k)], dtype=object)
+    for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty"):
+        out[name] = out[name].astype(float)
+
+
+def _context_json(src: pd.DataFrame, cols: list[str]) -> pd.Series:
+    if not cols:
+        return pd.Series([None] * len(src), dtype=object)
+    part = src[sorted(cols)].copy()
+    for c in part.columns:  # lists and arrays as JSON arrays, others as to_json writes them
+        if part[c].dtype == object:
+            part[c] = part[c].map(lambda v: v.tolist() if isinstance(v, np.ndarray) else v)
+    text = part.to_json(orient="records", lines=True, date_format="iso", force_ascii=False)
+    return pd.Series(text.rstrip("\n").split("\n") if len(part) else [], dtype=object)
+
+
+def context_columns(columns: list[str], mapping: LogMapping) -> list[str]:
+    """The source columns stored in ``context``: the mapping's list, else every unused one."""
+    if mapping.context is not None:
+        return list(mapping.context)
+    used = {mapping.source_column(n) for n in CONTRACT_NAMES}
+    if mapping.feedback is not None:
+        used.add(mapping.source_column("quality"))
+    return [c for c in columns if c not in used]
+
+
+def to_log_frame(src: pd.DataFrame, mapping: LogMapping, *, catalog: ArmCatalog | None,
+                 problems: Problems, offset: int = 0, feedback: pd.Series | None = None,
+                 given_reward: bool = False) -> Derived:
+    """One source chunk as a decision-log frame (LOG_COLUMNS then ``context``).
+
+    Parameters
+    ----------
+    src : DataFrame
+        The source's columns, under the source's names.
+    mapping : LogMapping
+    catalog : ArmCatalog or None
+        Resolves ``arm_id`` to parameters when the source has arm ids and no parameters.
+    problems : Problems
+        Collects bad cells (updated in place).
+    offset : int
+        Row number of ``src``'s first row in the whole source (for the problem lines).
+    feedback : Series, optional
+        Quality in [0, 1] indexed by request id (the joined feedback file).
+    given_reward : bool
+        The source carries the reward (VW, OBP): outcome columns absent from it are filled
+        with neutral values (quality 0, latency 0, tokens 0, success false).
+    """
+    src = src.reset_index(drop=True)
+    n = len(src)
+    out: dict[str, pd.Series] = {}
+    defaulted: list[str] = []
+    for f in CONTRACT:
+        if f.kind == "derived" and f.name != "reward":
+            continue
+        name, col = f.name, mapping.source_column(f.name)
+        label = _label(mapping, name)
+        if name == "reward" and not (given_reward or "reward" in mapping.columns):
+            continue  # derived below, whatever the source calls "reward"
+        if col in src.columns:
+            s = src[col]
+            if name in mapping.defaults:
+                s = s.where(s.notna(), mapping.defaults[name])
+        elif name in mapping.defaults:
+            s, _ = pd.Series([mapping.defaults[name]] * n, dtype=object), defaulted.append(name)
+        elif name == "reward" or name in PARAMETER_NAMES[:3] or name == "arm_id":
+            continue  # derived below
+        elif name == "quality" and feedback is not None:
+            continue
+        elif given_reward and name in _NEUTRAL_OUTCOME:
+            s, _ = pd.Series([_NEUTRAL_OUTCOME[name]] * n, dtype=object), defaulted.append(name)
+        elif f.kind == "optional":
+            default = {"model_name": None, "complexity_indicators": None}.get(name, f.default)
+            s = pd.Series([default] * n, dtype=object)
+            if name not in ("model_name", "model", "seed", "arm_id", "propensity"):
+                defaulted.append(name)
+        else:  # required: check_columns already raised
+            raise LogContractError(f"missing required column {name!r}")
+        if name == "timestamp":
+            out[name] = _timestamps(s, mapping, label, problems, offset)
+        elif name in _FLOATS or name in _INTS:
+            num, bad = _numbers(s, label, problems, offset)
+            if name == "latency_ms" and mapping.latency_unit == "s":
+                num = num * 1000.0
+            if bad.any():
+                out[name] = num.astype(object).where(~bad, s)
+            elif name == "seed" and num.notna().any() and not (num.dropna() % 1).any():
+                out[name] = pd.to_numeric(s, errors="coerce").astype("Int64")  # exact above 2**53
+            else:
+                out[name] = num.astype("Float64")  # NaN -> null: "propensity missing", not a range
+            out[name + "#num"] = num
+        elif name in _BOOLS:
+            vals, bad = _bools(s, label, problems, offset)
+            out[name] = vals.where(~bad, s) if bad.any() else vals
+            out[name + "#num"] = vals.map(lambda v: 1.0 if v is True else 0.0)
+        elif name == "complexity_indicators":
+            out[name] = _indicators(s)
+        else:
+            out[name] = _strings(s)
+    if feedback is not None and "quality" not in out:
+        q = out["request_id"].map(feedback)
+        problems.add("feedback", "without a rating", q.isna().to_numpy(), out["request_id"], offset)
+        out["quality#num"] = q.astype(float)
+        out["quality"] = out["quality#num"].astype("Float64")
+    has_params = all(k in out for k in PARAMETER_NAMES[:3])
+    if not has_params:  # arm ids only: parameters from the catalog
+        _from_catalog(out["arm_id"], catalog or ArmCatalog.from_grid(), out)
+    for k in PARAMETER_NAMES:
+        out.setdefault(k + "#num", out[k])
+    if "arm_id" not in out or out["arm_id"].isna().any():
+        derived = _arm_ids({k: out[k + "#num"] if k != "model" else out[k]
+                            for k in PARAMETER_NAMES}, n)
+        out["arm_id"] = derived if "arm_id" not in out else out["arm_id"].where(
+            out["arm_id"].notna(), derived)
+    if out["model_name"].isna().any():
+        out["model_name"] = out["model_name"].where(out["model_name"].notna(),
+                                                    out["model"].where(out["model"].notna(), "unknown"))
+    ctx = _context_json(src, context_columns(list(src.columns), mapping))
+    log = {c: None for c in LOG_COLUMNS}
+    for f in CONTRACT:
+        if f.name in out:
+            log[f.column] = out[f.name]
+    log["prompt_tokens"] = pd.Series([None] * n, dtype=object)  # the feature: unknown before the call
+    if "reward" not in out:
+        nz = {k: out[k + "#num"].fillna(0.0).to_numpy(dtype=float) for k in _OUTCOME}
+        log["reward"] = mapping.reward.reward_arrays(
+            nz["quality"], nz["prompt_tokens"] + nz["completion_tokens"], nz["latency_ms"],
+            nz["success"])
+    log["context"] = ctx
+    log["context_fingerprint"] = _fingerprints(out, ctx, n)
+    frame = pd.DataFrame({k: (v.to_numpy() if isinstance(v, pd.Series) and v.dtype == object else v)
+                          for k, v in log.items()})
+    return Derived(frame, tuple(defaulted))
+
+
+def _fingerprints(out: dict[str, pd.Series], ctx: pd.Series, n: int) -> np.ndarray:
+    """Fingerprints of the features, bad cells read as 0 (their rows are quarantined anyway)."""
+    feat: dict[str, Any] = {
+        "task_type": out["task_type"].fillna("").to_numpy(dtype=object),
+        "has_external_deps": out["has_external_deps#num"].astype(bool).to_numpy(),
+        "complexity_indicators": [v if isinstance(v, list) else [] for v in out["complexity_indicators"]],
+        "requested_model": out["requested_model"].to_numpy(dtype=object),
+        "prompt_tokens": np.full(n, np.nan),
+        "prior_failures": out["prior_failures#num"].where(
+            (out["prior_failures#num"] >= 0) & (out["prior_failures#num"] % 1 == 0)).to_numpy(),
+        "context": ctx.to_numpy(dtype=object),
+    }
+    for name in _FEATURE_INTS:
+        v = out[name + "#num"].to_numpy(dtype=float)
+        feat[name] = np.where(np.isfinite(v) & (v >= 0) & (v < 2**31), v, 0).astype(np.int64)
+    frame = pd.DataFrame(feat)
+    frame["prior_failures"] = frame["prior_failures"].astype("Int64")
+    frame["prompt_tokens"] = frame["prompt_tokens"].astype("Int64")
+    return context_fingerprint_frame(frame)
