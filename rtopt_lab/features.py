@@ -296,13 +296,16 @@ def featurize_frame(frame: pd.DataFrame | pa.Table, spec: FeatureSpec = DEFAULT_
     frame : pandas.DataFrame or pyarrow.Table
         Columns named as :class:`~rtopt_lab.types.TaskFeatures` fields;
         ``complexity_indicators`` holds a list of strings per row.
-    spec : FeatureSpec, default DEFAULT_SPEC
+    spec : FeatureSpec or rtopt_lab.context.ContextSpec, default DEFAULT_SPEC
+        A ContextSpec featurises the team's own columns (:meth:`ContextSpec.featurize_frame`).
 
     Returns
     -------
     X : ndarray of shape (n_rows, spec.n_features)
         Row i equals ``featurize(TaskFeatures(**row_i), spec)``.
     """
+    if not isinstance(spec, FeatureSpec):  # a team's own context (rtopt_lab.context.ContextSpec)
+        return spec.featurize_frame(frame)
     n = len(frame)
     X = np.zeros((n, spec.n_features))
     X[:, 0] = 1.0
@@ -331,7 +334,10 @@ def context_fingerprint_frame(frame: pd.DataFrame | pa.Table) -> np.ndarray:
     """:func:`context_fingerprint` of every row, vectorised.
 
     The task features' ``model_name`` is read from the column ``requested_model`` when
-    present (the decision log's name for it), else from ``model_name``.
+    present (the decision log's name for it), else from ``model_name``. A non-null
+    ``context`` column (a team's own context as a JSON object, see :mod:`rtopt_lab.context`)
+    is mixed in, so two calls that differ only there get different fingerprints; rows
+    with a null ``context`` get the value of :func:`context_fingerprint`.
 
     Returns
     -------
@@ -368,4 +374,10 @@ def context_fingerprint_frame(frame: pd.DataFrame | pa.Table) -> np.ndarray:
         h = np.full(n, _FP_SEED, dtype=np.uint64)
         for v in cols:
             h = _mix_np((h ^ v) + np.uint64(_GOLDEN))
+        if "context" in (frame.column_names if isinstance(frame, pa.Table) else frame.columns):
+            ccodes, cuniq = _strings(frame, "context", optional=True)
+            if cuniq:  # a team's own context (JSON): rows without one keep the seed's value
+                ch = np.array([_str64(c) for c in cuniq] + [0], dtype=np.uint64)[ccodes]
+                has = ccodes >= 0
+                h = np.where(has, _mix_np((h ^ ch) + np.uint64(_GOLDEN)), h)
     return h

@@ -483,6 +483,7 @@ class LLMTaskSimulator:
                 "propensity": pa.array(dist[np.arange(m), arms]),
             })
             cols.update({k: pa.array(v) for k, v in out.items()})
+            cols["context"] = pa.nulls(m, pa.string())  # the seed's context only
             yield pa.table(cols)
 
     def simulate_log(self, n: int, *, logging_policy: LoggingPolicy = "uniform", seed: int = 0,

@@ -79,6 +79,7 @@ def build_batch(run: int, batch: int) -> tuple[pa.Table, int]:
         "success": quality > 0.5,
         "truncated": np.zeros(n, bool),
         "reward": quality - 0.1,
+        "context": pa.nulls(n, pa.string()),
     }
     table = pa.table(cols, schema=LOG_SCHEMA)
     i = table.schema.get_field_index("context_fingerprint")  # the hash of the features

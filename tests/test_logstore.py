@@ -111,7 +111,7 @@ def set_cell(t: pa.Table, name: str, row: int, value) -> pa.Table:
 def test_schema_constants():
     assert SCHEMA_VERSION == 1
     assert LOG_SCHEMA.metadata == {b"rtopt.schema_version": b"1"}
-    assert LOG_COLUMNS == tuple(LOG_SCHEMA.names) and len(LOG_COLUMNS) == 34
+    assert LOG_COLUMNS == tuple(LOG_SCHEMA.names) and len(LOG_COLUMNS) == 35
     assert LOG_COLUMNS[:6] == (
         "request_id",
         "timestamp",
@@ -120,7 +120,7 @@ def test_schema_constants():
         "policy_version",
         "context_fingerprint",
     )
-    assert LOG_COLUMNS[-1] == "reward"
+    assert LOG_COLUMNS[-2:] == ("reward", "context")
     assert not LOG_SCHEMA.field("request_id").nullable
     assert LOG_SCHEMA.field("timestamp").type == pa.timestamp("us", tz="UTC")
     assert LOG_SCHEMA.field("context_fingerprint").type == pa.uint64()

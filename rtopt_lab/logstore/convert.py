@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from rtopt_lab.logstore.schema import (
     LOG_COLUMNS,
     LOG_SCHEMA,
+    OPTIONAL_COLUMNS,
     SchemaDriftError,
     _compatible,
     _schema_problems,
@@ -69,6 +70,7 @@ def _decision_columns(decisions: Iterable[LoggedDecision]) -> dict[str, list[Any
             o.success,
             o.truncated,
             d.reward,
+            None,  # context: a LoggedDecision carries TaskFeatures only
         )
         for col, value in zip(cols.values(), row, strict=True):
             col.append(value)
@@ -308,11 +310,13 @@ def _conform(batch: Any) -> _Conformed:
         n = batch.num_rows
         table = batch
         for f in LOG_SCHEMA if not problems else ():
-            col = table.column(f.name)
+            col = table.column(f.name) if f.name in table.column_names else pa.nulls(n, f.type)
             converters[f.name] = lambda lo, hi, c=col, t=f.type: _cast(c.slice(lo, hi - lo), t)
         raw_value: Callable[[str, int], Any] = lambda name, i: table.column(name)[i].as_py()  # noqa: E731
     elif isinstance(batch, pd.DataFrame):
         for name in LOG_COLUMNS:
+            if name not in batch.columns and name in OPTIONAL_COLUMNS:
+                continue
             if name not in batch.columns:
                 problems.append(f"schema: missing column {name!r}")
             elif isinstance(batch[name], pd.DataFrame):
@@ -320,6 +324,9 @@ def _conform(batch: Any) -> _Conformed:
         n = len(batch)
         frame = batch
         for f in LOG_SCHEMA if not problems else ():
+            if f.name not in frame.columns:
+                converters[f.name] = lambda lo, hi, t=f.type: pa.nulls(hi - lo, t)
+                continue
             s = frame[f.name]
             converters[f.name] = lambda lo, hi, s=s, name=f.name, t=f.type: _checked(
                 name, _series_to_arrow(s.iloc[lo:hi], t), t

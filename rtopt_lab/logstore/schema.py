@@ -52,6 +52,7 @@ LOG_SCHEMA = pa.schema(
         ("success", pa.bool_()),
         ("truncated", pa.bool_()),
         ("reward", _F64),
+        ("context", _STR),
     ],
     metadata={_VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
@@ -59,8 +60,12 @@ LOG_SCHEMA = pa.schema(
 LOG_COLUMNS: tuple[str, ...] = tuple(LOG_SCHEMA.names)
 #: Columns that may hold nulls; every other column is required.
 _NULLABLE = frozenset(
-    {"requested_model", "prompt_tokens", "prior_failures", "seed", "param_model_name"}
+    {"requested_model", "prompt_tokens", "prior_failures", "seed", "param_model_name", "context"}
 )
+#: Columns a batch or file may lack (added to version 1 later): read as nulls. ``context``
+#: holds the team's own context columns as one JSON object per row (see
+#: :mod:`rtopt_lab.context`); logs written before it have none.
+OPTIONAL_COLUMNS = frozenset({"context"})
 #: Schema of quarantined rows: fits any row, drifted or not.
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -134,7 +139,10 @@ def _schema_problems(schema: pa.Schema) -> tuple[list[str], bool]:
     for f in LOG_SCHEMA:
         idx = schema.get_all_field_indices(f.name)
         if not idx:
-            problems.append(f"schema: missing column {f.name!r}")
+            if f.name in OPTIONAL_COLUMNS:
+                exact = False
+            else:
+                problems.append(f"schema: missing column {f.name!r}")
         elif len(idx) > 1:
             problems.append(f"schema: duplicate column {f.name!r}")
         elif schema.field(idx[0]).type != f.type:

@@ -33,6 +33,7 @@ from rtopt_lab.logstore.schema import (
     _TS,
     LOG_COLUMNS,
     LOG_SCHEMA,
+    OPTIONAL_COLUMNS,
     _schema_problems,
     _short,
 )
@@ -141,6 +142,14 @@ def _columns_arg(columns: Any) -> list[str]:
             f"`columns` has unknown column(s) {unknown}; expected names from LOG_COLUMNS"
         )
     return list(columns)
+
+
+def _with_optional(table: pa.Table) -> pa.Table:
+    """``table`` with a null column for every optional column it lacks (older files)."""
+    for name in OPTIONAL_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(LOG_SCHEMA.field(name), pa.nulls(table.num_rows, LOG_SCHEMA.field(name).type))
+    return table
 
 
 class _FileInfo(NamedTuple):
@@ -437,7 +446,7 @@ class LogStore:
                 for i in range(pf.num_row_groups):
                     group = pf.read_row_group(i)
                     if not cast:  # by name: the file's order and extra columns do not matter
-                        group = group.select(list(LOG_COLUMNS)).cast(LOG_SCHEMA)
+                        group = _with_optional(group).select(list(LOG_COLUMNS)).cast(LOG_SCHEMA)
                     for lo in range(0, group.num_rows, batch_rows):
                         part = group.slice(lo, batch_rows)
                         yield part, part.num_rows
