@@ -7,9 +7,11 @@ policy file and registry version, whatever order the grid was written in.
 
 The catalog also gives
 
-- **arm features** ``z`` (:meth:`ArmCatalog.arm_features`): temperature, its square,
-  top_p, log max_tokens, its square, their interaction and the penalties, so a model on
-  joint context-arm features shares strength across neighbouring arms;
+- **arm features** ``z`` (:meth:`ArmCatalog.arm_features`), chosen per catalog: by
+  default (``"parameters"``) temperature, its square, top_p, log max_tokens, its square,
+  their interaction and the penalties, so a model on joint context-arm features shares
+  strength across neighbouring arms; ``"onehot"`` (the K x K identity: nothing is shared
+  between arms beyond what the model itself shares); or a (K, m) array given by the user;
 - the **baseline** (production) arm of every task type;
 - **trust regions**: the arms within ``|Δtemperature| <= 0.2`` and
   ``|Δmax_tokens| <= 200`` of an incumbent arm (limits configurable), as a K x K boolean
@@ -26,6 +28,14 @@ A grid spec is a mapping (or a YAML file of one)::
     baseline:                         # per task type; "default" covers the rest
       default: {temperature: 0.6, top_p: 1.0, max_tokens: 600}
       code_generation: t0.40-p1.00-m800
+
+Abstract arms
+-------------
+:meth:`ArmCatalog.abstract` builds a catalog of K arms that are not LLM parameter sets (a
+plain contextual bandit): ids ``"a0"`` .. ``"a{K-1}"``, one-hot arm features by default.
+Their ``params`` are placeholders that differ only in ``seed`` (temperature 0, top_p 1,
+max_tokens 512), so every trust region of an abstract catalog is *all arms* and
+:func:`nearest_allowed` falls back to the lowest allowed index.
 """
 
 from __future__ import annotations
@@ -42,7 +52,14 @@ import numpy as np
 
 from rtopt_lab.types import ParameterSet
 
-__all__ = ["ARM_FEATURE_NAMES", "DEFAULT_GRID", "ArmCatalog", "arm_id", "nearest_allowed"]
+__all__ = [
+    "ARM_FEATURE_KINDS",
+    "ARM_FEATURE_NAMES",
+    "DEFAULT_GRID",
+    "ArmCatalog",
+    "arm_id",
+    "nearest_allowed",
+]
 
 DEFAULT_GRID: dict[str, Any] = {
     "temperature": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
@@ -55,6 +72,9 @@ ARM_FEATURE_NAMES: tuple[str, ...] = (
     "temperature", "temperature^2", "top_p", "log_max_tokens", "log_max_tokens^2",
     "temperature*log_max_tokens", "frequency_penalty", "presence_penalty",
 )
+
+#: the named arm-feature choices of a catalog (besides a user-given array)
+ARM_FEATURE_KINDS: tuple[str, ...] = ("parameters", "onehot")
 
 _GRID_KEYS = ("temperature", "top_p", "max_tokens", "frequency_penalty", "presence_penalty", "model_name")
 _TOL = 1e-9
@@ -84,7 +104,7 @@ def _sort_key(p: ParameterSet) -> tuple:
 
 
 class ArmCatalog:
-    """An ordered, immutable set of arms with baselines and trust regions.
+    """An ordered, immutable set of arms with baselines, arm features and trust regions.
 
     Parameters
     ----------
@@ -94,28 +114,55 @@ class ArmCatalog:
         Production arm per task type; the key ``"default"`` covers task types not
         named. Each value is an arm id, a ParameterSet or its fields, and must be in
         the catalog.
+    arm_features : {"parameters", "onehot"} or array-like of shape (K, m), optional
+        The arm features ``z_a`` a shared model regresses on (:meth:`arm_features`).
+        None or ``"parameters"`` (default): the LLM parameter features of
+        ARM_FEATURE_NAMES. ``"onehot"``: the K x K identity, so a shared model on
+        :math:`(1, z_a) \\otimes x` has a context effect per arm (it contains the
+        disjoint model). An array: row i belongs to ``params[i]`` (rows follow their arm
+        into the canonical order); finite, m >= 1.
 
     Attributes
     ----------
     arm_ids : tuple of str, shape (K,)
     params : tuple of ParameterSet, shape (K,)
     temperature, top_p, max_tokens : ndarray of shape (K,)
+    arm_feature_kind : {"parameters", "onehot", "custom"}
+
+    Examples
+    --------
+    >>> cat = ArmCatalog.abstract(3)
+    >>> cat.arm_ids, cat.arm_feature_kind, cat.arm_features().shape
+    (('a0', 'a1', 'a2'), 'onehot', (3, 3))
+    >>> ArmCatalog.from_dict(cat.to_dict()) == cat
+    True
     """
 
-    __slots__ = ("_baseline", "_index", "_tr_cache", "arm_ids", "max_tokens", "params",
-                 "temperature", "top_p")
+    __slots__ = ("_abstract", "_baseline", "_custom_z", "_index", "_tr_cache",
+                 "arm_feature_kind", "arm_ids", "max_tokens", "params", "temperature", "top_p")
 
-    def __init__(self, params: Sequence[ParameterSet], *, baseline: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        params: Sequence[ParameterSet],
+        *,
+        baseline: Mapping[str, Any] | None = None,
+        arm_features: str | np.ndarray | Sequence[Sequence[float]] | None = None,
+    ):
+        self._setup(params, baseline, arm_features, abstract=False)
+
+    def _setup(self, params: Any, baseline: Any, arm_features: Any, *, abstract: bool) -> None:
         if isinstance(params, (str, bytes)) or not isinstance(params, Sequence) or not params:
             raise ValueError(f"`params` must be a non-empty sequence of ParameterSet; got {params!r}")
         for i, p in enumerate(params):
             if not isinstance(p, ParameterSet):
                 raise TypeError(f"`params[{i}]` must be a ParameterSet; got {type(p).__name__}")
-        ordered = sorted(params, key=_sort_key)
-        ids = tuple(arm_id(p) for p in ordered)
+        order = sorted(range(len(params)), key=lambda i: _sort_key(params[i]))
+        ordered = [params[i] for i in order]
+        ids = tuple(f"a{p.seed}" if abstract else arm_id(p) for p in ordered)
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
             raise ValueError(f"`params` has duplicate arms: {dup}")
+        self._abstract = abstract
         self.params: tuple[ParameterSet, ...] = tuple(ordered)
         self.arm_ids: tuple[str, ...] = ids
         self._index = {a: k for k, a in enumerate(ids)}
@@ -124,11 +171,47 @@ class ArmCatalog:
         self.max_tokens = np.array([p.max_tokens for p in ordered], dtype=np.int64)
         for arr in (self.temperature, self.top_p, self.max_tokens):
             arr.flags.writeable = False
+        self.arm_feature_kind, z = _check_arm_features(arm_features, len(ordered))
+        self._custom_z = None if z is None else _frozen(z[order])
         self._tr_cache: dict[tuple[float, float], np.ndarray] = {}
         baseline = {"default": ids[0]} if baseline is None else dict(baseline)
         if not isinstance(baseline, dict) or "default" not in baseline:
             raise ValueError(f"`baseline` must map task types to arms and include 'default'; got {baseline!r}")
         self._baseline = {t: self._resolve(v, f"baseline[{t!r}]") for t, v in baseline.items()}
+
+    @classmethod
+    def abstract(
+        cls,
+        n_arms: int,
+        *,
+        features: str | np.ndarray | Sequence[Sequence[float]] | None = "onehot",
+        baseline: Mapping[str, Any] | None = None,
+    ) -> ArmCatalog:
+        """A catalog of ``n_arms`` abstract arms (not LLM parameters): ids ``a0`` .. ``a{K-1}``.
+
+        Parameters
+        ----------
+        n_arms : int >= 1
+            K.
+        features : {"onehot", "parameters"} or array-like of shape (K, m), default "onehot"
+            The arm features (see the class); row i belongs to arm ``a{i}``.
+        baseline : mapping of str to str, optional
+            Baseline arm ids per task type (default: ``{"default": "a0"}``).
+
+        Notes
+        -----
+        Each arm's ``params`` is a placeholder ParameterSet (temperature 0, top_p 1,
+        max_tokens 512, ``seed = i``) that only makes the arms distinct: the parameters
+        are equal in temperature and max_tokens, so every trust region is all arms, and
+        the ``"parameters"`` features are the same for every arm (useless: keep
+        ``"onehot"`` or give your own).
+        """
+        if isinstance(n_arms, bool) or not isinstance(n_arms, (int, np.integer)) or n_arms < 1:
+            raise ValueError(f"`n_arms` must be an int >= 1; got {n_arms!r}")
+        params = [ParameterSet(temperature=0.0, seed=k) for k in range(int(n_arms))]
+        cat = cls.__new__(cls)
+        cat._setup(params, baseline, features, abstract=True)
+        return cat
 
     # construction ----------------------------------------------------------------------
     @classmethod
@@ -165,22 +248,44 @@ class ArmCatalog:
         return cls.from_dict(spec)  # a grid spec, or the list form of to_dict (rtopt arms from-log)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable description: every arm and the baselines (round-trips)."""
-        return {
-            "arms": [p.to_dict() for p in self.params],
-            "baseline": {t: self.arm_ids[k] for t, k in sorted(self._baseline.items())},
-        }
+        """JSON-serialisable description: every arm, the baselines and the arm features.
+
+        Round-trips through :meth:`from_dict`. An abstract catalog is ``{"abstract": K}``
+        instead of its placeholder arms. ``arm_features`` is written only when it is not
+        the default ``"parameters"`` (so the dicts, and versions, of LLM catalogs are
+        those written before the key existed), as its name or, for a user-given array,
+        as nested lists in the canonical arm order.
+        """
+        out: dict[str, Any] = (
+            {"abstract": len(self)} if self._abstract else {"arms": [p.to_dict() for p in self.params]}
+        )
+        out["baseline"] = {t: self.arm_ids[k] for t, k in sorted(self._baseline.items())}
+        if self.arm_feature_kind == "custom":
+            out["arm_features"] = self._custom_z.tolist()
+        elif self.arm_feature_kind != "parameters":
+            out["arm_features"] = self.arm_feature_kind
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ArmCatalog:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (a dict without ``arm_features`` gets ``"parameters"``;
+        one without ``arms`` or ``abstract`` is read as a grid spec)."""
+        feats = data.get("arm_features")
+        if "abstract" in data:
+            return cls.abstract(data["abstract"], features=feats, baseline=data.get("baseline"))
         if "arms" not in data:
             return cls.from_grid(data)
-        return cls([ParameterSet.from_dict(a) for a in data["arms"]], baseline=data.get("baseline"))
+        return cls([ParameterSet.from_dict(a) for a in data["arms"]],
+                   baseline=data.get("baseline"), arm_features=feats)
+
+    @property
+    def is_abstract(self) -> bool:
+        """True for a catalog from :meth:`abstract` (arms that are not LLM parameters)."""
+        return self._abstract
 
     @property
     def version(self) -> str:
-        """Content hash of the arms and baselines (12 hex digits)."""
+        """Content hash of the arms, baselines and arm features (12 hex digits)."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -236,10 +341,29 @@ class ArmCatalog:
 
     # features --------------------------------------------------------------------------
     def arm_features(self) -> np.ndarray:
-        """Arm feature matrix ``Z`` of shape (K, 8); columns named by ARM_FEATURE_NAMES.
+        """Arm feature matrix ``Z`` of shape (K, m), by :attr:`arm_feature_kind`.
 
+        ``"parameters"``: shape (K, 8), columns named by ARM_FEATURE_NAMES;
         ``log_max_tokens`` is ``log(max_tokens / 512)`` so it is centred near 0.
+        ``"onehot"``: the K x K identity. ``"custom"``: a copy of the user's array, rows in
+        the canonical arm order.
         """
+        if self.arm_feature_kind == "onehot":
+            return np.eye(len(self))
+        if self.arm_feature_kind == "custom":
+            return self._custom_z.copy()
+        return self.parameter_features()
+
+    def arm_feature_names(self) -> tuple[str, ...]:
+        """Names of the columns of :meth:`arm_features`."""
+        if self.arm_feature_kind == "onehot":
+            return tuple(f"arm={a}" for a in self.arm_ids)
+        if self.arm_feature_kind == "custom":
+            return tuple(f"z{j}" for j in range(self._custom_z.shape[1]))
+        return ARM_FEATURE_NAMES
+
+    def parameter_features(self) -> np.ndarray:
+        """The LLM parameter features (K, 8) of ARM_FEATURE_NAMES, whatever the catalog's choice."""
         t = self.temperature
         lm = np.log(self.max_tokens / 512.0)
         fp = np.array([p.frequency_penalty for p in self.params])
@@ -291,6 +415,39 @@ class ArmCatalog:
         from rtopt_lab.catalog_from_log import catalog_from_log
 
         return catalog_from_log(log, **options).catalog
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.array(a, dtype=np.float64)
+    a.flags.writeable = False
+    return a
+
+
+def _check_arm_features(value: Any, k: int) -> tuple[str, np.ndarray | None]:
+    """(kind, array or None) of an ``arm_features`` argument; ValueError naming what is wrong."""
+    if value is None:
+        return "parameters", None
+    if isinstance(value, str):
+        if value not in ARM_FEATURE_KINDS:
+            raise ValueError(
+                f"`arm_features` must be one of {list(ARM_FEATURE_KINDS)} or an array of shape "
+                f"({k}, m); got {value!r}"
+            )
+        return value, None
+    try:
+        z = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`arm_features` must be one of {list(ARM_FEATURE_KINDS)} or a numeric array of shape "
+            f"({k}, m); got {type(value).__name__}"
+        ) from None
+    if z.ndim != 2 or z.shape[0] != k or z.shape[1] < 1:
+        raise ValueError(
+            f"`arm_features` must have shape ({k}, m) with m >= 1, one row per arm; got {z.shape}"
+        )
+    if not np.isfinite(z).all():
+        raise ValueError("`arm_features` must be finite; it has NaN or infinite entries")
+    return "custom", z
 
 
 def nearest_allowed(catalog: ArmCatalog, arm: int, allowed: np.ndarray) -> int | None:
