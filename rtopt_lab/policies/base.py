@@ -7,8 +7,11 @@ The protocol (:class:`Policy`)
     n x K probabilities over the arm catalog; ``allowed`` (n x K booleans) masks the arms
     permitted per context (trust region, compliance, budget). Probabilities outside the
     mask are exactly 0.
+``catalog``, ``spec``, ``n_features``
+    the arms, the context layout and its width (``n_features == spec.n_features``).
 ``select(features, *, request_id=None, allowed=None)``
-    featurise, mask, sample one arm from ``action_dist`` and return a
+    featurise (a context vector of width ``n_features`` is taken as it is), mask,
+    sample one arm from ``action_dist`` and return a
     :class:`~rtopt_lab.types.SelectionResult` whose ``propensity`` is the probability of
     the sampled arm under the distribution actually sampled: exact, never estimated.
 ``update(X, actions, rewards, *, weights=None)``
@@ -27,12 +30,16 @@ from the context alone; a batch ``action_dist`` without ``keys`` hashes each row
 
 Safety
 ------
-``select`` never raises and never returns an arm outside the mask. When the mask permits
+``select`` never raises on a bad request and never returns an arm outside the mask. When the mask permits
 nothing (or cannot be read) it returns ``blocked=True``: the caller must not make the LLM
 call. On malformed features (wrong types, NaN, out-of-range values, missing fields,
 over-long or empty strings) it returns the task type's baseline (production) arm if the
 mask allows it, else the allowed arm nearest to it (:func:`rtopt_lab.arms.nearest_allowed`),
-with propensity 1 and the ``reason``. Request ids go through
+with propensity 1 and the ``reason``. A context of the wrong *width* is not a malformed
+request but a wiring error (a policy fed another layout's vectors): ``select``,
+``action_dist`` and the constructor raise a ValueError naming the expected and given
+widths and the spec, and so does :func:`load_policy` for a file whose state does not fit
+its width. Request ids go through
 :func:`rtopt_lab.hashing.safe_request_id`, so an odd id never raises and the same input
 always gets the same answer.
 """
@@ -56,10 +63,25 @@ from rtopt_lab.hashing import mix as _mix
 from rtopt_lab.hashing import mix_np as _mix_np
 from rtopt_lab.hashing import safe_request_id
 from rtopt_lab.hashing import str64 as _str64
+from rtopt_lab.policies._spec import (
+    ArraySpec,
+    ContextSpec,
+    check_spec,
+    spec_from_config,
+    spec_to_config,
+)
 from rtopt_lab.policies.window import TrainingWindow
 from rtopt_lab.types import SelectionResult, TaskFeatures
 
-__all__ = ["BasePolicy", "Policy", "load_policy", "readable_task_type", "uniforms"]
+__all__ = [
+    "ArraySpec",
+    "BasePolicy",
+    "ContextSpec",
+    "Policy",
+    "load_policy",
+    "readable_task_type",
+    "uniforms",
+]
 
 _U_SALT = 0xA0761D6478BD642F
 _REGISTRY: dict[str, type[BasePolicy]] = {}
@@ -67,9 +89,16 @@ _REGISTRY: dict[str, type[BasePolicy]] = {}
 
 @runtime_checkable
 class Policy(Protocol):
-    """The interface every policy implements (see the module docstring)."""
+    """The interface every policy implements (see the module docstring).
+
+    Off-policy evaluation (:func:`rtopt_lab.ope.evaluate`) and the checks read a candidate
+    through it; :class:`BasePolicy` and :class:`~rtopt_lab.policies.Constrained` (a policy
+    as it would serve) implement it.
+    """
 
     catalog: ArmCatalog
+    spec: ContextSpec
+    n_features: int
 
     def action_dist(
         self, X: np.ndarray, allowed: np.ndarray | None = None, *, keys: np.ndarray | None = None
@@ -99,6 +128,9 @@ class Policy(Protocol):
     def params(self) -> dict[str, Any]: ...
 
     def save(self, path: str | Path) -> Path: ...
+
+    @staticmethod
+    def load(path: str | Path) -> Policy: ...
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -156,11 +188,14 @@ class BasePolicy:
     Parameters
     ----------
     catalog : ArmCatalog
-    spec : FeatureSpec, default DEFAULT_SPEC
-        How ``select`` featurises a TaskFeatures.
+    spec : ContextSpec, optional
+        The context layout: how ``select`` featurises a TaskFeatures
+        (:class:`~rtopt_lab.features.FeatureSpec`), or a plain vector
+        (:class:`ArraySpec`). Default: ``DEFAULT_SPEC``, or ``ArraySpec(n_features)`` when
+        only ``n_features`` is given.
     n_features : int, optional
-        Length of the context vector; default ``spec.n_features``. Set it to use the
-        array API (``action_dist`` / ``update``) with contexts of your own.
+        Length of the context vector; must equal ``spec.n_features`` when both are given
+        (a ValueError names the two). Give it alone for contexts of your own.
     seed : int, default 0
     """
 
@@ -180,24 +215,20 @@ class BasePolicy:
         self,
         catalog: ArmCatalog,
         *,
-        spec: FeatureSpec = DEFAULT_SPEC,
+        spec: ContextSpec | None = None,
         n_features: int | None = None,
         seed: int = 0,
     ):
         if not isinstance(catalog, ArmCatalog):
             raise TypeError(f"`catalog` must be an ArmCatalog; got {type(catalog).__name__}")
-        if not isinstance(spec, FeatureSpec):
-            raise TypeError(f"`spec` must be a FeatureSpec; got {type(spec).__name__}")
         if (
             isinstance(seed, bool)
             or not isinstance(seed, (int, np.integer))
             or not 0 <= seed < 2**63
         ):
             raise ValueError(f"`seed` must be an int in [0, 2**63); got {seed!r}")
-        nf = spec.n_features if n_features is None else n_features
-        if isinstance(nf, bool) or not isinstance(nf, (int, np.integer)) or nf < 1:
-            raise ValueError(f"`n_features` must be an int >= 1; got {n_features!r}")
-        self.catalog, self.spec, self.seed, self.n_features = catalog, spec, int(seed), int(nf)
+        spec, nf = resolve_spec(spec, n_features)
+        self.catalog, self.spec, self.seed, self.n_features = catalog, spec, int(seed), nf
         self._seed_key = _mix(_str64(f"rtopt-policy-seed:{self.seed}"))
         self._version: str | None = None
         self._all_allowed = np.ones(len(catalog), dtype=bool)
@@ -240,11 +271,21 @@ class BasePolicy:
         if X.ndim == 1:
             X = X[None, :]
         if X.ndim != 2 or X.shape[1] != self.n_features:
-            raise ValueError(f"`{name}` must have shape (n, {self.n_features}); got {X.shape}")
+            raise ValueError(
+                f"`{name}` must have shape (n, {self.n_features}); got {X.shape}: the policy "
+                f"expects {self.n_features} features ({self._spec_name()})"
+            )
         if not np.isfinite(X).all():
             bad = int((~np.isfinite(X)).any(axis=1).sum())
             raise ValueError(f"`{name}` has {bad} row(s) with NaN or infinite values")
         return X
+
+    def _spec_name(self) -> str:
+        s = self.spec
+        if isinstance(s, FeatureSpec):
+            return (f"FeatureSpec(task_types={list(s.task_types)}, "
+                    f"indicator_buckets={s.indicator_buckets})")
+        return repr(s)
 
     def _check_allowed(self, allowed: Any, n: int) -> np.ndarray:
         k = len(self.catalog)
@@ -349,18 +390,26 @@ class BasePolicy:
         request_id: str | None = None,
         allowed: np.ndarray | None = None,
     ) -> SelectionResult:
-        """Choose parameters for one request; never raises, never leaves the mask.
+        """Choose parameters for one request; never raises on a bad request, never leaves the mask.
 
         Parameters
         ----------
-        features : TaskFeatures or mapping
-            The context; a mapping is validated with :meth:`TaskFeatures.from_dict`.
+        features : TaskFeatures or mapping or ndarray of shape (n_features,)
+            The context; a mapping is validated with :meth:`TaskFeatures.from_dict`; a
+            numeric array is the context vector itself (its fingerprint is a hash of its
+            float64 bits). A vector whose length is not ``n_features`` raises ValueError.
         request_id : str, optional
             Keys the randomisation; normalised by :func:`rtopt_lab.hashing.safe_request_id`
             (an odd id, e.g. empty, over-long or with control characters, becomes a
             deterministic ``"rid-<hex>"``), so the same input always gets the same answer.
         allowed : bool array of shape (K,), optional
             The arms the rules permit (default: every arm).
+
+        Raises
+        ------
+        ValueError
+            When the context vector's width (given, or as the spec featurises it) is not
+            ``n_features``: a wiring error, never answered with a silent fallback.
 
         Returns
         -------
@@ -371,7 +420,8 @@ class BasePolicy:
               arm can be shown to be permitted): ``blocked=True``; the caller must not
               make the LLM call (the params are the baseline's, for reference only);
             - the features are malformed (wrong types, NaN, out-of-range values,
-              missing or unknown fields, not a mapping): the deterministic in-mask
+              missing or unknown fields, not a mapping; a vector with NaN or infinite
+              values): the deterministic in-mask
               fallback :func:`rtopt_lab.arms.nearest_allowed`, i.e. the task type's
               baseline arm if allowed, else the allowed arm nearest to it in
               (temperature, max_tokens), ties to the lower index; propensity 1.
@@ -384,13 +434,12 @@ class BasePolicy:
         if not mask.any():
             return self._blocked(task, rid, "empty allowed mask: no arm is permitted")
         try:
-            f = features if isinstance(features, TaskFeatures) else TaskFeatures.from_dict(features)
-            x = featurize(f, self.spec)[None, :]
-            if x.shape[1] != self.n_features:
-                raise ValueError(
-                    f"policy expects {self.n_features} features; the spec gives {x.shape[1]}"
-                )
-            fp = context_fingerprint(f)
+            x, fp = self._context(features)
+        except _WiringError:
+            raise
+        except Exception as exc:  # the serving path never raises: fall back inside the mask
+            return self.fallback(task, rid, f"invalid request, {{served}}: {exc}", mask)
+        try:
             key = np.array([self._key(fp, rid)], dtype=np.uint64)
             dist, scores = self._dist_scores(x, mask[None, :], key)
             arms, prop = self.sample(dist, key)
@@ -407,6 +456,37 @@ class BasePolicy:
             )
         except Exception as exc:  # the serving path never raises: fall back inside the mask
             return self.fallback(task, rid, f"invalid request, {{served}}: {exc}", mask)
+
+    def _context(self, features: Any) -> tuple[np.ndarray, int]:
+        """(x of shape (1, n_features), fingerprint) of a request; _WiringError on a wrong
+        width, any other exception for malformed features."""
+        if isinstance(features, np.ndarray):
+            x = np.asarray(features, dtype=np.float64).reshape(1, -1) if features.ndim == 1 else None
+            if x is None:
+                raise ValueError(f"a context vector must be 1-D; got shape {features.shape}")
+            self._check_width(x.shape[1], "the context vector has")
+            if not np.isfinite(x).all():
+                raise ValueError("the context vector has NaN or infinite values")
+            return x, int(row_keys(x, 0)[0])
+        f = features if isinstance(features, TaskFeatures) else TaskFeatures.from_dict(features)
+        if isinstance(self.spec, FeatureSpec):
+            x = featurize(f, self.spec)[None, :]
+        elif callable(getattr(self.spec, "featurize", None)):
+            x = np.asarray(self.spec.featurize(f), dtype=np.float64).reshape(1, -1)
+        else:
+            raise _WiringError(
+                f"this policy's spec ({self._spec_name()}) cannot featurise a TaskFeatures: "
+                f"pass the context vector of {self.n_features} numbers"
+            )
+        self._check_width(x.shape[1], "the spec featurises the request to")
+        return x, context_fingerprint(f)
+
+    def _check_width(self, width: int, what: str) -> None:
+        if width != self.n_features:
+            raise _WiringError(
+                f"the policy expects contexts of {self.n_features} features "
+                f"({self._spec_name()}); {what} {width}"
+            )
 
     def _read_mask(self, allowed: Any) -> tuple[np.ndarray | None, str | None]:
         """``allowed`` as a (K,) bool array, or None and why it cannot be read."""
@@ -548,10 +628,7 @@ class BasePolicy:
         return {
             "kind": self.kind,
             "catalog": self.catalog.to_dict(),
-            "spec": {
-                "task_types": list(self.spec.task_types),
-                "indicator_buckets": self.spec.indicator_buckets,
-            },
+            "spec": spec_to_config(self.spec),
             "n_features": self.n_features,
             "seed": self.seed,
             **self._config(),
@@ -645,17 +722,45 @@ def load_policy(path: str | Path) -> BasePolicy:
     if kind not in _REGISTRY:
         raise ValueError(f"{path}: unknown policy kind {kind!r}; known: {sorted(_REGISTRY)}")
     catalog = ArmCatalog.from_dict(config["catalog"])
-    spec = FeatureSpec(
-        task_types=tuple(config["spec"]["task_types"]),
-        indicator_buckets=int(config["spec"]["indicator_buckets"]),
-    )
-    policy = _REGISTRY[kind]._from_config(config, catalog, spec)
-    if state:
-        policy._set_state(state)
+    spec = spec_from_config(config["spec"], config.get("n_features"))
+    try:
+        policy = _REGISTRY[kind]._from_config(config, catalog, spec)
+        if state:
+            policy._set_state(state)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
     window = config.get("training_window")  # absent in files written before windows existed
     if window is not None:
         policy.training_window = TrainingWindow.from_summary(window, ids)
     return policy
+
+
+class _WiringError(ValueError):
+    """A context of the wrong width (or a spec that cannot featurise the request): raised
+    by ``select``, never answered with a fallback."""
+
+
+def resolve_spec(spec: Any, n_features: Any) -> tuple[ContextSpec, int]:
+    """The (spec, width) of a policy from its ``spec`` and ``n_features`` arguments.
+
+    No spec: ``DEFAULT_SPEC``, or ``ArraySpec(n_features)`` when ``n_features`` is given.
+    Both: they must agree (ValueError naming the two widths and the spec).
+    """
+    if n_features is not None and (
+        isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) or n_features < 1
+    ):
+        raise ValueError(f"`n_features` must be an int >= 1; got {n_features!r}")
+    if spec is None:
+        spec = DEFAULT_SPEC if n_features is None else ArraySpec(int(n_features))
+    spec = check_spec(spec)
+    width = int(spec.n_features)
+    if n_features is not None and int(n_features) != width:
+        raise ValueError(
+            f"`n_features`={int(n_features)} does not match the spec's width {width} ({spec!r}): "
+            f"give only `n_features` for contexts of your own (an ArraySpec), or a spec of "
+            f"that width"
+        )
+    return spec, width
 
 
 def argmax_dist(scores: np.ndarray, allowed: np.ndarray, epsilon: float) -> np.ndarray:

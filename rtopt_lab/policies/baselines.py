@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rtopt_lab.arms import ArmCatalog
-from rtopt_lab.features import DEFAULT_SPEC, FeatureSpec
 from rtopt_lab.policies._linear import Mode
+from rtopt_lab.policies._spec import ContextSpec
 from rtopt_lab.policies.base import BasePolicy, argmax_dist, check_probability
 from rtopt_lab.policies.linucb import _ModelPolicy
 
@@ -46,7 +46,7 @@ class FixedPolicy(BasePolicy):
         catalog: ArmCatalog,
         *,
         epsilon: float = 0.0,
-        spec: FeatureSpec = DEFAULT_SPEC,
+        spec: ContextSpec | None = None,
         n_features: int | None = None,
         seed: int = 0,
     ):
@@ -58,13 +58,11 @@ class FixedPolicy(BasePolicy):
             + np.abs(c.max_tokens[:, None] - c.max_tokens[None, :]) / 200.0
             + np.abs(c.top_p[:, None] - c.top_p[None, :])
         )
-        names = list(spec.task_types) + ["default"]
+        names = list(self.spec.task_types) + ["default"]
         self._base_by_task = np.array([c.baseline_arm(t) for t in names])
 
     def baseline_arms(self, X: np.ndarray) -> np.ndarray:
         """The baseline arm index of every context, shape (n,)."""
-        if self.n_features != self.spec.n_features:
-            return np.full(len(X), self.catalog.baseline_arm("default"))
         return self._base_by_task[self.spec.task_indices(X)]
 
     def _dist(self, X, allowed, keys) -> np.ndarray:
@@ -107,7 +105,7 @@ class _ScorerPolicy(_ModelPolicy):
         mode: Mode = "shared",
         ridge: float = 1.0,
         context_ridge: float = 10.0,
-        spec: FeatureSpec = DEFAULT_SPEC,
+        spec: ContextSpec | None = None,
         n_features: int | None = None,
         seed: int = 0,
     ):
@@ -183,7 +181,7 @@ class EpsilonGreedy(_ScorerPolicy):
         mode: Mode = "shared",
         ridge: float = 1.0,
         context_ridge: float = 10.0,
-        spec: FeatureSpec = DEFAULT_SPEC,
+        spec: ContextSpec | None = None,
         n_features: int | None = None,
         seed: int = 0,
     ):
@@ -228,7 +226,7 @@ class Softmax(_ScorerPolicy):
         mode: Mode = "shared",
         ridge: float = 1.0,
         context_ridge: float = 10.0,
-        spec: FeatureSpec = DEFAULT_SPEC,
+        spec: ContextSpec | None = None,
         n_features: int | None = None,
         seed: int = 0,
     ):

@@ -8,8 +8,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rtopt_lab.arms import ArmCatalog
-from rtopt_lab.features import DEFAULT_SPEC, FeatureSpec
+from rtopt_lab.features import FeatureSpec
 from rtopt_lab.policies._linear import LinearRewardModel, Mode
+from rtopt_lab.policies._spec import ContextSpec
 from rtopt_lab.policies.base import BasePolicy, check_probability
 
 __all__ = ["LinUCB"]
@@ -27,7 +28,7 @@ class _ModelPolicy(BasePolicy):
         mode: Mode = "shared",
         ridge: float = 1.0,
         context_ridge: float = 10.0,
-        spec: FeatureSpec = DEFAULT_SPEC,
+        spec: ContextSpec | None = None,
         n_features: int | None = None,
         seed: int = 0,
     ):
@@ -41,10 +42,10 @@ class _ModelPolicy(BasePolicy):
             raise ValueError(f"`context_ridge` must be a finite number > 0; got {context_ridge!r}")
         self.context_ridge = float(context_ridge)
         scale = None
-        if self.n_features == spec.n_features:
+        if isinstance(self.spec, FeatureSpec):
             # bias and task-type columns carry the task-level arm preferences: prior precision
             # `ridge`; the finer context columns are shrunk harder (`context_ridge` times)
-            coarse = np.array([c == "bias" or c.startswith("task=") for c in spec.columns])
+            coarse = np.array([c == "bias" or c.startswith("task=") for c in self.spec.columns])
             scale = np.where(coarse, 1.0, self.context_ridge)
         self.model = LinearRewardModel(
             len(catalog),
@@ -126,7 +127,7 @@ class LinUCB(_ModelPolicy):
         mode: Mode = "shared",
         ridge: float = 1.0,
         context_ridge: float = 10.0,
-        spec: FeatureSpec = DEFAULT_SPEC,
+        spec: ContextSpec | None = None,
         n_features: int | None = None,
         seed: int = 0,
     ):

@@ -9,8 +9,8 @@ import numpy as np
 from scipy import special
 
 from rtopt_lab.arms import ArmCatalog
-from rtopt_lab.features import DEFAULT_SPEC, FeatureSpec
 from rtopt_lab.policies._linear import Mode
+from rtopt_lab.policies._spec import ContextSpec
 from rtopt_lab.policies.base import check_probability, uniforms
 from rtopt_lab.policies.linucb import _ModelPolicy
 
@@ -107,7 +107,7 @@ class ThompsonGaussian(_ModelPolicy):
         mode: Mode = "shared",
         ridge: float = 1.0,
         context_ridge: float = 30.0,
-        spec: FeatureSpec = DEFAULT_SPEC,
+        spec: ContextSpec | None = None,
         n_features: int | None = None,
         seed: int = 0,
     ):
