@@ -1,0 +1,155 @@
+"""A log in a foreign format with a known truth: the worked example of "bring your own log".
+
+A team that calls an OpenAI-style chat-completion API keeps one JSON object per call
+(the request body, the response's ``usage`` and ``finish_reason``, the latency) and,
+separately, the users' ratings (1-5) by request id. :func:`write_foreign_log` writes such a
+pair of files from a small synthetic world that is *not* the seed's: four task types of a
+support desk (three of them unknown to the built-in spec), its own context (prompt
+length, language, customer tier, tags, turns), its own 48-arm grid, and an exploring
+logger (the production arm of each task type with probability 0.7, else any arm, uniformly)
+whose propensity the team logged in the request's ``metadata``. About 2 % of the calls
+have no rating (they are quarantined on import, with that reason).
+
+:func:`expected_quality` is the world's exact mean quality of an arm in a context, so a
+replay on the imported log can be checked against the truth (``tests/test_own_log.py``).
+
+``data/sample/calls.jsonl`` and ``data/sample/feedback.jsonl`` were written by
+``python -m rtopt_lab.foreign_log data/sample`` (seed 0, 3,000 calls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ARM_GRID", "PRODUCTION", "TASK_TYPES", "expected_quality", "write_foreign_log"]
+
+TASK_TYPES: tuple[str, ...] = ("support_reply", "extraction", "summarization", "sql_generation")
+LANGUAGES = ("en", "de", "fr", "ja")
+TIERS = ("free", "pro", "enterprise")
+TAGS = ("pii", "long_context", "tables", "code", "multi_turn")
+ARM_GRID = {"temperature": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "top_p": [0.9, 1.0], "max_tokens": [300, 500, 700, 900]}
+#: The hand-picked production parameters per task type (temperature, top_p, max_tokens).
+PRODUCTION = {"support_reply": (0.6, 1.0, 500), "extraction": (0.4, 1.0, 500),
+              "summarization": (0.6, 1.0, 700), "sql_generation": (0.4, 1.0, 300)}
+_T_OPT = {"support_reply": 0.4, "extraction": 0.0, "summarization": 0.4, "sql_generation": 0.0}
+_NEED = {"support_reply": 260.0, "extraction": 150.0, "summarization": 420.0, "sql_generation": 240.0}
+_EXPLORE = 0.3
+
+
+def _arms() -> list[tuple[float, float, int]]:
+    g = ARM_GRID
+    return [(t, p, m) for t in g["temperature"] for p in g["top_p"] for m in g["max_tokens"]]
+
+
+def needed_tokens(task: Sequence[str], prompt_chars: np.ndarray, tags: Sequence[Sequence[str]]) -> np.ndarray:
+    """Completion tokens the answer needs (before ``max_tokens`` cuts it)."""
+    base = np.array([_NEED[t] for t in task])
+    longer = np.array([1.35 if "long_context" in g else 1.0 for g in tags])
+    return base * longer * (1.0 + 0.25 * np.log1p(np.asarray(prompt_chars) / 2_000.0))
+
+
+def expected_quality(task: Sequence[str], prompt_chars: np.ndarray, language: Sequence[str],
+                     tags: Sequence[Sequence[str]], temperature: np.ndarray, top_p: np.ndarray,
+                     max_tokens: np.ndarray) -> np.ndarray:
+    """Exact mean quality in [0, 1] of each row's parameters in its context.
+
+    A task-specific best temperature (sharper when the prompt holds ``code`` or
+    ``tables``), a penalty for cutting the answer (``max_tokens`` below the tokens needed),
+    a small one for top_p < 1 on creative tasks, and a language offset.
+    """
+    task = list(task)
+    t_opt = np.array([_T_OPT[t] for t in task])
+    sharp = np.array([2.0 if ("code" in g or "tables" in g) else 1.0 for g in tags])
+    need = needed_tokens(task, prompt_chars, tags)
+    cut = np.clip((need - np.asarray(max_tokens)) / need, 0.0, 1.0)
+    lang = np.array([{"en": 0.0, "de": -0.02, "fr": -0.02, "ja": -0.05}[x] for x in language])
+    creative = np.array([t in ("support_reply", "summarization") for t in task])
+    q = (0.82 - 0.9 * sharp * (np.asarray(temperature) - t_opt) ** 2 - 0.55 * cut
+         - 0.04 * creative * (np.asarray(top_p) < 1.0) + lang)
+    return np.clip(q, 0.0, 1.0)
+
+
+def _contexts(n: int, rng: np.random.Generator) -> dict:
+    task = rng.choice(TASK_TYPES, size=n, p=[0.4, 0.25, 0.2, 0.15])
+    tags = [sorted(set(rng.choice(TAGS, size=rng.integers(0, 3), replace=False).tolist())) for _ in range(n)]
+    return {"task_type": task, "prompt_chars": np.round(rng.lognormal(7.5, 0.8, n)).astype(int),
+            "language": rng.choice(LANGUAGES, size=n, p=[0.55, 0.2, 0.15, 0.1]),
+            "customer_tier": rng.choice(TIERS, size=n, p=[0.5, 0.35, 0.15]),
+            "turns": rng.integers(1, 8, n), "tags": tags}
+
+
+def write_foreign_log(out: str | Path, n: int = 3_000, *, seed: int = 0, model: str = "gpt-4o-mini",
+                      start: int = 1_767_225_600) -> tuple[Path, Path]:
+    """Write ``calls.jsonl`` and ``feedback.jsonl`` of ``n`` calls into ``out``.
+
+    Refuses to overwrite either file (remove them first). Returns both paths.
+    """
+    out = Path(out)
+    calls, feedback = out / "calls.jsonl", out / "feedback.jsonl"
+    for p in (calls, feedback):
+        if p.exists():
+            raise FileExistsError(f"{str(p)!r} exists; remove it to write a new sample")
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ctx = _contexts(n, rng)
+    arms = _arms()
+    k = len(arms)
+    prod = np.array([arms.index(PRODUCTION[t]) for t in ctx["task_type"]])
+    explore = rng.random(n) < _EXPLORE
+    chosen = np.where(explore, rng.integers(0, k, n), prod)
+    pscore = np.where(chosen == prod, 1 - _EXPLORE + _EXPLORE / k, _EXPLORE / k)
+    temp = np.array([arms[a][0] for a in chosen])
+    top_p = np.array([arms[a][1] for a in chosen])
+    max_tok = np.array([arms[a][2] for a in chosen])
+    q = expected_quality(ctx["task_type"], ctx["prompt_chars"], ctx["language"], ctx["tags"], temp, top_p, max_tok)
+    need = needed_tokens(ctx["task_type"], ctx["prompt_chars"], ctx["tags"])
+    completion = np.minimum(np.round(need * rng.lognormal(0.0, 0.15, n)), max_tok).astype(int)
+    truncated = completion >= max_tok
+    prompt = (ctx["prompt_chars"] // 4 + 40).astype(int)
+    latency = np.round(250 + 18.0 * completion * rng.lognormal(0.0, 0.2, n) + 0.02 * prompt, 1)
+    # a 1-5 rating whose mean is 1 + 4 q (so quality = (rating - 1) / 4 is unbiased)
+    rating = np.clip(np.round(1 + 4 * q + rng.normal(0, 0.6, n)), 1, 5).astype(int)
+    rated = rng.random(n) >= 0.02
+    ts = start + np.sort(rng.uniform(0, 14 * 86_400, n))
+    with calls.open("x") as fc, feedback.open("x") as ff:
+        for i in range(n):
+            rid = f"chatcmpl-{seed:02d}{i:06d}"
+            meta = {"task_type": str(ctx["task_type"][i]), "prompt_chars": int(ctx["prompt_chars"][i]),
+                    "language": str(ctx["language"][i]), "customer_tier": str(ctx["customer_tier"][i]),
+                    "turns": int(ctx["turns"][i]), "tags": ctx["tags"][i],
+                    "propensity": round(float(pscore[i]), 12)}
+            body = {"model": model, "temperature": float(temp[i]), "top_p": float(top_p[i]),
+                    "max_tokens": int(max_tok[i]), "metadata": meta,
+                    "messages": [{"role": "user", "content": f"<{meta['task_type']} request, "
+                                                             f"{meta['prompt_chars']} chars>"}]}
+            resp = {"id": rid, "object": "chat.completion", "created": int(ts[i]), "model": model,
+                    "choices": [{"index": 0, "finish_reason": "length" if truncated[i] else "stop"}],
+                    "usage": {"prompt_tokens": int(prompt[i]), "completion_tokens": int(completion[i]),
+                              "total_tokens": int(prompt[i] + completion[i])}}
+            fc.write(json.dumps({"id": rid, "created": int(ts[i]), "request": body, "response": resp,
+                                 "latency_ms": float(latency[i])}) + "\n")
+            if rated[i]:
+                ff.write(json.dumps({"request_id": rid, "rating": int(rating[i]),
+                                     "resolved": bool(q[i] > 0.6)}) + "\n")
+    return calls, feedback
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rtopt_lab.foreign_log",
+                                 description="Write the worked example's foreign log (calls + feedback JSONL).")
+    ap.add_argument("out", type=Path, help="folder for calls.jsonl and feedback.jsonl (must not hold them yet)")
+    ap.add_argument("--n", type=int, default=3_000, help="number of calls (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    args = ap.parse_args(argv)
+    for p in write_foreign_log(args.out, args.n, seed=args.seed):
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
