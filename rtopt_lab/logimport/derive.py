@@ -91,7 +91,8 @@ def check_columns(columns: list[str], mapping: LogMapping, *, where: str,
     def present(name: str) -> bool:
         return mapping.source_column(name) in have or name in d
 
-    missing = [n for n in ("request_id", "timestamp", "task_type") if not present(n)]
+    missing = [n for n in ("request_id", "timestamp", "task_type") if not present(n)
+               and not (n == "timestamp" and given_reward)]
     if not present("arm_id"):
         missing += [n for n in ("temperature", "top_p", "max_tokens") if not present(n)]
     if not given_reward and not ("reward" in mapping.columns and mapping.source_column("reward") in have):
@@ -290,6 +291,8 @@ def to_log_frame(src: pd.DataFrame, mapping: LogMapping, *, catalog: ArmCatalog 
             continue
         elif given_reward and name in _NEUTRAL_OUTCOME:
             s, _ = pd.Series([_NEUTRAL_OUTCOME[name]] * n, dtype=object), defaulted.append(name)
+        elif given_reward and name == "timestamp":  # VW has none: the import time
+            s, _ = pd.Series([pd.Timestamp.now(tz="UTC")] * n), defaulted.append(name)
         elif f.kind == "optional":
             default = {"model_name": None, "complexity_indicators": None}.get(name, f.default)
             s = pd.Series([default] * n, dtype=object)
@@ -326,6 +329,7 @@ def to_log_frame(src: pd.DataFrame, mapping: LogMapping, *, catalog: ArmCatalog 
     has_params = all(k in out for k in PARAMETER_NAMES[:3])
     if not has_params:  # arm ids only: parameters from the catalog
         _from_catalog(out["arm_id"], catalog or ArmCatalog.from_grid(), out)
+        defaulted = [d for d in defaulted if d not in PARAMETER_NAMES]
     for k in PARAMETER_NAMES:
         out.setdefault(k + "#num", out[k])
     if "arm_id" not in out or out["arm_id"].isna().any():

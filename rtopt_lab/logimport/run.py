@@ -238,6 +238,9 @@ def import_log(source: str | os.PathLike[str], store_root: str | os.PathLike[str
     reasons: Counter[str] = Counter()
     defaulted: set[str] = set()
     probs = Problems()
+    known = catalog
+    if known is None and fmt == "vw":  # its action indices were resolved by the default grid
+        known = ArmCatalog.from_grid()
     bar = _bar(progress)
     try:
         for chunk, given_reward in _chunks(src, fmt, m, catalog, chunk_rows):
@@ -257,12 +260,12 @@ def import_log(source: str | os.PathLike[str], store_root: str | os.PathLike[str
                 frame = frame.loc[~seen].reset_index(drop=True)
             if len(frame):
                 if store is not None:
-                    res = store.append(frame, known_arms=catalog)
+                    res = store.append(frame, known_arms=known)
                     imported += res.rows_written
                     quarantined += res.rows_quarantined
                     reasons.update(res.reasons)
                 else:
-                    v = validate_table(frame, known_arms=catalog, source=str(src))
+                    v = validate_table(frame, known_arms=known, source=str(src))
                     imported += v.valid.num_rows
                     quarantined += v.quarantine.num_rows
                     reasons.update(v.reasons)
