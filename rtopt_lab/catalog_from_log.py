@@ -241,7 +241,7 @@ def catalog_from_log(log: Any, *, min_count: int = DEFAULT_MIN_COUNT,
     pending = ArmCatalog([params[a] for a in keep])
     spec = _baseline(baseline, plays[plays["arm_id"].isin(keep)], pending)
     catalog = ArmCatalog(list(pending.params), baseline=spec)
-    resolved = {t: catalog.arm_ids[catalog.baseline_arm(t)] for t in spec}
+    resolved = {t: catalog.arm_ids[catalog.baseline_arm(t)] for t in (spec or ("default",))}
     return CatalogFromLog(catalog=catalog, counts={a: int(counts[a]) for a in order}, rare=rare,
                           baseline=dict(sorted(resolved.items())), rows=total, min_count=int(min_count),
                           dropped_rare=drop_rare)
