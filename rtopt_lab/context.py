@@ -409,12 +409,3 @@ def load_context_spec(path: str | Path, *, log: Any = None, min_task_rows: int =
     except yaml.YAMLError as exc:
         raise ValueError(f"context spec {str(p)!r} is not valid YAML: {exc}") from None
     return ContextSpec.from_dict(data or {}, log=log, min_task_rows=min_task_rows)
-
-
-def spec_from_dict(data: Mapping[str, Any]):
-    """A policy file's spec: a :class:`ContextSpec` (``kind: context``) or a FeatureSpec."""
-    from rtopt_lab.features import FeatureSpec
-
-    if data.get("kind") == "context":
-        return ContextSpec.from_dict(data)
-    return FeatureSpec(task_types=tuple(data["task_types"]), indicator_buckets=int(data["indicator_buckets"]))

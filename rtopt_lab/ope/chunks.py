@@ -39,7 +39,7 @@ import pandas as pd
 import pyarrow as pa
 
 from rtopt_lab.arms import ArmCatalog
-from rtopt_lab.features import DEFAULT_SPEC, featurize_frame
+from rtopt_lab.features import DEFAULT_SPEC, FeatureSpec, featurize_frame
 from rtopt_lab.improvement import check_margin
 from rtopt_lab.ope import bootstrap as _boot
 from rtopt_lab.ope._hash import hash_strings
@@ -71,9 +71,9 @@ def _names(chunk: pd.DataFrame | pa.Table) -> list[str]:
 class _Features:
     """Per-chunk features, fingerprints and request ids, computed once and on demand."""
 
-    def __init__(self, chunk, X: np.ndarray | None = None):
+    def __init__(self, chunk, X: np.ndarray | None = None, spec: Any = DEFAULT_SPEC):
         self.chunk = chunk
-        self._X: dict[Any, np.ndarray] = {} if X is None else {DEFAULT_SPEC: X}
+        self._X: dict[Any, np.ndarray] = {} if X is None else {spec: X}
 
     def __call__(self, spec) -> np.ndarray:
         if spec not in self._X:
@@ -254,6 +254,9 @@ class EvaluationPlan:
     n_buckets : int or None
     margin : float
         The improvement δ the comparisons' lower bounds must exceed.
+    model_spec : FeatureSpec or ContextSpec
+        The context layout the reward model learns on: the candidates' spec when they
+        all share one that is not the seed's (a team's own context), else ``DEFAULT_SPEC``.
     """
 
     layout: Layout
@@ -268,6 +271,7 @@ class EvaluationPlan:
     n_boot: int
     n_buckets: int | None
     margin: float = 0.0
+    model_spec: Any = DEFAULT_SPEC
 
     def sums(self, *, keep_units: bool = False) -> EvaluationSums:
         """Empty :class:`EvaluationSums` for this plan (``keep_units``: a row-level
@@ -303,6 +307,12 @@ class EvaluationPlan:
                           confidence_level=self.confidence_level, ci=self.ci, reward_model=self.reward_model)
 
 
+def _spec_columns(policies: Any, logging_policy: Any) -> list[str]:
+    """Columns a team's context spec reads besides the log's own (read where a log has them)."""
+    specs = [p.spec for p in (*policies, *([logging_policy] if logging_policy is not None else []))]
+    return [f.column for s in specs for f in getattr(s, "features", ())]
+
+
 def plan_evaluation(policies: Mapping[str, Candidate], *, estimators: str | Sequence[str], baseline: str | None,
                     catalog: ArmCatalog | None, reward_model: RewardModel | None,
                     logging_policy: Candidate | None, max_weight: float | None, tau: float,
@@ -335,9 +345,11 @@ def plan_evaluation(policies: Mapping[str, Candidate], *, estimators: str | Sequ
     callables = callables or (logging_policy is not None and not hasattr(logging_policy, "spec"))
     columns = None if callables else tuple(dict.fromkeys((
         *_LOG_COLUMNS, "context_fingerprint", *[f.name for f in fields(TaskFeatures) if f.name != "model_name"],
-        *([by] if by else []))))
+        "context", *_spec_columns(policies.values(), logging_policy), *([by] if by else []))))
     names = list(policies) + ([LOGGING] if baseline == LOGGING else [])
     layout = Layout(names, ests, max_weight=max_weight, tau=float(tau), guard=True)
+    specs = {p.spec for p in policies.values() if hasattr(p, "spec")}
+    model_spec = specs.pop() if len(specs) == 1 and not isinstance(next(iter(specs)), FeatureSpec) else DEFAULT_SPEC
     model = None
     if layout.needs_q:
         if reward_model is None:
@@ -348,7 +360,7 @@ def plan_evaluation(policies: Mapping[str, Candidate], *, estimators: str | Sequ
                           reward_model=model, columns=columns, baseline=baseline, ci=ci,
                           confidence_level=float(confidence_level), alpha=float(alpha),
                           n_boot=int(n_boot) if ci in _boot.BOOTSTRAP_METHODS else 0, n_buckets=n_buckets,
-                          margin=margin)
+                          margin=margin, model_spec=model_spec)
 
 
 # ----------------------------------------------------------------------------- per chunk
@@ -380,7 +392,7 @@ class LoggedRows(NamedTuple):
     keys : uint64 ndarray of shape (n,)
         Hashed request ids: reward-model folds and Poisson replicate weights derive from them.
     X : ndarray of shape (n, d) or None
-        The ``DEFAULT_SPEC`` context features (from :func:`reward_model_rows`).
+        The ``plan.model_spec`` context features (from :func:`reward_model_rows`).
     """
 
     reward: np.ndarray
@@ -432,7 +444,8 @@ def logged_rows(chunk: pd.DataFrame | pa.Table, catalog: ArmCatalog, *, offset: 
     return LoggedRows(reward, action, pscore, hash_strings(rid))
 
 
-def reward_model_rows(chunk: pd.DataFrame | pa.Table, catalog: ArmCatalog, *, offset: int = 0) -> LoggedRows:
+def reward_model_rows(chunk: pd.DataFrame | pa.Table, catalog: ArmCatalog, *, offset: int = 0,
+                      spec: Any = DEFAULT_SPEC) -> LoggedRows:
     """A chunk's rows for the reward model's first pass: :func:`logged_rows` with ``X``.
 
     Feed them to ``model.update(rows.X, rows.action, rows.reward, rows.keys,
@@ -442,9 +455,9 @@ def reward_model_rows(chunk: pd.DataFrame | pa.Table, catalog: ArmCatalog, *, of
     Returns
     -------
     LoggedRows
-        With ``X`` the ``DEFAULT_SPEC`` features, shape (n, DEFAULT_SPEC.n_features).
+        With ``X`` the ``spec`` features (pass ``plan.model_spec``), shape (n, spec.n_features).
     """
-    return logged_rows(chunk, catalog, offset=offset)._replace(X=featurize_frame(chunk, DEFAULT_SPEC))
+    return logged_rows(chunk, catalog, offset=offset)._replace(X=featurize_frame(chunk, spec))
 
 
 class ChunkTerms(NamedTuple):
@@ -494,7 +507,7 @@ def chunk_terms(plan: EvaluationPlan, chunk: pd.DataFrame | pa.Table, *, offset:
         Add it to :class:`EvaluationSums`.
     """
     reward, action, pscore, keys, X = rows if rows is not None else logged_rows(chunk, plan.catalog, offset=offset)
-    feats = _Features(chunk, X)
+    feats = _Features(chunk, X, plan.model_spec)
     cands = plan.candidates
     names = plan.layout.candidates
     dists = [None if c == LOGGING else cands.dist(c, chunk, feats) for c in names]
@@ -504,7 +517,7 @@ def chunk_terms(plan: EvaluationPlan, chunk: pd.DataFrame | pa.Table, *, offset:
             if d is not None:
                 check_support(d, pb, name=f"policies[{c!r}]", row_offset=offset)
     model = plan.reward_model
-    q_hat = model.predict(feats(DEFAULT_SPEC), keys) if model is not None else None
+    q_hat = model.predict(feats(plan.model_spec), keys) if model is not None else None
     T, W = plan.layout.terms_block(reward, action, pscore, dists, q_hat)
     return ChunkTerms(T, W, keys)
 

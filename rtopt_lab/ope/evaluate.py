@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,9 @@ from rtopt_lab.ope.chunks import (
 )
 from rtopt_lab.ope.result import Evaluation, _group_labels
 from rtopt_lab.ope.reward_model import RewardModel
+
+if TYPE_CHECKING:
+    from rtopt_lab.policies.base import Policy
 
 __all__ = ["LOGGING", "Candidate", "Candidates", "ChunkTerms", "Evaluation", "EvaluationPlan", "EvaluationSums",
            "LoggedRows", "chunk_terms", "evaluate", "logged_rows", "plan_evaluation", "reward_model_rows"]
@@ -69,6 +72,9 @@ class _Source:
         else:
             raise TypeError(f"`log` must be a DataFrame, an Arrow table, a LogStore or a path; "
                             f"got {type(log).__name__}")
+        if self.columns is not None:  # columns a spec may read where present (``context``, a team's own)
+            have = set(self.column_names())
+            self.columns = [c for c in self.columns if c in have]
         if self.store is not None:
             self.total = self.store.count_rows()
         else:
@@ -143,9 +149,10 @@ def _check_chunking(batch_rows: Any, n_jobs: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- evaluate
-def evaluate(log: Any, policies: Mapping[str, Candidate], *, estimators: str | Sequence[str] = ("ips", "snips", "dr"),
+def evaluate(log: Any, policies: Mapping[str, Policy | Callable[[Any], np.ndarray]], *, estimators: str | Sequence[str] = ("ips", "snips", "dr"),
              baseline: str | None = LOGGING, catalog: ArmCatalog | None = None,
-             reward_model: RewardModel | None = None, logging_policy: Candidate | None = None,
+             reward_model: RewardModel | None = None,
+             logging_policy: Policy | Callable[[Any], np.ndarray] | None = None,
              max_weight: float | None = None, tau: float = 100.0, confidence_level: float = 0.95,
              ci: str = "t", n_boot: int = 1000, n_buckets: int | None = 4096, alpha: float = 0.05,
              margin: float = 0.0, by: str | None = None,
@@ -160,8 +167,10 @@ def evaluate(log: Any, policies: Mapping[str, Candidate], *, estimators: str | S
         a LogStore validates every row and the result's ``rows_quarantined`` counts the
         rows it left out.
     policies : mapping of str to policy or callable
-        A policy (``action_dist(X, keys=...)`` and ``spec``; randomised policies get the
-        request keys they would have used) or a callable ``chunk -> (n, K)`` array.
+        A :class:`~rtopt_lab.policies.Policy` (read: ``action_dist(X, keys=...)``,
+        ``spec``, ``catalog``; randomised policies get the request keys they would have
+        used), e.g. a :class:`~rtopt_lab.policies.Constrained`, or a callable
+        ``chunk -> (n, K)`` array.
     estimators : str or sequence of str, default ("ips", "snips", "dr")
         Keys of :data:`~rtopt_lab.ope.ESTIMATORS`.
     baseline : str or None, default "logging"
@@ -233,7 +242,7 @@ def evaluate(log: Any, policies: Mapping[str, Candidate], *, estimators: str | S
     cached: dict[int, LoggedRows] = {}   # in memory: pass 1's arrays, reused by pass 2
 
     def first_pass(chunk, offset: int) -> LoggedRows:
-        rows = reward_model_rows(chunk, plan.catalog, offset=offset)
+        rows = reward_model_rows(chunk, plan.catalog, offset=offset, spec=plan.model_spec)
         if not src.streamed:
             cached[offset] = rows
         return rows

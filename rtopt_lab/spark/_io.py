@@ -70,7 +70,9 @@ def frame(data: Any, spark: Any) -> Any:
     if session is None:
         raise ValueError("`spark` is required to read a path when no SparkSession is active "
                          "(rtopt_lab.spark.local_session() starts one)")
-    return session.read.parquet(path)  # a LogStore root: Spark skips its _quarantine and _tmp
+    # a LogStore root: Spark skips its _quarantine and _tmp; mergeSchema: files written before
+    # the optional ``context`` column have none, and Spark would otherwise take one file's schema
+    return session.read.option("mergeSchema", "true").parquet(path)
 
 
 def select(df: Any, names: Sequence[str] | None, required: Sequence[str]) -> Any:

@@ -43,7 +43,7 @@ class _RewardJob:
     def partition(self, chunks: Iterator[pa.Table]) -> State | None:
         rm, k, offset = self.plan.reward_model.clone(), len(self.plan.catalog), 0
         for chunk in chunks:
-            rows = reward_model_rows(chunk, self.plan.catalog, offset=offset)
+            rows = reward_model_rows(chunk, self.plan.catalog, offset=offset, spec=self.plan.model_spec)
             rm.update(rows.X, rows.action, rows.reward, rows.keys, n_arms=k)
             offset += len(chunk)
         return rm.state() if rm.n_seen_ else None

@@ -80,7 +80,8 @@ def fit_spark(data: Any, policy: Any, *, importance_weighted: bool = False, max_
         raise ValueError(f"`max_weight` must be a number > 0; got {max_weight!r}")
     check_batch_rows(batch_rows)
     check_fanin(merge_fanin)
-    df = select(frame(data, spark), [*_NEEDED, *_FEATURES], _NEEDED)
+    own = [f.column for f in getattr(policy.spec, "features", ())]  # a team's context spec
+    df = select(frame(data, spark), [*_NEEDED, *_FEATURES, "context", *own], _NEEDED)
     scale = 1.0
     if importance_weighted:
         F = _pyspark().functions
