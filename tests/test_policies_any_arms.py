@@ -11,7 +11,7 @@ import pytest
 from benchmarks.linear_regret import environment, ours, regret, textbook_linucb
 from rtopt_lab.arms import ArmCatalog
 from rtopt_lab.features import DEFAULT_SPEC
-from rtopt_lab.policies import LinUCB, ThompsonGaussian, load_policy
+from rtopt_lab.policies import Constrained, LinUCB, ThompsonGaussian, load_policy
 from rtopt_lab.policies.base import ArraySpec, Policy
 from rtopt_lab.types import ParameterSet, TaskFeatures
 
@@ -177,3 +177,24 @@ def test_llm_arm_features_on_the_same_arms_fail_that_tolerance(envs, textbook):
                                 "max_tokens": [400]})
     run = ours(lambda a, s: LinUCB(cat, alpha=a, epsilon=0.0, n_features=D, seed=s))
     assert _mean_regret(run, envs) > 2 * TOLERANCE * textbook
+
+
+# ----------------------------------------------------------------------------- protocol
+def test_constrained_implements_the_policy_protocol(fitted, tmp_path):
+    pol, X = fitted
+    inc = LinUCB(pol.catalog, n_features=5, epsilon=0.0)
+    served = Constrained(pol, inc)
+    assert isinstance(served, Policy) and isinstance(pol, Policy)
+    assert served.n_features == 5 and served.params["served"] is True
+    back = load_policy(served.save(tmp_path / "served"))
+    assert isinstance(back, Constrained) and back.version == served.version
+    np.testing.assert_array_equal(back.action_dist(X), served.action_dist(X))
+    with pytest.raises(ValueError, match=r"expects contexts of 5 features.*has 3"):
+        served.select(np.zeros(3))
+    res = served.select(X[1], request_id="r2")
+    assert not res.blocked and res.reason is None
+    before = back.version
+    back.update(X[:3], np.array([0, 1, 2]), np.ones(3))
+    assert back.version != before and back.policy.version != pol.version
+    with pytest.raises(ValueError, match=r"must share one context layout"):
+        Constrained(pol, LinUCB(pol.catalog, n_features=4))

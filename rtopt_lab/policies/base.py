@@ -681,19 +681,21 @@ class BasePolicy:
         A known :attr:`training_window` is saved too: its summary in the configuration and
         its request-id hashes as the ``uint64`` array ``training__request_ids``.
         """
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_suffix(".npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {f"state__{k}": np.asarray(v) for k, v in self._state().items()}
-        if self.training_window is not None and self.training_window.id_hashes is not None:
-            arrays["training__request_ids"] = self.training_window.id_hashes
-        np.savez(path, config=np.array(json.dumps(self.config(), sort_keys=True)), **arrays)
+        path = npz_path(path)
+        np.savez(path, **self._arrays())
         return path
+
+    def _arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """What :meth:`save` writes, every key prefixed with ``prefix``."""
+        arrays = {f"{prefix}state__{k}": np.asarray(v) for k, v in self._state().items()}
+        if self.training_window is not None and self.training_window.id_hashes is not None:
+            arrays[f"{prefix}training__request_ids"] = self.training_window.id_hashes
+        arrays[f"{prefix}config"] = np.array(json.dumps(self.config(), sort_keys=True))
+        return arrays
 
     @classmethod
     def _from_config(
-        cls, config: dict[str, Any], catalog: ArmCatalog, spec: FeatureSpec
+        cls, config: dict[str, Any], catalog: ArmCatalog, spec: ContextSpec
     ) -> BasePolicy:
         """Rebuild from :meth:`config`: its keys are the constructor's keyword arguments."""
         kwargs = {
@@ -709,15 +711,40 @@ class BasePolicy:
         return load_policy(path)
 
 
-def load_policy(path: str | Path) -> BasePolicy:
-    """Rebuild a policy of any kind from a ``.npz`` file written by ``save``."""
+def npz_path(path: str | Path) -> Path:
+    """``path`` with the ``.npz`` suffix, its folder created."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_suffix(".npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load_policy(path: str | Path) -> Any:
+    """Rebuild a policy of any kind from a ``.npz`` file written by ``save``.
+
+    Returns a :class:`BasePolicy`, or a :class:`~rtopt_lab.policies.Constrained` for a
+    file its ``save`` wrote. A file whose state does not fit its context width (or whose
+    width is not its spec's) raises ValueError naming the file.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"policy file not found: {path}")
     with np.load(path, allow_pickle=False) as z:
-        config = json.loads(str(z["config"]))
-        state = {k[len("state__") :]: z[k] for k in z.files if k.startswith("state__")}
-        ids = z["training__request_ids"] if "training__request_ids" in z.files else None
+        arrays = {k: z[k] for k in z.files}
+    if json.loads(str(arrays["config"])).get("kind") == "constrained":
+        from rtopt_lab.policies.constrained import Constrained
+
+        return Constrained._from_arrays(arrays, path)
+    return policy_from_arrays(arrays, path)
+
+
+def policy_from_arrays(arrays: Mapping[str, np.ndarray], path: Path, prefix: str = "") -> BasePolicy:
+    """Rebuild a BasePolicy from what :meth:`BasePolicy._arrays` wrote with ``prefix``."""
+    config = json.loads(str(arrays[f"{prefix}config"]))
+    head = f"{prefix}state__"
+    state = {k[len(head) :]: v for k, v in arrays.items() if k.startswith(head)}
+    ids = arrays.get(f"{prefix}training__request_ids")
     kind = config.get("kind")
     if kind not in _REGISTRY:
         raise ValueError(f"{path}: unknown policy kind {kind!r}; known: {sorted(_REGISTRY)}")

@@ -4,18 +4,30 @@ In production every request's allowed arms are the trust region around the incum
 arm for that context (|Δtemperature| <= 0.2, |Δmax_tokens| <= 200) intersected with the
 risk tier's compliance rules. Off-policy evaluation and the gates must judge *that*
 distribution, not the unconstrained one; :class:`Constrained` computes it for whole
-batches so it can be passed to :func:`rtopt_lab.ope.evaluate` like any policy.
+batches so it can be passed to :func:`rtopt_lab.ope.evaluate` like any policy: it
+implements the :class:`~rtopt_lab.policies.base.Policy` protocol (``update`` teaches the
+candidate; ``save`` writes candidate, incumbent and masks to one file).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rtopt_lab.features import featurize
-from rtopt_lab.policies.base import BasePolicy, _safe_rid, readable_task_type
+from rtopt_lab.policies.base import (
+    BasePolicy,
+    _safe_rid,
+    _WiringError,
+    load_policy,
+    npz_path,
+    policy_from_arrays,
+    readable_task_type,
+)
 from rtopt_lab.types import SelectionResult, TaskFeatures
 
 __all__ = ["Constrained"]
@@ -69,12 +81,49 @@ class Constrained:
             raise ValueError(f"`tier_masks` must have shape (4, {k}); got {tm.shape}")
         self.policy, self.incumbent, self.tier_masks = policy, incumbent, tm
         self.max_dtemp, self.max_dtokens = float(max_dtemp), float(max_dtokens)
+        if policy.n_features != incumbent.n_features:
+            raise ValueError(
+                f"`policy` reads contexts of {policy.n_features} features, `incumbent` "
+                f"{incumbent.n_features}: they must share one context layout"
+            )
         self.catalog, self.spec, self.randomized = policy.catalog, policy.spec, policy.randomized
+        self.n_features = policy.n_features
         self._centres: dict[int, int] = {}  # incumbent's arm on the bare context, per task index
 
     @property
     def version(self) -> str:
         return f"{self.policy.version}+served"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The candidate's :attr:`~BasePolicy.params`, the trust region and the incumbent."""
+        return {**self.policy.params, "served": True, "max_dtemp": self.max_dtemp,
+                "max_dtokens": self.max_dtokens, "incumbent_version": self.incumbent.version}
+
+    def update(self, X: np.ndarray, actions: np.ndarray, rewards: np.ndarray, *,
+               weights: np.ndarray | None = None) -> None:
+        """Teach the candidate (``policy.update``); the masks and the incumbent stay as they are."""
+        self.policy.update(X, actions, rewards, weights=weights)
+
+    def save(self, path: str | Path) -> Path:
+        """Candidate, incumbent (each as :meth:`BasePolicy.save` writes it, prefixed
+        ``policy__`` and ``incumbent__``) and :meth:`serving_config` in one ``.npz``."""
+        path = npz_path(path)
+        config = {"kind": "constrained", "serving": self.serving_config()}
+        np.savez(path, config=np.array(json.dumps(config, sort_keys=True)),
+                 **self.policy._arrays("policy__"), **self.incumbent._arrays("incumbent__"))
+        return path
+
+    @staticmethod
+    def load(path: str | Path) -> Any:
+        """Rebuild what :meth:`save` wrote (any policy file: :func:`load_policy`)."""
+        return load_policy(path)
+
+    @classmethod
+    def _from_arrays(cls, arrays: Mapping[str, np.ndarray], path: Path) -> Constrained:
+        config = json.loads(str(arrays["config"]))
+        return cls.from_config(policy_from_arrays(arrays, path, "policy__"),
+                               policy_from_arrays(arrays, path, "incumbent__"), config["serving"])
 
     def request_keys(self, fingerprints: np.ndarray, request_ids: Sequence[str] | None = None) -> np.ndarray:
         return self.policy.request_keys(fingerprints, request_ids)
@@ -119,7 +168,9 @@ class Constrained:
 
         Parameters
         ----------
-        features : TaskFeatures or mapping
+        features : TaskFeatures or mapping or ndarray of shape (n_features,)
+            A context vector of the wrong width raises ValueError (as in
+            :meth:`BasePolicy.select`).
         request_id : str, optional
             Normalised by :func:`rtopt_lab.hashing.safe_request_id`.
         allowed : bool array of shape (K,), optional
@@ -138,6 +189,8 @@ class Constrained:
         extra, bad = policy._read_mask(allowed)
         if extra is None:
             return policy._blocked(task, rid, str(bad))
+        if isinstance(features, np.ndarray):  # a context vector: a wrong width raises
+            return self._select_vector(features, rid, extra)
         try:
             f = features if isinstance(features, TaskFeatures) else TaskFeatures.from_dict(features)
         except Exception as exc:  # unknown context: the most restrictive mask
@@ -151,6 +204,19 @@ class Constrained:
                 task, rid, f"no arm within the trust region is allowed in risk tier {f.risk_tier}"
             )
         return policy.select(f, request_id=rid, allowed=mask)
+
+    def _select_vector(self, x: np.ndarray, rid: str | None, extra: np.ndarray) -> SelectionResult:
+        policy = self.policy
+        try:
+            row, _ = policy._context(x)
+        except _WiringError:
+            raise
+        except Exception as exc:  # malformed vector: the most restrictive mask
+            return self._strict(None, rid, f"invalid request, {{served}}: {exc}", extra)
+        mask = self.serving_mask(row, strict=True)[0] & extra
+        if not mask.any():
+            return policy._blocked(None, rid, "no arm within the trust region is allowed")
+        return policy.select(x, request_id=rid, allowed=mask)
 
     def _strict(
         self, task: str | None, rid: str | None, reason: str, extra: np.ndarray
