@@ -91,8 +91,10 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     s.set_defaults(func=_cmd_simulate)
 
-    lg = sub.add_parser("log", help="inspect decision logs",
-                        description="Validate or summarise a decision log (a directory or a .parquet file).")
+    lg = sub.add_parser("log", help="inspect, import and export decision logs",
+                        description="Validate or summarise a decision log (a directory or a .parquet "
+                                    "file); import a team's own log; export to VW or OBP; print the "
+                                    "log contract.")
     lsub = lg.add_subparsers(dest="log_command", metavar="ACTION", required=True)
     v = lsub.add_parser(
         "validate", help="count valid and quarantined rows, by reason",
@@ -106,11 +108,16 @@ def _build_parser() -> argparse.ArgumentParser:
     v.add_argument("--any-arm", action="store_true", help="do not check arm ids against a catalog")
     v.add_argument("--quarantine", type=Path, default=None,
                    help="where to write quarantined rows (default: beside the log)")
+    v.add_argument("--mapping", type=Path, default=None,
+                   help="for a CSV/JSONL/... file: the mapping `rtopt log import` would use")
     v.set_defaults(func=_cmd_validate)
     sm = lsub.add_parser("summary", help="rows, reward, quality, latency and arms per task type",
                          description="Print a per-task-type summary of the valid rows of a decision log.")
     sm.add_argument("path", type=Path, help="log directory or .parquet file")
     sm.set_defaults(func=_cmd_summary)
+    from rtopt_lab import _cli_log
+
+    _cli_log.add_parsers(lsub)
 
     pv = sub.add_parser("provenance", help="check the tamper-evident provenance log",
                         description="Check the hash chain of a provenance log (JSONL, one record "
@@ -220,7 +227,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from rtopt_lab import _cli_log
     from rtopt_lab.logstore import validate_path
+
+    if _cli_log.is_foreign(args.path):   # CSV, JSONL, ...: checked against the log contract
+        return _cli_log.validate_foreign(args)
 
     known = None if args.any_arm else _catalog(args.arms)   # a catalog: ids and parameters
     rep = validate_path(args.path, known_arms=known, quarantine_path=args.quarantine)

@@ -10,6 +10,7 @@ report. A column the contract needs and the source lacks stops the import instea
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,12 +103,14 @@ def check_columns(columns: list[str], mapping: LogMapping, *, where: str,
         lines = [f"{where}: missing required column(s) {', '.join(map(repr, missing))}."]
         for n in missing:
             src = mapping.source_column(n)
-            how = (f"map your column with `columns: {{{n}: <your column>}}`"
+            how = (f"Map your column with `columns: {{{n}: <your column>}}`"
                    if src == n else f"`columns.{n}` names {src!r}, which the source does not have")
             extra = "; or give `feedback:`" if n == "quality" else ""
             extra += "; or give arm_id" if n in ("temperature", "top_p", "max_tokens") else ""
             dflt = "" if n in ("request_id", "timestamp") else f", or set `defaults: {{{n}: ...}}`"
-            lines.append(f"  {n}: {_BY_NAME[n].meaning}. {how}{dflt}{extra}")
+            near = difflib.get_close_matches(n, sorted(have), n=1, cutoff=0.6)
+            hint = f" (perhaps {near[0]!r}?)" if near else ""
+            lines.append(f"  {n}: {_BY_NAME[n].meaning}. {how}{hint}{dflt}{extra}")
         shown = ", ".join(sorted(have)[:30]) + (" ..." if len(have) > 30 else "")
         lines.append(f"The source has: {shown or '(no columns)'}.")
         lines.append("The contract requires: request_id, timestamp, task_type, the parameters "
@@ -281,8 +284,10 @@ def to_log_frame(src: pd.DataFrame, mapping: LogMapping, *, catalog: ArmCatalog 
             continue  # derived below, whatever the source calls "reward"
         if col in src.columns:
             s = src[col]
-            if name in mapping.defaults:
-                s = s.where(s.notna(), mapping.defaults[name])
+            fill = mapping.defaults.get(name, f.default if f.kind == "optional" else None)
+            if fill is not None and name not in ("model_name", "complexity_indicators") \
+                    and s.isna().any():  # empty cells of optional columns: their default
+                s = s.astype(object).where(s.notna(), fill)
         elif name in mapping.defaults:
             s, _ = pd.Series([mapping.defaults[name]] * n, dtype=object), defaulted.append(name)
         elif name == "reward" or name in PARAMETER_NAMES[:3] or name == "arm_id":

@@ -53,8 +53,7 @@ def read_tabular(path: str | os.PathLike[str], fmt: str, *, chunk_rows: int = 20
                              skipinitialspace=True) as reader:
                 yield from reader
         elif fmt == "jsonl":
-            with pd.read_json(p, lines=True, chunksize=chunk_rows, dtype=False,
-                              convert_dates=False) as reader:
+            with pd.read_json(p, lines=True, chunksize=chunk_rows, dtype=False) as reader:
                 for chunk in reader:
                     for c in text_columns:
                         if c in chunk.columns:

@@ -46,6 +46,8 @@ _MAX_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 #: Reasons of the checks that compare a row with other rows or with the catalog.
 DUPLICATE_IN_BATCH = "duplicate request_id in the batch"
 DUPLICATE_IN_STORE = "request_id already in the store"
+#: Reason of a null propensity (a NaN one is "propensity outside (0, 1]").
+PROPENSITY_MISSING = "propensity missing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +148,8 @@ def _check_rows(
     for name in LOG_COLUMNS:
         if name == "timestamp":
             checks.append(("missing timestamp", missing[name]))
+        elif name == "propensity":  # a log without it cannot serve off-policy evaluation
+            checks.append((PROPENSITY_MISSING, missing[name]))
         elif name not in _NULLABLE and name != "request_id":
             checks.append((f"null in required column {name!r}", missing[name]))
 
@@ -354,6 +358,22 @@ def validate_table(
 
 
 # --------------------------------------------------------------------------- validate_path
+def _not_parquet(path: Path) -> str | None:
+    """Why a file that is not Parquet at all cannot be read, or None if it may be Parquet."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return None
+    if head[:4] == b"PAR1" or not head or path.suffix.lower() == ".parquet":
+        return None
+    text = head.lstrip()
+    kind = ("JSON lines" if text[:1] in (b"{", b"[") else "a NumPy archive (NPZ)"
+            if head[:2] == b"PK" else "CSV or other text" if b"\x00" not in head else "binary")
+    return (f"unreadable file (not a Parquet file: looks like {kind}); import a team's own "
+            "log with `rtopt log import FILE --to STORE`, see `rtopt log schema`")
+
+
 def validate_path(
     path: str | os.PathLike[str],
     *,
@@ -432,7 +452,8 @@ def validate_path(
                     if checked.valid_hashes is not None:
                         seen.add(f, checked.valid_hashes, presorted=True)
         except (OSError, pa.ArrowException) as exc:
-            skipped[str(f)] = (
+            foreign = None if offset else _not_parquet(f)
+            skipped[str(f)] = foreign or (
                 f"unreadable file after {offset} row(s) ({_short(exc)})"
                 if offset
                 else f"unreadable file ({_short(exc)})"
@@ -448,7 +469,7 @@ def validate_path(
         top = ", ".join(f"{r!r} x{n}" for r, n in reasons.most_common(3))
         detail = f" (top reasons: {top})" if top else ""
         where = f"; rejected rows written to {qpath}" if qpath else ""
-        extra = f"; {len(skipped)} unreadable file(s)" if skipped else ""
+        extra = "".join(f"; {f}: {why}" for f, why in skipped.items())
         raise ValueError(
             f"`path` {str(p)!r} has no valid row: {rows} row(s), {quarantined} "
             f"quarantined{detail}{extra}{where}"
