@@ -101,7 +101,7 @@ def test_wrong_width_is_an_error_at_select_and_action_dist(fitted):
         pol.select(np.zeros(6), request_id="r1")
     with pytest.raises(ValueError, match=r"`X` must have shape \(n, 5\); got \(2, 4\).*ArraySpec"):
         pol.action_dist(np.zeros((2, 4)))
-    with pytest.raises(ValueError, match=r"cannot featurise a TaskFeatures"):
+    with pytest.raises(ValueError, match=r"cannot featurise a request: pass the context vector of 5 numbers"):
         pol.select(TaskFeatures(task_type="reasoning"))
     llm = LinUCB(ArmCatalog.from_grid())
     with pytest.raises(ValueError, match=r"expects contexts of 28 features \(FeatureSpec"):
@@ -198,3 +198,16 @@ def test_constrained_implements_the_policy_protocol(fitted, tmp_path):
     assert back.version != before and back.policy.version != pol.version
     with pytest.raises(ValueError, match=r"must share one context layout"):
         Constrained(pol, LinUCB(pol.catalog, n_features=4))
+
+
+def test_a_teams_context_spec_serves_and_round_trips(tmp_path):
+    from rtopt_lab.context import ContextSpec
+
+    spec = ContextSpec(task_types=("triage", "reply"))
+    pol = ThompsonGaussian(ArmCatalog.abstract(3), spec=spec, n_samples=16)
+    res = pol.select({"task_type": "reply", "risk_tier": 1}, request_id="r1")
+    assert not res.blocked and res.reason is None and 0 < res.propensity <= 1
+    back = load_policy(pol.save(tmp_path / "team"))
+    assert back.spec == spec and back.version == pol.version
+    with pytest.raises(ValueError, match=rf"does not match the spec's width {spec.n_features}"):
+        LinUCB(ArmCatalog.abstract(3), spec=spec, n_features=spec.n_features + 1)

@@ -2,10 +2,12 @@
 
 A policy needs from its ``spec`` only the width and layout of the context vector:
 ``n_features``, ``columns``, ``task_types``, ``task_indices(X)``, ``risk_tiers(X)`` and
-``task_index(t)`` (:class:`ContextSpec`). :class:`~rtopt_lab.features.FeatureSpec` is the
+``task_index(t)`` (:class:`ContextLayout`). :class:`~rtopt_lab.features.FeatureSpec` is the
 LLM task layout; :class:`ArraySpec` is a plain vector of d numbers with no task types and
 no risk tiers, for contexts of your own (a policy built with ``n_features`` and no spec
-gets one). Any other object with the protocol's members is accepted too.
+gets one). Any other object with the protocol's members is accepted too, e.g. a team's
+:class:`rtopt_lab.context.ContextSpec` (``select`` featurises a request with its
+``featurize_record``; the policy file keeps it through its ``to_dict`` / ``from_dict``).
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import numpy as np
 
 from rtopt_lab.features import FeatureSpec
 
-__all__ = ["ArraySpec", "ContextSpec", "check_spec", "spec_from_config", "spec_to_config"]
+__all__ = ["ArraySpec", "ContextLayout", "check_spec", "spec_from_config", "spec_to_config"]
 
 _MEMBERS = ("n_features", "columns", "task_types", "task_indices", "risk_tiers", "task_index")
 
 
 @runtime_checkable
-class ContextSpec(Protocol):
+class ContextLayout(Protocol):
     """What a policy reads of a context layout (see the module docstring)."""
 
     @property
@@ -87,8 +89,8 @@ class ArraySpec:
         return 0
 
 
-def check_spec(spec: Any) -> ContextSpec:
-    """``spec`` when it has every member of :class:`ContextSpec`, else a TypeError naming the
+def check_spec(spec: Any) -> ContextLayout:
+    """``spec`` when it has every member of :class:`ContextLayout`, else a TypeError naming the
     missing ones."""
     missing = [m for m in _MEMBERS if not hasattr(spec, m)]
     if missing:
@@ -99,7 +101,7 @@ def check_spec(spec: Any) -> ContextSpec:
     return spec
 
 
-def spec_to_config(spec: ContextSpec) -> dict[str, Any]:
+def spec_to_config(spec: ContextLayout) -> dict[str, Any]:
     """JSON-able description of ``spec`` for a policy file.
 
     A FeatureSpec is written as before specs were general (``task_types``,
@@ -121,7 +123,7 @@ def spec_to_config(spec: ContextSpec) -> dict[str, Any]:
     return {"type": f"{cls.__module__}:{cls.__qualname__}", **to_dict()}
 
 
-def spec_from_config(config: dict[str, Any], n_features: int | None) -> ContextSpec:
+def spec_from_config(config: dict[str, Any], n_features: int | None) -> ContextLayout:
     """Inverse of :func:`spec_to_config`.
 
     A FeatureSpec entry whose width is not the file's ``n_features`` comes from a file

@@ -65,7 +65,7 @@ from rtopt_lab.hashing import safe_request_id
 from rtopt_lab.hashing import str64 as _str64
 from rtopt_lab.policies._spec import (
     ArraySpec,
-    ContextSpec,
+    ContextLayout,
     check_spec,
     spec_from_config,
     spec_to_config,
@@ -76,7 +76,7 @@ from rtopt_lab.types import SelectionResult, TaskFeatures
 __all__ = [
     "ArraySpec",
     "BasePolicy",
-    "ContextSpec",
+    "ContextLayout",
     "Policy",
     "load_policy",
     "readable_task_type",
@@ -97,7 +97,7 @@ class Policy(Protocol):
     """
 
     catalog: ArmCatalog
-    spec: ContextSpec
+    spec: ContextLayout
     n_features: int
 
     def action_dist(
@@ -188,7 +188,7 @@ class BasePolicy:
     Parameters
     ----------
     catalog : ArmCatalog
-    spec : ContextSpec, optional
+    spec : ContextLayout, optional
         The context layout: how ``select`` featurises a TaskFeatures
         (:class:`~rtopt_lab.features.FeatureSpec`), or a plain vector
         (:class:`ArraySpec`). Default: ``DEFAULT_SPEC``, or ``ArraySpec(n_features)`` when
@@ -215,7 +215,7 @@ class BasePolicy:
         self,
         catalog: ArmCatalog,
         *,
-        spec: ContextSpec | None = None,
+        spec: ContextLayout | None = None,
         n_features: int | None = None,
         seed: int = 0,
     ):
@@ -468,16 +468,21 @@ class BasePolicy:
             if not np.isfinite(x).all():
                 raise ValueError("the context vector has NaN or infinite values")
             return x, int(row_keys(x, 0)[0])
+        if not isinstance(self.spec, FeatureSpec):
+            featurize_record = getattr(self.spec, "featurize_record", None)
+            if not callable(featurize_record):
+                raise _WiringError(
+                    f"this policy's spec ({self._spec_name()}) cannot featurise a request: "
+                    f"pass the context vector of {self.n_features} numbers"
+                )
+            # a team's context spec (rtopt_lab.context): TaskFeatures or a mapping with `context`
+            x = np.asarray(featurize_record(features), dtype=np.float64).reshape(1, -1)
+            self._check_width(x.shape[1], "the spec featurises the request to")
+            if not np.isfinite(x).all():
+                raise ValueError("the featurised context has NaN or infinite values")
+            return x, int(row_keys(x, 0)[0])
         f = features if isinstance(features, TaskFeatures) else TaskFeatures.from_dict(features)
-        if isinstance(self.spec, FeatureSpec):
-            x = featurize(f, self.spec)[None, :]
-        elif callable(getattr(self.spec, "featurize", None)):
-            x = np.asarray(self.spec.featurize(f), dtype=np.float64).reshape(1, -1)
-        else:
-            raise _WiringError(
-                f"this policy's spec ({self._spec_name()}) cannot featurise a TaskFeatures: "
-                f"pass the context vector of {self.n_features} numbers"
-            )
+        x = featurize(f, self.spec)[None, :]
         self._check_width(x.shape[1], "the spec featurises the request to")
         return x, context_fingerprint(f)
 
@@ -695,7 +700,7 @@ class BasePolicy:
 
     @classmethod
     def _from_config(
-        cls, config: dict[str, Any], catalog: ArmCatalog, spec: ContextSpec
+        cls, config: dict[str, Any], catalog: ArmCatalog, spec: ContextLayout
     ) -> BasePolicy:
         """Rebuild from :meth:`config`: its keys are the constructor's keyword arguments."""
         kwargs = {
@@ -767,7 +772,7 @@ class _WiringError(ValueError):
     by ``select``, never answered with a fallback."""
 
 
-def resolve_spec(spec: Any, n_features: Any) -> tuple[ContextSpec, int]:
+def resolve_spec(spec: Any, n_features: Any) -> tuple[ContextLayout, int]:
     """The (spec, width) of a policy from its ``spec`` and ``n_features`` arguments.
 
     No spec: ``DEFAULT_SPEC``, or ``ArraySpec(n_features)`` when ``n_features`` is given.

@@ -9,7 +9,7 @@ import numpy as np
 
 from rtopt_lab.arms import ArmCatalog
 from rtopt_lab.policies._linear import Mode
-from rtopt_lab.policies._spec import ContextSpec
+from rtopt_lab.policies._spec import ContextLayout
 from rtopt_lab.policies.base import BasePolicy, argmax_dist, check_probability
 from rtopt_lab.policies.linucb import _ModelPolicy
 
@@ -46,7 +46,7 @@ class FixedPolicy(BasePolicy):
         catalog: ArmCatalog,
         *,
         epsilon: float = 0.0,
-        spec: ContextSpec | None = None,
+        spec: ContextLayout | None = None,
         n_features: int | None = None,
         seed: int = 0,
     ):
@@ -105,7 +105,7 @@ class _ScorerPolicy(_ModelPolicy):
         mode: Mode = "shared",
         ridge: float = 1.0,
         context_ridge: float = 10.0,
-        spec: ContextSpec | None = None,
+        spec: ContextLayout | None = None,
         n_features: int | None = None,
         seed: int = 0,
     ):
@@ -181,7 +181,7 @@ class EpsilonGreedy(_ScorerPolicy):
         mode: Mode = "shared",
         ridge: float = 1.0,
         context_ridge: float = 10.0,
-        spec: ContextSpec | None = None,
+        spec: ContextLayout | None = None,
         n_features: int | None = None,
         seed: int = 0,
     ):
@@ -226,7 +226,7 @@ class Softmax(_ScorerPolicy):
         mode: Mode = "shared",
         ridge: float = 1.0,
         context_ridge: float = 10.0,
-        spec: ContextSpec | None = None,
+        spec: ContextLayout | None = None,
         n_features: int | None = None,
         seed: int = 0,
     ):

@@ -8,9 +8,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rtopt_lab.arms import ArmCatalog
-from rtopt_lab.features import FeatureSpec
 from rtopt_lab.policies._linear import LinearRewardModel, Mode
-from rtopt_lab.policies._spec import ContextSpec
+from rtopt_lab.policies._spec import ArraySpec, ContextLayout
 from rtopt_lab.policies.base import BasePolicy, check_probability
 
 __all__ = ["LinUCB"]
@@ -28,7 +27,7 @@ class _ModelPolicy(BasePolicy):
         mode: Mode = "shared",
         ridge: float = 1.0,
         context_ridge: float = 10.0,
-        spec: ContextSpec | None = None,
+        spec: ContextLayout | None = None,
         n_features: int | None = None,
         seed: int = 0,
     ):
@@ -42,7 +41,7 @@ class _ModelPolicy(BasePolicy):
             raise ValueError(f"`context_ridge` must be a finite number > 0; got {context_ridge!r}")
         self.context_ridge = float(context_ridge)
         scale = None
-        if isinstance(self.spec, FeatureSpec):
+        if not isinstance(self.spec, ArraySpec):
             # bias and task-type columns carry the task-level arm preferences: prior precision
             # `ridge`; the finer context columns are shrunk harder (`context_ridge` times)
             coarse = np.array([c == "bias" or c.startswith("task=") for c in self.spec.columns])
@@ -106,7 +105,8 @@ class LinUCB(_ModelPolicy):
     context_ridge : float > 0, default 10.0
         Multiplies the prior precision of the other context columns (counts, flags,
         indicators), whose interactions with the arm features are shrunk harder; ignored
-        (all columns alike) when ``n_features`` is set for contexts of your own.
+        (all columns alike) for plain context vectors (an ArraySpec, e.g. ``n_features``
+        given without a spec).
     spec, n_features, seed : see :class:`~rtopt_lab.policies.base.BasePolicy`
 
     References
@@ -127,7 +127,7 @@ class LinUCB(_ModelPolicy):
         mode: Mode = "shared",
         ridge: float = 1.0,
         context_ridge: float = 10.0,
-        spec: ContextSpec | None = None,
+        spec: ContextLayout | None = None,
         n_features: int | None = None,
         seed: int = 0,
     ):

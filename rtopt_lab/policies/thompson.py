@@ -10,7 +10,7 @@ from scipy import special
 
 from rtopt_lab.arms import ArmCatalog
 from rtopt_lab.policies._linear import Mode
-from rtopt_lab.policies._spec import ContextSpec
+from rtopt_lab.policies._spec import ContextLayout
 from rtopt_lab.policies.base import check_probability, uniforms
 from rtopt_lab.policies.linucb import _ModelPolicy
 
@@ -107,7 +107,7 @@ class ThompsonGaussian(_ModelPolicy):
         mode: Mode = "shared",
         ridge: float = 1.0,
         context_ridge: float = 30.0,
-        spec: ContextSpec | None = None,
+        spec: ContextLayout | None = None,
         n_features: int | None = None,
         seed: int = 0,
     ):
