@@ -135,9 +135,14 @@ def _read(log: Any) -> pd.DataFrame:
 
 
 def _iv(frame: pd.DataFrame, min_count: Any, baseline: Any) -> pd.DataFrame:
-    if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)) or min_count < 1:
+    if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)):
+        raise TypeError(f"`min_count` must be a whole number >= 1; got {type(min_count).__name__} {min_count!r}")
+    if min_count < 1:
         raise ValueError(f"`min_count` must be a whole number >= 1; got {min_count!r}")
-    if not (baseline is None or baseline == "most_played" or isinstance(baseline, Mapping)):
+    if not (baseline is None or isinstance(baseline, (str, Mapping))):
+        raise TypeError(f"`baseline` must be 'most_played', a mapping of task type to arm, or None; "
+                        f"got {type(baseline).__name__}")
+    if isinstance(baseline, str) and baseline != "most_played":
         raise ValueError(f"`baseline` must be 'most_played', a mapping of task type to arm, or None; "
                          f"got {baseline!r}")
     missing = [c for c in _REQUIRED if c not in frame.columns]
@@ -200,9 +205,9 @@ def catalog_from_log(log: Any, *, min_count: int = DEFAULT_MIN_COUNT,
     Raises
     ------
     TypeError
-        ``log`` is of another kind.
+        ``log``, ``min_count``, ``baseline`` or ``drop_rare`` is of another type.
     ValueError
-        Bad ``min_count`` or ``baseline``; the log has no rows, lacks a parameter
+        ``min_count`` < 1 or ``baseline`` another string; the log has no rows, lacks a parameter
         column, holds nulls or an invalid parameter set; every combination is rare and
         ``drop_rare`` is set; a baseline names an arm outside the catalog.
 
@@ -216,7 +221,7 @@ def catalog_from_log(log: Any, *, min_count: int = DEFAULT_MIN_COUNT,
     """
     frame = _iv(_read(log), min_count, baseline)
     if not isinstance(drop_rare, bool):
-        raise ValueError(f"`drop_rare` must be True or False; got {drop_rare!r}")
+        raise TypeError(f"`drop_rare` must be True or False; got {drop_rare!r}")
     has_task = "task_type" in frame.columns
     keys = [*PARAMETER_COLUMNS, *(["task_type"] if has_task else [])]
     grouped = frame.groupby(keys, dropna=False, sort=False).size()

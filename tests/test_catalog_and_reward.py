@@ -95,6 +95,10 @@ def test_catalog_from_log_reads_a_store_and_a_path_and_finds_the_production_arm(
 def test_catalog_from_log_iv(played):
     with pytest.raises(ValueError, match="`min_count` must be a whole number >= 1"):
         catalog_from_log(played, min_count=0)
+    with pytest.raises(TypeError, match="`min_count` must be a whole number >= 1; got float"):
+        catalog_from_log(played, min_count=2.5)
+    with pytest.raises(TypeError, match="`drop_rare` must be True or False"):
+        catalog_from_log(played, drop_rare="yes")
     with pytest.raises(ValueError, match="`baseline` must be 'most_played'"):
         catalog_from_log(played, baseline="least_played")
     with pytest.raises(ValueError, match=r"lacks the parameter column\(s\) \['max_tokens'\]"):
@@ -228,6 +232,8 @@ def test_replay_config_file_parameters_iv(tmp_path):
     assert ReplayConfig(arms=tmp_path / "a.yaml").arms == str(tmp_path / "a.yaml")   # a PathLike is kept as str
     with pytest.raises(ValueError, match="`reward` must be the path of a YAML file"):
         ReplayConfig(reward="")
+    with pytest.raises(TypeError, match="`arms` must be the path of a YAML file, or None; got int"):
+        ReplayConfig(arms=3)
     with pytest.raises(ValueError, match="not both"):
         replay_compare(pd.DataFrame(), ReplayConfig(arms="a.yaml"), catalog=ArmCatalog.from_grid())
     with pytest.raises(FileNotFoundError, match="arm grid file not found"):

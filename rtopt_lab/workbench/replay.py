@@ -165,7 +165,9 @@ class ReplayConfig:
             if isinstance(value, os.PathLike):
                 value = os.fspath(value)
                 object.__setattr__(self, name, value)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"`{name}` must be the path of a YAML file, or None; got {type(value).__name__}")
+            if value is not None and not value.strip():
                 raise ValueError(f"`{name}` must be the path of a YAML file, or None; got {value!r}")
         if self.engine not in ("local", "spark"):
             raise ValueError(f"`engine` must be 'local' or 'spark'; got {self.engine!r}")
