@@ -11,8 +11,8 @@ import pytest
 from benchmarks.linear_regret import environment, ours, regret, textbook_linucb
 from rtopt_lab.arms import ArmCatalog
 from rtopt_lab.features import DEFAULT_SPEC
-from rtopt_lab.policies import Constrained, LinUCB, ThompsonGaussian, load_policy
-from rtopt_lab.policies.base import ArraySpec, Policy
+from rtopt_lab.policies import POLICIES, Constrained, LinUCB, ThompsonGaussian, load_policy
+from rtopt_lab.policies.base import ArraySpec, Policy, row_keys
 from rtopt_lab.types import ParameterSet, TaskFeatures
 
 D, K, T, SEEDS, ALPHA = 5, 5, 300, tuple(range(12)), 0.2
@@ -211,3 +211,21 @@ def test_a_teams_context_spec_serves_and_round_trips(tmp_path):
     assert back.spec == spec and back.version == pol.version
     with pytest.raises(ValueError, match=rf"does not match the spec's width {spec.n_features}"):
         LinUCB(ArmCatalog.abstract(3), spec=spec, n_features=spec.n_features + 1)
+
+
+@pytest.mark.parametrize("kind", sorted(POLICIES))
+def test_every_policy_runs_on_abstract_arms_and_plain_vectors(kind, tmp_path):
+    cls = POLICIES[kind]
+    pol = cls(ArmCatalog.abstract(4), n_features=3, **cls._test_params)
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(30, 3))
+    pol.update(X, rng.integers(0, 4, 30), rng.normal(size=30))
+    dist = pol.action_dist(X, keys=np.arange(30, dtype=np.uint64))
+    np.testing.assert_allclose(dist.sum(axis=1), 1.0)
+    res = pol.select(X[0], request_id="r1")
+    fp = np.array([int(row_keys(X[:1], 0)[0])], dtype=np.uint64)
+    key = pol.request_keys(fp, [res.request_id])
+    assert res.propensity == pytest.approx(
+        pol.action_dist(X[:1], keys=key)[0, pol.catalog.index(res.arm_id)])
+    back = load_policy(pol.save(tmp_path / kind))
+    np.testing.assert_array_equal(back.action_dist(X, keys=np.arange(30, dtype=np.uint64)), dist)
