@@ -52,7 +52,9 @@ class Problems:
 
     found: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
 
-    def add(self, column: str, what: str, bad: np.ndarray, values: pd.Series, offset: int) -> None:
+    def add(self, column: str, what: str, bad: np.ndarray, values: pd.Series,
+            offset: int | np.ndarray) -> None:
+        """Count the ``bad`` cells; ``offset``: the first row's number, or every row's."""
         n = int(bad.sum())
         if not n:
             return
@@ -61,7 +63,8 @@ class Problems:
             self.found[key][0] += n
         else:
             i = int(np.flatnonzero(bad)[0])
-            self.found[key] = [n, offset + i, values.iloc[i]]
+            row = int(offset[i]) if isinstance(offset, np.ndarray) else offset + i
+            self.found[key] = [n, row, values.iloc[i]]
 
     def lines(self) -> tuple[str, ...]:
         """One line per column, e.g. ``column 'score' (quality): 2 value(s) not a number; first
@@ -138,8 +141,10 @@ def _numbers(s: pd.Series, label: str, probs: Problems, offset: int) -> tuple[pd
 
 
 def _bools(s: pd.Series, label: str, probs: Problems, offset: int) -> tuple[pd.Series, np.ndarray]:
+    if s.dtype == object:
+        s = s.infer_objects()  # a column of Python bools (a default) becomes bool: fast path
     if s.dtype.kind == "b":
-        return s.astype(object), np.zeros(len(s), bool)
+        return s, np.zeros(len(s), bool)
     text = s.astype(object).where(s.notna(), None).map(
         lambda v: v if v is None or isinstance(v, bool) else str(v).strip().lower()
         if not isinstance(v, float) else ("1" if v == 1 else "0" if v == 0 else str(v)))
@@ -264,15 +269,19 @@ def to_log_frame(src: pd.DataFrame, mapping: LogMapping, *, catalog: ArmCatalog 
     problems : Problems
         Collects bad cells (updated in place).
     offset : int
-        Row number of ``src``'s first row in the whole source (for the problem lines).
+        Row number of ``src``'s first row in the whole source (for the problem lines); a
+        frame whose index is not ``0..n-1`` (rows were skipped) numbers its rows
+        ``offset + index``.
     feedback : Series, optional
         Quality in [0, 1] indexed by request id (the joined feedback file).
     given_reward : bool
         The source carries the reward (VW, OBP): outcome columns absent from it are filled
         with neutral values (quality 0, latency 0, tokens 0, success false).
     """
-    src = src.reset_index(drop=True)
     n = len(src)
+    if not isinstance(src.index, pd.RangeIndex) or src.index.start != 0 or src.index.step != 1:
+        offset = offset + src.index.to_numpy()  # rows were skipped: keep their numbers
+    src = src.reset_index(drop=True)
     out: dict[str, pd.Series] = {}
     defaulted: list[str] = []
     for f in CONTRACT:
@@ -321,7 +330,7 @@ def to_log_frame(src: pd.DataFrame, mapping: LogMapping, *, catalog: ArmCatalog 
         elif name in _BOOLS:
             vals, bad = _bools(s, label, problems, offset)
             out[name] = vals.where(~bad, s) if bad.any() else vals
-            out[name + "#num"] = vals.map(lambda v: 1.0 if v is True else 0.0)
+            out[name + "#num"] = pd.Series(vals.to_numpy(dtype=object) == True, dtype=float)  # noqa: E712
         elif name == "complexity_indicators":
             out[name] = _indicators(s)
         else:

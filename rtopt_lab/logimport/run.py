@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -166,6 +167,15 @@ def _store_ids(root: Path) -> pa.Array:
     return pa.chunked_array([c for p in parts for c in p.chunks], pa.string()).combine_chunks()
 
 
+def _seen(ids: pd.Series, present: pa.Array) -> np.ndarray:
+    """Mask of the ids already in the store."""
+    if not pd.api.types.is_string_dtype(ids.dtype):
+        ids = ids.astype(object).where(ids.notna(), None).map(
+            lambda v: v if v is None or isinstance(v, str) else str(v))
+    arr = pa.array(ids.to_numpy(dtype=object), pa.string(), from_pandas=True)
+    return pc.fill_null(pc.is_in(arr, value_set=present), False).to_numpy(zero_copy_only=False)
+
+
 def _bar(progress: bool):
     from tqdm.auto import tqdm
 
@@ -247,15 +257,19 @@ def import_log(source: str | os.PathLike[str], store_root: str | os.PathLike[str
             if not rows_in:
                 check_columns([str(c) for c in chunk.columns], m, where=repr(str(src)),
                               given_reward=given_reward)
+            n_chunk = len(chunk)
+            id_col = m.source_column("request_id")
+            if len(present) and id_col in chunk.columns:  # skip stored rows before mapping them
+                seen = _seen(chunk[id_col], present)
+                already += int(seen.sum())
+                chunk = chunk.loc[~seen]
             derived = to_log_frame(chunk, m, catalog=catalog, problems=probs, offset=rows_in,
                                    feedback=feedback, given_reward=given_reward)
-            rows_in += len(chunk)
+            rows_in += n_chunk
             defaulted.update(derived.defaulted)
             frame = derived.frame
-            if len(present) and len(frame):
-                ids = pa.array(frame["request_id"].to_numpy(dtype=object), pa.string())
-                seen = pc.fill_null(pc.is_in(ids, value_set=present), False).to_numpy(
-                    zero_copy_only=False)
+            if len(present) and len(frame) and id_col not in chunk.columns:
+                seen = _seen(frame["request_id"], present)
                 already += int(seen.sum())
                 frame = frame.loc[~seen].reset_index(drop=True)
             if len(frame):
@@ -269,7 +283,7 @@ def import_log(source: str | os.PathLike[str], store_root: str | os.PathLike[str
                     imported += v.valid.num_rows
                     quarantined += v.quarantine.num_rows
                     reasons.update(v.reasons)
-            bar.update(len(chunk))
+            bar.update(n_chunk)
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0
