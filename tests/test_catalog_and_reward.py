@@ -226,6 +226,18 @@ def test_replay_on_a_custom_catalog_with_the_teams_reward(team_log, tmp_path):
     assert (est["estimate"] < est0["estimate"] - 0.1).all()
     assert est.loc["production", "quality"] == pytest.approx(est0.loc["production", "quality"], rel=1e-12)
 
+    # a team's context spec reaches every candidate and the incumbent (task types learned
+    # from the training window)
+    ctx = tmp_path / "context.yaml"
+    ctx.write_text("task_types: learn\nfeatures:\n  - {column: title_length, kind: numeric, transform: log1p, "
+                   "ref: 200}\n  - {column: has_external_deps, kind: boolean}\n")
+    with_ctx = replay_compare(frame, ReplayConfig(**small, arms=str(arms), context=str(ctx)))
+    spec = with_ctx.policies["linucb"].spec
+    assert spec is with_ctx.incumbent.spec and set(spec.task_types) == set(frame["task_type"])
+    assert with_ctx.policies["linucb"].n_features == spec.n_features == 1 + 5 + 3 + 2
+    assert with_ctx.tracking_params()["context.version"] == spec.version
+    assert logged.tracking_params()["context.version"] == "task features"
+
 
 def test_replay_config_file_parameters_iv(tmp_path):
     assert ReplayConfig.from_strings(candidates="linucb", estimators="dr", arms="", reward=" ").arms is None
@@ -238,8 +250,9 @@ def test_replay_config_file_parameters_iv(tmp_path):
         replay_compare(pd.DataFrame(), ReplayConfig(arms="a.yaml"), catalog=ArmCatalog.from_grid())
     with pytest.raises(FileNotFoundError, match="arm grid file not found"):
         replay_compare(pd.DataFrame(), ReplayConfig(arms=str(tmp_path / "missing.yaml")))
-    with pytest.raises(NotImplementedError, match="context specs are not wired"):
-        replay_compare(pd.DataFrame({"arm_id": ["t0.60-p1.00-m600"]}), ReplayConfig(context="ctx.yaml"))
+    with pytest.raises(FileNotFoundError, match=r"context spec .* does not exist"):
+        replay_compare(pd.DataFrame({"arm_id": ["t0.60-p1.00-m600"] * 2, "timestamp": [1, 2]}),
+                       ReplayConfig(context=str(tmp_path / "ctx.yaml")))
 
 
 def test_the_runner_checks_the_config_files_before_any_kernel(tmp_path):

@@ -279,7 +279,7 @@ def _check_config_file(key: str, value: str, *, where: str, path: Path | None, a
             from rtopt_lab.reward import RewardFunction
 
             RewardFunction.from_yaml(resolved)
-        # context: read by rtopt_lab.context (the context-spec change); existence only here
+        # context: a `task_types: learn` spec needs the log to load, so existence only here
     except (ValueError, TypeError, KeyError, yaml.YAMLError) as exc:
         raise ExperimentError(f"{where}: parameters.{key}: {value!r} is not a valid {key} file: {exc}",
                               path=path, key=f"parameters.{key}") from None

@@ -17,8 +17,9 @@ The team's own arms and reward: ``ReplayConfig(arms="arms.yaml")`` builds every
 candidate (and the incumbent) on that catalog (e.g. ``rtopt arms from-log``), and
 ``ReplayConfig(reward="reward.yaml")`` recomputes the log's ``reward`` column with that
 :class:`~rtopt_lab.reward.RewardFunction` before anything is fitted or evaluated;
-:meth:`ReplayResult.tracking_params` records both (catalog version, reward config and
-its hash) for the MLflow run.
+``ReplayConfig(context="context.yaml")`` featurises the log with a team's context spec
+(:mod:`rtopt_lab.context`); :meth:`ReplayResult.tracking_params` records all three
+(catalog version, context spec version, reward config and its hash) for the MLflow run.
 """
 
 from __future__ import annotations
@@ -67,24 +68,24 @@ __all__ = ["CANDIDATE_KINDS", "ReplayConfig", "ReplayResult", "make_candidate", 
 INCUMBENT = "production"
 
 
-def _linucb(cat: ArmCatalog, seed: int) -> BasePolicy:
-    return LinUCB(cat, seed=seed)
+def _linucb(cat: ArmCatalog, seed: int, spec: Any = None) -> BasePolicy:
+    return LinUCB(cat, seed=seed, spec=spec)
 
 
-def _linucb_disjoint(cat: ArmCatalog, seed: int) -> BasePolicy:
-    return LinUCB(cat, mode="disjoint", seed=seed)
+def _linucb_disjoint(cat: ArmCatalog, seed: int, spec: Any = None) -> BasePolicy:
+    return LinUCB(cat, mode="disjoint", seed=seed, spec=spec)
 
 
-def _thompson(cat: ArmCatalog, seed: int) -> BasePolicy:
-    return ThompsonGaussian(cat, seed=seed)
+def _thompson(cat: ArmCatalog, seed: int, spec: Any = None) -> BasePolicy:
+    return ThompsonGaussian(cat, seed=seed, spec=spec)
 
 
-def _greedy(cat: ArmCatalog, seed: int) -> BasePolicy:
-    return EpsilonGreedy(cat, seed=seed)
+def _greedy(cat: ArmCatalog, seed: int, spec: Any = None) -> BasePolicy:
+    return EpsilonGreedy(cat, seed=seed, spec=spec)
 
 
-def _softmax(cat: ArmCatalog, seed: int) -> BasePolicy:
-    return Softmax(cat, seed=seed)
+def _softmax(cat: ArmCatalog, seed: int, spec: Any = None) -> BasePolicy:
+    return Softmax(cat, seed=seed, spec=spec)
 
 
 #: Candidate kinds a replay can fit, by name.
@@ -92,11 +93,12 @@ CANDIDATE_KINDS = {"linucb": _linucb, "linucb_disjoint": _linucb_disjoint, "thom
                    "epsilon_greedy": _greedy, "softmax": _softmax}
 
 
-def make_candidate(kind: str, catalog: ArmCatalog, seed: int = 0) -> BasePolicy:
-    """An unfitted candidate of ``kind`` (a key of :data:`CANDIDATE_KINDS`)."""
+def make_candidate(kind: str, catalog: ArmCatalog, seed: int = 0, *, spec: Any = None) -> BasePolicy:
+    """An unfitted candidate of ``kind`` (a key of :data:`CANDIDATE_KINDS`) on ``catalog``;
+    ``spec`` is its context layout (default: the seed's task features)."""
     if kind not in CANDIDATE_KINDS:
         raise ValueError(f"unknown candidate {kind!r}; choose from {sorted(CANDIDATE_KINDS)}")
-    return CANDIDATE_KINDS[kind](catalog, seed)
+    return CANDIDATE_KINDS[kind](catalog, seed, spec)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,8 +138,10 @@ class ReplayConfig:
         ``reward`` is recomputed with it before fitting and evaluation. None: the
         rewards as logged.
     context : str or None
-        Path of a context spec YAML (:mod:`rtopt_lab.context`), carried to where the
-        features are computed. None: the seed's task features.
+        Path of a context spec YAML (:func:`rtopt_lab.context.load_context_spec`; a
+        ``task_types: learn`` spec learns them from the training window); every
+        candidate and the default incumbent featurise the log with it. None: the seed's
+        task features.
     """
 
     candidates: tuple[str, ...] = ("linucb", "thompson")
@@ -228,9 +232,13 @@ class ReplayResult:
 
     def tracking_params(self) -> dict[str, str]:
         """What the replay ran on, as MLflow params: ``arms.version`` (the catalog's
-        content hash), ``reward.config`` (JSON) and ``reward.version`` (its hash, or
+        content hash), ``context.version`` (the context spec's, ``"task features"``
+        without one), ``reward.config`` (JSON) and ``reward.version`` (its hash, or
         ``"logged"``)."""
-        return {"arms.version": self.catalog.version, **reward_params(self.reward_fn)}
+        spec = self.incumbent.spec if self.incumbent is not None else None
+        context = getattr(spec, "version", None) if self.config.context is not None else None
+        return {"arms.version": self.catalog.version, "context.version": context or "task features",
+                **reward_params(self.reward_fn)}
 
     def serving(self, name: str) -> Constrained | BasePolicy:
         """The candidate as it was evaluated (with its serving masks when constrained)."""
@@ -305,18 +313,17 @@ def replay_compare(log: pd.DataFrame, config: ReplayConfig | None = None, *, cat
     catalog = catalog or cfg.load_arms()
     reward_fn = cfg.load_reward()
     _check_arms(log, catalog, cfg.arms)
-    if cfg.context is not None:
-        # context spec: wired by the context-spec change (rtopt_lab.context gives the spec;
-        # the candidates and the incumbent must be built on it, and featurize_frame below
-        # must use it). Refused until then, rather than silently replayed on the seed's features.
-        raise NotImplementedError(f"`context` = {cfg.context!r}: context specs are not wired into the "
-                                  f"replay yet; leave `context` empty")
     if reward_fn is not None:  # before the split: fitting and evaluation both see the team's reward
         log = recompute_rewards(log, reward_fn)
-    incumbent = incumbent or FixedPolicy(catalog)
-    compliance, trust_region = compliance or Compliance(), trust_region or TrustRegion()
     train, held = split_log(log, cfg.train_fraction)
-    policies = {k: fit_from_log(make_candidate(k, catalog, cfg.seed), train) for k in cfg.candidates}
+    spec = None
+    if cfg.context is not None:  # learned task types come from the training window only
+        from rtopt_lab.context import load_context_spec
+
+        spec = load_context_spec(cfg.context, log=train)
+    incumbent = incumbent or FixedPolicy(catalog, spec=spec)
+    compliance, trust_region = compliance or Compliance(), trust_region or TrustRegion()
+    policies = {k: fit_from_log(make_candidate(k, catalog, cfg.seed, spec=spec), train) for k in cfg.candidates}
     for p in policies.values():  # evidence only from rows the candidate never saw (raises otherwise)
         held_out(held, p, on_overlap="raise")
     served: dict[str, Any] = {k: (_constrained(p, incumbent, compliance, trust_region) if cfg.constrained else p)
