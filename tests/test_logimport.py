@@ -230,3 +230,20 @@ def test_cli_schema_and_import(calls, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["log", "import", str(calls / "calls.csv")])  # --to missing
     assert exc.value.code == 2
+
+
+def test_the_documented_mapping_example_loads(tmp_path):
+    import yaml
+
+    import rtopt_lab.logimport as li
+
+    doc = li.__doc__.split("A complete example::")[1].split("A contract column")[0]
+    (tmp_path / "ratings.jsonl").write_text('{"call_id": "a", "rating": 4}\n')
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(yaml.safe_load(doc)))
+    m = load_mapping(tmp_path / "m.yaml")
+    assert m.feedback.scale == (1.0, 5.0) and m.feedback.path == tmp_path / "ratings.jsonl"
+    assert m.source_column("model") == "model_requested" and m.context == ("repo", "language", "user_tier")
+    for cmd in (["log", "schema", "--help"], ["log", "import", "--help"], ["log", "export", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(cmd)
+        assert exc.value.code == 0
