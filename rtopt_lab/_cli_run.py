@@ -117,7 +117,7 @@ def format_results(results) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from rtopt_lab.workbench.experiments import discover
+    from rtopt_lab.workbench.experiments import check_paths, discover
     from rtopt_lab.workbench.runner import check_runs_dir, run_staged
 
     try:
@@ -128,6 +128,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 exps[0].with_parameters(**{key: overrides[key]})
         exps = [e.with_parameters(**{k: v for k, v in overrides.items() if k in e.defined}) for e in exps]
         check_runs_dir(args.runs_dir, allowed=args.allowed)
+        for e in exps:  # paths and config files (arms, reward, context): an invalid file, not a set-up failure
+            check_paths(e)
     except (ValueError, TypeError, FileNotFoundError) as exc:  # ExperimentError, a path outside
         print(f"rtopt: error: {exc}", file=sys.stderr)
         return 2

@@ -255,7 +255,7 @@ def test_replay_config_file_parameters_iv(tmp_path):
                        ReplayConfig(context=str(tmp_path / "ctx.yaml")))
 
 
-def test_the_runner_checks_the_config_files_before_any_kernel(tmp_path):
+def test_the_runner_checks_the_config_files_before_any_kernel(tmp_path, capsys):
     notebook = project_root() / "notebooks" / "replay_compare.ipynb"
     exp_file = tmp_path / "exp.yaml"
 
@@ -267,6 +267,9 @@ def test_the_runner_checks_the_config_files_before_any_kernel(tmp_path):
     with pytest.raises(ExperimentError, match=r"parameters\.arms: .* is not a file; create it \(e\.g\. `rtopt arms") as e:
         check_paths(experiment(arms=missing))
     assert e.value.key == "parameters.arms"
+    assert main(["run", str(exp_file), "--no-mlflow", "--allow-path", str(tmp_path)]) == 2   # before any kernel
+    err = capsys.readouterr().err
+    assert "parameters.arms" in err and "cannot start the runs" not in err    # an invalid file, not a set-up failure
     (tmp_path / "arms.yaml").write_text("temperature: [0.5]\n")            # a grid without top_p
     with pytest.raises(ExperimentError, match=r"not a valid arms file: grid spec is missing 'top_p'"):
         check_paths(experiment(arms=missing))
