@@ -23,8 +23,9 @@ propensity. Every other column is kept as the row's context (a JSON object)."""
 _IMPORT_DESCRIPTION = """\
 Import a team's own log into a decision-log store. Formats: csv, jsonl, parquet (with a
 mapping file for names, units and defaults), openai (chat-completion request/response
-JSONL), vw (Vowpal Wabbit cb text), obp (Open Bandit Pipeline bandit_feedback NPZ);
-inferred from the suffix when --format is not given. Rows whose request_id is already in
+JSONL), vw (Vowpal Wabbit cb text), obp (Open Bandit Pipeline bandit_feedback NPZ),
+mlflow (SOURCE `mlflow:<experiment>`: its traces, from MLFLOW_TRACKING_URI); inferred
+from the suffix when --format is not given. Rows whose request_id is already in
 the store are skipped (re-importing is a no-op); rows failing validation are quarantined
 in the store with their reason. A source lacking a required column is refused before
 anything is written, naming the column and the mapping key that would map it.
@@ -50,10 +51,11 @@ def add_parsers(lsub: argparse._SubParsersAction) -> None:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--json", action="store_true", help="print it as a JSON array instead")
     s.set_defaults(func=_cmd_schema)
-    i = lsub.add_parser("import", help="import a CSV/JSONL/Parquet/OpenAI/VW/OBP log into a store",
+    i = lsub.add_parser("import", help="import a CSV/JSONL/Parquet/OpenAI/VW/OBP log or MLflow traces",
                         description=_IMPORT_DESCRIPTION,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    i.add_argument("source", type=Path, metavar="SOURCE", help="the log file to import")
+    i.add_argument("source", type=Path, metavar="SOURCE",
+                   help="the log file to import, or mlflow:<experiment> for MLflow traces")
     i.add_argument("--to", dest="store", type=Path, required=True, metavar="STORE",
                    help="decision-log store directory (created if absent)")
     i.add_argument("--format", choices=FORMATS, default=None,

@@ -247,3 +247,41 @@ def test_the_documented_mapping_example_loads(tmp_path):
         with pytest.raises(SystemExit) as exc:
             cli.main(cmd)
         assert exc.value.code == 0
+
+
+def _log_two_traces(mlflow) -> None:
+    """Two chat-model calls traced into the active tracking store, each with a quality feedback."""
+    mlflow.set_experiment("calls")
+    for i, (temp, finish) in enumerate([(0.2, "stop"), (0.6, "length")]):
+        with mlflow.start_span(name="chat", span_type="CHAT_MODEL") as span:
+            span.set_inputs({"model": "gpt-4o-mini", "temperature": temp, "max_tokens": 600,
+                             "messages": [{"role": "user", "content": "hi"}]})
+            span.set_outputs({"choices": [{"finish_reason": finish}],
+                              "usage": {"prompt_tokens": 100 + i, "completion_tokens": 50}})
+            mlflow.update_current_trace(client_request_id=f"req-{i}",
+                                        tags={"task_type": "bug_fix", "repo": "api"},
+                                        metadata={"propensity": "0.25", "success": "true"})
+            trace_id = span.trace_id
+        mlflow.log_feedback(trace_id=trace_id, name="quality", value=0.5 + i / 4)
+
+
+def test_mlflow_traces(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        _log_two_traces(mlflow)
+        rep = import_log("mlflow:calls", tmp_path / "store", progress=False)
+        with pytest.raises(LogContractError, match="no MLflow experiment 'nope'"):
+            import_log("mlflow:nope", tmp_path / "store", progress=False)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert (rep.format, rep.rows_imported, rep.rows_quarantined) == ("mlflow", 2, 0), rep.text()
+    got = LogStore(tmp_path / "store").to_pandas().set_index("request_id").sort_index()
+    assert got["quality"].tolist() == [0.5, 0.75] and got["truncated"].tolist() == [False, True]
+    assert got["arm_id"].tolist() == ["t0.20-p1.00-m600@gpt-4o-mini", "t0.60-p1.00-m600@gpt-4o-mini"]
+    assert got["outcome_prompt_tokens"].tolist() == [100, 101] and got["propensity"].tolist() == [0.25] * 2

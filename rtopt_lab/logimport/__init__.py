@@ -126,7 +126,8 @@ inferred from a ``.jsonl`` whose first object has ``request`` and ``response``);
 out, whose action indices follow the arm catalog's order. VW and OBP carry the reward but
 no outcome: quality, latency and tokens are filled with 0 and success with false (listed
 in ``defaulted``; a mapping default overrides them), and VW rows without a timestamp get
-the import time.
+the import time. ``mlflow`` reads the traces of an MLflow experiment (source
+``mlflow:<experiment>``, :mod:`~rtopt_lab.logimport.mlflow_traces`).
 
 Examples
 --------

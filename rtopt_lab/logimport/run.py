@@ -32,7 +32,9 @@ from rtopt_lab.logimport.tabular import TABULAR_FORMATS, read_feedback, read_tab
 
 __all__ = ["FORMATS", "ImportReport", "import_log", "infer_format"]
 
-FORMATS = ("csv", "jsonl", "parquet", "openai", "vw", "obp")
+FORMATS = ("csv", "jsonl", "parquet", "openai", "vw", "obp", "mlflow")
+#: A source ``mlflow:<experiment>`` reads that experiment's traces.
+MLFLOW_PREFIX = "mlflow:"
 _SUFFIX = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
            ".parquet": "parquet", ".vw": "vw", ".npz": "obp"}
 
@@ -140,6 +142,10 @@ def _chunks(path: Path, fmt: str, mapping: LogMapping, catalog: ArmCatalog | Non
 
         for c in read_openai(path, chunk_rows=chunk_rows):
             yield c, False
+    elif fmt == "mlflow":
+        from rtopt_lab.logimport.mlflow_traces import read_mlflow_traces
+
+        yield read_mlflow_traces(str(path)[len(MLFLOW_PREFIX):]), False
     elif fmt == "vw":
         from rtopt_lab.logimport.vw import read_vw
 
@@ -191,12 +197,14 @@ def import_log(source: str | os.PathLike[str], store_root: str | os.PathLike[str
 
     Parameters
     ----------
-    source : path
-        The log file.
+    source : path or str
+        The log file, or ``"mlflow:<experiment name or id>"`` for the traces of an MLflow
+        experiment (:mod:`rtopt_lab.logimport.mlflow_traces`; tracking URI from
+        ``MLFLOW_TRACKING_URI``).
     store_root : path or None
         The :class:`~rtopt_lab.logstore.LogStore` directory (created if absent). None: a dry
         run that validates every row and writes nothing.
-    format : {"csv", "jsonl", "parquet", "openai", "vw", "obp"}, optional
+    format : {"csv", "jsonl", "parquet", "openai", "vw", "obp", "mlflow"}, optional
         Default: inferred from the suffix (:func:`infer_format`).
     mapping : path, dict, LogMapping or None
         See :mod:`rtopt_lab.logimport`; None maps contract names to themselves.
@@ -225,10 +233,17 @@ def import_log(source: str | os.PathLike[str], store_root: str | os.PathLike[str
         If ``source`` does not exist.
     """
     t0 = time.perf_counter()
-    src = Path(source).expanduser()
-    if not src.is_file():
+    traces = str(source).startswith(MLFLOW_PREFIX)
+    src = Path(source) if traces else Path(source).expanduser()
+    if traces and format not in (None, "mlflow"):
+        raise LogContractError(f"`source` {str(source)!r} names MLflow traces; `format` must be "
+                               f"'mlflow' or None, got {format!r}")
+    if not traces and not src.is_file():
         raise FileNotFoundError(f"`source` {str(src)!r} is not a file")
-    fmt = format or infer_format(src)
+    fmt = "mlflow" if traces else format or infer_format(src)
+    if fmt == "mlflow" and not traces:
+        raise LogContractError(f"format 'mlflow' reads a source `{MLFLOW_PREFIX}<experiment>`; "
+                               f"got {str(source)!r}")
     if fmt not in FORMATS:
         raise LogContractError(f"`format` must be one of {', '.join(FORMATS)}; got {fmt!r}")
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
