@@ -11,8 +11,7 @@ report. A column the contract needs and the source lacks stops the import instea
 from __future__ import annotations
 
 import difflib
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ import pandas as pd
 
 from rtopt_lab.arms import ArmCatalog, arm_id
 from rtopt_lab.features import context_fingerprint_frame
+from rtopt_lab.logimport.cells import Problems, bools, indicators, numbers, strings, timestamps
 from rtopt_lab.logimport.contract import CONTRACT, CONTRACT_NAMES, PARAMETER_NAMES, LogContractError
 from rtopt_lab.logimport.mapping import LogMapping
 from rtopt_lab.logstore import LOG_COLUMNS
@@ -34,43 +34,11 @@ _INTS = ("max_tokens", "seed", "prompt_tokens", "completion_tokens", "risk_tier"
          "description_length", "acceptance_criteria_count", "scope_files_count", "max_files",
          "max_loc", "prior_failures")
 _BOOLS = ("success", "truncated", "has_external_deps")
-_STRS = ("request_id", "task_type", "model", "arm_id", "model_name", "policy_version",
-         "requested_model")
 _FEATURE_INTS = ("risk_tier", "title_length", "description_length", "acceptance_criteria_count",
                  "scope_files_count", "max_files", "max_loc")
 _OUTCOME = ("quality", "latency_ms", "prompt_tokens", "completion_tokens", "success")
-_TRUE = frozenset({"true", "t", "yes", "y", "1"})
-_FALSE = frozenset({"false", "f", "no", "n", "0"})
-#: Filled for an outcome column when the source gives the reward itself (VW, OBP).
 _NEUTRAL_OUTCOME = {"quality": 0.0, "latency_ms": 0.0, "prompt_tokens": 0, "completion_tokens": 0,
                     "success": False}
-
-
-@dataclass
-class Problems:
-    """Bad cells by column: how many, and the first one's row and value (across chunks)."""
-
-    found: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
-
-    def add(self, column: str, what: str, bad: np.ndarray, values: pd.Series,
-            offset: int | np.ndarray) -> None:
-        """Count the ``bad`` cells; ``offset``: the first row's number, or every row's."""
-        n = int(bad.sum())
-        if not n:
-            return
-        key = (column, what)
-        if key in self.found:
-            self.found[key][0] += n
-        else:
-            i = int(np.flatnonzero(bad)[0])
-            row = int(offset[i]) if isinstance(offset, np.ndarray) else offset + i
-            self.found[key] = [n, row, values.iloc[i]]
-
-    def lines(self) -> tuple[str, ...]:
-        """One line per column, e.g. ``column 'score' (quality): 2 value(s) not a number; first
-        at row 17: 'abc'``."""
-        return tuple(f"{col}: {n:,} value(s) {what}; first at row {row}: {value!r}"
-                     for (col, what), (n, row, value) in self.found.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,79 +93,6 @@ def check_columns(columns: list[str], mapping: LogMapping, *, where: str,
         if absent:
             raise LogContractError(f"{where}: `context` names column(s) the source does not have: "
                                    f"{', '.join(map(repr, absent))}")
-
-
-def _numbers(s: pd.Series, label: str, probs: Problems, offset: int) -> tuple[pd.Series, np.ndarray]:
-    """(numeric values with NaN for bad or empty cells, mask of bad cells)."""
-    if s.dtype.kind in "fiu":
-        return s.astype(float), np.zeros(len(s), bool)
-    if s.dtype.kind == "b":
-        out = s.astype(float)
-        return out, np.zeros(len(s), bool)
-    num = pd.to_numeric(s, errors="coerce")
-    bad = (s.notna() & num.isna()).to_numpy()
-    probs.add(label, "not a number", bad, s, offset)
-    return num.astype(float), bad
-
-
-def _bools(s: pd.Series, label: str, probs: Problems, offset: int) -> tuple[pd.Series, np.ndarray]:
-    if s.dtype == object:
-        s = s.infer_objects()  # a column of Python bools (a default) becomes bool: fast path
-    if s.dtype.kind == "b":
-        return s, np.zeros(len(s), bool)
-    text = s.astype(object).where(s.notna(), None).map(
-        lambda v: v if v is None or isinstance(v, bool) else str(v).strip().lower()
-        if not isinstance(v, float) else ("1" if v == 1 else "0" if v == 0 else str(v)))
-    out = text.map(lambda v: v if v is None or isinstance(v, bool)
-                   else True if v in _TRUE else False if v in _FALSE else None)
-    bad = (text.notna() & out.isna()).to_numpy()
-    probs.add(label, "not true/false", bad, s, offset)
-    return out.astype(object), bad
-
-
-def _strings(s: pd.Series) -> pd.Series:
-    if pd.api.types.is_string_dtype(s.dtype) or s.isna().all():
-        return s.astype(object).where(s.notna(), None)
-    return s.astype(object).where(s.notna(), None).map(
-        lambda v: v if v is None or isinstance(v, str) else str(v))
-
-
-def _timestamps(s: pd.Series, mapping: LogMapping, label: str, probs: Problems,
-                offset: int) -> pd.Series:
-    if isinstance(s.dtype, pd.DatetimeTZDtype):
-        ts = s.dt.tz_convert("UTC")
-    elif s.dtype.kind == "M":
-        ts = s.dt.tz_localize("UTC")
-    elif mapping.timestamp_unit == "iso":
-        if s.dtype.kind in "fiu":
-            raise LogContractError(
-                f"{label} holds numbers, not ISO 8601 times: set `units: {{timestamp: s}}` "
-                "(epoch seconds) or `ms` in the mapping")
-        ts = pd.to_datetime(s, utc=True, format="ISO8601", errors="coerce")
-    else:
-        num, _ = _numbers(s, label, probs, offset)
-        ts = pd.to_datetime(num, unit=mapping.timestamp_unit, utc=True, errors="coerce")
-    probs.add(label, "not a time", (s.notna() & ts.isna()).to_numpy(), s, offset)
-    return ts.dt.as_unit("us")
-
-
-def _indicators(s: pd.Series) -> pd.Series:
-    def one(v: Any) -> Any:
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            return []
-        if isinstance(v, str):
-            v = v.strip()
-            if v.startswith("["):
-                try:
-                    return [str(x) for x in json.loads(v)]
-                except ValueError:
-                    return v  # left as text: the store quarantines the row
-            return [x.strip() for x in v.split(",") if x.strip()]
-        return [str(x) for x in v]
-
-    if s.isna().all():
-        return pd.Series([[]] * len(s), dtype=object)
-    return s.map(one)
 
 
 def _arm_ids(out: dict[str, pd.Series], n: int) -> pd.Series:
@@ -315,9 +210,9 @@ def to_log_frame(src: pd.DataFrame, mapping: LogMapping, *, catalog: ArmCatalog 
         else:  # required: check_columns already raised
             raise LogContractError(f"missing required column {name!r}")
         if name == "timestamp":
-            out[name] = _timestamps(s, mapping, label, problems, offset)
+            out[name] = timestamps(s, mapping, label, problems, offset)
         elif name in _FLOATS or name in _INTS:
-            num, bad = _numbers(s, label, problems, offset)
+            num, bad = numbers(s, label, problems, offset)
             if name == "latency_ms" and mapping.latency_unit == "s":
                 num = num * 1000.0
             if bad.any():
@@ -328,13 +223,13 @@ def to_log_frame(src: pd.DataFrame, mapping: LogMapping, *, catalog: ArmCatalog 
                 out[name] = num.astype("Float64")  # NaN -> null: "propensity missing", not a range
             out[name + "#num"] = num
         elif name in _BOOLS:
-            vals, bad = _bools(s, label, problems, offset)
+            vals, bad = bools(s, label, problems, offset)
             out[name] = vals.where(~bad, s) if bad.any() else vals
             out[name + "#num"] = pd.Series(vals.to_numpy(dtype=object) == True, dtype=float)  # noqa: E712
         elif name == "complexity_indicators":
-            out[name] = _indicators(s)
+            out[name] = indicators(s)
         else:
-            out[name] = _strings(s)
+            out[name] = strings(s)
     if feedback is not None and "quality" not in out:
         q = out["request_id"].map(feedback)
         problems.add("feedback", "without a rating", q.isna().to_numpy(), out["request_id"], offset)
