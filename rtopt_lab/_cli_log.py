@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 __all__ = ["add_parsers", "is_foreign", "validate_foreign"]
@@ -105,7 +106,11 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from rtopt_lab.logimport.export import export_log
 
-    n = export_log(args.store, args.out, catalog=args.arms)
+    try:
+        n = export_log(args.store, args.out, catalog=args.arms)
+    except FileExistsError as exc:  # rtopt's main reports ValueError, not OSError
+        print(f"rtopt: error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {n:,} rows to {args.out}")
     return 0
 

@@ -227,6 +227,11 @@ def test_cli_schema_and_import(calls, tmp_path, capsys):
     assert cli.main([*args, "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["rows_already_present"] == N
     assert cli.main(["log", "import", str(calls / "calls.csv"), "--to", str(tmp_path / "t")]) == 2
+    assert "(perhaps 'latency_s'?)" in capsys.readouterr().err
+    out = tmp_path / "out.npz"
+    assert cli.main(["log", "export", str(tmp_path / "s"), "--to", str(out)]) == 0
+    assert cli.main(["log", "export", str(tmp_path / "s"), "--to", str(out)]) == 2
+    assert "never overwrites" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         cli.main(["log", "import", str(calls / "calls.csv")])  # --to missing
     assert exc.value.code == 2

@@ -79,7 +79,7 @@ def check_columns(columns: list[str], mapping: LogMapping, *, where: str,
             extra = "; or give `feedback:`" if n == "quality" else ""
             extra += "; or give arm_id" if n in ("temperature", "top_p", "max_tokens") else ""
             dflt = "" if n in ("request_id", "timestamp") else f", or set `defaults: {{{n}: ...}}`"
-            near = difflib.get_close_matches(n, sorted(have), n=1, cutoff=0.6)
+            near = difflib.get_close_matches(n, sorted(have), n=1, cutoff=0.7)
             hint = f" (perhaps {near[0]!r}?)" if near else ""
             lines.append(f"  {n}: {_BY_NAME[n].meaning}. {how}{hint}{dflt}{extra}")
         shown = ", ".join(sorted(have)[:30]) + (" ..." if len(have) > 30 else "")
