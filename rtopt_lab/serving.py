@@ -10,7 +10,9 @@ Columns in: every :class:`TaskFeatures` field (``task_type`` required, the other
 optional with the dataclass defaults) and an optional ``request_id``, which keys the
 policy's randomisation exactly as ``select(features, request_id=...)`` does. Columns out:
 :data:`OUTPUT_COLUMNS`, one row per input row, in input order, ``reason`` None (JSON
-null) unless a fallback was taken. A malformed row never raises and never fails the other
+null) unless a fallback was taken or the row's task type is not declared in the policy's
+spec (:func:`undeclared_reason`: it is served by the policy on the ``task=<other>``
+features, inside the same masks, and the answer says so). A malformed row never raises and never fails the other
 rows: it gets the baseline arm (or, with a guard, the strict fallback inside the serving
 masks) with propensity 1 and a ``reason``, as ``select`` does; ``blocked`` is True when no
 arm satisfies the rules (the caller must not make the LLM call).
@@ -26,6 +28,7 @@ Examples
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
@@ -37,7 +40,7 @@ from rtopt_lab.policies.base import BasePolicy
 from rtopt_lab.types import SelectionResult, TaskFeatures
 
 __all__ = ["FEATURE_COLUMNS", "OPTIONAL_COLUMNS", "OUTPUT_COLUMNS", "input_example", "select_frame",
-           "selection_record"]
+           "selection_record", "undeclared_reason"]
 
 #: Input columns: the fields of :class:`TaskFeatures`, in declaration order.
 FEATURE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TaskFeatures))
@@ -50,8 +53,17 @@ OUTPUT_COLUMNS: tuple[str, ...] = ("request_id", "arm_id", "temperature", "top_p
 _NULLABLE_TEXT = ("model_name", "reason")
 
 
-def input_example() -> pd.DataFrame:
-    """One well-formed request row (the signature's input example)."""
+def input_example(spec: Any = None) -> pd.DataFrame:
+    """One well-formed request row (the signature's input example).
+
+    For a policy on a team's own context (a spec with ``featurize_record``): its first
+    task type, tier 2, and a ``context`` JSON object with a neutral value per feature.
+    """
+    if spec is not None and hasattr(spec, "featurize_record"):
+        neutral = {"numeric": 0, "boolean": False, "tags": []}
+        ctx = {f.column: neutral.get(f.kind, f.levels[0] if f.levels else "example") for f in spec.features}
+        return pd.DataFrame([{"task_type": spec.task_types[0], "risk_tier": 2,
+                              "context": json.dumps(ctx, sort_keys=True), "request_id": "req-0001"}])
     f = TaskFeatures(task_type="code_generation", risk_tier=2, title_length=48, description_length=900,
                      acceptance_criteria_count=4, scope_files_count=3, max_files=5, max_loc=400,
                      has_external_deps=True, complexity_indicators=("api_integration",),
@@ -67,6 +79,13 @@ def selection_record(sel: SelectionResult) -> dict[str, Any]:
             "presence_penalty": p.presence_penalty, "seed": p.seed, "model_name": p.model_name,
             "propensity": sel.propensity, "policy_version": sel.policy_version, "reason": sel.reason,
             "blocked": sel.blocked}
+
+
+def undeclared_reason(task_type: str) -> str:
+    """The answer's ``reason`` for a task type the policy's spec does not declare."""
+    return (f"task type {task_type!r} is not declared in the policy's spec: served on the "
+            f"task=<other> features (shared by every undeclared type) within the usual masks; "
+            f"declare it in the context spec and refit to give it its own")
 
 
 def _missing(v: Any) -> bool:
@@ -91,6 +110,9 @@ def _select(policy: BasePolicy, row: Mapping[str, Any], guard: Any = None) -> Se
     """
     rid = row.get("request_id")
     rid = None if _missing(rid) else rid
+    if hasattr(policy.spec, "featurize_record"):  # a team's own context (rtopt_lab.context)
+        record = {k: v for k, v in row.items() if k != "request_id" and not _missing(v)}
+        return (guard or policy).select(record, request_id=rid)
     # columns that are not features are ignored (as from_record does), also in the fallback
     present = {k: row[k] for k in FEATURE_COLUMNS if k in row and not _missing(row[k])}
     try:
@@ -142,7 +164,14 @@ def select_frame(policy: BasePolicy, frame: pd.DataFrame, *, guard: Any = None) 
         raise ValueError(f"`frame` needs a `task_type` column; got columns {list(frame.columns)}")
     if guard is not None and getattr(guard, "policy", None) is not policy:
         raise ValueError("`guard` must wrap `policy` itself (Constrained(policy, incumbent, ...))")
-    rows = [_row_record(policy, row, guard) for row in frame.to_dict("records")]
+    records = frame.to_dict("records")
+    rows = [_row_record(policy, row, guard) for row in records]
+    declared = set(policy.spec.task_types)
+    for rec, row in zip(records, rows, strict=True):  # never pooled silently
+        task = rec.get("task_type")
+        if declared and row["reason"] is None and not row["blocked"] and isinstance(task, str) \
+                and task not in declared:
+            row["reason"] = undeclared_reason(task)
     out = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
     for name in _NULLABLE_TEXT:  # None stays None (JSON null), not the NaN of a str column
         out[name] = pd.Series([r[name] for r in rows], index=out.index, dtype=object)

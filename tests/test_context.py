@@ -132,3 +132,31 @@ def test_context_column_in_the_store_and_the_fingerprint(tmp_path, sim):
     pq.write_table(t, old / "date=2026-01-05" / "part-old.parquet")
     back = LogStore(old).to_pandas()
     assert len(back) == 3 and back["context"].isna().all()
+
+
+def test_a_context_spec_policy_serves_rows_of_its_own_columns():
+    """select_frame on a team's spec: the valid row is answered, an undeclared task type is
+    served and says so, a row lacking a required feature falls back alone; the signature
+    lists the spec's columns."""
+    from rtopt_lab.arms import ArmCatalog
+    from rtopt_lab.policies import LinUCB
+    from rtopt_lab.serving import input_example, select_frame
+    from rtopt_lab.tracking.pyfunc import policy_signature
+
+    spec = ContextSpec.from_dict(SPEC)
+    cat = ArmCatalog.from_grid()
+    pol = LinUCB(cat, spec=spec, seed=1)
+    rows = pd.DataFrame({
+        "task_type": ["support", "billing", "support"], "risk_tier": [2, 2, 2],
+        "context": [_frame()["context"][0], _frame()["context"][0], json.dumps({"language": "en"})],
+        "request_id": ["r1", "r2", "r3"]})
+    out = select_frame(pol, rows)
+    assert out["reason"][0] is None and out["arm_id"][0] in cat
+    assert "'billing' is not declared" in out["reason"][1] and not out["blocked"][1]
+    assert "prompt_chars" in out["reason"][2] and out["propensity"][2] == 1.0
+    again = select_frame(pol, rows)
+    assert again["arm_id"].tolist() == out["arm_id"].tolist()  # keyed randomness: same answer
+    names = [c.name for c in policy_signature(spec).inputs.inputs]
+    assert names[:3] == ["task_type", "risk_tier", "context"] and "customer" in names
+    ex = select_frame(pol, input_example(spec))
+    assert ex["reason"][0] is None, ex

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -41,9 +42,17 @@ _OUTPUT_TYPES = {"request_id": "string", "arm_id": "string", "temperature": "dou
 _OUTPUT_OPTIONAL = frozenset({"seed", "model_name", "reason"})
 
 
-def policy_signature() -> ModelSignature:
-    """Input: the task-feature columns (only ``task_type`` required); output: the decision."""
-    inputs = Schema([ColSpec(AnyType(), name, required=name == "task_type") for name in _INPUT_COLUMNS])
+def policy_signature(spec: Any = None) -> ModelSignature:
+    """Input: the task-feature columns (only ``task_type`` required); output: the decision.
+
+    For a policy on a team's own context (:class:`rtopt_lab.context.ContextSpec`) the
+    inputs are ``task_type``, ``risk_tier``, ``context`` (a JSON object, or a mapping) and
+    the spec's own columns (each may come top-level or inside ``context``), ``request_id``.
+    """
+    names = _INPUT_COLUMNS
+    if spec is not None and hasattr(spec, "featurize_record"):
+        names = ("task_type", "risk_tier", "context", *(f.column for f in spec.features), "request_id")
+    inputs = Schema([ColSpec(AnyType(), name, required=name == "task_type") for name in names])
     outputs = Schema([ColSpec(t, name, required=name not in _OUTPUT_OPTIONAL)
                       for name, t in _OUTPUT_TYPES.items()])
     return ModelSignature(inputs=inputs, outputs=outputs)

@@ -312,8 +312,8 @@ def register_policy(
                 name="policy",
                 python_model=str(CODE_PATH),
                 artifacts=artifacts,
-                signature=policy_signature(),
-                input_example=input_example(),
+                signature=policy_signature(policy.spec),
+                input_example=input_example(policy.spec),
                 registered_model_name=model,
             )
             mlflow.log_dict(reward.to_dict(), "reward.json")
