@@ -290,3 +290,19 @@ def test_mlflow_traces(tmp_path, monkeypatch):
     assert got["quality"].tolist() == [0.5, 0.75] and got["truncated"].tolist() == [False, True]
     assert got["arm_id"].tolist() == ["t0.20-p1.00-m600@gpt-4o-mini", "t0.60-p1.00-m600@gpt-4o-mini"]
     assert got["outcome_prompt_tokens"].tolist() == [100, 101] and got["propensity"].tolist() == [0.25] * 2
+
+
+def test_arm_ids_with_a_given_reward_and_rows_numbered_across_chunks(tmp_path):
+    df = pd.DataFrame({
+        "request_id": [f"a{i}" for i in range(5)], "timestamp": "2024-05-01T00:00:00",
+        "task_type": "bug_fix", "arm_id": ["t0.20-p1.00-m400"] * 3 + ["t9.00-p1.00-m1", "t0.60-p1.00-m800"],
+        "propensity": 0.5, "r": [0.1, 0.2, "x", 0.4, 0.5],
+    })
+    df.to_csv(tmp_path / "a.csv", index=False)
+    rep = import_log(tmp_path / "a.csv", tmp_path / "s", mapping={"columns": {"reward": "r"}},
+                     catalog=CATALOG, chunk_rows=2, progress=False)
+    assert (rep.rows_imported, rep.rows_quarantined) == (3, 2) and rep.reasons["unknown arm_id"] == 1
+    assert rep.problems == ("column 'r' (reward): 1 value(s) not a number; first at row 2: 'x'",)
+    got = LogStore(tmp_path / "s").to_pandas().set_index("request_id").sort_index()
+    assert got["reward"].tolist() == [0.1, 0.2, 0.5] and got["max_tokens"].tolist() == [400, 400, 800]
+    assert {"quality", "latency_ms", "success"} <= set(rep.defaulted)

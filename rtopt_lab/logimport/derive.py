@@ -49,6 +49,13 @@ class Derived:
     defaulted: tuple[str, ...]
 
 
+def needs_catalog(columns: list[str], mapping: LogMapping) -> bool:
+    """Whether the source names arms without their parameters (resolved by a catalog)."""
+    have = set(columns)
+    return not all(mapping.source_column(n) in have or n in mapping.defaults
+                   for n in PARAMETER_NAMES[:3])
+
+
 def _label(mapping: LogMapping, name: str) -> str:
     src = mapping.source_column(name)
     return f"column {src!r}" if src == name else f"column {src!r} ({name})"
@@ -67,7 +74,7 @@ def check_columns(columns: list[str], mapping: LogMapping, *, where: str,
                and not (n == "timestamp" and given_reward)]
     if not present("arm_id"):
         missing += [n for n in ("temperature", "top_p", "max_tokens") if not present(n)]
-    if not given_reward and not ("reward" in mapping.columns and mapping.source_column("reward") in have):
+    if not (given_reward or ("reward" in mapping.columns and mapping.source_column("reward") in have)):
         missing += [n for n in _OUTCOME if not present(n) and not (
             n == "quality" and mapping.feedback is not None)]
     if missing:
@@ -173,6 +180,7 @@ def to_log_frame(src: pd.DataFrame, mapping: LogMapping, *, catalog: ArmCatalog 
         The source carries the reward (VW, OBP): outcome columns absent from it are filled
         with neutral values (quality 0, latency 0, tokens 0, success false).
     """
+    given_reward = given_reward or "reward" in mapping.columns
     n = len(src)
     if not isinstance(src.index, pd.RangeIndex) or src.index.start != 0 or src.index.step != 1:
         offset = offset + src.index.to_numpy()  # rows were skipped: keep their numbers

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from rtopt_lab.arms import ArmCatalog
 from rtopt_lab.logimport.contract import LogContractError
-from rtopt_lab.logimport.derive import Problems, check_columns, to_log_frame
+from rtopt_lab.logimport.derive import Problems, check_columns, needs_catalog, to_log_frame
 from rtopt_lab.logimport.mapping import LogMapping, load_mapping
 from rtopt_lab.logimport.tabular import TABULAR_FORMATS, read_feedback, read_tabular
 
@@ -270,8 +270,11 @@ def import_log(source: str | os.PathLike[str], store_root: str | os.PathLike[str
     try:
         for chunk, given_reward in _chunks(src, fmt, m, catalog, chunk_rows):
             if not rows_in:
-                check_columns([str(c) for c in chunk.columns], m, where=repr(str(src)),
-                              given_reward=given_reward)
+                names = [str(c) for c in chunk.columns]
+                check_columns(names, m, where=repr(str(src)), given_reward=given_reward)
+                if known is None and fmt != "obp" and needs_catalog(names, m):
+                    known = ArmCatalog.from_grid()  # the arms were resolved by the default grid
+            chunk = chunk.reset_index(drop=True)  # CSV chunks continue the index
             n_chunk = len(chunk)
             id_col = m.source_column("request_id")
             if len(present) and id_col in chunk.columns:  # skip stored rows before mapping them
