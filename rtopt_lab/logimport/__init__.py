@@ -59,7 +59,8 @@ context                     derived   JSON object, sorted keys, of the team's co
                                       contract does not use); null when there are none
 context_fingerprint         derived   :func:`rtopt_lab.features.context_fingerprint_frame`
 reward                      derived   ``RewardFunction(**reward).reward_arrays`` of the
-                                      outcome; taken as given from VW (-cost) and OBP
+                                      outcome; taken as given from VW (-cost), OBP, or
+                                      a column the mapping names (``columns.reward``)
 ==========================  ========  ==================================================
 
 The decision log's own ``prompt_tokens`` (a feature: the prompt length known before the
@@ -123,10 +124,12 @@ Formats
 ``openai`` (:mod:`~rtopt_lab.logimport.openai`: chat-completion request/response JSONL,
 inferred from a ``.jsonl`` whose first object has ``request`` and ``response``); ``vw``
 (:mod:`~rtopt_lab.logimport.vw`) and ``obp`` (:mod:`~rtopt_lab.logimport.obp`), in and
-out, whose action indices follow the arm catalog's order. VW and OBP carry the reward but
-no outcome: quality, latency and tokens are filled with 0 and success with false (listed
-in ``defaulted``; a mapping default overrides them), and VW rows without a timestamp get
-the import time. ``mlflow`` reads the traces of an MLflow experiment (source
+out, whose action indices follow the arm catalog's order. VW and OBP (and a source whose
+mapping names ``columns.reward``) carry the reward but maybe no outcome: absent quality,
+latency and tokens are filled with 0 and success with false (listed in ``defaulted``; a
+mapping default overrides them), and rows without a timestamp get the import time.
+A source naming arm ids without the parameters gets them from the catalog (``--arms``,
+default the 48-arm grid), and its rows are checked against it (``"unknown arm_id"``). ``mlflow`` reads the traces of an MLflow experiment (source
 ``mlflow:<experiment>``, :mod:`~rtopt_lab.logimport.mlflow_traces`).
 
 Examples

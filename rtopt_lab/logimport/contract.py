@@ -120,7 +120,8 @@ CONTRACT: tuple[ContractField, ...] = (
     _f("context_fingerprint", pa.uint64(), "derived",
        "hash of the context (rtopt_lab.features.context_fingerprint_frame)"),
     _f("reward", _F64, "derived",
-       "RewardFunction(**mapping.reward) of the outcome; taken as given from VW (-cost) and OBP"),
+       "RewardFunction(**mapping.reward) of the outcome; as given by VW (-cost), OBP or "
+       "`columns.reward`"),
 )
 #: Contract names, in order.
 CONTRACT_NAMES: tuple[str, ...] = tuple(f.name for f in CONTRACT)
