@@ -70,6 +70,7 @@ from rtopt_lab.runtime_log import (
     rollout_row,
     write_rows,
 )
+from rtopt_lab.serving import undeclared_reason
 from rtopt_lab.types import SelectionResult, TaskFeatures, TaskOutcome
 
 __all__ = ["LLMParameterOptimizer", "OptimizationConstraints", "RecordResult", "RecoveryReport"]
@@ -391,6 +392,8 @@ class LLMParameterOptimizer:
         res, note = self._select_within_budget(policy, features, rid, mask)
         if res is None:
             return self._blocked(task_type, rid, note, features)
+        if note is None and task_type not in policy.spec.task_types:  # never pooled silently
+            note = undeclared_reason(task_type)
         info = None
         if candidate is not None:
             info = {

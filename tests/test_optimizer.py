@@ -170,3 +170,14 @@ def test_thread_safe(sim, candidate, tmp_path):
         th.join()
     opt.flush()
     assert len(store) == 800 and opt.pending == 0
+
+
+def test_an_undeclared_task_type_is_served_and_named(sim, tmp_path):
+    """A task type the spec does not declare is served (baseline rules, task=<other>) and
+    the answer's reason says so; a declared one has no reason."""
+    opt = LLMParameterOptimizer(incumbent=FixedPolicy(sim.catalog), log_store=LogStore(tmp_path / "log"))
+    r = opt.recommend_parameters("billing_dispute", _feat(task="billing_dispute"), request_id="u1")
+    assert not r.blocked and r.arm_id in sim.catalog
+    assert "'billing_dispute' is not declared" in r.reason
+    assert opt.recommend_parameters("code_generation", _feat(), request_id="u2").reason is None
+    opt.close()
