@@ -409,7 +409,8 @@ class BasePolicy:
         ------
         ValueError
             When the context vector's width (given, or as the spec featurises it) is not
-            ``n_features``: a wiring error, never answered with a silent fallback.
+            ``n_features``, or the spec cannot featurise a request (an ArraySpec policy
+            given a TaskFeatures): a wiring error, never answered with a silent fallback.
 
         Returns
         -------
@@ -461,9 +462,10 @@ class BasePolicy:
         """(x of shape (1, n_features), fingerprint) of a request; _WiringError on a wrong
         width, any other exception for malformed features."""
         if isinstance(features, np.ndarray):
-            x = np.asarray(features, dtype=np.float64).reshape(1, -1) if features.ndim == 1 else None
-            if x is None:
+            one_row = features.ndim == 1 or (features.ndim == 2 and len(features) == 1)
+            if not one_row:
                 raise ValueError(f"a context vector must be 1-D; got shape {features.shape}")
+            x = np.asarray(features, dtype=np.float64).reshape(1, -1)
             self._check_width(x.shape[1], "the context vector has")
             if not np.isfinite(x).all():
                 raise ValueError("the context vector has NaN or infinite values")
