@@ -138,7 +138,9 @@ OPENAI_LINES = [
 
 def test_openai_request_response_log(tmp_path):
     src = tmp_path / "calls.jsonl"
-    src.write_text("\n".join(map(json.dumps, OPENAI_LINES)) + "\nnot json\n")
+    late = {"id": "r3", "timestamp": "soon", "latency_ms": 5,  # not a time: named in the report
+            "request": OPENAI_LINES[1]["request"], "response": OPENAI_LINES[1]["response"]}
+    src.write_text("\n".join(map(json.dumps, [*OPENAI_LINES, late])) + "\nnot json\n")
     assert infer_format(src) == "openai"
     chunk = next(read_openai(src))
     frame = to_log_frame(chunk, load_mapping(None), catalog=None, problems=Problems()).frame
@@ -148,7 +150,8 @@ def test_openai_request_response_log(tmp_path):
     assert json.loads(r1.context) == {"lang": "go", "repo": "api"} and r1.context.index("lang") < r1.context.index("repo")
     assert (r2.temperature, r2.latency_ms, r2.truncated) == (1.0, 2500.0, False)  # API default
     rep = import_log(src, tmp_path / "store", progress=False)
-    assert (rep.rows_imported, rep.rows_quarantined) == (2, 1) and rep.reasons["missing request_id"] == 1
+    assert (rep.rows_imported, rep.rows_quarantined) == (2, 2) and rep.reasons["missing request_id"] == 1
+    assert rep.problems == ("column 'timestamp': 1 value(s) not a time; first at row 2: 'soon'",)
 
 
 @pytest.mark.parametrize("suffix", [".vw", ".npz"])

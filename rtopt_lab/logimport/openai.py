@@ -14,7 +14,7 @@ Each line::
      "quality": 0.8, "success": true, "propensity": 0.25}     # optional, top level or metadata
 
 Mapped to the contract: ``id`` (else the response's) -> request_id; ``timestamp`` (else
-``start_time``, else the response's ``created``, epoch seconds) -> timestamp; the request's
+``start_time``, else ``created``, epoch seconds, top level or the response's) -> timestamp; the request's
 sampling fields -> the parameters (``temperature`` and ``top_p`` default to the API's 1.0
 when the request leaves them out; ``max_completion_tokens`` stands in for ``max_tokens``);
 ``model`` -> model (the parameter sent) and the response's ``model`` -> model_name;
@@ -67,7 +67,9 @@ def _row(obj: dict[str, Any]) -> dict[str, Any]:
     row["request_id"] = obj.get("id", resp.get("id"))
     start = _time(obj.get("start_time"))
     end = _time(obj.get("end_time"))
-    row["timestamp"] = _time(obj.get("timestamp")) or start or _time(resp.get("created"))
+    t = _time(obj.get("timestamp")) or start or _time(obj.get("created")) or _time(resp.get("created"))
+    # ISO text, or the value as given when it is not a time (reported with its row)
+    row["timestamp"] = t.isoformat() if t is not None else obj.get("timestamp")
     lat = obj.get("latency_ms")
     if lat is None and start is not None and end is not None:
         lat = (end - start).total_seconds() * 1000.0
@@ -108,7 +110,4 @@ def read_openai(path: str | os.PathLike[str], *, chunk_rows: int = 200_000) -> I
 
 
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame.from_records(rows)
-    if "timestamp" in frame.columns:
-        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
-    return frame
+    return pd.DataFrame.from_records(rows)
