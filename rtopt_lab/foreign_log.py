@@ -5,16 +5,18 @@ A team that calls an OpenAI-style chat-completion API keeps one JSON object per 
 separately, the users' ratings (1-5) by request id. :func:`write_foreign_log` writes such a
 pair of files from a small synthetic world that is *not* the seed's: four task types of a
 support desk (three of them unknown to the built-in spec), its own context (prompt
-length, language, customer tier, tags, turns), its own 48-arm grid, and an exploring
-logger (the production arm of each task type with probability 0.7, else any arm, uniformly)
-whose propensity the team logged in the request's ``metadata``. About 2 % of the calls
+length, language, customer tier, tags, turns), its own 24-arm grid, and an exploring
+logger (the production arm of each task type with probability 0.5, else an arm of its trust
+region, ``|Δtemperature| <= 0.2`` and ``|Δmax_tokens| <= 200``, uniformly) whose propensity
+the team logged in the request's ``metadata``. About 2 % of the calls
 have no rating (they are quarantined on import, with that reason).
 
 :func:`expected_quality` is the world's exact mean quality of an arm in a context, so a
 replay on the imported log can be checked against the truth (``tests/test_own_log.py``).
 
-``data/sample/calls.jsonl`` and ``data/sample/feedback.jsonl`` were written by
-``python -m rtopt_lab.foreign_log data/sample`` (seed 0, 3,000 calls).
+Every file of ``data/sample/`` (calls, feedback, the import mapping and the context spec)
+was written by ``python -m rtopt_lab.foreign_log data/sample`` (seed 0, 6,000 calls); the
+``own_log`` notebook writes the same files where its ``sample_dir`` has none.
 """
 
 from __future__ import annotations
@@ -22,23 +24,25 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ARM_GRID", "PRODUCTION", "TASK_TYPES", "expected_quality", "write_foreign_log"]
+__all__ = ["ARM_GRID", "CONTEXT_YAML", "MAPPING_YAML", "PRODUCTION", "SAMPLE_FILES", "TASK_TYPES",
+           "expected_quality", "write_foreign_log"]
 
 TASK_TYPES: tuple[str, ...] = ("support_reply", "extraction", "summarization", "sql_generation")
 LANGUAGES = ("en", "de", "fr", "ja")
 TIERS = ("free", "pro", "enterprise")
 TAGS = ("pii", "long_context", "tables", "code", "multi_turn")
-ARM_GRID = {"temperature": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "top_p": [0.9, 1.0], "max_tokens": [300, 500, 700, 900]}
+ARM_GRID = {"temperature": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "top_p": [1.0], "max_tokens": [300, 500, 700, 900]}
 #: The hand-picked production parameters per task type (temperature, top_p, max_tokens).
-PRODUCTION = {"support_reply": (0.6, 1.0, 500), "extraction": (0.4, 1.0, 500),
+PRODUCTION = {"support_reply": (0.8, 1.0, 500), "extraction": (0.4, 1.0, 500),
               "summarization": (0.6, 1.0, 700), "sql_generation": (0.4, 1.0, 300)}
 _T_OPT = {"support_reply": 0.4, "extraction": 0.0, "summarization": 0.4, "sql_generation": 0.0}
 _NEED = {"support_reply": 260.0, "extraction": 150.0, "summarization": 420.0, "sql_generation": 240.0}
-_EXPLORE = 0.3
+_EXPLORE = 0.5
 
 
 def _arms() -> list[tuple[float, float, int]]:
@@ -83,26 +87,67 @@ def _contexts(n: int, rng: np.random.Generator) -> dict:
             "turns": rng.integers(1, 8, n), "tags": tags}
 
 
-def write_foreign_log(out: str | Path, n: int = 3_000, *, seed: int = 0, model: str = "gpt-4o-mini",
-                      start: int = 1_767_225_600) -> tuple[Path, Path]:
-    """Write ``calls.jsonl`` and ``feedback.jsonl`` of ``n`` calls into ``out``.
+#: The import mapping of the sample (``mapping.yaml``): see :mod:`rtopt_lab.logimport`.
+MAPPING_YAML = """# How calls.jsonl (OpenAI-style request/response log) maps to the log contract:
+#   rtopt log import data/sample/calls.jsonl --format openai --mapping data/sample/mapping.yaml --to data/own_log
+defaults:
+  risk_tier: 2          # the team has no risk tiers: every call is tier 2
+  success: true         # no acceptance check: the reward below gives it no weight
+context: [prompt_chars, language, customer_tier, turns, tags]   # kept in the log's `context` column
+feedback:               # quality is a 1-5 rating in a separate file, joined by request id
+  path: feedback.jsonl
+  request_id: request_id
+  quality: rating
+  scale: [1, 5]         # rescaled to [0, 1]
+reward:                 # reward = quality - token cost - latency cost (no success bonus)
+  quality_weight: 1.0
+  success_weight: 0.0
+  token_cost_per_1k: 0.05
+  latency_cost_per_s: 0.02
+"""
+#: The team's context spec of the sample (``context.yaml``): see :mod:`rtopt_lab.context`.
+CONTEXT_YAML = """# The team's own context: how each key of the log's `context` column becomes features.
+task_types: [support_reply, extraction, summarization, sql_generation]
+features:
+  - {column: prompt_chars, kind: numeric, transform: log1p, ref: 20000}
+  - {column: language, kind: categorical, levels: [en, de, fr, ja]}
+  - {column: customer_tier, kind: categorical, levels: [free, pro, enterprise]}
+  - {column: turns, kind: numeric, transform: standardize, mean: 4.0, sd: 2.0}
+  - {column: tags, kind: tags, hash_buckets: 8}
+"""
+SAMPLE_FILES = ("calls.jsonl", "feedback.jsonl", "mapping.yaml", "context.yaml")
 
-    Refuses to overwrite either file (remove them first). Returns both paths.
+
+def write_foreign_log(out: str | Path, n: int = 6_000, *, seed: int = 0, model: str = "gpt-4o-mini",
+                      start: int = 1_767_225_600) -> tuple[Path, ...]:
+    """Write the sample into ``out``: ``calls.jsonl`` and ``feedback.jsonl`` of ``n`` calls,
+    the import ``mapping.yaml`` and the ``context.yaml`` spec (:data:`SAMPLE_FILES`).
+
+    Refuses to overwrite any of them (remove them first). Returns the four paths.
     """
     out = Path(out)
-    calls, feedback = out / "calls.jsonl", out / "feedback.jsonl"
-    for p in (calls, feedback):
+    paths = tuple(out / name for name in SAMPLE_FILES)
+    for p in paths:
         if p.exists():
             raise FileExistsError(f"{str(p)!r} exists; remove it to write a new sample")
+    calls, feedback = paths[:2]
     out.mkdir(parents=True, exist_ok=True)
+    with paths[2].open("x") as f:
+        f.write(MAPPING_YAML)
+    with paths[3].open("x") as f:
+        f.write(CONTEXT_YAML)
     rng = np.random.default_rng(seed)
     ctx = _contexts(n, rng)
     arms = _arms()
     k = len(arms)
     prod = np.array([arms.index(PRODUCTION[t]) for t in ctx["task_type"]])
+    near = [np.flatnonzero([abs(a[0] - arms[j][0]) <= 0.2 + 1e-9 and abs(a[2] - arms[j][2]) <= 200
+                            for a in arms]) for j in range(k)]  # each arm's trust region
     explore = rng.random(n) < _EXPLORE
-    chosen = np.where(explore, rng.integers(0, k, n), prod)
-    pscore = np.where(chosen == prod, 1 - _EXPLORE + _EXPLORE / k, _EXPLORE / k)
+    pick = np.array([near[j][rng.integers(len(near[j]))] for j in prod])
+    chosen = np.where(explore, pick, prod)
+    size = np.array([len(near[j]) for j in prod])
+    pscore = np.where(chosen == prod, 1 - _EXPLORE + _EXPLORE / size, _EXPLORE / size)
     temp = np.array([arms[a][0] for a in chosen])
     top_p = np.array([arms[a][1] for a in chosen])
     max_tok = np.array([arms[a][2] for a in chosen])
@@ -124,26 +169,25 @@ def write_foreign_log(out: str | Path, n: int = 3_000, *, seed: int = 0, model: 
                     "turns": int(ctx["turns"][i]), "tags": ctx["tags"][i],
                     "propensity": round(float(pscore[i]), 12)}
             body = {"model": model, "temperature": float(temp[i]), "top_p": float(top_p[i]),
-                    "max_tokens": int(max_tok[i]), "metadata": meta,
-                    "messages": [{"role": "user", "content": f"<{meta['task_type']} request, "
-                                                             f"{meta['prompt_chars']} chars>"}]}
-            resp = {"id": rid, "object": "chat.completion", "created": int(ts[i]), "model": model,
-                    "choices": [{"index": 0, "finish_reason": "length" if truncated[i] else "stop"}],
-                    "usage": {"prompt_tokens": int(prompt[i]), "completion_tokens": int(completion[i]),
-                              "total_tokens": int(prompt[i] + completion[i])}}
-            fc.write(json.dumps({"id": rid, "created": int(ts[i]), "request": body, "response": resp,
-                                 "latency_ms": float(latency[i])}) + "\n")
+                    "max_tokens": int(max_tok[i]), "metadata": meta}  # (messages not kept)
+            resp = {"model": model, "choices": [{"finish_reason": "length" if truncated[i] else "stop"}],
+                    "usage": {"prompt_tokens": int(prompt[i]), "completion_tokens": int(completion[i])}}
+            when = datetime.fromtimestamp(float(ts[i]), UTC).isoformat(timespec="milliseconds")
+            fc.write(json.dumps({"id": rid, "timestamp": when, "request": body, "response": resp,
+                                 "latency_ms": float(latency[i])}, separators=(",", ":")) + "\n")
             if rated[i]:
-                ff.write(json.dumps({"request_id": rid, "rating": int(rating[i]),
-                                     "resolved": bool(q[i] > 0.6)}) + "\n")
-    return calls, feedback
+                ff.write(json.dumps({"request_id": rid, "rating": int(rating[i]), "resolved": bool(q[i] > 0.6)},
+                                    separators=(",", ":")) + "\n")
+    return paths
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rtopt_lab.foreign_log",
-                                 description="Write the worked example's foreign log (calls + feedback JSONL).")
-    ap.add_argument("out", type=Path, help="folder for calls.jsonl and feedback.jsonl (must not hold them yet)")
-    ap.add_argument("--n", type=int, default=3_000, help="number of calls (default: %(default)s)")
+                                 description="Write the worked example's foreign log: calls and feedback "
+                                             "JSONL, the import mapping and the context spec.")
+    ap.add_argument("out", type=Path, help="folder for calls.jsonl, feedback.jsonl, mapping.yaml and "
+                                           "context.yaml (must hold none of them yet)")
+    ap.add_argument("--n", type=int, default=6_000, help="number of calls (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     args = ap.parse_args(argv)
     for p in write_foreign_log(args.out, args.n, seed=args.seed):
