@@ -63,6 +63,7 @@ from rtopt_lab.hashing import mix as _mix
 from rtopt_lab.hashing import mix_np as _mix_np
 from rtopt_lab.hashing import safe_request_id
 from rtopt_lab.hashing import str64 as _str64
+from rtopt_lab.policies._floor import exploration_floor
 from rtopt_lab.policies._spec import (
     ArraySpec,
     ContextLayout,
@@ -813,14 +814,8 @@ def argmax_dist(scores: np.ndarray, allowed: np.ndarray, epsilon: float) -> np.n
         s = scores[lo:hi] if full else np.where(allowed[lo:hi], scores[lo:hi], -np.inf)
         m = s.max(axis=1, keepdims=True)
         best = s >= m - 1e-9 * (1.0 + np.abs(m))
-        d = out[lo:hi]
-        np.multiply(best, (1.0 - epsilon) / best.sum(axis=1, keepdims=True), out=d)
-        if epsilon > 0:
-            d += (
-                (epsilon / k)
-                if full
-                else allowed[lo:hi] * (epsilon / allowed[lo:hi].sum(axis=1, keepdims=True))
-            )
+        exploration_floor(best, best.sum(axis=1, keepdims=True), allowed[lo:hi], epsilon,
+                          out=out[lo:hi])
     return out
 
 

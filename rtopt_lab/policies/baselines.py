@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rtopt_lab.arms import ArmCatalog
+from rtopt_lab.policies._floor import exploration_floor
 from rtopt_lab.policies._linear import Mode
 from rtopt_lab.policies._spec import ContextLayout
 from rtopt_lab.policies.base import BasePolicy, argmax_dist, check_probability
@@ -17,14 +18,8 @@ __all__ = ["EpsilonGreedy", "FixedPolicy", "Softmax", "UniformRandom"]
 
 
 def _floor(dist: np.ndarray, allowed: np.ndarray, epsilon: float) -> np.ndarray:
-    """Mix ε spread over the allowed arms into ``dist`` (in place)."""
-    if epsilon > 0:
-        dist *= 1.0 - epsilon
-        if allowed.all():
-            dist += epsilon / allowed.shape[1]
-        else:
-            dist += allowed * (epsilon / allowed.sum(axis=1, keepdims=True))
-    return dist
+    """Mix ε spread over the allowed arms into the distribution ``dist`` (in place)."""
+    return exploration_floor(dist, 1.0, allowed, epsilon, out=dist) if epsilon > 0 else dist
 
 
 class FixedPolicy(BasePolicy):

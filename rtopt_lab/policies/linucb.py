@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rtopt_lab.arms import ArmCatalog
+from rtopt_lab.policies._floor import exploration_floor
 from rtopt_lab.policies._linear import LinearRewardModel, Mode
 from rtopt_lab.policies._spec import ArraySpec, ContextLayout
 from rtopt_lab.policies.base import BasePolicy, check_probability
@@ -189,10 +190,8 @@ class LinUCB(_ModelPolicy):
                 u = np.where(ok, u, -np.inf)
             m = u.max(axis=0)
             best = u >= m - 1e-9 * (1.0 + np.abs(m))
-            d = out_t[:, lo:hi]
-            np.multiply(best, (1.0 - eps) / best.sum(axis=0), out=d)
-            if eps > 0:
-                d += (eps / k) if full else ok * (eps / ok.sum(axis=0))
+            exploration_floor(best, best.sum(axis=0), allowed[lo:hi].T, eps, axis=0,
+                              out=out_t[:, lo:hi])
             last = u
         return out_t.T, (last.T if n == 1 else None)
 

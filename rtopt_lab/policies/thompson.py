@@ -9,6 +9,7 @@ import numpy as np
 from scipy import special
 
 from rtopt_lab.arms import ArmCatalog
+from rtopt_lab.policies._floor import exploration_floor
 from rtopt_lab.policies._linear import Mode
 from rtopt_lab.policies._spec import ContextLayout
 from rtopt_lab.policies.base import check_probability, uniforms
@@ -161,10 +162,7 @@ class ThompsonGaussian(_ModelPolicy):
             win = draws.argmax(axis=2)  # (b, M)
             flat = (np.arange(hi - lo)[:, None] * k + win).ravel()
             counts = np.bincount(flat, minlength=(hi - lo) * k).reshape(hi - lo, k).astype(float)
-            dist = counts * ((1.0 - self.epsilon) / m)
-            if self.epsilon > 0:
-                dist += allowed[lo:hi] * (self.epsilon / allowed[lo:hi].sum(axis=1, keepdims=True))
-            out[lo:hi] = dist
+            exploration_floor(counts, m, allowed[lo:hi], self.epsilon, out=out[lo:hi])
         return out
 
     def _scores(self, X: np.ndarray) -> np.ndarray:
