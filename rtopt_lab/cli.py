@@ -145,7 +145,7 @@ def _build_parser() -> argparse.ArgumentParser:
     co = cksub.add_parser(
         "offline", help="replay, constraints, reproducibility and adversarial inputs",
         description="Run the offline suite: (a) replay: the candidate beats production by DR (its bound "
-                    "guarded by IPS's) with a one-sided lower bound > --margin (strict), and no task type is made worse; (b) every recommendation over a large context "
+                    "guarded by IPS's) with a one-sided lower bound > --margin (strict), and no task type may be worse (its lower bound >= -margin); (b) every recommendation over a large context "
                     "sample satisfies every hard constraint (compliance tiers, trust region); (c) same "
                     "seed and context give identical parameters; (d) malformed, huge and empty inputs "
                     "never break the guardrails. Prints a pass/fail table; exit status 1 on any failure.")

@@ -129,7 +129,7 @@ def task_evidence(evaluation: Any, candidate: str, *, estimators: Sequence[str] 
         worst = min(groups[g].values())
         if not worst >= -margin:
             failed.append(g)
-            task_reasons.append(f"task type {g!r}: lower bound {worst:.4g} < {-margin:g} (made worse)")
+            task_reasons.append(f"task type {g!r}: lower bound {worst:.4g} < {-margin:g} (not shown to be no worse)")
     return TaskEvidence(passed=not (reasons or task_reasons), pooled=pooled, groups=groups, failed=tuple(failed),
                         insufficient=tuple(insufficient), pooled_reasons=tuple(reasons),
                         task_reasons=tuple(task_reasons), margin=margin)

@@ -15,7 +15,7 @@ have no rating (they are quarantined on import, with that reason).
 replay on the imported log can be checked against the truth (``tests/test_own_log.py``).
 
 Every file of ``data/sample/`` (calls, feedback, the import mapping and the context spec)
-was written by ``python -m rtopt_lab.foreign_log data/sample`` (seed 0, 6,000 calls); the
+was written by ``python -m rtopt_lab.foreign_log data/sample`` (seed 1, 8,000 calls); the
 ``own_log`` notebook writes the same files where its ``sample_dir`` has none.
 """
 
@@ -118,7 +118,7 @@ features:
 SAMPLE_FILES = ("calls.jsonl", "feedback.jsonl", "mapping.yaml", "context.yaml")
 
 
-def write_foreign_log(out: str | Path, n: int = 6_000, *, seed: int = 0, model: str = "gpt-4o-mini",
+def write_foreign_log(out: str | Path, n: int = 8_000, *, seed: int = 1, model: str = "gpt-4o-mini",
                       start: int = 1_767_225_600) -> tuple[Path, ...]:
     """Write the sample into ``out``: ``calls.jsonl`` and ``feedback.jsonl`` of ``n`` calls,
     the import ``mapping.yaml`` and the ``context.yaml`` spec (:data:`SAMPLE_FILES`).
@@ -187,8 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              "JSONL, the import mapping and the context spec.")
     ap.add_argument("out", type=Path, help="folder for calls.jsonl, feedback.jsonl, mapping.yaml and "
                                            "context.yaml (must hold none of them yet)")
-    ap.add_argument("--n", type=int, default=6_000, help="number of calls (default: %(default)s)")
-    ap.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    ap.add_argument("--n", type=int, default=8_000, help="number of calls (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
     args = ap.parse_args(argv)
     for p in write_foreign_log(args.out, args.n, seed=args.seed):
         print(f"wrote {p}")

@@ -91,6 +91,8 @@ def test_demo_runs_the_whole_workbench_end_to_end(tmp_path):
                  "production", "linucb", "thompson", "softmax", "general", "make lab", "rtopt ui"):
         assert text in out.stdout, text
     assert (tmp_path / "mlflow" / "mlflow.db").exists() and not (tmp_path / "mlflow" / "__init__.py").exists()
-    assert len(list((tmp_path / "runs").glob("*.ipynb"))) == 5
+    assert len(list((tmp_path / "runs").glob("*.ipynb"))) == 6
     assert {p.name for p in (tmp_path / "runs" / "reports").glob("*.html")} == {
-        "replay_linucb_thompson.html", "replay_baselines.html", "rollout_dashboard.html"}
+        "replay_linucb_thompson.html", "replay_baselines.html", "rollout_dashboard.html", "own_log.html"}
+    # the worked example of a team's own log, rebuilt where the project has no data/sample/
+    assert (tmp_path / "data" / "sample" / "calls.jsonl").exists() and (tmp_path / "data" / "own_log").is_dir()

@@ -15,9 +15,9 @@ def _code(cell) -> str:
     return "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("%", "!")))
 
 
-def test_the_four_notebooks_are_there():
+def test_the_five_notebooks_are_there():
     assert {p.stem for p in NOTEBOOKS} == {"simulate_logs", "replay_compare", "gates_and_promotion",
-                                           "rollout_dashboard"}
+                                           "rollout_dashboard", "own_log"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
