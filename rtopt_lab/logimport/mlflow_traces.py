@@ -108,25 +108,12 @@ def read_mlflow_traces(experiment: str, *, tracking_uri: str | None = None,
     LogContractError
         If the experiment does not exist.
     """
-    import mlflow
+    from rtopt_lab.tracking.traces import search_experiment_traces  # mlflow stays in tracking/
 
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None and experiment.isdigit():
-        try:
-            exp = client.get_experiment(experiment)
-        except mlflow.exceptions.MlflowException:
-            exp = None
-    if exp is None:
-        raise LogContractError(f"no MLflow experiment {experiment!r} at "
-                               f"{tracking_uri or mlflow.get_tracking_uri()!r}")
-    previous = mlflow.get_tracking_uri()
     try:
-        if tracking_uri is not None:
-            mlflow.set_tracking_uri(tracking_uri)
-        traces = mlflow.search_traces(locations=[exp.experiment_id], return_type="list",
-                                      filter_string=filter_string, max_results=max_results)
-    finally:
-        mlflow.set_tracking_uri(previous)
+        traces = search_experiment_traces(experiment, tracking_uri=tracking_uri, filter_string=filter_string,
+                                          max_results=max_results)
+    except LookupError as exc:
+        raise LogContractError(str(exc)) from None
     rows = [_row(t, quality) for t in traces]
     return pd.DataFrame.from_records(rows) if rows else pd.DataFrame({"request_id": []})
