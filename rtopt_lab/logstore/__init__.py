@@ -9,7 +9,10 @@ of :class:`~rtopt_lab.types.TaskFeatures`; its ``model_name`` is stored as
 ``requested_model``), the arm (``arm_id`` and the fields of
 :class:`~rtopt_lab.types.ParameterSet`; its ``model_name`` is ``param_model_name``), the
 ``propensity``, the outcome (:class:`~rtopt_lab.types.TaskOutcome`; its ``prompt_tokens``
-is ``outcome_prompt_tokens``) and the ``reward``. The schema metadata carries
+is ``outcome_prompt_tokens``), the ``reward`` and, nullable, ``context``: a team's own
+context columns as one JSON object per row (:mod:`rtopt_lab.context` featurises them;
+:mod:`rtopt_lab.logimport` writes them; files written before the column read it as null).
+The schema metadata carries
 ``rtopt.schema_version = 1``; a file that declares another version is treated as drift.
 
 Layout on disk
@@ -48,7 +51,7 @@ number of processes may append to one store at once.
 Validation and quarantine
 -------------------------
 :func:`validate_table` runs vectorised row checks; each failed check has a short, stable
-reason string (``"propensity outside (0, 1]"``, ``"reward is NaN or infinite"``,
+reason string (``"propensity missing"``, ``"propensity outside (0, 1]"``, ``"reward is NaN or infinite"``,
 ``"unknown arm_id"``, ``"null in required column 'success'"``, ...). A batch or file whose
 columns are missing or of an incompatible type is *schema drift*: every row is quarantined
 with reasons such as ``"schema: missing column 'reward'"``. Nothing is dropped silently:
