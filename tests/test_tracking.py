@@ -99,3 +99,22 @@ def test_run_table_names_a_missing_table(store_uri):
     assert run_table(rid, "candidates", uri=uri)["a"].tolist() == [1, 2]
     with pytest.raises(LookupError, match="no table 'summary'"):
         run_table(rid, "summary", uri=uri)
+
+
+def test_tracking_calls_leave_the_environment_alone(tmp_path, monkeypatch):
+    """MLflow's set_tracking_uri exports the URI to os.environ; a child process started after
+    a registration (a kernel, `rtopt demo`) would then write to this store, not its own."""
+    import os
+
+    from rtopt_lab.arms import ArmCatalog
+    from rtopt_lab.policies import FixedPolicy
+    from rtopt_lab.tracking import default_tracking_uri, ensure_experiment, register_policy
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT", "1")
+    uri = default_tracking_uri(tmp_path)
+    eid = ensure_experiment("env", uri=uri)
+    register_policy(FixedPolicy(ArmCatalog.from_grid()), experiment_id=eid, uri=uri,
+                    provenance=tmp_path / "provenance.jsonl")
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ

@@ -83,7 +83,7 @@ from rtopt_lab.tracking.integrity import (
     verified_records,
 )
 from rtopt_lab.tracking.pyfunc import CODE_PATH, policy_signature
-from rtopt_lab.tracking.store import provenance_path, tracking_uri
+from rtopt_lab.tracking.store import provenance_path, set_store, tracking_uri
 
 __all__ = [
     "MODEL_NAME",
@@ -284,8 +284,7 @@ def register_policy(
         "reward.version": reward.version,
         **{str(k): _tag(v) for k, v in (tags or {}).items()},
     }
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    set_store(uri)
     with tempfile.TemporaryDirectory() as d:
         npz = policy.save(Path(d) / "policy.npz")
         cfg = Path(d) / "policy.json"
@@ -1014,8 +1013,7 @@ def load_phase_model(
 ):
     """The pyfunc model in ``phase`` (an alias) or of a version number."""
     _, uri = _client(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    set_store(uri)
     return mlflow.pyfunc.load_model(_model_uri(model, phase))
 
 

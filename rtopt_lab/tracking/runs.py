@@ -14,7 +14,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from rtopt_lab.tracking.store import tracking_uri
+from rtopt_lab.tracking.store import set_store, tracking_uri
 
 __all__ = ["DataFingerprint", "add_artifacts", "log_evaluation", "log_run", "run_table"]
 
@@ -59,7 +59,7 @@ def log_evaluation(results: pd.DataFrame, *, experiment_id: str, params: Mapping
     full = as_frame(results)
     results = pooled_frame(results)
     uri = uri or tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    set_store(uri, registry=False)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {})) as run:
         mlflow.log_params({**dict(params), "data.path": data.path, "data.rows": data.rows,
                            "data.content_hash": data.content_hash})
@@ -90,7 +90,7 @@ def log_run(*, experiment_id: str, params: Mapping[str, Any] | None = None,
     metrics are left out (MLflow stores them, but they break comparisons in the UI).
     """
     uri = uri or tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    set_store(uri, registry=False)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {})) as run:
         if params:
             mlflow.log_params({k: (v if isinstance(v, (int, float, str, bool)) else str(v))

@@ -19,7 +19,7 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
-__all__ = ["default_tracking_uri", "ensure_experiment", "provenance_path", "tracking_uri"]
+__all__ = ["default_tracking_uri", "ensure_experiment", "provenance_path", "set_store", "tracking_uri"]
 
 PROVENANCE_ENV = "RTOPT_PROVENANCE"
 
@@ -34,6 +34,30 @@ def default_tracking_uri(root: str | os.PathLike[str] = ".") -> str:
 def tracking_uri(root: str | os.PathLike[str] = ".") -> str:
     """``MLFLOW_TRACKING_URI`` when set, else the embedded default under ``root``."""
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
+
+
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def set_store(uri: str, *, registry: bool = True) -> None:
+    """Point this process's MLflow client at ``uri`` (tracking, and registry unless told not).
+
+    ``mlflow.set_tracking_uri`` / ``set_registry_uri`` also export the URI to
+    ``os.environ``, so every child process started afterwards (a kernel, ``rtopt demo``, a
+    service) would silently write to this store instead of its own; the environment is
+    restored to what it was, and only the client's setting changes.
+    """
+    saved = {k: os.environ.get(k) for k in _URI_ENV}
+    try:
+        mlflow.set_tracking_uri(uri)
+        if registry:
+            mlflow.set_registry_uri(uri)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _sqlite_folder(uri: str) -> Path | None:

@@ -6,6 +6,8 @@ from typing import Any
 
 import mlflow
 
+from rtopt_lab.tracking.store import set_store
+
 __all__ = ["search_experiment_traces"]
 
 
@@ -39,8 +41,8 @@ def search_experiment_traces(experiment: str, *, tracking_uri: str | None = None
     previous = mlflow.get_tracking_uri()
     try:
         if tracking_uri is not None:
-            mlflow.set_tracking_uri(tracking_uri)
+            set_store(tracking_uri, registry=False)
         return list(mlflow.search_traces(locations=[exp.experiment_id], return_type="list",
                                          filter_string=filter_string, max_results=max_results))
     finally:
-        mlflow.set_tracking_uri(previous)
+        set_store(previous, registry=False)
