@@ -91,16 +91,18 @@ def test_csv_imports_with_a_mapping_and_reimport_is_idempotent(calls, imported):
 def test_bad_rows_are_quarantined_with_reasons_and_the_rest_go_in(tmp_path):
     df = calls_frame(20).astype({"score": object, "propensity": object})
     df.loc[3, "score"] = "high"     # not a number
-    df.loc[7, "propensity"] = None  # missing: cannot serve off-policy evaluation
+    df.loc[7, "propensity"] = None  # missing: imported as null (OPE needs it estimated)
     df.loc[9, "temperature"] = 5.0  # outside [0, 2]
     src = tmp_path / "calls.csv"
     df.to_csv(src, index=False)
     rep = import_log(src, tmp_path / "store", mapping=MAPPING, progress=False)
     assert rep.rows_in == 20 == rep.rows_imported + rep.rows_already_present + rep.rows_quarantined
-    assert rep.rows_quarantined == 3 and rep.rows_imported == 17
+    assert rep.rows_quarantined == 2 and rep.rows_imported == 18
     assert rep.reasons["column 'quality' has a value that cannot be converted to double"] == 1
-    assert rep.reasons["propensity missing"] == 1
+    assert "propensity missing" not in rep.reasons
     assert rep.reasons["temperature outside [0, 2]"] == 1
+    stored = LogStore(tmp_path / "store").read(columns=["request_id", "propensity"]).table.to_pandas()
+    assert stored.loc[stored["request_id"] == df.loc[7, "call_id"], "propensity"].isna().all()
     assert rep.problems == ("column 'score' (quality): 1 value(s) not a number; first at row 3: 'high'",)
 
 
@@ -201,10 +203,13 @@ def test_wrong_unit_and_unknown_format_and_bad_mapping(tmp_path):
             load_mapping(bad)
 
 
-def test_null_propensity_is_reported_as_missing():
+def test_null_propensity_is_kept_and_a_bad_one_is_not():
     t = to_log_frame(calls_frame(3), load_mapping(MAPPING), catalog=None, problems=Problems()).frame
     t["propensity"] = pd.array([None, 0.5, 0.5], dtype="Float64")
-    assert validate_table(t).reasons == {"propensity missing": 1}
+    v = validate_table(t)
+    assert v.reasons == {} and v.valid.num_rows == 3 and v.valid.column("propensity").null_count == 1
+    t["propensity"] = pd.array([None, 0.0, 1.5], dtype="Float64")
+    assert validate_table(t).reasons == {"propensity outside (0, 1]": 2}
 
 
 def test_validate_a_csv_says_why(calls, capsys):

@@ -37,9 +37,9 @@ model                       optional  the model parameter sent (stored as
 arm_id                      optional  derived from the parameters by
                                       :func:`rtopt_lab.arms.arm_id` when absent
 propensity                  optional  the logged probability of the chosen parameters;
-                                      missing stays missing: the row is quarantined as
-                                      ``"propensity missing"`` (off-policy evaluation
-                                      cannot use it)
+                                      missing stays missing: imported as null
+                                      (off-policy evaluation refuses it until estimated,
+                                      :func:`rtopt_lab.ope.estimate_propensities`)
 quality                     required  in [0, 1]; or a ``feedback`` file, rescaled
 latency_ms                  required  ``units: {latency: s}`` for seconds
 prompt_tokens,              required  tokens billed (the prompt's stored as

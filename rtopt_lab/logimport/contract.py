@@ -90,8 +90,9 @@ CONTRACT: tuple[ContractField, ...] = (
     _f("arm_id", _STR, "optional",
        "arm of the catalog (--arms) instead of the parameters; else derived from them", None),
     _f("propensity", _F64, "optional",
-       "logged probability of the chosen parameters, in (0, 1]; missing stays missing "
-       "(the row is quarantined as 'propensity missing': it cannot serve off-policy evaluation)"),
+       "logged probability of the chosen parameters, in (0, 1]; missing stays missing and "
+       "is imported (null): off-policy evaluation refuses such rows until their propensities "
+       "are estimated (rtopt_lab.ope.estimate_propensities)"),
     _f("quality", _F64, "required",
        "quality score in [0, 1]; or a feedback file joined by request id, rescaled"),
     _f("latency_ms", _F64, "required", "latency of the call (units.latency: ms|s, default ms)"),

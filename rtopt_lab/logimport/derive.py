@@ -228,7 +228,7 @@ def to_log_frame(src: pd.DataFrame, mapping: LogMapping, *, catalog: ArmCatalog 
             elif name == "seed" and num.notna().any() and not (num.dropna() % 1).any():
                 out[name] = pd.to_numeric(s, errors="coerce").astype("Int64")  # exact above 2**53
             else:
-                out[name] = num.astype("Float64")  # NaN -> null: "propensity missing", not a range
+                out[name] = num.astype("Float64")  # NaN -> null: a missing propensity is imported as null, not a range error
             out[name + "#num"] = num
         elif name in _BOOLS:
             vals, bad = bools(s, label, problems, offset)

@@ -51,7 +51,7 @@ number of processes may append to one store at once.
 Validation and quarantine
 -------------------------
 :func:`validate_table` runs vectorised row checks; each failed check has a short, stable
-reason string (``"propensity missing"``, ``"propensity outside (0, 1]"``, ``"reward is NaN or infinite"``,
+reason string (``"propensity outside (0, 1]"``, a null propensity is valid, ``"reward is NaN or infinite"``,
 ``"unknown arm_id"``, ``"null in required column 'success'"``, ...). A batch or file whose
 columns are missing or of an incompatible type is *schema drift*: every row is quarantined
 with reasons such as ``"schema: missing column 'reward'"``. Nothing is dropped silently:

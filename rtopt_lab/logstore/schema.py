@@ -58,9 +58,12 @@ LOG_SCHEMA = pa.schema(
 )
 #: Column names of :data:`LOG_SCHEMA`, in order.
 LOG_COLUMNS: tuple[str, ...] = tuple(LOG_SCHEMA.names)
-#: Columns that may hold nulls; every other column is required.
+#: Columns that may hold nulls; every other column is required. A null ``propensity`` is a
+#: row whose logger did not log it: kept, and refused by off-policy evaluation until
+#: estimated (:func:`rtopt_lab.ope.estimate_propensities`).
 _NULLABLE = frozenset(
-    {"requested_model", "prompt_tokens", "prior_failures", "seed", "param_model_name", "context"}
+    {"requested_model", "prompt_tokens", "prior_failures", "seed", "param_model_name", "context",
+     "propensity"}
 )
 #: Columns a batch or file may lack (added to version 1 later): read as nulls. ``context``
 #: holds the team's own context columns as one JSON object per row (see

@@ -46,8 +46,8 @@ _MAX_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 #: Reasons of the checks that compare a row with other rows or with the catalog.
 DUPLICATE_IN_BATCH = "duplicate request_id in the batch"
 DUPLICATE_IN_STORE = "request_id already in the store"
-#: Reason of a null propensity (a NaN one is "propensity outside (0, 1]").
-PROPENSITY_MISSING = "propensity missing"
+# A null propensity is valid (a log that was randomised without logging it: estimate it
+# with rtopt_lab.ope.estimate_propensities); a present one outside (0, 1], or NaN, is not.
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +148,6 @@ def _check_rows(
     for name in LOG_COLUMNS:
         if name == "timestamp":
             checks.append(("missing timestamp", missing[name]))
-        elif name == "propensity":  # a log without it cannot serve off-policy evaluation
-            checks.append((PROPENSITY_MISSING, missing[name]))
         elif name not in _NULLABLE and name != "request_id":
             checks.append((f"null in required column {name!r}", missing[name]))
 
