@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["ARM_GRID", "CONTEXT_YAML", "MAPPING_YAML", "PRODUCTION", "SAMPLE_FILES", "TASK_TYPES",
-           "expected_quality", "write_foreign_log"]
+           "expected_quality", "grid_yaml", "write_foreign_log"]
 
 TASK_TYPES: tuple[str, ...] = ("support_reply", "extraction", "summarization", "sql_generation")
 LANGUAGES = ("en", "de", "fr", "ja")
@@ -115,16 +115,37 @@ features:
   - {column: turns, kind: numeric, transform: standardize, mean: 4.0, sd: 2.0}
   - {column: tags, kind: tags, hash_buckets: 8}
 """
-SAMPLE_FILES = ("calls.jsonl", "feedback.jsonl", "mapping.yaml", "context.yaml")
+SAMPLE_FILES = ("calls.jsonl", "feedback.jsonl", "mapping.yaml", "context.yaml", "arms.yaml")
+
+
+def grid_yaml(model: str = "gpt-4o-mini") -> str:
+    """The team's parameter grid (``arms.yaml``): :data:`ARM_GRID`, baselines :data:`PRODUCTION`."""
+    g = ARM_GRID
+    lines = ["# The team's parameter grid: every arm a candidate may propose; baselines = production.",
+             f"temperature: {g['temperature']}", f"top_p: {g['top_p']}", f"max_tokens: {g['max_tokens']}",
+             f"model_name: [{model}]", "baseline:"]
+    for i, (task, (t, p, m)) in enumerate(PRODUCTION.items()):
+        arm = f"t{t:.2f}-p{p:.2f}-m{m}@{model}"
+        if i == 0:
+            lines.append(f"  default: {arm}")
+        lines.append(f"  {task}: {arm}")
+    return "\n".join(lines) + "\n"
 
 
 def write_foreign_log(out: str | Path, n: int = 8_000, *, seed: int = 1, model: str = "gpt-4o-mini",
-                      start: int = 1_767_225_600) -> tuple[Path, ...]:
+                      start: int = 1_767_225_600, explore: float = _EXPLORE) -> tuple[Path, ...]:
     """Write the sample into ``out``: ``calls.jsonl`` and ``feedback.jsonl`` of ``n`` calls,
-    the import ``mapping.yaml`` and the ``context.yaml`` spec (:data:`SAMPLE_FILES`).
+    the import ``mapping.yaml``, the ``context.yaml`` spec and the team's ``arms.yaml`` grid
+    (:data:`SAMPLE_FILES`).
 
-    Refuses to overwrite any of them (remove them first). Returns the four paths.
+    ``explore`` is the logger's exploring share (0.5: the production arm with probability
+    0.5, else a uniform arm of its trust region); ``explore=0`` is a log of hand-picked
+    parameters only: one arm per task type, every propensity 1.
+
+    Refuses to overwrite any of them (remove them first). Returns the paths.
     """
+    if not 0.0 <= explore <= 1.0:
+        raise ValueError(f"`explore` must be in [0, 1]; got {explore!r}")
     out = Path(out)
     paths = tuple(out / name for name in SAMPLE_FILES)
     for p in paths:
@@ -136,6 +157,8 @@ def write_foreign_log(out: str | Path, n: int = 8_000, *, seed: int = 1, model: 
         f.write(MAPPING_YAML)
     with paths[3].open("x") as f:
         f.write(CONTEXT_YAML)
+    with paths[4].open("x") as f:
+        f.write(grid_yaml(model))
     rng = np.random.default_rng(seed)
     ctx = _contexts(n, rng)
     arms = _arms()
@@ -143,11 +166,11 @@ def write_foreign_log(out: str | Path, n: int = 8_000, *, seed: int = 1, model: 
     prod = np.array([arms.index(PRODUCTION[t]) for t in ctx["task_type"]])
     near = [np.flatnonzero([abs(a[0] - arms[j][0]) <= 0.2 + 1e-9 and abs(a[2] - arms[j][2]) <= 200
                             for a in arms]) for j in range(k)]  # each arm's trust region
-    explore = rng.random(n) < _EXPLORE
+    explore_row = rng.random(n) < explore
     pick = np.array([near[j][rng.integers(len(near[j]))] for j in prod])
-    chosen = np.where(explore, pick, prod)
+    chosen = np.where(explore_row, pick, prod)
     size = np.array([len(near[j]) for j in prod])
-    pscore = np.where(chosen == prod, 1 - _EXPLORE + _EXPLORE / size, _EXPLORE / size)
+    pscore = np.where(chosen == prod, 1 - explore + explore / size, explore / size)
     temp = np.array([arms[a][0] for a in chosen])
     top_p = np.array([arms[a][1] for a in chosen])
     max_tok = np.array([arms[a][2] for a in chosen])
@@ -185,12 +208,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rtopt_lab.foreign_log",
                                  description="Write the worked example's foreign log: calls and feedback "
                                              "JSONL, the import mapping and the context spec.")
-    ap.add_argument("out", type=Path, help="folder for calls.jsonl, feedback.jsonl, mapping.yaml and "
-                                           "context.yaml (must hold none of them yet)")
+    ap.add_argument("out", type=Path, help="folder for calls.jsonl, feedback.jsonl, mapping.yaml, "
+                                           "context.yaml and arms.yaml (must hold none of them yet)")
     ap.add_argument("--n", type=int, default=8_000, help="number of calls (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
+    ap.add_argument("--explore", type=float, default=_EXPLORE,
+                    help="the logger's exploring share; 0: hand-picked parameters only, every propensity 1 "
+                         "(default: %(default)s)")
     args = ap.parse_args(argv)
-    for p in write_foreign_log(args.out, args.n, seed=args.seed):
+    for p in write_foreign_log(args.out, args.n, seed=args.seed, explore=args.explore):
         print(f"wrote {p}")
     return 0
 
