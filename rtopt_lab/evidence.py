@@ -13,6 +13,17 @@ is guarded by IPS's: :func:`~rtopt_lab.ope.compare`, Notes):
    over candidates and task types, so they hold together. Task types without enough
    evidence are named, and neither pass nor fail the candidate.
 
+Estimated propensities are weaker evidence. When the evaluation's importance weights used
+estimated propensities (``evaluate(..., pscore="estimated")``,
+:func:`~rtopt_lab.ope.estimate_propensities`; ``Evaluation.pscore_source == "estimated"``),
+criterion 1 needs the pooled lower bound to exceed the margin **plus a penalty**,
+:math:`LB > \\delta + \\kappa` with :math:`\\kappa` = :data:`ESTIMATED_PSCORE_PENALTY`
+(0.02 reward points by default, ``pscore_penalty=``): the interval carries the sampling
+error of the weights but not the error of the propensity model, whose bias on the
+simulator's loggers is up to about 0.01 (``tests/test_propensity.py``). Criterion 2 is
+unchanged (a harm shown with estimated propensities is still a harm). Every reason then
+says "estimated propensities".
+
 The cost-efficiency criterion (tokens per quality point at most the baseline's × 1.05, as a
 one-sided bound on the ratio) is :class:`~rtopt_lab.gates.CostEfficiency`.
 """
@@ -26,13 +37,15 @@ from typing import Any
 
 from rtopt_lab.improvement import check_margin, is_improvement
 
-__all__ = ["DECISION_ESTIMATORS", "TaskEvidence", "task_evidence"]
+__all__ = ["DECISION_ESTIMATORS", "ESTIMATED_PSCORE_PENALTY", "TaskEvidence", "task_evidence"]
 
 #: the estimators whose bounds decisions read: DR, its bound guarded by IPS's (compare, Notes).
 #: IPS's own bound is valid but far wider where the baseline is deterministic on an
 #: exploration log (the demo: per-task IPS bounds -0.01..-0.11 for candidates truly better
 #: by +0.05..+0.28), so it is reported, not required.
 DECISION_ESTIMATORS: tuple[str, ...] = ("dr",)
+#: κ: what a pooled lower bound made with estimated propensities must exceed beyond the margin.
+ESTIMATED_PSCORE_PENALTY = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +92,7 @@ class TaskEvidence:
 
 
 def task_evidence(evaluation: Any, candidate: str, *, estimators: Sequence[str] = DECISION_ESTIMATORS,
-                  margin: float = 0.0) -> TaskEvidence:
+                  margin: float = 0.0, pscore_penalty: float = ESTIMATED_PSCORE_PENALTY) -> TaskEvidence:
     """Criteria 1 and 2 for ``candidate`` in an :class:`~rtopt_lab.ope.Evaluation`.
 
     Parameters
@@ -91,6 +104,8 @@ def task_evidence(evaluation: Any, candidate: str, *, estimators: Sequence[str] 
     estimators : sequence of str, default ("ips", "dr")
     margin : float, default 0.0
         δ >= 0.
+    pscore_penalty : float, default ESTIMATED_PSCORE_PENALTY
+        κ >= 0 added to δ in criterion 1 when the evaluation used estimated propensities.
 
     Returns
     -------
@@ -101,6 +116,10 @@ def task_evidence(evaluation: Any, candidate: str, *, estimators: Sequence[str] 
     if not isinstance(evaluation, Evaluation):
         raise TypeError(f"`evaluation` must be an Evaluation (what evaluate() returns); got {type(evaluation).__name__}")
     margin = check_margin(margin)
+    pscore_penalty = check_margin(pscore_penalty, "pscore_penalty")
+    estimated = getattr(evaluation, "pscore_source", "logged") == "estimated"
+    required = margin + float(pscore_penalty) if estimated else margin
+    note = f" (estimated propensities: margin {margin:g} + penalty {pscore_penalty:g})" if estimated else ""
     missing = [e for e in estimators if e not in evaluation.estimators]
     if missing:
         raise ValueError(f"`estimators` {missing} were not evaluated; the evaluation has {list(evaluation.estimators)}")
@@ -115,8 +134,8 @@ def task_evidence(evaluation: Any, candidate: str, *, estimators: Sequence[str] 
         pooled[e] = c.lower_bound
         if c.verdict == "insufficient_evidence":
             reasons.append(f"{e}: effective sample size {c.ess:.0f} is below the floor: insufficient evidence")
-        elif not is_improvement(c.lower_bound, margin):
-            reasons.append(f"{e}: pooled lower bound {c.lower_bound:.4g} is not > {margin:g}")
+        elif not is_improvement(c.lower_bound, required):
+            reasons.append(f"{e}: pooled lower bound {c.lower_bound:.4g} is not > {required:g}{note}")
     groups: dict[str, dict[str, float]] = {}
     failed, insufficient = [], []
     for g in evaluation.groups:

@@ -11,6 +11,8 @@
 :mod:`.chunks`         mergeable statistics, one code path for in-memory, streamed and Spark
                        evaluation: :func:`plan_evaluation`, :func:`reward_model_rows`,
                        :func:`chunk_terms`, :class:`EvaluationSums`
+:mod:`.propensity`     :func:`estimate_propensities`: cross-fitted, calibrated estimates of a
+                       logger that did not log its propensities
 =====================  ===================================================================
 """
 
@@ -32,6 +34,11 @@ from rtopt_lab.ope.diagnostics import FLAGS, Diagnostics
 from rtopt_lab.ope.estimators import ESTIMATORS, Estimate, dm, dr, ips, sndr, snips, switch_dr
 from rtopt_lab.ope.evaluate import evaluate
 from rtopt_lab.ope.holdout import EvidenceOverlapError, UnknownTrainingWindowWarning, held_out
+from rtopt_lab.ope.propensity import (
+    PropensityEstimate,
+    estimate_propensities,
+    with_estimated_propensities,
+)
 from rtopt_lab.ope.result import POOLED, Evaluation
 from rtopt_lab.ope.reward_model import RewardModel, joint_features
 
@@ -51,12 +58,14 @@ __all__ = [
     "EvaluationSums",
     "EvidenceOverlapError",
     "LoggedRows",
+    "PropensityEstimate",
     "RewardModel",
     "UnknownTrainingWindowWarning",
     "chunk_terms",
     "compare",
     "dm",
     "dr",
+    "estimate_propensities",
     "evaluate",
     "hash_strings",
     "held_out",
@@ -70,4 +79,5 @@ __all__ = [
     "sndr",
     "snips",
     "switch_dr",
+    "with_estimated_propensities",
 ]

@@ -44,9 +44,10 @@ from rtopt_lab.improvement import check_margin
 from rtopt_lab.ope import bootstrap as _boot
 from rtopt_lab.ope._hash import hash_strings
 from rtopt_lab.ope._terms import ESTIMATOR_PAIRS, LOGGING, Layout
-from rtopt_lab.ope.compare import results
+from rtopt_lab.ope.compare import results, withhold_unidentified
 from rtopt_lab.ope.diagnostics import WeightStats, check_support
-from rtopt_lab.ope.result import Evaluation
+from rtopt_lab.ope.identifiability import SupportBlock, SupportSums, support_block
+from rtopt_lab.ope.result import Evaluation, _group_labels
 from rtopt_lab.ope.reward_model import RewardModel
 from rtopt_lab.types import TaskFeatures
 
@@ -278,6 +279,11 @@ class EvaluationPlan:
         jackknife, in memory only)."""
         return EvaluationSums(self.layout, n_boot=self.n_boot, n_buckets=self.n_buckets, keep_units=keep_units)
 
+    def identifiability(self, sums: EvaluationSums) -> Any:
+        """The :class:`~rtopt_lab.ope.identifiability.Identifiability` of merged sums (None
+        when no chunk carried support statistics)."""
+        return sums.support.result(self.catalog.arm_ids)
+
     def result(self, sums: EvaluationSums, *, groups: Mapping[str, EvaluationSums] | None = None,
                by: str | None = None, rows_quarantined: int = 0, streamed: bool = False,
                backend: str = "local") -> Evaluation:
@@ -286,6 +292,11 @@ class EvaluationPlan:
         ``groups`` holds the sums of each group of rows (``by``): their comparisons are at
         alpha / G, so that with the Bonferroni split over the m candidates every group
         bound of every candidate holds simultaneously at 1 - alpha.
+
+        Weighted verdicts are withheld where the candidate's (or the baseline's) overlap with
+        the logger's support per task type is incomplete
+        (:func:`~rtopt_lab.ope.compare.withhold_unidentified`); the result's
+        ``identifiability`` says what the log supports.
         """
         kw = dict(ci=self.ci, confidence_level=self.confidence_level, baseline=self.baseline, margin=self.margin)
         est, comp = results(self.layout, sums.terms.summary(), sums.weights, alpha=self.alpha, **kw)
@@ -300,11 +311,14 @@ class EvaluationPlan:
             est, comp = results(self.layout, gs.terms.summary(), gs.weights, alpha=self.alpha / len(names), **kw)
             estimates |= {(c, e, g): v for (c, e), v in est.items()}
             comparisons |= {(c.candidate, c.estimator, g): c for c in comp}
+        ident = self.identifiability(sums)
+        comparisons = withhold_unidentified(comparisons, ident, by=by)
         return Evaluation(estimates=estimates, comparisons=comparisons, candidates=self.layout.candidates,
                           estimators=self.layout.estimators, baseline=self.baseline, by=by, groups=names,
                           n=sums.n, group_n={g: groups[g].n for g in names}, rows_quarantined=rows_quarantined,
                           streamed=streamed, backend=backend, alpha=self.alpha,
-                          confidence_level=self.confidence_level, ci=self.ci, reward_model=self.reward_model)
+                          confidence_level=self.confidence_level, ci=self.ci, reward_model=self.reward_model,
+                          identifiability=ident)
 
 
 def _spec_columns(policies: Any, logging_policy: Any) -> list[str]:
@@ -472,11 +486,15 @@ class ChunkTerms(NamedTuple):
         the C candidates (1 for the logging policy).
     keys : uint64 ndarray of shape (n,)
         The rows' hashed request ids (replicate and bucket weights).
+    support : SupportBlock or None
+        The chunk's logged arms and candidates' mass per task type
+        (:mod:`rtopt_lab.ope.identifiability`); None for a sub-block of rows.
     """
 
     T: np.ndarray
     W: np.ndarray
     keys: np.ndarray
+    support: SupportBlock | None = None
 
 
 def chunk_terms(plan: EvaluationPlan, chunk: pd.DataFrame | pa.Table, *, offset: int = 0,
@@ -488,7 +506,9 @@ def chunk_terms(plan: EvaluationPlan, chunk: pd.DataFrame | pa.Table, *, offset:
     :math:`w_i`, :math:`w_i r_i`, the DM term :math:`\\sum_a \\pi_c(a \\mid x_i)\\,
     \\hat q(x_i, a)` and the DR residual :math:`w_i (r_i - \\hat q(x_i, a_i))` (clipped
     or switched variants when the estimators need them). With a logging policy, a
-    candidate putting mass on an arm it never plays raises ValueError.
+    candidate putting mass on an arm it never plays raises ValueError. The same pass keeps
+    the support statistics per ``task_type`` (logged arms, every candidate's mass per
+    arm: :func:`~rtopt_lab.ope.identifiability.support_block`).
 
     Parameters
     ----------
@@ -511,6 +531,7 @@ def chunk_terms(plan: EvaluationPlan, chunk: pd.DataFrame | pa.Table, *, offset:
     cands = plan.candidates
     names = plan.layout.candidates
     dists = [None if c == LOGGING else cands.dist(c, chunk, feats) for c in names]
+    pb = None
     if LOGGING in cands.policies:
         pb = cands.dist(LOGGING, chunk, feats)
         for c, d in zip(names, dists, strict=True):
@@ -519,7 +540,12 @@ def chunk_terms(plan: EvaluationPlan, chunk: pd.DataFrame | pa.Table, *, offset:
     model = plan.reward_model
     q_hat = model.predict(feats(plan.model_spec), keys) if model is not None else None
     T, W = plan.layout.terms_block(reward, action, pscore, dists, q_hat)
-    return ChunkTerms(T, W, keys)
+    labels = None
+    if "task_type" in _names(chunk):
+        labels = _group_labels(chunk.column("task_type").to_numpy(zero_copy_only=False) if isinstance(chunk, pa.Table)
+                               else chunk["task_type"].to_numpy())
+    support = support_block(labels, action, pscore, dists, len(plan.catalog), pb)
+    return ChunkTerms(T, W, keys, support)
 
 
 # ----------------------------------------------------------------------------- the sums
@@ -564,6 +590,7 @@ class EvaluationSums:
         self.layout, self.n_boot, self.n_buckets = layout, n_boot, n_buckets
         self.terms = _boot.Accumulator(layout.m, n_boot=n_boot, n_buckets=n_buckets, keep_units=keep_units)
         self.weights = WeightStats(len(layout.candidates), max_weight=layout.max_weight, tau=layout.tau)
+        self.support = SupportSums(layout.candidates)
 
     @property
     def n(self) -> int:
@@ -574,19 +601,22 @@ class EvaluationSums:
         """Add a chunk's :class:`ChunkTerms`."""
         self.terms.add(terms.T, terms.keys)
         self.weights.add(terms.W)
+        if terms.support is not None:
+            self.support.add(terms.support)
         return self
 
     def merge(self, other: EvaluationSums) -> EvaluationSums:
         """Add the sums of other rows (same plan)."""
         self.terms.merge(other.terms)
         self.weights.merge(other.weights)
+        self.support.merge(other.support)
         return self
 
     def state(self) -> dict[str, np.ndarray]:
-        """The sums as plain arrays (``acc_*`` and ``w_*``), to send elsewhere and
-        :meth:`set_state` there."""
+        """The sums as plain arrays (``acc_*``, ``w_*`` and the support's ``sup_*``), to send
+        elsewhere and :meth:`set_state` there."""
         state = {f"acc_{k}": getattr(self.terms, k) for k in _ACC if getattr(self.terms, k) is not None}
-        return state | {f"w_{k}": getattr(self.weights, k) for k in _WST}
+        return state | {f"w_{k}": getattr(self.weights, k) for k in _WST} | self.support.state()
 
     def set_state(self, state: Mapping[str, np.ndarray]) -> EvaluationSums:
         """Replace the sums with a :meth:`state` of sums with the same layout and options."""
@@ -595,4 +625,5 @@ class EvaluationSums:
                 setattr(self.terms, k, state[f"acc_{k}"].copy() if k != "n" else int(state[f"acc_{k}"]))
         for k in _WST:
             setattr(self.weights, k, state[f"w_{k}"].copy() if k != "n" else int(state[f"w_{k}"]))
+        self.support.set_state(state)
         return self

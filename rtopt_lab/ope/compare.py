@@ -15,7 +15,7 @@ from rtopt_lab.ope._terms import ESTIMATOR_PAIRS, GUARDED, LOGGING, Layout
 from rtopt_lab.ope.diagnostics import ESS_FLOOR, WeightStats
 from rtopt_lab.ope.estimators import Estimate, _check_logged, _probabilities
 
-__all__ = ["GUARD_LEVEL", "VERDICTS", "Comparison", "compare", "holm", "is_improvement"]
+__all__ = ["GUARD_LEVEL", "VERDICTS", "Comparison", "compare", "holm", "is_improvement", "withhold_unidentified"]
 
 VERDICTS: tuple[str, ...] = ("improved", "not significant", "worse", "insufficient_evidence")
 #: one-sided level of IPS's bounds that guard SNIPS, DR, SNDR and Switch-DR (compare, Notes)
@@ -46,7 +46,9 @@ class Comparison:
         ``"improved"`` exactly when ``lower_bound > margin``
         (:func:`~rtopt_lab.improvement.is_improvement`) and the evidence is sufficient;
         ``"insufficient_evidence"`` when a weighted estimator's effective sample size
-        (candidate's or baseline's) is below :data:`~rtopt_lab.ope.diagnostics.ESS_FLOOR`.
+        (candidate's or baseline's) is below :data:`~rtopt_lab.ope.diagnostics.ESS_FLOOR`,
+        or when a weighted estimator's candidate (or baseline) puts mass on arms the log
+        never played (:func:`withhold_unidentified`).
     ess : float
         The smaller Kish effective sample size of candidate and baseline (n for DM).
     alpha, confidence_level : float
@@ -54,6 +56,8 @@ class Comparison:
     method : str
     margin : float
         The improvement δ the lower bound had to exceed.
+    reason : str
+        Why the verdict is ``insufficient_evidence`` ("" otherwise, or for a low ESS).
     """
 
     candidate: str
@@ -72,6 +76,7 @@ class Comparison:
     method: str
     margin: float = DEFAULT_MARGIN
     ess: float = math.inf
+    reason: str = ""
 
     @property
     def improved(self) -> bool:
@@ -167,6 +172,50 @@ def results(layout: Layout, summary: _boot.Summary, wstats: WeightStats, *, ci: 
                 confidence_level=confidence_level, se=float(d_se[j]), method=ci, margin=margin,
                 ess=float(ess)))
     return estimates, comparisons
+
+
+def withhold_unidentified(comparisons: Mapping[tuple[str, str, str | None], Comparison], identifiability: Any, *,
+                          by: str | None) -> dict[tuple[str, str, str | None], Comparison]:
+    """The comparisons with every weighted verdict withheld where the log does not identify it.
+
+    A verdict of IPS, SNIPS, DR, SNDR or Switch-DR (:data:`~rtopt_lab.ope.identifiability.WEIGHTED`)
+    stands only where the candidate's and the baseline's overlap with the logger's support
+    is complete (:attr:`~rtopt_lab.ope.identifiability.Overlap.complete`, tolerance
+    1e-9): pooled, in every task type; in a task-type group, in that one (a group of
+    another ``by`` column: pooled). Elsewhere the verdict is ``insufficient_evidence`` and
+    ``reason`` names the never-logged arms and their mass ("arms never logged for task type
+    X: ..."): never "improved" nor "worse" on mass the log has no rows for. DM verdicts are
+    left as they are: model-based extrapolations, labelled so in
+    :meth:`~rtopt_lab.ope.Evaluation.to_frame` (``extrapolation``) and read by no gate.
+
+    Parameters
+    ----------
+    comparisons : mapping of (candidate, estimator, group) to Comparison
+    identifiability : Identifiability or None
+        None: the comparisons unchanged.
+    by : str or None
+        The evaluation's grouping column.
+    """
+    from dataclasses import replace
+
+    from rtopt_lab.ope.identifiability import WEIGHTED
+
+    out = dict(comparisons)
+    if identifiability is None:
+        return out
+    for key, comp in comparisons.items():
+        cand, est, group = key
+        if est not in WEIGHTED:
+            continue
+        where = group if group is not None and by == identifiability.column else None
+        if where is not None and where not in identifiability.support:
+            continue
+        reasons = [identifiability.reason(x, where) if x == cand else f"baseline {x}: {identifiability.reason(x, where)}"
+                   for x in (cand, comp.baseline)
+                   if x in identifiability.candidates and not identifiability.complete(x, where)]
+        if reasons:
+            out[key] = replace(comp, verdict="insufficient_evidence", reason="; ".join(reasons))
+    return out
 
 
 def _check_compare(reward, action, pscore, action_dist, q_hat, baseline, estimators, alpha, pscore_dist,

@@ -11,6 +11,7 @@ model is unfitted, :func:`chunk_terms` into :class:`EvaluationSums`, then
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,8 +24,11 @@ import pandas as pd
 import pyarrow as pa
 
 from rtopt_lab.arms import ArmCatalog
+from rtopt_lab.features import featurize_frame
 from rtopt_lab.ope.chunks import (
     LOGGING,
+    PSCORE_ESTIMATED,
+    PSCORE_SOURCES,
     Candidate,
     Candidates,
     ChunkTerms,
@@ -33,6 +37,7 @@ from rtopt_lab.ope.chunks import (
     LoggedRows,
     chunk_terms,
     logged_rows,
+    missing_pscore_error,
     plan_evaluation,
     reward_model_rows,
 )
@@ -156,7 +161,8 @@ def evaluate(log: Any, policies: Mapping[str, Policy | Callable[[Any], np.ndarra
              max_weight: float | None = None, tau: float = 100.0, confidence_level: float = 0.95,
              ci: str = "t", n_boot: int = 1000, n_buckets: int | None = 4096, alpha: float = 0.05,
              margin: float = 0.0, by: str | None = None,
-             batch_rows: int = 65_536, n_jobs: int = 1, progress: bool = True) -> Evaluation:
+             batch_rows: int = 65_536, n_jobs: int = 1, progress: bool = True,
+             pscore: str = "logged") -> Evaluation:
     """Estimate every candidate's value on a decision log and compare it with a baseline.
 
     Parameters
@@ -215,6 +221,13 @@ def evaluate(log: Any, policies: Mapping[str, Policy | Callable[[Any], np.ndarra
         callables must be thread-safe (the built-in policies are: they only read state).
     progress : bool, default True
         Show a tqdm progress bar.
+    pscore : {"logged", "estimated"}, default "logged"
+        Where :math:`\\pi_b(a_i \\mid x_i)` comes from: the log's ``propensity`` (a row with a
+        null one raises ValueError saying how many and what to do), or its
+        ``pscore_estimated`` column (:func:`~rtopt_lab.ope.estimate_propensities`, appended by
+        :func:`~rtopt_lab.ope.with_estimated_propensities`; a LogStore does not hold it: pass
+        the frame). The result's ``pscore_source`` says which, and its table flags every row
+        ``estimated_pscore`` (the gates treat such evidence as weaker).
 
     Returns
     -------
@@ -230,7 +243,19 @@ def evaluate(log: Any, policies: Mapping[str, Policy | Callable[[Any], np.ndarra
                            tau=tau, confidence_level=confidence_level, ci=ci, n_boot=n_boot, n_buckets=n_buckets,
                            alpha=alpha, margin=margin, by=by)
     _check_chunking(batch_rows, n_jobs)
-    src = _Source(log, batch_rows, None if plan.columns is None else list(plan.columns))
+    if pscore not in PSCORE_SOURCES:
+        raise ValueError(f"`pscore` must be one of {PSCORE_SOURCES}; got {pscore!r}")
+    extra = [PSCORE_ESTIMATED] if pscore == "estimated" else []
+    src = _Source(log, batch_rows, None if plan.columns is None else [*plan.columns, *extra])
+    if extra and PSCORE_ESTIMATED not in src.column_names():
+        raise ValueError("`pscore`='estimated' needs a 'pscore_estimated' column in `log` (a LogStore has none: "
+                         "read it, add the column with rtopt_lab.ope.with_estimated_propensities, pass the frame)")
+    if pscore == "logged" and not src.streamed:   # count every row lacking one, not a chunk's
+        null = (log.column("propensity").is_null().to_numpy(zero_copy_only=False) if isinstance(log, pa.Table)
+                else log["propensity"].isna().to_numpy()) if "propensity" in src.column_names() else None
+        if null is not None and null.any():
+            raise missing_pscore_error(int(null.sum()), len(null), int(np.flatnonzero(null)[0]),
+                                       has_estimated=PSCORE_ESTIMATED in src.column_names())
     if ci in ("bca", "t") and n_buckets is None and src.streamed:
         raise ValueError(f"`ci`={ci!r} on a streamed log needs `n_buckets` (it reads per-unit terms: buckets)")
     if by is not None and by not in (have := src.column_names()):
@@ -242,7 +267,9 @@ def evaluate(log: Any, policies: Mapping[str, Policy | Callable[[Any], np.ndarra
     cached: dict[int, LoggedRows] = {}   # in memory: pass 1's arrays, reused by pass 2
 
     def first_pass(chunk, offset: int) -> LoggedRows:
-        rows = reward_model_rows(chunk, plan.catalog, offset=offset, spec=plan.model_spec)
+        rows = (reward_model_rows(chunk, plan.catalog, offset=offset, spec=plan.model_spec) if pscore == "logged"
+                else logged_rows(chunk, plan.catalog, offset=offset, pscore=pscore)._replace(
+                    X=featurize_frame(chunk, plan.model_spec)))
         if not src.streamed:
             cached[offset] = rows
         return rows
@@ -252,7 +279,10 @@ def evaluate(log: Any, policies: Mapping[str, Policy | Callable[[Any], np.ndarra
         if by is not None:
             labels = _group_labels(chunk.column(by).to_numpy(zero_copy_only=False) if isinstance(chunk, pa.Table)
                                    else chunk[by].to_numpy())
-        return chunk_terms(plan, chunk, offset=offset, rows=cached.pop(offset, None)), labels
+        rows = cached.pop(offset, None)
+        if rows is None and pscore != "logged":
+            rows = logged_rows(chunk, plan.catalog, offset=offset, pscore=pscore)
+        return chunk_terms(plan, chunk, offset=offset, rows=rows), labels
 
     bar = tqdm(total=src.total * passes, unit="rows", unit_scale=True, desc="OPE", disable=not progress)
     try:
@@ -278,5 +308,6 @@ def evaluate(log: Any, policies: Mapping[str, Policy | Callable[[Any], np.ndarra
         bar.close()
     if sums.n < 2:
         raise ValueError(f"`log` must have at least 2 valid rows; got {sums.n}")
-    return plan.result(sums, groups=groups if by is not None else None, by=by,
-                       rows_quarantined=src.rows_quarantined, streamed=src.streamed)
+    result = plan.result(sums, groups=groups if by is not None else None, by=by,
+                         rows_quarantined=src.rows_quarantined, streamed=src.streamed)
+    return result if pscore == "logged" else dataclasses.replace(result, pscore_source=pscore)

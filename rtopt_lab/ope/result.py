@@ -20,6 +20,7 @@ import pandas as pd
 
 from rtopt_lab.ope.compare import Comparison
 from rtopt_lab.ope.estimators import Estimate
+from rtopt_lab.ope.identifiability import MODEL_BASED
 
 __all__ = ["POOLED", "Evaluation", "as_frame", "pooled_frame"]
 
@@ -83,6 +84,10 @@ class Evaluation:
     ci: str
     reward_model: Any = field(default=None, repr=False)
 
+    #: what the log identifies (:class:`~rtopt_lab.ope.identifiability.Identifiability`:
+    #: the logger's support per task type, every candidate's overlap); None when unknown
+    identifiability: Any = field(default=None, repr=False, kw_only=True)
+
     def __post_init__(self) -> None:
         for name in ("estimates", "comparisons", "group_n"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
@@ -111,6 +116,19 @@ class Evaluation:
         """The comparison with the baseline (None for the baseline itself or without one)."""
         return self.comparisons.get(self._key(candidate, estimator, group))
 
+    def overlap(self, candidate: str, group: str | None = None) -> float:
+        """The candidate's overlap with the logger's support (pooled, or in a task-type
+        ``group``; a group of another ``by`` column: pooled); NaN when unknown.
+
+        1.0 when every arm the candidate plays was logged (for that task type): see
+        :mod:`rtopt_lab.ope.identifiability`.
+        """
+        ident = self.identifiability
+        if ident is None or candidate not in ident.candidates:
+            return math.nan
+        where = group if group is not None and self.by == ident.column and group in ident.support else None
+        return ident.overlap(candidate, where).overlap
+
     def to_frame(self) -> pd.DataFrame:
         """The tidy table: one row per (candidate, estimator[, group]).
 
@@ -119,7 +137,11 @@ class Evaluation:
         ``method``, ``n``, ``ess``, ``max_weight``, ``mean_weight``, ``clipped_share``,
         ``flags``, ``baseline``, and against the baseline ``diff``, ``diff_ci_low``,
         ``diff_ci_high``, ``lower_bound``, ``upper_bound``, ``p_value``, ``margin`` and
-        ``verdict`` ("baseline" on the baseline's rows). ``attrs`` holds ``n``,
+        ``verdict`` ("baseline" on the baseline's rows), ``reason`` (why a verdict is
+        ``insufficient_evidence``), the identifiability ``overlap`` and ``unlogged_mass``
+        (the candidate's mass on arms never logged, :mod:`rtopt_lab.ope.identifiability`)
+        and ``extrapolation`` (True where a model-based estimator, DM or the DR family,
+        fills in never-logged arms: overlap < 1). ``attrs`` holds ``n``,
         ``rows_quarantined``, ``streamed`` and ``backend``.
         """
         rows = []
@@ -143,7 +165,11 @@ class Evaluation:
                             "lower_bound": c.lower_bound if c else math.nan,
                             "upper_bound": c.upper_bound if c else math.nan,
                             "p_value": c.p_value if c else math.nan, "margin": c.margin if c else math.nan,
-                            "verdict": c.verdict if c else ("baseline" if cand == self.baseline else None)}
+                            "verdict": c.verdict if c else ("baseline" if cand == self.baseline else None),
+                            "reason": c.reason if c else ""}
+                    ov = self.overlap(cand, group)
+                    row |= {"overlap": ov, "unlogged_mass": max(0.0, 1.0 - ov) if ov < 1.0 - 1e-9 else 0.0 * ov,
+                            "extrapolation": bool(e in MODEL_BASED and ov < 1.0 - 1e-9)}
                     rows.append(row)
         table = pd.DataFrame(rows)
         table.attrs.update({"n": self.n, "rows_quarantined": self.rows_quarantined, "streamed": self.streamed,
