@@ -416,8 +416,32 @@ class LoggedRows(NamedTuple):
     X: np.ndarray | None = None
 
 
-def logged_rows(chunk: pd.DataFrame | pa.Table, catalog: ArmCatalog, *, offset: int = 0) -> LoggedRows:
-    """Read and validate a chunk's ``request_id``, ``arm_id``, ``propensity`` and ``reward``.
+#: The pscore sources of :func:`logged_rows`: the log's ``propensity`` or its ``pscore_estimated``.
+PSCORE_SOURCES = ("logged", "estimated")
+#: The column :func:`rtopt_lab.ope.with_estimated_propensities` appends.
+PSCORE_ESTIMATED = "pscore_estimated"
+
+
+def _float_column(chunk: pd.DataFrame | pa.Table, name: str) -> np.ndarray:
+    """A numeric column as float64, nulls (Arrow nulls, ``pd.NA``, None) as NaN."""
+    if isinstance(chunk, pa.Table):
+        return np.asarray(chunk.column(name).to_numpy(), dtype=np.float64)
+    return pd.to_numeric(chunk[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def missing_pscore_error(n_missing: int, n_rows: int, first_row: int, *, has_estimated: bool) -> ValueError:
+    """The error of a log whose rows lack a propensity: how many, and what to do."""
+    hint = ("the log has a 'pscore_estimated' column: pass pscore='estimated' to use it (every estimate is "
+            "then marked 'estimated propensities'), or drop those rows" if has_estimated else
+            "estimate them with rtopt_lab.ope.estimate_propensities(log, catalog=...) and "
+            "rtopt_lab.ope.with_estimated_propensities(log, result), then pass pscore='estimated', or drop them")
+    return ValueError(f"`log` has {n_missing} of {n_rows} row(s) without a propensity (null), first at row "
+                      f"{first_row}: off-policy evaluation cannot weight them; {hint}")
+
+
+def logged_rows(chunk: pd.DataFrame | pa.Table, catalog: ArmCatalog, *, offset: int = 0,
+                pscore: str = "logged") -> LoggedRows:
+    """Read and validate a chunk's ``request_id``, ``arm_id``, propensity and ``reward``.
 
     Parameters
     ----------
@@ -425,6 +449,10 @@ def logged_rows(chunk: pd.DataFrame | pa.Table, catalog: ArmCatalog, *, offset: 
     catalog : ArmCatalog
     offset : int, default 0
         Row number of the chunk's first row in the log (for error messages).
+    pscore : {"logged", "estimated"}, default "logged"
+        Read :math:`\\pi_b(a_i \\mid x_i)` from the log's ``propensity`` column, or from
+        ``pscore_estimated`` (:func:`rtopt_lab.ope.with_estimated_propensities`). A row with
+        a null logged propensity is never read as anything: it raises (see Raises).
 
     Returns
     -------
@@ -435,9 +463,18 @@ def logged_rows(chunk: pd.DataFrame | pa.Table, catalog: ArmCatalog, *, offset: 
     ------
     ValueError
         Naming the first bad row: a missing column, an arm outside the catalog, a
-        propensity outside (0, 1] or a reward that is not finite.
+        propensity outside (0, 1] or a reward that is not finite; with ``pscore="logged"``,
+        rows whose propensity is null, counted, with what to do (estimate them and pass
+        ``pscore="estimated"``, or drop them).
     """
-    missing = [c for c in ("request_id", "arm_id", "propensity", "reward") if c not in _names(chunk)]
+    if pscore not in PSCORE_SOURCES:
+        raise ValueError(f"`pscore` must be one of {PSCORE_SOURCES}; got {pscore!r}")
+    names = _names(chunk)
+    column = "propensity" if pscore == "logged" else PSCORE_ESTIMATED
+    if pscore == "estimated" and PSCORE_ESTIMATED not in names:
+        raise ValueError("`pscore`='estimated' needs a 'pscore_estimated' column in `log`; add it with "
+                         "rtopt_lab.ope.with_estimated_propensities(log, estimate_propensities(log, catalog=...))")
+    missing = [c for c in ("request_id", "arm_id", column, "reward") if c not in names]
     if missing:
         raise ValueError(f"`log` is missing column(s) {missing}")
     action, _ = _arm_indices(chunk, catalog)
@@ -445,17 +482,23 @@ def logged_rows(chunk: pd.DataFrame | pa.Table, catalog: ArmCatalog, *, offset: 
         i = int(np.flatnonzero(action < 0)[0])
         arm = _col(chunk, "arm_id")[i]
         raise ValueError(f"`log` names arms outside the catalog, e.g. arm_id {arm!r} at row {offset + i}")
-    pscore = np.asarray(_col(chunk, "propensity"), dtype=np.float64)
-    bad = ~((pscore > 0) & (pscore <= 1))
+    values = _float_column(chunk, column)
+    if pscore == "logged":
+        null = (chunk.column(column).is_null().to_numpy(zero_copy_only=False) if isinstance(chunk, pa.Table)
+                else chunk[column].isna().to_numpy())
+        if null.any():
+            raise missing_pscore_error(int(null.sum()), len(values), offset + int(np.flatnonzero(null)[0]),
+                                       has_estimated=PSCORE_ESTIMATED in names)
+    bad = ~((values > 0) & (values <= 1))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"`log` column 'propensity' must be in (0, 1]; row {offset + i} has {float(pscore[i])!r}")
+        raise ValueError(f"`log` column {column!r} must be in (0, 1]; row {offset + i} has {float(values[i])!r}")
     reward = np.asarray(_col(chunk, "reward"), dtype=np.float64)
     if not np.isfinite(reward).all():
         i = int(np.flatnonzero(~np.isfinite(reward))[0])
         raise ValueError(f"`log` column 'reward' must be finite; row {offset + i} has {float(reward[i])!r}")
     rid = chunk.column("request_id") if isinstance(chunk, pa.Table) else _col(chunk, "request_id")
-    return LoggedRows(reward, action, pscore, hash_strings(rid))
+    return LoggedRows(reward, action, values, hash_strings(rid))
 
 
 def reward_model_rows(chunk: pd.DataFrame | pa.Table, catalog: ArmCatalog, *, offset: int = 0,

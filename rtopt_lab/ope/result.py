@@ -65,6 +65,10 @@ class Evaluation:
     reward_model : RewardModel or None
         The fitted reward model the estimates used (a copy when the caller passed an
         unfitted one: the caller's object is never changed).
+    pscore_source : {"logged", "estimated"}
+        Whether the importance weights used the log's propensities or estimated ones
+        (:func:`~rtopt_lab.ope.estimate_propensities`): "estimated propensities", weaker
+        evidence for the gates.
     """
 
     estimates: Mapping[Key, Estimate]
@@ -83,6 +87,7 @@ class Evaluation:
     confidence_level: float
     ci: str
     reward_model: Any = field(default=None, repr=False)
+    pscore_source: str = "logged"
 
     #: what the log identifies (:class:`~rtopt_lab.ope.identifiability.Identifiability`:
     #: the logger's support per task type, every candidate's overlap); None when unknown
@@ -141,8 +146,9 @@ class Evaluation:
         ``insufficient_evidence``), the identifiability ``overlap`` and ``unlogged_mass``
         (the candidate's mass on arms never logged, :mod:`rtopt_lab.ope.identifiability`)
         and ``extrapolation`` (True where a model-based estimator, DM or the DR family,
-        fills in never-logged arms: overlap < 1). ``attrs`` holds ``n``,
-        ``rows_quarantined``, ``streamed`` and ``backend``.
+        fills in never-logged arms: overlap < 1), and ``estimated_pscore`` (True when
+        the weights used estimated propensities). ``attrs`` holds ``n``,
+        ``rows_quarantined``, ``streamed``, ``backend`` and ``pscore_source``.
         """
         rows = []
         for group in (None, *self.groups) if self.by else (None,):
@@ -166,14 +172,15 @@ class Evaluation:
                             "upper_bound": c.upper_bound if c else math.nan,
                             "p_value": c.p_value if c else math.nan, "margin": c.margin if c else math.nan,
                             "verdict": c.verdict if c else ("baseline" if cand == self.baseline else None),
-                            "reason": c.reason if c else ""}
+                            "reason": c.reason if c else "",
+                            "estimated_pscore": self.pscore_source == "estimated"}
                     ov = self.overlap(cand, group)
                     row |= {"overlap": ov, "unlogged_mass": max(0.0, 1.0 - ov) if ov < 1.0 - 1e-9 else 0.0 * ov,
                             "extrapolation": bool(e in MODEL_BASED and ov < 1.0 - 1e-9)}
                     rows.append(row)
         table = pd.DataFrame(rows)
         table.attrs.update({"n": self.n, "rows_quarantined": self.rows_quarantined, "streamed": self.streamed,
-                            "backend": self.backend})
+                            "backend": self.backend, "pscore_source": self.pscore_source})
         return table
 
     def __repr__(self) -> str:
