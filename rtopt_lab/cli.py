@@ -197,12 +197,13 @@ def _build_parser() -> argparse.ArgumentParser:
                         "e.g. --n 30000 for a smoke run")
     d.set_defaults(func=_cmd_demo)
 
-    from rtopt_lab import _cli_arms, _cli_registry, _cli_rollout, _cli_run
+    from rtopt_lab import _cli_arms, _cli_plan, _cli_registry, _cli_rollout, _cli_run
 
     _cli_run.add_parsers(sub)
     _cli_arms.add_parsers(sub)
     _cli_registry.add_parsers(sub)
     _cli_rollout.add_parsers(sub)
+    _cli_plan.add_parsers(sub)
     return p
 
 

@@ -125,7 +125,8 @@ def plan_exploration(log: Any, candidate: Any, *, incumbent: Any = None, mde: fl
                      max_dtemp: float = 0.2, max_dtokens: float = 200, compliance: Any = None,
                      budget: float | None = None, reward_fn: Any = None, q_hat: Any = None,
                      tokens_hat: Any = None, estimator: str = "ips",
-                     eps_grid: tuple[float, ...] = EPS_GRID, seed: int = 0) -> ExplorationPlan:
+                     eps_grid: tuple[float, ...] = EPS_GRID, serve_constrained: bool = True,
+                     seed: int = 0) -> ExplorationPlan:
     """Propose the smallest exploration that detects the candidate's improvement in time.
 
     Parameters
@@ -167,6 +168,12 @@ def plan_exploration(log: Any, candidate: Any, *, incumbent: Any = None, mde: fl
         The difference estimator whose test is planned (DR assumes q_hat is right).
     eps_grid : tuple of float
         Exploration shares to try, in (0, 1].
+    serve_constrained : bool, default True
+        Judge the candidate as it would serve: a :class:`~rtopt_lab.policies.BasePolicy`
+        candidate is wrapped in :class:`~rtopt_lab.policies.Constrained` (the incumbent's
+        trust region and the tier rules), as the gates judge it; the mass moved is noted.
+        Other candidates (already Constrained, or any object with ``action_dist``) are
+        taken as they are.
     seed : int
         Seed of the subsample (at most 50,000 contexts) the moments are computed on.
 
@@ -226,19 +233,41 @@ def plan_exploration(log: Any, candidate: Any, *, incumbent: Any = None, mde: fl
     from rtopt_lab.features import featurize_frame
 
     X = featurize_frame(frame, candidate.spec)
-    pi_c = np.asarray(candidate.action_dist(X), dtype=float)
     inc = _default_incumbent(candidate, arms_full, tasks_full) if incumbent is None else incumbent
     pi_0 = np.asarray(inc.action_dist(X), dtype=float)
+    pi_c = np.asarray(candidate.action_dist(X), dtype=float)
+    notes: list[str] = []
+    from rtopt_lab.policies import BasePolicy, Constrained
+
+    if serve_constrained and isinstance(candidate, BasePolicy) and isinstance(inc, BasePolicy):
+        tier_masks = None if compliance is None else compliance.allowed_mask(catalog, np.arange(4))
+        served = Constrained(candidate, inc, max_dtemp=max_dtemp, max_dtokens=max_dtokens, tier_masks=tier_masks)
+        pi_served = np.asarray(served.action_dist(X), dtype=float)
+        moved = float(np.abs(pi_served - pi_c).sum(axis=1).mean() / 2)
+        if moved > 1e-9:
+            notes.append(f"the candidate is judged as it would serve (Constrained to the incumbent's trust "
+                         f"region and tier rules): {moved:.1%} of its unconstrained mass lay outside")
+        pi_c = pi_served
     allowed = None
     if compliance is not None:
         allowed = compliance.allowed_mask(catalog, frame["risk_tier"].to_numpy(dtype=np.int64))
     uniform_tr = trust_region_uniform(pi_0, catalog.trust_region(max_dtemp, max_dtokens), allowed)
 
-    notes: list[str] = []
+    unknown_cost = False
     if q_hat is not None:
         q = _matrix("q_hat", q_hat if not isinstance(q_hat, np.ndarray) or len(q_hat) != len(full)
                     else q_hat[sub], X, frame, (len(frame), k))
         reward_source = "the given reward model q_hat"
+    elif all(len(np.unique(arms[tasks == t])) == 1 for t in np.unique(tasks)):
+        # a deterministic log says nothing about the other arms: every arm gets the task
+        # type's mean reward, so E[r^2] of an unplayed arm is the incumbent's (the variance
+        # needs it) and the reward given up is unknown, not an extrapolation
+        q = np.empty((len(frame), k))
+        for t in np.unique(tasks):
+            q[tasks == t] = reward[tasks == t].mean()
+        reward_source = ("the log's mean reward per task type for every arm (a deterministic log: the "
+                         "exploring arms were never played, so the reward given up is unknown; pass q_hat)")
+        unknown_cost = True
     else:
         from rtopt_lab.ope.reward_model import RewardModel
 
@@ -248,8 +277,8 @@ def plan_exploration(log: Any, candidate: Any, *, incumbent: Any = None, mde: fl
         reward_source = "a reward model fitted on the log (cross-fitted ridge on arm features)"
         if len(np.unique(arms)) < k:
             reward_source += ", extrapolated to arms the log never played"
-            notes.append("the exploring arms' rewards are a model's extrapolation: the reward given up "
-                         "is a forecast, not a measurement")
+            notes.append("the exploring arms' rewards are partly a model's extrapolation: the reward "
+                         "given up is a forecast, not a measurement")
     if tokens_hat is not None:
         tok = _matrix("tokens_hat", tokens_hat if not isinstance(tokens_hat, np.ndarray)
                       or len(tokens_hat) != len(full) else tokens_hat[sub], X, frame, (len(frame), k))
@@ -266,7 +295,8 @@ def plan_exploration(log: Any, candidate: Any, *, incumbent: Any = None, mde: fl
     scopes = {ALL: np.ones(len(frame), dtype=bool), **{t: tasks == t for t in task_names}}
     full_counts = {t: int((tasks_full == t).sum()) for t in task_names}
     traffic = {ALL: traffic_all, **{t: traffic_all * full_counts[t] / len(full) for t in task_names}}
-    delta_hat = {s: float(((pi_c - pi_0) * q).sum(axis=1)[m].mean()) for s, m in scopes.items()}
+    delta_hat = {s: math.nan if unknown_cost else float(((pi_c - pi_0) * q).sum(axis=1)[m].mean())
+                 for s, m in scopes.items()}
 
     cache: dict[tuple[str, float], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
@@ -304,7 +334,7 @@ def plan_exploration(log: Any, candidate: Any, *, incumbent: Any = None, mde: fl
                 dd = n / traffic[scope]
                 planned = math.ceil(dd - 1e-9) if math.isfinite(dd) else None
                 pw = float(power_at(planned * traffic[scope], mde, sd, alpha)) if planned else 0.0
-                cost = traffic[scope] * eps * float((v0[m] - ve[m]).mean())
+                cost = math.nan if unknown_cost else traffic[scope] * eps * float((v0[m] - ve[m]).mean())
                 extra = traffic[scope] * eps * float((te[m] - t0[m]).mean())
                 overlap = float((pi_c[m] * support[m]).sum(axis=1).mean())
                 ess = float(1.0 / wc2[m].mean()) if np.isfinite(wc2[m]).all() else 0.0
@@ -320,7 +350,8 @@ def plan_exploration(log: Any, candidate: Any, *, incumbent: Any = None, mde: fl
     pooled = [r for r in best if r.scope == ALL]
     rec = None
     if pooled:
-        r = min(pooled, key=lambda r: (r.reward_cost_per_day, r.epsilon))
+        r = min(pooled, key=lambda r: (r.reward_cost_per_day if not unknown_cost else 0.0, r.epsilon,
+                                       r.extra_tokens_per_day))
         rec = Recommendation(r.design, r.epsilon, r.planned_days, r.rows, r.power, r.reward_cost_per_day,
                              r.extra_tokens_per_day)
     for design in DESIGNS:
@@ -328,7 +359,7 @@ def plan_exploration(log: Any, candidate: Any, *, incumbent: Any = None, mde: fl
         if ov < 1 - 1e-9:
             notes.append(f"{design}: the candidate puts {1 - ov:.1%} of its mass on arms this design never "
                          "plays; its improvement is not identified there")
-    if delta_hat[ALL] < mde:
+    if not unknown_cost and delta_hat[ALL] < mde:
         notes.append(f"the reward model predicts an improvement of {delta_hat[ALL]:.4g}, below mde {mde:g}: "
                      "the planned power is for mde, not for this candidate")
     return ExplorationPlan(rows=tuple(plan_rows), best=tuple(best), recommendation=rec, mde=mde, alpha=alpha,

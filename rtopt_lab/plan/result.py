@@ -17,6 +17,10 @@ __all__ = ["ALL", "ExplorationPlan", "PlanRow", "Recommendation"]
 ALL = "all"
 
 
+def _num(v: float) -> str:
+    return "unknown" if math.isnan(v) else f"{v:.4g}"
+
+
 @dataclass(frozen=True, slots=True)
 class PlanRow:
     """One (design, scope, ε): what the test needs and what it costs.
@@ -168,12 +172,14 @@ class ExplorationPlan:
         keys = {(r.design, r.scope) for r in self.rows}
         for design, scope in sorted(keys, key=lambda k: (k[0], k[1] != ALL, k[1])):
             r = next((b for b in self.best if (b.design, b.scope) == (design, scope)), None)
-            if r is None:
-                ov = min(x.overlap for x in self.rows if (x.design, x.scope) == (design, scope))
-                lines.append((design, scope, "-", f"> {self.horizon_days:g}", "-", "-", "-", "-", f"{ov:.3f}"))
+            if r is None:  # the largest ε of the grid: how far from the target
+                last = max((x for x in self.rows if (x.design, x.scope) == (design, scope)),
+                           key=lambda x: x.epsilon)
+                days = f"{last.days:.1f} > {self.horizon_days:g}" if math.isfinite(last.days) else "never"
+                lines.append((design, scope, f"{last.epsilon:g}", days, "-", "-", "-", "-", f"{last.overlap:.3f}"))
                 continue
             lines.append((design, scope, f"{r.epsilon:g}", str(r.planned_days), f"{math.ceil(r.rows):,}",
-                          f"{r.power:.3f}", f"{r.reward_cost_per_day:.4g}", f"{r.extra_tokens_per_day:,.0f}",
+                          f"{r.power:.3f}", _num(r.reward_cost_per_day), f"{r.extra_tokens_per_day:,.0f}",
                           f"{r.overlap:.3f}"))
         widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
         out = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines]
@@ -189,7 +195,7 @@ class ExplorationPlan:
         else:
             out.append(f"recommendation: {rec.design} with epsilon {rec.epsilon:g} for {rec.planned_days} "
                        f"day(s) ({math.ceil(rec.rows):,} rows, power {rec.power:.3f}); cost per day "
-                       f"{rec.reward_cost_per_day:.4g} reward, {rec.extra_tokens_per_day:,.0f} extra tokens")
+                       f"{_num(rec.reward_cost_per_day)} reward, {rec.extra_tokens_per_day:,.0f} extra tokens")
         out.extend(f"note: {n}" for n in self.notes)
         return "\n".join(out)
 
