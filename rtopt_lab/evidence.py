@@ -123,6 +123,9 @@ def task_evidence(evaluation: Any, candidate: str, *, estimators: Sequence[str] 
     missing = [e for e in estimators if e not in evaluation.estimators]
     if missing:
         raise ValueError(f"`estimators` {missing} were not evaluated; the evaluation has {list(evaluation.estimators)}")
+    if "dm" in estimators:
+        raise ValueError("`estimators` must not include 'dm': the direct method is a model-based extrapolation "
+                         "and never feeds a decision; use 'dr' (its bound guarded by IPS's)")
     if evaluation.baseline is None or candidate == evaluation.baseline:
         raise ValueError(f"`candidate` {candidate!r} has no comparison: the evaluation's baseline is "
                          f"{evaluation.baseline!r}")
@@ -133,7 +136,8 @@ def task_evidence(evaluation: Any, candidate: str, *, estimators: Sequence[str] 
         c = evaluation.comparison(candidate, e)
         pooled[e] = c.lower_bound
         if c.verdict == "insufficient_evidence":
-            reasons.append(f"{e}: effective sample size {c.ess:.0f} is below the floor: insufficient evidence")
+            reasons.append(f"{e}: insufficient evidence: {c.reason}" if getattr(c, "reason", "") else
+                           f"{e}: effective sample size {c.ess:.0f} is below the floor: insufficient evidence")
         elif not is_improvement(c.lower_bound, required):
             reasons.append(f"{e}: pooled lower bound {c.lower_bound:.4g} is not > {required:g}{note}")
     groups: dict[str, dict[str, float]] = {}

@@ -344,7 +344,8 @@ def replay_compare(log: pd.DataFrame, config: ReplayConfig | None = None, *, cat
     inc_arms = incumbent.action_dist(X).argmax(axis=1)
     tiers = sample["risk_tier"].to_numpy().astype(np.int64)
     fps = context_fingerprint_frame(sample)
-    main_est = "dr" if "dr" in cfg.estimators else cfg.estimators[0]
+    # the decision estimator is never DM (a model-based extrapolation feeds no gate)
+    main_est = "dr" if "dr" in cfg.estimators else next((e for e in cfg.estimators if e != "dm"), "dm")
     base_q, base_t = quality.estimate(INCUMBENT, "dr"), tokens.estimate(INCUMBENT, "dr")
     gate_details, gates = {}, {}
     for name, pol in served.items():
@@ -365,7 +366,7 @@ def replay_compare(log: pd.DataFrame, config: ReplayConfig | None = None, *, cat
     versions = {INCUMBENT: incumbent.version, **{k: p.version for k, p in policies.items()}}
     summary = _summary(results, quality, tokens, gates, main_est).assign(
         policy_version=lambda t: t["candidate"].map(versions))
-    ok = summary[(summary["gates"] == "pass") & (summary["verdict"] == "improved")
+    ok = summary[(summary["gates"] == "pass") & (summary["verdict"] == "improved") & (main_est != "dm")
                  & summary["lower_bound"].map(lambda b: is_improvement(b, cfg.margin))]
     best = None if ok.empty else str(ok.sort_values("lower_bound", ascending=False).iloc[0]["candidate"])
     return ReplayResult(cfg, results, quality, tokens, gates, gate_details, policies, summary, best,
