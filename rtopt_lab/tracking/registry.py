@@ -176,7 +176,9 @@ def evidence_tags(
 
     ``ope.<estimator>.<column>`` for value, ci_low, ci_high, diff, lower_bound and verdict;
     ``ope.lower_bound`` is the smallest lower bound over the estimators (the conservative
-    one the canary rule reads). ``gate.<name>`` holds each status, ``gate.<name>.reasons``
+    one the canary rule reads). ``ope.pscore`` is ``estimated`` when the evaluation's
+    weights used estimated propensities (its ``estimated_pscore`` column), else ``logged``.
+    ``gate.<name>`` holds each status, ``gate.<name>.reasons``
     its reasons, and ``gates.status`` the combined status (fail > error >
     insufficient_evidence > pass; no gates at all is insufficient evidence).
     """
@@ -202,6 +204,8 @@ def evidence_tags(
                 bounds.append(float(lb))
         if bounds:
             tags["ope.lower_bound"] = _tag(min(bounds))
+        estimated = "estimated_pscore" in rows.columns and bool(rows["estimated_pscore"].fillna(False).any())
+        tags["ope.pscore"] = "estimated" if estimated else "logged"
     verdicts = [_verdict(v, k) for k, v in (gate_verdicts or {}).items()]
     for v in verdicts:
         tags[f"gate.{v.gate}"] = v.status
