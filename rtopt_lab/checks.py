@@ -20,8 +20,14 @@
 (d) **adversarial**: very long, empty and malformed task features and prompts never raise
     and never leave the guardrails (the baseline is served, with a reason).
 
+A log that never played the arms the served candidate (or the baseline) puts mass on, for
+some task type, cannot judge it: replay and cost_efficiency are then
+``insufficient_evidence`` with the never-logged arms named, not a confident FAIL built
+on the reward model's extrapolation (:mod:`rtopt_lab.ope.identifiability`); the report
+prints the identifiability per task type.
+
 ``rtopt check offline --candidate POLICY.npz --log LOG`` prints the table and exits 1 when
-any check fails; ``--report PATH`` writes the report as JSON.
+any check fails or lacks evidence; ``--report PATH`` writes the report as JSON.
 """
 
 from __future__ import annotations
@@ -49,12 +55,23 @@ __all__ = ["ADVERSARIAL_FEATURES", "CheckReport", "CheckResult", "canary_check",
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
-    """One check: its name, pass or fail, the figures behind it and a one-line detail."""
+    """One check: its name, pass or fail, the figures behind it and a one-line detail.
+
+    ``status`` is "" for a plain pass or fail, or ``"insufficient_evidence"`` when the log
+    cannot decide (``passed`` is then False: the candidate has not shown what it must),
+    e.g. a replay of a candidate whose arms the log never played.
+    """
 
     name: str
     passed: bool
     figures: dict[str, Any] = field(default_factory=dict)
     detail: str = ""
+    status: str = ""
+
+    @property
+    def outcome(self) -> str:
+        """``"pass"``, ``"fail"`` or ``"insufficient_evidence"``."""
+        return self.status or ("pass" if self.passed else "fail")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +82,15 @@ class CheckReport:
     window: rows, first and last timestamp, request-id digest), ``training`` (the
     candidate's training window, None when unknown), ``method`` and ``overlap_dropped``
     (see :func:`rtopt_lab.ope.holdout.overlap`), so ``rtopt register`` can refuse
-    evidence taken on training rows.
+    evidence taken on training rows. ``identifiability`` holds the replay's lines per task
+    type (arms logged, deterministic or not, the served candidate's and the baseline's
+    overlap with the never-logged arms: :mod:`rtopt_lab.ope.identifiability`).
     """
 
     candidate: str
     checks: tuple[CheckResult, ...]
     evidence: dict[str, Any] = field(default_factory=dict)
+    identifiability: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -81,17 +101,27 @@ class CheckReport:
         rows = []
         for c in self.checks:
             figs = ", ".join(f"{k}={_fmt(v)}" for k, v in c.figures.items())
-            rows.append((c.name, "PASS" if c.passed else "FAIL", figs, c.detail))
+            rows.append((c.name, c.outcome.upper(), figs, c.detail))
         w = [max(len(r[i]) for r in rows + [("check", "result", "figures", "detail")]) for i in range(3)]
         out = [f"{'check':<{w[0]}}  {'result':<{w[1]}}  {'figures':<{w[2]}}  detail"]
         out += [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:<{w[2]}}  {d}" for a, b, c, d in rows]
-        out.append(f"overall: {'PASS' if self.passed else 'FAIL'} ({self.candidate})")
+        if self.passed:
+            overall = "PASS"
+        elif all(c.passed or c.status == "insufficient_evidence" for c in self.checks):
+            overall = "INSUFFICIENT_EVIDENCE"
+        else:
+            overall = "FAIL"
+        if self.identifiability:
+            out.append("identifiability (what the log supports, per task type):")
+            out += [f"  {line}" for line in self.identifiability]
+        out.append(f"overall: {overall} ({self.candidate})")
         return "\n".join(out)
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidate": self.candidate, "passed": self.passed,
-                "checks": [{"name": c.name, "passed": c.passed, "figures": c.figures, "detail": c.detail}
-                           for c in self.checks], "evidence": self.evidence}
+                "checks": [{"name": c.name, "passed": c.passed, "figures": c.figures, "detail": c.detail,
+                            "status": c.outcome} for c in self.checks], "evidence": self.evidence,
+                "identifiability": list(self.identifiability)}
 
 
 def _fmt(v: Any) -> str:
@@ -179,7 +209,8 @@ def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: Ba
     # around the incumbent and to each tier's compliance rules, as the registered model is
     served = Constrained(policy, incumbent, max_dtemp=trust_region.max_dtemp, max_dtokens=trust_region.max_dtokens,
                          tier_masks=compliance.allowed_mask(cat, np.arange(4)))
-    checks = [_replay(served, incumbent, frame, alpha, evaluate, margin), _cost(served, incumbent, frame, alpha)]
+    replay, ident = _replay(served, incumbent, frame, alpha, evaluate, margin)
+    checks = [replay, _cost(served, incumbent, frame, alpha, ident)]
     sample = frame.iloc[np.linspace(0, len(frame) - 1, min(n_contexts, len(frame))).astype(int)]
     X = featurize_frame(sample, policy.spec)
     inc_arms = incumbent.action_dist(X).argmax(axis=1)
@@ -189,17 +220,39 @@ def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: Ba
     checks.append(_constraints(policy, sample, X, allowed, inc_arms, tiers, compliance, trust_region))
     checks.append(_reproducibility(policy, path, sample, X, allowed))
     checks.append(_adversarial(policy, compliance))
+    lines = tuple(ident.lines(("candidate", "baseline"))) if ident is not None else ()
     return CheckReport(candidate=str(path) if path else policy.version, checks=tuple(checks),
-                       evidence=evidence)
+                       evidence=evidence, identifiability=lines)
 
 
-def _replay(policy, incumbent, frame, alpha, evaluate, margin=0.0) -> CheckResult:
+def _unidentified(ident: Any, name: str) -> CheckResult | None:
+    """The check as ``insufficient_evidence`` when the served candidate (or the baseline)
+    plays arms the log never played; None when the log identifies both."""
+    if ident is None:
+        return None
+    reasons = [r for who in ("candidate", "baseline") if who in ident.candidates and not ident.complete(who)
+               for r in [ident.reason(who) if who == "candidate" else f"baseline: {ident.reason(who)}"]]
+    if not reasons:
+        return None
+    ov = ident.overlap("candidate")
+    figures = {"overlap": ov.overlap, "unlogged_mass": ov.unlogged_mass}
+    detail = ("insufficient_evidence: " + "; ".join(reasons) + ". Importance weighting has no rows for that mass "
+              "and DM's value there is a model-based extrapolation, not evidence; log exploration over those "
+              "arms first (`rtopt plan exploration`)")
+    return CheckResult(name, False, figures, detail, status="insufficient_evidence")
+
+
+def _replay(policy, incumbent, frame, alpha, evaluate, margin=0.0) -> tuple[CheckResult, Any]:
     from rtopt_lab.evidence import DECISION_ESTIMATORS, task_evidence
 
     by = "task_type" if "task_type" in frame.columns else None
     reported = tuple(dict.fromkeys(("ips", *DECISION_ESTIMATORS)))
     ev = evaluate(frame, {"baseline": incumbent, "candidate": policy}, estimators=reported,
                   baseline="baseline", alpha=alpha, margin=margin, by=by, progress=False)
+    ident = ev.identifiability
+    withheld = _unidentified(ident, "replay")
+    if withheld is not None:
+        return withheld, ident
     crit = task_evidence(ev, "candidate", margin=margin)
     figures: dict[str, Any] = {}
     for est in reported:
@@ -217,11 +270,16 @@ def _replay(policy, incumbent, frame, alpha, evaluate, margin=0.0) -> CheckResul
               + (f", and >= {-margin:g} in every task type with enough evidence" if by else ""))
     if crit.reasons:
         detail += "; " + "; ".join(crit.reasons)
-    return CheckResult("replay", ok, figures, detail)
+    return CheckResult("replay", ok, figures, detail), ident
 
 
-def _cost(policy, incumbent, frame, alpha) -> CheckResult:
-    """Tokens per quality point, as a one-sided bound on the ratio (the seed's criterion 2)."""
+def _cost(policy, incumbent, frame, alpha, ident: Any = None) -> CheckResult:
+    """Tokens per quality point, as a one-sided bound on the ratio (the seed's criterion 2);
+    ``insufficient_evidence`` where the log does not identify the candidate (its DR
+    estimates there would be the reward model's extrapolation)."""
+    withheld = _unidentified(ident, "cost_efficiency")
+    if withheld is not None:
+        return withheld
     from rtopt_lab.dashboard.pareto import outcome_log
     from rtopt_lab.gates import CostEfficiency
     from rtopt_lab.ope import evaluate
@@ -323,7 +381,8 @@ def _adversarial(policy, compliance) -> CheckResult:
 def gate_evidence(report: CheckReport | Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """A report as registry evidence: gate verdicts (one per check) and extra version tags.
 
-    Each check becomes a verdict ``pass`` or ``fail`` (its detail as the reason); the
+    Each check becomes a verdict ``pass``, ``fail`` or ``insufficient_evidence`` (its
+    detail as the reason: a replay the log does not identify); the
     replay's one-sided lower bound of the decision estimator
     (:data:`~rtopt_lab.evidence.DECISION_ESTIMATORS`: guarded DR) gives ``ope.lower_bound``
     when finite (a report without it: the smallest of its lower bounds), and its ``margin``
@@ -333,7 +392,7 @@ def gate_evidence(report: CheckReport | Mapping[str, Any]) -> tuple[dict[str, di
     """
     data = report.to_dict() if isinstance(report, CheckReport) else report
     checks = data.get("checks", [])
-    verdicts = {c["name"]: {"status": "pass" if c["passed"] else "fail",
+    verdicts = {c["name"]: {"status": c.get("status") or ("pass" if c["passed"] else "fail"),
                             "reasons": [] if c["passed"] else [c.get("detail", "")]} for c in checks}
     from rtopt_lab.evidence import DECISION_ESTIMATORS
 
