@@ -248,10 +248,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_summary(args: argparse.Namespace) -> int:
     from rtopt_lab.logstore import read_log
-    from rtopt_lab.summary import summarize_log
+    from rtopt_lab.summary import DETERMINISTIC_NOTE, summarize_log
 
     res = read_log(args.path)
-    print(summarize_log(res.table).to_string())
+    table = summarize_log(res.table)
+    print(table.to_string())
+    if table.attrs.get("deterministic"):
+        print(DETERMINISTIC_NOTE)
     if res.rows_quarantined:
         print(f"({res.rows_quarantined:,} invalid rows left out; run `rtopt log validate {args.path}`)")
     return 0

@@ -8,7 +8,11 @@ import pyarrow as pa
 
 from rtopt_lab.simulate import LLMTaskSimulator
 
-__all__ = ["ground_truth_table", "summarize_log"]
+__all__ = ["DETERMINISTIC_NOTE", "ground_truth_table", "summarize_log"]
+
+#: printed under ``rtopt log summary`` when every task type of the log is deterministic
+DETERMINISTIC_NOTE = ("every call used one fixed arm per task type: off-policy evaluation can judge only "
+                      "candidates that play those arms; plan exploration with `rtopt plan exploration`")
 
 
 def summarize_log(log: pd.DataFrame | pa.Table) -> pd.DataFrame:
@@ -16,7 +20,11 @@ def summarize_log(log: pd.DataFrame | pa.Table) -> pd.DataFrame:
 
     Columns: rows, arms (distinct arms chosen), reward (mean), quality (mean), success
     (share), truncated (share), tokens (mean prompt + completion), p50_ms and p99_ms
-    (latency quantiles), min_pscore (smallest logged propensity).
+    (latency quantiles), min_pscore (smallest logged propensity), deterministic ("yes"
+    when every propensity is 1 or a single arm was logged for the task type: off-policy
+    evaluation then identifies only candidates playing those arms, see
+    :mod:`rtopt_lab.ope.identifiability`; on ``all``: "yes" when every task type is).
+    ``attrs["deterministic"]`` is True when the whole log is (:data:`DETERMINISTIC_NOTE`).
     """
     cols = ["task_type", "arm_id", "reward", "quality", "success", "truncated",
             "outcome_prompt_tokens", "completion_tokens", "latency_ms", "propensity"]
@@ -36,11 +44,24 @@ def summarize_log(log: pd.DataFrame | pa.Table) -> pd.DataFrame:
         })
 
     per = {t: agg(g) for t, g in df.groupby("task_type", sort=True)}
+    det = {t: _deterministic(g) for t, g in df.groupby("task_type", sort=True)}
     per["all"] = agg(df)
+    det["all"] = all(det.values())
     out = pd.DataFrame(per).T
     out[["rows", "arms"]] = out[["rows", "arms"]].astype(int)
-    return out.round({"reward": 4, "quality": 4, "success": 3, "truncated": 3, "tokens": 0,
-                      "p50_ms": 0, "p99_ms": 0, "min_pscore": 5})
+    out = out.round({"reward": 4, "quality": 4, "success": 3, "truncated": 3, "tokens": 0,
+                     "p50_ms": 0, "p99_ms": 0, "min_pscore": 5})
+    out["deterministic"] = ["yes" if det[t] else "no" for t in out.index]
+    out.attrs["deterministic"] = bool(det["all"])
+    return out
+
+
+def _deterministic(g: pd.DataFrame) -> bool:
+    """One arm logged, or every propensity 1 (the rule of :mod:`rtopt_lab.ope.identifiability`)."""
+    from rtopt_lab.ope.identifiability import TOLERANCE
+
+    p = pd.to_numeric(g["propensity"], errors="coerce")
+    return bool(g["arm_id"].nunique() <= 1 or (p.notna().all() and (p >= 1.0 - TOLERANCE).all()))
 
 
 def ground_truth_table(sim: LLMTaskSimulator, contexts: pd.DataFrame | pa.Table, *,
