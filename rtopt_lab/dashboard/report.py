@@ -13,6 +13,9 @@ Stable hooks for tests and scrapers:
 ``<section id="summary">``                      the summary table ``<table id="summary-table">``
 ``<tr class="candidate" data-candidate=...>``   one row per candidate (estimate, interval,
                                                 difference, lower bound, verdict, phase)
+``<section id="identifiability">``              when the evaluation carries it: overlap per
+                                                candidate and task type, the never-logged arms
+                                                (``<table id="identifiability-table">``)
 ``<section id="gates">``                        one ``<div class="gate" data-status=...>`` per
                                                 verdict, every reason an ``<li class="reason">``
 ``<section id="figures">``                      ``<img class="plot" id="plot-<slug>" alt=...>``
@@ -248,6 +251,26 @@ def _extra(tables: Any) -> str:
     return f"<section id=\"tables\"><h2>Tables</h2>{''.join(blocks)}</section>"
 
 
+def _identifiability(ident: Any) -> str:
+    """What the log supports: overlap per candidate and task type, the arms never logged."""
+    if ident is None:
+        return ""
+    t = ident.to_frame()
+    incomplete = t.loc[t["overlap"] < 1.0 - 1e-9]
+    notes = []
+    if ident.deterministic:
+        notes.append("Every call used one fixed arm per task type: off-policy evaluation can judge only "
+                     "candidates that play those arms; plan exploration with <code>rtopt plan exploration</code>.")
+    if len(incomplete):
+        notes.append("Where a candidate's overlap is below 1, IPS/DR verdicts are <b>insufficient_evidence</b> "
+                     "(no logged rows for that mass) and DM's value is a model-based extrapolation.")
+    else:
+        notes.append("Every candidate plays only arms the log played (overlap 1 in every task type).")
+    text = "".join(f"<p class=\"note\">{n}</p>" for n in notes)
+    return (f"<section id=\"identifiability\"><h2>Identifiability</h2>{text}"
+            f"{_table(t, table_id='identifiability-table', cls='identifiability')}</section>")
+
+
 def render_report(*, title: str, results: pd.DataFrame, gates: Any = None, figures: Any = None,
                   extra_tables: Any = None, phases: Mapping[str, Any] | None = None,
                   estimator: str | None = None, description: str | None = None,
@@ -257,6 +280,7 @@ def render_report(*, title: str, results: pd.DataFrame, gates: Any = None, figur
         raise ValueError(f"`title` must be a non-empty string; got {title!r}")
     from rtopt_lab.ope.result import pooled_frame
 
+    ident = getattr(results, "identifiability", None)
     results = pooled_frame(results)
     if not isinstance(results, pd.DataFrame):
         raise TypeError(f"`results` must be what evaluate() returns (or its table); got {type(results).__name__}")
@@ -282,6 +306,7 @@ def render_report(*, title: str, results: pd.DataFrame, gates: Any = None, figur
         f"<header><h1 id=\"title\">{_e(title)}</h1><p class=\"meta\" id=\"generated\">Generated {_e(when)} "
         f"by rtopt-lab</p>{desc}</header><main>",
         _summary(results, est, phases or {}),
+        _identifiability(ident),
         _gates(gates),
         _figures(figures, dpi),
         _extra(extra_tables),
@@ -316,8 +341,10 @@ def write_report(path: str | os.PathLike[str], *, title: str, results: pd.DataFr
         The HTML file (parent directories are created); written atomically (temporary
         file, then rename), so a reader never sees half a report.
     title : str
-    results : DataFrame
-        The table of :func:`~rtopt_lab.ope.evaluate`.
+    results : Evaluation or DataFrame
+        What :func:`~rtopt_lab.ope.evaluate` returns (or its table); an Evaluation adds
+        the identifiability section (overlap per candidate and task type, the arms never
+        logged).
     gates : mapping of label to GateVerdict, sequence of GateVerdict, or one, optional
         Each verdict with its status and every reason (combined verdicts list their
         sub-gates too).
