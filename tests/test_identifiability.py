@@ -252,3 +252,15 @@ def test_check_offline_says_insufficient_evidence_for_unlogged_arms(sim, det, pr
     replay = next(ln for ln in out.splitlines() if ln.startswith("replay"))
     assert code == 1 and replay.split()[1] == "FAIL" and "dr_lower_bound" in replay   # a copy: judged, not better
     assert "candidate: overlap 1.000" in out and "never logged" not in out
+
+
+def test_exact_support_from_a_logging_policy(sim, prod_log):
+    cat = sim.catalog
+    ev = evaluate(prod_log, {"prod": FixedPolicy(cat)}, estimators=("ips",), logging_policy=FixedPolicy(cat),
+                  progress=False)
+    o = ev.identifiability.overlap("prod")
+    assert o.overlap == 1.0 and o.exact_overlap == 1.0 and o.complete
+    assert ev.identifiability.overlap("logging").exact_overlap == 1.0
+    with pytest.raises(ValueError, match="support violation"):   # a candidate off the logger's support still raises
+        evaluate(prod_log, {"soft": FixedPolicy(cat, epsilon=0.4)}, estimators=("ips",),
+                 logging_policy=FixedPolicy(cat), progress=False)

@@ -195,7 +195,8 @@ class Identifiability:
                 rows.append({"candidate": c, "task_type": _ALL if g is None else g, "overlap": o.overlap,
                              "unlogged_mass": o.unlogged_mass,
                              "unlogged_arms": ", ".join(f"{u.arm_id} ({u.mass:.2f})" for u in o.unlogged),
-                             "arms_logged": len(s.arms) if s else sum(len(t.arms) for t in self.support.values()),
+                             "arms_logged": len(s.arms) if s else len({a for t in self.support.values()
+                                                                           for a in t.arms}),
                              "deterministic": s.deterministic if s else self.deterministic})
         return pd.DataFrame(rows)
 
@@ -267,22 +268,21 @@ def support_block(labels: np.ndarray | None, action: np.ndarray, pscore: np.ndar
     else:
         codes, uniques = pd.factorize(np.asarray(labels, dtype=object), sort=True)
     g = len(uniques)
-    logged = np.zeros((n, k))
-    logged[np.arange(n), action] = 1.0
-    counts = np.zeros((g, k), dtype=np.int64)
-    np.add.at(counts, (codes[pscore > 0], action[pscore > 0]), 1)
+    pos = pscore > 0
+    counts = np.bincount(codes[pos] * k + action[pos], minlength=g * k).reshape(g, k).astype(np.int64)
+    logged_mass = np.bincount(codes * k + action, minlength=g * k).reshape(g, k).astype(np.float64)
+    n_g = np.bincount(codes, minlength=g).astype(np.int64)
     mass = np.zeros((g, len(dists), k))
     exact = None if pscore_dist is None else np.zeros((g, len(dists)))
     min_p = np.full(g, np.inf)
     np.minimum.at(min_p, codes, pscore)
     for j in range(g):
-        rows = codes == j
+        rows = codes == j if g > 1 else slice(None)
         for c, d in enumerate(dists):
-            dj = logged[rows] if d is None else d[rows]
-            mass[j, c] = dj.sum(axis=0)
+            mass[j, c] = logged_mass[j] if d is None else d[rows].sum(axis=0)
             if exact is not None:
-                exact[j, c] = (dj * (pscore_dist[rows] > 0)).sum()
-    return SupportBlock(tuple(str(u) for u in uniques), np.bincount(codes, minlength=g).astype(np.int64),
+                exact[j, c] = n_g[j] if d is None else (d[rows] * (pscore_dist[rows] > 0)).sum()
+    return SupportBlock(tuple(str(u) for u in uniques), n_g,
                         counts, min_p, mass, exact)
 
 
