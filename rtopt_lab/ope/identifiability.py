@@ -171,15 +171,15 @@ class Identifiability:
 
     def reason(self, candidate: str, task_type: str | None = None) -> str:
         """Why a weighted verdict is withheld, e.g. ``"arms never logged for task type
-        code_generation: t0.20-p1.00-m400 (mass 0.37), ..."``; "" when complete."""
+        code_generation: t0.20-p1.00-m400 (mass 0.37), ..."`` (the five largest, then how
+        many more and their mass); "" when complete."""
         groups = [task_type] if task_type is not None else list(self.support)
         parts = []
         for g in groups:
             o = self.overlaps.get((candidate, g))
             if o is None or o.complete:
                 continue
-            arms = ", ".join(f"{u.arm_id} (mass {u.mass:.2f})" for u in o.unlogged) or \
-                "arms outside the logging policy's support"
+            arms = _arm_list(o.unlogged) or "arms outside the logging policy's support"
             where = f"task type {g}" if self.column else "this log"
             parts.append(f"arms never logged for {where}: {arms}")
         return "; ".join(parts)
@@ -210,8 +210,7 @@ class Identifiability:
             out.append(head)
             for c in candidates if candidates is not None else self.candidates:
                 o = self.overlaps[(c, g)]
-                tail = "" if o.complete else "; never logged: " + ", ".join(
-                    f"{u.arm_id} (mass {u.mass:.2f})" for u in o.unlogged)
+                tail = "" if o.complete else "; never logged: " + _arm_list(o.unlogged)
                 out.append(f"  {c}: overlap {o.overlap:.3f}{tail}")
         return out
 
@@ -396,6 +395,15 @@ class SupportSums:
         column = self.column if not (len(self.groups) == 1 and _ALL in self.groups) else None
         return Identifiability(column=column, support=support, overlaps=overlaps, candidates=self.candidates,
                                deterministic=all(s.deterministic for s in support.values()))
+
+
+def _arm_list(arms: Sequence[UnloggedArm], limit: int = 5) -> str:
+    """The largest ``limit`` never-logged arms with their mass, then how many more and their mass."""
+    text = ", ".join(f"{u.arm_id} (mass {u.mass:.2f})" for u in arms[:limit])
+    if len(arms) > limit:
+        rest = arms[limit:]
+        text += f", and {len(rest)} more arm(s) (mass {sum(u.mass for u in rest):.2f})"
+    return text
 
 
 def _unlogged(items: list[tuple[str, float]], n: int) -> tuple[UnloggedArm, ...]:
