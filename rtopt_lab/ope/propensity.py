@@ -257,8 +257,13 @@ def estimate_propensities(log: pd.DataFrame | pa.Table, *, catalog: ArmCatalog, 
     holds on the log. On the simulator at n = 20,000 (see ``tests/test_propensity.py``) the
     epsilon-greedy logger is recovered with a median relative error of about 2 %; a sharp
     softmax logger over q(x, a) is not linear in these features and is recovered less
-    well (about 20 %), which IPS tolerates better than single rows suggest because the
-    errors are calibrated.
+    well (about 20 %); both are calibrated (ECE below 0.001). Over seeded replications
+    (n = 4,000, 8 each, a poor reward model) DR and SNIPS with the estimates kept their
+    bias within ±0.006 of the exact value on the epsilon logger, but DR was +0.03 off on a
+    softmax logger (tau 0.2) and **IPS is biased upwards** on both: +0.05 (epsilon) and
+    +0.10 (softmax) at n = 4,000, +0.03 and +0.04 at n = 20,000, since
+    :math:`E[1 / \\hat p] > 1 / p` for a noisy, cross-fitted :math:`\\hat p`. Read DR (the
+    gates' decision estimator) and treat IPS with estimated propensities as a diagnostic.
     """
     _check_iv(log, catalog, model, n_folds, seed)
     if isinstance(C, bool) or not isinstance(C, (int, float)) or not 0 < C < np.inf:
