@@ -264,3 +264,25 @@ def test_exact_support_from_a_logging_policy(sim, prod_log):
     with pytest.raises(ValueError, match="support violation"):   # a candidate off the logger's support still raises
         evaluate(prod_log, {"soft": FixedPolicy(cat, epsilon=0.4)}, estimators=("ips",),
                  logging_policy=FixedPolicy(cat), progress=False)
+
+
+@pytest.mark.slow
+def test_spark_carries_the_support_through_partition_states(sim, det):
+    pytest.importorskip("pyspark")
+    from rtopt_lab.spark import check_java, evaluate_spark, local_session
+
+    try:
+        check_java()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    cat = sim.catalog
+    pols = {"soft": FixedPolicy(cat, epsilon=0.4), "prod": FixedPolicy(cat)}   # picklable to the executors
+    path = det["root"] / "det.parquet"
+    __import__("pyarrow.parquet", fromlist=["write_table"]).write_table(det["table"], path)
+    mem = evaluate(det["table"], pols, estimators=("ips", "dr"), progress=False)
+    got = evaluate_spark(local_session("local[2]").read.parquet(str(path)).repartition(3), pols,
+                         estimators=("ips", "dr"))
+    pd.testing.assert_frame_equal(got.identifiability.to_frame(), mem.identifiability.to_frame(),
+                                  check_exact=False, rtol=1e-12)
+    assert {k: c.verdict for k, c in got.comparisons.items()} == {k: c.verdict for k, c in mem.comparisons.items()}
+    assert got.comparison("prod", "dr").verdict == "insufficient_evidence"
