@@ -96,7 +96,8 @@ def test_table_is_tidy_and_estimates_are_sane(sim, logs, policies, fitted):
     assert len(t) == 4 * (len(policies) + 1)               # candidates x estimators, plus the logging baseline
     assert {"candidate", "estimator", "value", "ci_low", "ci_high", "n", "ess", "flags", "diff",
             "lower_bound", "p_value", "margin", "verdict"} <= set(t.columns) and "group" not in t
-    assert t.attrs == {"n": N, "rows_quarantined": 0, "streamed": False, "backend": "local"}
+    assert t.attrs == {"n": N, "rows_quarantined": 0, "streamed": False, "backend": "local",
+                       "pscore_source": "logged"}
     assert set(t.loc[t.candidate == "logging", "verdict"]) == {"baseline"}
     assert set(t.loc[t.candidate != "logging", "verdict"]) <= {"improved", "not significant", "worse",
                                                                "insufficient_evidence"}
@@ -166,7 +167,8 @@ def test_streaming_counts_quarantined_rows(sim, logs, policies, tmp_path):
     ev = evaluate(LogStore(tmp_path / "s"), policies, estimators=("ips",), progress=False)
     assert ev.rows_quarantined == 10 and ev.n == 490 and ev.streamed
     assert ev.estimate("softmax", "ips").n == 490
-    assert ev.to_frame().attrs == {"n": 490, "rows_quarantined": 10, "streamed": True, "backend": "local"}
+    assert ev.to_frame().attrs == {"n": 490, "rows_quarantined": 10, "streamed": True, "backend": "local",
+                                   "pscore_source": "logged"}
 
 
 def test_evaluate_iv(sim, logs, policies):
@@ -245,7 +247,8 @@ def test_evaluation_is_frozen_and_its_table_is_the_typed_objects(fitted):
 
     t = ev.to_frame()
     assert len(t) == (len(ev.groups) + 1) * len(ev.candidates) * len(ev.estimators)
-    assert t.attrs == {"n": ev.n, "rows_quarantined": 0, "streamed": False, "backend": "local"}
+    assert t.attrs == {"n": ev.n, "rows_quarantined": 0, "streamed": False, "backend": "local",
+                       "pscore_source": "logged"}
     for row in t.itertuples(index=False):
         group = None if row.group == POOLED else row.group
         est = ev.estimate(row.candidate, row.estimator, group)

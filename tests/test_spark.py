@@ -88,7 +88,8 @@ def test_evaluate_spark_equals_in_memory_and_streaming(spark, logs, policies, re
     _assert_same(got, reference["memory"])
     _assert_same(got, reference["stream"])
     assert got.backend == "spark" and got.n == N and got.streamed
-    assert got.to_frame().attrs == {"n": N, "rows_quarantined": 0, "streamed": True, "backend": "spark"}
+    assert got.to_frame().attrs == {"n": N, "rows_quarantined": 0, "streamed": True, "backend": "spark",
+                                    "pscore_source": "logged"}
 
 
 def test_bca_with_partitions_merged_on_executors(spark, logs, policies):
