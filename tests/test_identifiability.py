@@ -161,6 +161,16 @@ def test_never_logged_arms_give_insufficient_evidence_naming_them(sim, det):
     assert not crit.passed and "arms never logged" in crit.pooled_reasons[0]
 
 
+def test_registry_tags_never_carry_a_dm_or_unidentified_bound(det):
+    from rtopt_lab.tracking.registry import evidence_tags
+
+    t = det["ev"].to_frame()
+    assert "ope.lower_bound" not in evidence_tags(evaluation=t, candidate="unlogged")
+    tags = evidence_tags(evaluation=t, candidate="logger")
+    pooled = t[(t.candidate == "logger") & (t.group == "(all)")]
+    assert float(tags["ope.lower_bound"]) == min(pooled.loc[pooled.estimator != "dm", "lower_bound"])
+
+
 def test_partial_overlap_per_task_type(sim, det):
     ev = det["ev"]
     for g in ev.groups:

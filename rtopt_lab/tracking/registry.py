@@ -176,7 +176,8 @@ def evidence_tags(
 
     ``ope.<estimator>.<column>`` for value, ci_low, ci_high, diff, lower_bound and verdict;
     ``ope.lower_bound`` is the smallest lower bound over the estimators (the conservative
-    one the canary rule reads). ``ope.pscore`` is ``estimated`` when the evaluation's
+    one the canary rule reads), never DM's (a model-based extrapolation) nor one whose
+    candidate plays arms the log never played (``overlap`` < 1: no tag then). ``ope.pscore`` is ``estimated`` when the evaluation's
     weights used estimated propensities (its ``estimated_pscore`` column), else ``logged``.
     ``gate.<name>`` holds each status, ``gate.<name>.reasons``
     its reasons, and ``gates.status`` the combined status (fail > error >
@@ -200,6 +201,10 @@ def evidence_tags(
                 if v is not None and not (isinstance(v, float) and math.isnan(v)):
                     tags[f"ope.{row['estimator']}.{col}"] = _tag(v)
             lb = row.get("lower_bound")
+            ov = row.get("overlap")      # DM, and bounds on never-logged arms, never feed the canary rule
+            unidentified = ov is not None and not (isinstance(ov, float) and math.isnan(ov)) and ov < 1.0 - 1e-9
+            if row["estimator"] == "dm" or unidentified:
+                continue
             if lb is not None and not (isinstance(lb, float) and math.isnan(lb)):
                 bounds.append(float(lb))
         if bounds:
