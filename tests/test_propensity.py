@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from scipy import special
 
+from rtopt_lab.dashboard.report import render_report
 from rtopt_lab.evidence import ESTIMATED_PSCORE_PENALTY, task_evidence
 from rtopt_lab.logstore import LogStore
 from rtopt_lab.ope import estimate_propensities, evaluate, with_estimated_propensities
@@ -80,10 +81,12 @@ def test_estimated_pscores_are_read_on_request_and_marked(sim, small):
     assert ev.pscore_source == "estimated" and table.attrs["pscore_source"] == "estimated"
     assert table["estimated_pscore"].all() and len(table) == 4
     assert evidence_tags(evaluation=table, candidate="cand")["ope.pscore"] == "estimated"
+    assert 'id="estimated-pscore"' in render_report(title="t", results=ev)
     logged = evaluate(small.dropna(subset=["propensity"]), pols, catalog=sim.catalog, estimators="ips",
                       progress=False)
     assert logged.pscore_source == "logged" and not logged.to_frame()["estimated_pscore"].any()
     assert evidence_tags(evaluation=logged.to_frame(), candidate="cand")["ope.pscore"] == "logged"
+    assert "estimated-pscore" not in render_report(title="t", results=logged)
     with pytest.raises(ValueError, match="request ids differ"):
         with_estimated_propensities(small.iloc[::-1], est)
     with pytest.raises(ValueError, match="`n_folds` must be an int >= 2"):

@@ -294,6 +294,9 @@ def render_report(*, title: str, results: pd.DataFrame, gates: Any = None, figur
     est = _pick_estimator(results, estimator)
     when = (generated_at or datetime.now(UTC)).isoformat(timespec="seconds")
     desc = f"<p class=\"description\">{_e(description)}</p>" if description else ""
+    if "estimated_pscore" in results.columns and results["estimated_pscore"].fillna(False).astype(bool).any():
+        desc += ("<p class=\"description\" id=\"estimated-pscore\">Estimated propensities: the weights use a "
+                 "fitted model of the logger, not logged ones; weaker evidence (the gates add a penalty).</p>")
     full = _table(results.drop(columns=[c for c in ("baseline",) if c in results.columns]),
                   table_id="results-table", cls="results")
     parts = [
