@@ -259,6 +259,16 @@ def split_log(log: pd.DataFrame, train_fraction: float = 0.5) -> tuple[pd.DataFr
     return ordered.iloc[:cut].reset_index(drop=True), ordered.iloc[cut:].reset_index(drop=True)
 
 
+def _unidentified(ev: Evaluation, name: str) -> str:
+    """Why ``name`` cannot be judged on this log ("" when it can): the arms it would play
+    that were never logged, per task type (:mod:`rtopt_lab.ope.identifiability`)."""
+    ident = ev.identifiability
+    if ident is None or name not in ident.candidates or ident.complete(name):
+        return ""
+    return (f"overlap {ev.overlap(name):.3f} with the log's support: {ident.reason(name)}; "
+            f"plan exploration (rtopt plan exploration) to judge it")
+
+
 def _task_gate(results: Evaluation, name: str, margin: float) -> GateVerdict:
     """No task type made measurably worse (the seed's criterion 1 per task type)."""
     ev = task_evidence(results, name, margin=margin)
@@ -359,6 +369,11 @@ def replay_compare(log: pd.DataFrame, config: ReplayConfig | None = None, *, cat
             "quality_floor": QualityFloor(relative=cfg.quality_relative, min_ess=cfg.min_ess)(q, base_q.value),
             "cost_efficiency": CostEfficiency(max_ratio=cfg.cost_max_ratio, alpha=cfg.alpha)(t, q, base_t, base_q),
         }
+        unseen = _unidentified(quality, name)  # arms the log never played: no weighted evidence exists
+        if unseen:
+            for gate in ("evidence", "quality_floor", "cost_efficiency"):
+                details[gate] = GateVerdict(gate, "insufficient_evidence", (unseen,),
+                                            {"overlap": quality.overlap(name)})
         if "dr" in cfg.estimators and results.groups:
             details["task_types"] = _task_gate(results, name, cfg.margin)
         gate_details[name] = details
