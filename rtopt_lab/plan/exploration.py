@@ -124,7 +124,7 @@ def plan_exploration(log: Any, candidate: Any, *, incumbent: Any = None, mde: fl
                      power: float = 0.8, traffic_per_day: float | None = None, days: float | None = None,
                      max_dtemp: float = 0.2, max_dtokens: float = 200, compliance: Any = None,
                      budget: float | None = None, reward_fn: Any = None, q_hat: Any = None,
-                     tokens_hat: Any = None, estimator: str = "ips",
+                     tokens_hat: Any = None, noise_var: Any = None, estimator: str = "ips",
                      eps_grid: tuple[float, ...] = EPS_GRID, serve_constrained: bool = True,
                      seed: int = 0) -> ExplorationPlan:
     """Propose the smallest exploration that detects the candidate's improvement in time.
@@ -164,6 +164,11 @@ def plan_exploration(log: Any, candidate: Any, *, incumbent: Any = None, mde: fl
     tokens_hat : array (n_log, K) or callable, optional
         Expected total tokens; default the log's means per (task type, arm) and
         prompt + max_tokens for arms never logged.
+    noise_var : array (n_log, K) or callable, optional
+        Reward noise variance :math:`\\mathrm{Var}(r \\mid x, a)` of every arm. Default: the
+        log's residual variance :math:`r - \\hat q(x, a)` per task type, the same for every
+        arm (all a deterministic log can tell: the unplayed arms' noise is assumed to be the
+        incumbent's).
     estimator : {"ips", "dr"}, default "ips"
         The difference estimator whose test is planned (DR assumes q_hat is right).
     eps_grid : tuple of float
@@ -288,10 +293,16 @@ def plan_exploration(log: Any, candidate: Any, *, incumbent: Any = None, mde: fl
 
     resid = reward - q[np.arange(len(frame)), arms]
     task_names = sorted(set(tasks))
-    s2 = np.empty(len(frame))
-    for t in task_names:
-        rows = tasks == t
-        s2[rows] = resid[rows].var(ddof=1) if rows.sum() > 1 else resid.var(ddof=1)
+    if noise_var is not None:
+        s2 = _matrix("noise_var", noise_var if not isinstance(noise_var, np.ndarray)
+                     or len(noise_var) != len(full) else noise_var[sub], X, frame, (len(frame), k))
+        noise_source = "the given noise variance noise_var"
+    else:
+        s2 = np.empty(len(frame))
+        for t in task_names:
+            rows = tasks == t
+            s2[rows] = resid[rows].var(ddof=1) if rows.sum() > 1 else resid.var(ddof=1)
+        noise_source = "the log's residual variance per task type, assumed for every arm"
     scopes = {ALL: np.ones(len(frame), dtype=bool), **{t: tasks == t for t in task_names}}
     full_counts = {t: int((tasks_full == t).sum()) for t in task_names}
     traffic = {ALL: traffic_all, **{t: traffic_all * full_counts[t] / len(full) for t in task_names}}
@@ -365,6 +376,7 @@ def plan_exploration(log: Any, candidate: Any, *, incumbent: Any = None, mde: fl
     return ExplorationPlan(rows=tuple(plan_rows), best=tuple(best), recommendation=rec, mde=mde, alpha=alpha,
                            power=power, horizon_days=horizon, estimator=estimator, traffic_per_day=traffic,
                            delta_hat=delta_hat, reward_source=reward_source, token_source=token_source,
+                           noise_source=noise_source,
                            traffic_source=traffic_source, notes=tuple(notes), _sigma=sigma)
 
 

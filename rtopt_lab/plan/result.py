@@ -103,8 +103,8 @@ class ExplorationPlan:
         Per scope (``"all"`` and every task type).
     delta_hat : dict of str to float
         The candidate's improvement over the incumbent predicted by the reward model.
-    reward_source, token_source, traffic_source : str
-        Where the expected rewards, tokens and traffic came from.
+    reward_source, token_source, traffic_source, noise_source : str
+        Where the expected rewards, tokens, traffic and reward noise variance came from.
     notes : tuple of str
     """
 
@@ -121,6 +121,7 @@ class ExplorationPlan:
     reward_source: str
     token_source: str
     traffic_source: str
+    noise_source: str = ""
     notes: tuple[str, ...] = ()
     _sigma: Callable[[str, str, float], float] | None = field(default=None, repr=False, compare=False)
 
@@ -187,7 +188,7 @@ class ExplorationPlan:
         out.append(f"target: improvement {self.mde:g} detected by the one-sided {self.estimator.upper()} test "
                    f"(alpha {self.alpha:g}) with power {self.power:g} within {self.horizon_days:g} days")
         out.append(f"traffic: {self.traffic_per_day[ALL]:,.0f} rows/day ({self.traffic_source}); "
-                   f"rewards: {self.reward_source}; tokens: {self.token_source}")
+                   f"rewards: {self.reward_source}; noise: {self.noise_source}; tokens: {self.token_source}")
         rec = self.recommendation
         if rec is None:
             out.append("recommendation: no design on the grid meets the target; allow more days, a "
