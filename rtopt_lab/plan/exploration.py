@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from rtopt_lab.ope.diagnostics import ESS_FLOOR
 from rtopt_lab.plan._power import difference_moments, power_at, rows_needed
 from rtopt_lab.plan.designs import DESIGNS, explore_dist, logger_dist, trust_region_uniform
 from rtopt_lab.plan.result import ALL, ExplorationPlan, PlanRow, Recommendation
@@ -196,7 +197,9 @@ def plan_exploration(log: Any, candidate: Any, *, incumbent: Any = None, mde: fl
     :math:`\\hat q` the expected rewards and :math:`s_t^2` the reward noise variance of
     task type t, estimated from the log's residuals :math:`r - \\hat q(x, a)`. Rows:
     :math:`n = ((z_{1-\\alpha} + z_{power})\\, \\sigma_\\Delta / \\delta)^2`; days:
-    n / traffic. The reward given up per day is
+    n / traffic, and never fewer rows than give the candidate's weights a Kish effective
+    sample size of :data:`~rtopt_lab.ope.diagnostics.ESS_FLOOR` (below it the gates answer
+    ``insufficient_evidence``). The reward given up per day is
     :math:`\\text{traffic} \\cdot \\varepsilon (V(\\pi_0) - V(\\pi_{explore}))` on
     :math:`\\hat q`, the extra tokens :math:`\\text{traffic} \\cdot \\varepsilon
     (T(\\pi_{explore}) - T(\\pi_0))`. The per-task-type scopes plan a test within each task
@@ -330,6 +333,10 @@ def plan_exploration(log: Any, candidate: Any, *, incumbent: Any = None, mde: fl
         var = m2[m].mean() - d[m].mean() ** 2
         return math.sqrt(max(var, 0.0)) if math.isfinite(var) else math.inf
 
+    def ess_share(design: str, scope: str, eps: float) -> float:
+        wc2 = per_context(design, eps)[2][scopes[scope]]
+        return float(1.0 / wc2.mean()) if np.isfinite(wc2).all() else 0.0
+
     plan_rows: list[PlanRow] = []
     for design in DESIGNS:
         explore = explore_dist(design, pi_0, pi_c, uniform_tr)
@@ -338,17 +345,18 @@ def plan_exploration(log: Any, candidate: Any, *, incumbent: Any = None, mde: fl
         for eps in grid:
             mu = logger_dist(pi_0, explore, eps)
             support = mu > 0
-            _, _, wc2 = per_context(design, eps)
             for scope, m in scopes.items():
                 sd = sigma(design, scope, eps)
                 n = float(rows_needed(sd, mde, alpha, power))
+                ess = ess_share(design, scope, eps)
+                if ess > 0 and math.isfinite(n):  # the gates call fewer effective rows insufficient
+                    n = max(n, ESS_FLOOR / ess)
                 dd = n / traffic[scope]
                 planned = math.ceil(dd - 1e-9) if math.isfinite(dd) else None
                 pw = float(power_at(planned * traffic[scope], mde, sd, alpha)) if planned else 0.0
                 cost = math.nan if unknown_cost else traffic[scope] * eps * float((v0[m] - ve[m]).mean())
                 extra = traffic[scope] * eps * float((te[m] - t0[m]).mean())
                 overlap = float((pi_c[m] * support[m]).sum(axis=1).mean())
-                ess = float(1.0 / wc2[m].mean()) if np.isfinite(wc2[m]).all() else 0.0
                 ok = math.isfinite(dd) and dd <= horizon and (budget is None or extra <= budget)
                 plan_rows.append(PlanRow(design, scope, eps, sd, ess, n, traffic[scope], dd, planned, pw,
                                          cost, extra, overlap, ok))
@@ -377,6 +385,6 @@ def plan_exploration(log: Any, candidate: Any, *, incumbent: Any = None, mde: fl
                            power=power, horizon_days=horizon, estimator=estimator, traffic_per_day=traffic,
                            delta_hat=delta_hat, reward_source=reward_source, token_source=token_source,
                            noise_source=noise_source,
-                           traffic_source=traffic_source, notes=tuple(notes), _sigma=sigma)
+                           traffic_source=traffic_source, notes=tuple(notes), _sigma=sigma, _ess=ess_share)
 
 

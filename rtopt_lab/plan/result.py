@@ -124,6 +124,7 @@ class ExplorationPlan:
     noise_source: str = ""
     notes: tuple[str, ...] = ()
     _sigma: Callable[[str, str, float], float] | None = field(default=None, repr=False, compare=False)
+    _ess: Callable[[str, str, float], float] | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ queries
     def _check(self, design: str, scope: str, epsilon: float) -> None:
@@ -144,9 +145,15 @@ class ExplorationPlan:
         return float(self._sigma(design, scope, float(epsilon)))
 
     def days_for(self, epsilon: float, *, design: str = "trust_region", scope: str = ALL) -> float:
-        """Days of traffic the test needs at ``epsilon`` (fractional; inf when not identified)."""
+        """Days of traffic the test needs at ``epsilon`` (fractional; inf when not identified),
+        never fewer than give the candidate's weights an effective sample size of 50."""
         n = float(rows_needed(self.sigma_for(epsilon, design=design, scope=scope), self.mde, self.alpha,
                               self.power))
+        ess = self._ess(design, scope, float(epsilon)) if self._ess is not None else 0.0
+        if ess > 0 and math.isfinite(n):  # as in the plan's rows: at least ESS_FLOOR effective rows
+            from rtopt_lab.ope.diagnostics import ESS_FLOOR
+
+            n = max(n, ESS_FLOOR / ess)
         return n / self.traffic_per_day[scope]
 
     def power_for(self, epsilon: float, *, rows: float | None = None, days: float | None = None,
