@@ -28,6 +28,13 @@ one full-information draw on the log's contexts). Measured cost: traffic x (the 
 exploring component drew, of the incumbent's exact expected reward on the row's context
 less the realised reward) / n, averaged over replications; tokens alike (the incumbent's
 rows add 0 in expectation and only noise, so they are left out of the measurement).
+
+Measured (1,000 replications, 457 s on a shared 2-core machine; mde 0.05, 4,000 rows/day,
+14 days): predicted vs measured power within 2.9 points with the log's noise (largest:
+sharp trust_region at the planned 10 days, 0.834 vs 0.863) and 3.9 with the noise given;
+reward given up per day within 3.8 %, extra tokens within 3.2 %. The sharp candidate needs
+epsilon 0.05 over the trust region where the soft one needs 0.02 (same mde); in shadow
+both need the grid's smallest, 0.01.
 """
 
 from __future__ import annotations

@@ -228,10 +228,7 @@ class ExplorationPlan:
 
     def plot(self, *, scope: str = ALL, ax: Any = None):
         """Days needed against ε per design (log scale), the horizon dashed; a matplotlib Figure."""
-        import matplotlib
-
         if ax is None:
-            matplotlib.use(matplotlib.get_backend())
             import matplotlib.pyplot as plt
 
             fig, ax = plt.subplots(figsize=(6, 4))
