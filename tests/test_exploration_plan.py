@@ -203,3 +203,25 @@ def test_simulate_tests_rejects_at_alpha_under_no_improvement(world):
     P = world.poolside
     res = simulate_tests(world.pool, P.pi_0, P.pi_0, P.uniform, 0.1, n=2_000, reps=50)
     assert not res.rejected.any()
+
+
+def test_budget_and_tier_rules_limit_the_exploration(world):
+    from rtopt_lab.gates import Compliance
+    from rtopt_lab.plan import trust_region_uniform
+
+    cat = world.sim.catalog
+    pc_log, _, _ = candidate(world, 0.05, MDE)
+    pol = ArrayPolicy(cat, pc_log)
+    kw = dict(q_hat=world.logside.q, tokens_hat=world.logside.tokens, mde=MDE, traffic_per_day=4_000)
+    free = plan_exploration(world.log, pol, **kw)
+    shadow = [r for r in free.rows if r.design == "shadow" and r.extra_tokens_per_day > 0]
+    assert shadow and any(r.meets_target for r in shadow)
+    tight = plan_exploration(world.log, pol, budget=0.0, **kw)
+    assert not any(r.meets_target for r in tight.rows if r.extra_tokens_per_day > 0)
+    # the tier rules' mask is intersected with the trust region, context by context
+    tiers = world.log["risk_tier"].to_numpy(dtype=np.int64)
+    allowed = Compliance().allowed_mask(cat, tiers)
+    u = trust_region_uniform(world.logside.pi_0, cat.trust_region(), allowed)
+    assert np.allclose(u.sum(axis=1), 1.0)
+    has = allowed.any(axis=1) & ((world.logside.uniform > 0) & allowed).any(axis=1)
+    assert not (u[has] > 0)[~allowed[has]].any()
