@@ -91,8 +91,11 @@ def test_demo_runs_the_whole_workbench_end_to_end(tmp_path):
                  "production", "linucb", "thompson", "softmax", "general", "make lab", "rtopt ui"):
         assert text in out.stdout, text
     assert (tmp_path / "mlflow" / "mlflow.db").exists() and not (tmp_path / "mlflow" / "__init__.py").exists()
-    assert len(list((tmp_path / "runs").glob("*.ipynb"))) == 6
+    assert len(list((tmp_path / "runs").glob("*.ipynb"))) == 7
     assert {p.name for p in (tmp_path / "runs" / "reports").glob("*.html")} == {
-        "replay_linucb_thompson.html", "replay_baselines.html", "rollout_dashboard.html", "own_log.html"}
+        "replay_linucb_thompson.html", "replay_baselines.html", "rollout_dashboard.html", "own_log.html",
+        "own_log_fixed.html"}
+    fixed = (tmp_path / "runs" / "reports" / "own_log_fixed.html").read_text()  # a plan, not a verdict
+    assert "Exploration plan" in fixed and "the log cannot judge" in fixed
     # the worked example of a team's own log, rebuilt where the project has no data/sample/
     assert (tmp_path / "data" / "sample" / "calls.jsonl").exists() and (tmp_path / "data" / "own_log").is_dir()

@@ -31,7 +31,7 @@ from rtopt_lab.workbench.runner import run_experiment
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
 TESTED = {"simulate_logs", "replay_linucb_thompson", "replay_baselines", "gates_and_promotion", "rollout_dashboard",
-          "own_log"}
+          "own_log", "own_log_fixed"}
 
 pytestmark = pytest.mark.slow
 
@@ -162,3 +162,16 @@ def test_own_log(world):
     again = _run("own_log", world, **kw)
     params = MlflowClient(tracking_uri=world["uri"]).get_run(again.run_id).data.params
     assert params["rows_imported"] == "0"
+
+
+def test_own_log_fixed(world):
+    """A log of hand-picked parameters only: no verdict on candidates that play other arms
+    (insufficient evidence, naming them), and the exploration plan instead."""
+    root = world["root"] / "fixed"
+    report = world["root"] / "own_log_fixed.html"
+    _run("own_log_fixed", world, sample_dir=str(root / "sample"), log=str(root / "log"),
+         arms_file=str(root / "arms.yaml"), grid_file=str(root / "sample" / "arms.yaml"), report=str(report),
+         candidates="epsilon_greedy", estimators="ips,dr")
+    html = report.read_text()
+    assert 'id="identifiability"' in html and "insufficient_evidence" in html and "arms never logged" in html
+    assert "Exploration plan" in html and "explore with" in html

@@ -371,9 +371,9 @@ def replay_compare(log: pd.DataFrame, config: ReplayConfig | None = None, *, cat
         }
         unseen = _unidentified(quality, name)  # arms the log never played: no weighted evidence exists
         if unseen:
-            for gate in ("evidence", "quality_floor", "cost_efficiency"):
-                details[gate] = GateVerdict(gate, "insufficient_evidence", (unseen,),
-                                            {"overlap": quality.overlap(name)})
+            short = f"overlap {quality.overlap(name):.3f}: the log never played arms it would serve (see evidence)"
+            for gate, why in (("evidence", unseen), ("quality_floor", short), ("cost_efficiency", short)):
+                details[gate] = GateVerdict(gate, "insufficient_evidence", (why,), {"overlap": quality.overlap(name)})
         if "dr" in cfg.estimators and results.groups:
             details["task_types"] = _task_gate(results, name, cfg.margin)
         gate_details[name] = details
