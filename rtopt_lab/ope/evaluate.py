@@ -220,7 +220,7 @@ def evaluate(log: Any, policies: Mapping[str, Policy | Callable[[Any], np.ndarra
         are added in chunk order, so the numbers do not depend on it. Policies and
         callables must be thread-safe (the built-in policies are: they only read state).
     progress : bool, default True
-        Show a tqdm progress bar.
+        Show a plain-text tqdm progress bar (on stderr; in a notebook, its stderr output).
     pscore : {"logged", "estimated"}, default "logged"
         Where :math:`\\pi_b(a_i \\mid x_i)` comes from: the log's ``propensity`` (a row with a
         null one raises ValueError saying how many and what to do), or its
@@ -260,7 +260,8 @@ def evaluate(log: Any, policies: Mapping[str, Policy | Callable[[Any], np.ndarra
         raise ValueError(f"`ci`={ci!r} on a streamed log needs `n_buckets` (it reads per-unit terms: buckets)")
     if by is not None and by not in (have := src.column_names()):
         raise ValueError(f"`by` names column {by!r}, which the log does not have; its columns: {have}")
-    from tqdm.auto import tqdm
+    # plain text, also in a notebook: papermill saves a widget bar as an empty box
+    from tqdm.std import tqdm
 
     model = plan.reward_model
     passes = 2 if model is not None and model.models_ is None else 1

@@ -5,6 +5,11 @@ The stock ``python3`` kernelspec says ``python -m ipykernel_launcher``, so a pap
 started from a venv may execute in another environment. :func:`ensure_kernel` installs a
 kernelspec named :data:`KERNEL_NAME` into the environment (``sys.prefix``) whose argv
 starts with :data:`sys.executable`, and the runner always asks for it by name.
+
+The runner talks to the kernel over IPC (Unix sockets in the run's private temporary
+folder, :func:`ipc_config`), not TCP on localhost: nothing else on the machine can connect
+to it, and ipykernel has no reason to warn, once per notebook, that it "is running over TCP
+without encryption".
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["DISPLAY_NAME", "KERNEL_NAME", "ensure_kernel", "kernel_spec_path"]
+__all__ = ["DISPLAY_NAME", "KERNEL_NAME", "ensure_kernel", "ipc_config", "kernel_spec_path"]
 
 KERNEL_NAME = "rtopt-lab"
 DISPLAY_NAME = "rtopt-lab (.venv)"
@@ -86,6 +91,29 @@ def ensure_kernel(*, prefix: str | os.PathLike[str] | None = None) -> str:
     if prefix is None or Path(prefix).resolve() == Path(sys.prefix).resolve():
         _check_not_shadowed()
     return KERNEL_NAME
+
+
+def ipc_config(folder: str | os.PathLike[str]):
+    """Jupyter config that makes the kernel manager use IPC transport, sockets in ``folder``.
+
+    Pass it to papermill (``execute_notebook(..., config=ipc_config(tmp))``); nbclient hands
+    it to the kernel manager. ``folder`` must be private to the run (the runner's temporary
+    folder) and short: a Unix socket path holds at most about 100 characters. On Windows,
+    which has no IPC transport, returns an empty config (TCP on localhost).
+
+    Raises
+    ------
+    ValueError
+        ``folder`` is too long a path for a Unix socket.
+    """
+    from traitlets.config import Config
+
+    if os.name == "nt":
+        return Config()
+    prefix = str(Path(folder).resolve() / "kernel")
+    if len(prefix) > 90:  # the ports become suffixes: "-12345"
+        raise ValueError(f"`folder` is too long a path for IPC sockets ({len(prefix)} characters): {folder}")
+    return Config({"KernelManager": {"transport": "ipc", "ip": prefix}})
 
 
 if __name__ == "__main__":  # `make lab`: install or refresh the project's kernel

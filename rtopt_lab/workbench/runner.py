@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from rtopt_lab.workbench.experiments import Experiment, Scalar, check_paths, display_path
-from rtopt_lab.workbench.kernel import ensure_kernel
+from rtopt_lab.workbench.kernel import ensure_kernel, ipc_config
 from rtopt_lab.workbench.paths import ALLOW_ENV, allowed_folders, project_path
 
 __all__ = ["DEFAULT_EXECUTION_TIMEOUT_S", "DEFAULT_EXPERIMENT", "DEFAULT_START_TIMEOUT_S", "CellFailure",
@@ -243,8 +243,11 @@ def _failure_at(exp: Experiment, output: Path, index: int | None, ename: str, ev
 
 
 def _execute(exp: Experiment, output: Path, params: dict[str, Scalar], *, kernel: str, timeout_s: int,
-             start_timeout_s: int, progress: bool) -> CellFailure | None:
-    """Run the notebook with papermill; ``None`` on success, else where it failed."""
+             start_timeout_s: int, progress: bool, config: Any = None) -> CellFailure | None:
+    """Run the notebook with papermill; ``None`` on success, else where it failed.
+
+    ``config`` (:func:`~rtopt_lab.workbench.kernel.ipc_config`) goes to the kernel manager.
+    """
     import papermill as pm
     from jupyter_client.kernelspec import NoSuchKernel
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -254,7 +257,8 @@ def _execute(exp: Experiment, output: Path, params: dict[str, Scalar], *, kernel
         pm.execute_notebook(str(exp.notebook), str(output), parameters=params, kernel_name=kernel,
                             language="python",  # the project kernel is ipykernel, whatever the metadata says
                             execution_timeout=timeout_s, start_timeout=start_timeout_s,
-                            progress_bar=progress, log_output=False)
+                            progress_bar=progress, log_output=False,
+                            **({} if config is None else {"config": config}))
     except pm.PapermillExecutionError as exc:
         return _failure_at(exp, output, exc.cell_index, exc.ename, exc.evalue, exc.exec_count, exc.source)
     except CellTimeoutError:
@@ -374,9 +378,13 @@ def run_experiment(exp: Experiment, *, runs_dir: str | os.PathLike[str] = "runs"
         params = _injected(exp, uri, experiment_id_, id_file)
         t0 = time.perf_counter()
         # the kernel may write only inside the project, the allowed folders and this run's own tmp
+        try:  # IPC sockets in this run's own folder: no TCP port, no "without encryption" warning
+            config = ipc_config(tmp)
+        except ValueError:  # $TMPDIR too long a path for a Unix socket: TCP on localhost
+            config = None
         with _kernel_allowance([*allowed_folders(exp.allowed), Path(tmp).resolve()]):
             error = _execute(exp, output, params, kernel=kernel, timeout_s=timeout,
-                             start_timeout_s=start_timeout, progress=progress)
+                             start_timeout_s=start_timeout, progress=progress, config=config)
         duration = time.perf_counter() - t0
         notebook_run = id_file.read_text(encoding="utf-8").strip() if id_file and id_file.is_file() else None
     if not output.is_file() or output.stat().st_size == 0:  # papermill wrote nothing: drop the placeholder
@@ -422,7 +430,7 @@ def run_batch(exps: Iterable[Experiment], *, jobs: int = 2, runs_dir: str | os.P
               experiment: str = DEFAULT_EXPERIMENT, experiment_id: str | None = None,
               tracking_uri: str | None = None, kernel: str | None = None,
               execution_timeout_s: float | None = None, start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
-              log_to_mlflow: bool = True, progress: bool = True) -> list[RunResult]:
+              log_to_mlflow: bool = True, progress: bool = True, _bar: Any = None) -> list[RunResult]:
     """Run experiments in parallel processes; one failure never stops the others.
 
     The kernel and the MLflow experiment are made ready once here, before the fan-out, and
@@ -441,6 +449,7 @@ def run_batch(exps: Iterable[Experiment], *, jobs: int = 2, runs_dir: str | os.P
         An existing MLflow experiment id.
     progress : bool, default True
         A progress bar over experiments and one status line per experiment, on stderr.
+        (:func:`run_staged` passes its own bar, one across every stage, as ``_bar``.)
 
     Returns
     -------
@@ -467,10 +476,8 @@ def run_batch(exps: Iterable[Experiment], *, jobs: int = 2, runs_dir: str | os.P
     kwargs = {"runs_dir": runs, "kernel": kernel, "execution_timeout_s": execution_timeout_s,
               "start_timeout_s": start_timeout_s, "tracking_uri": tracking_uri,
               "experiment_id": experiment_id, "log_to_mlflow": log_to_mlflow, "progress": False}
-    from tqdm.auto import tqdm
-
     results: list[RunResult | None] = [None] * len(exps)
-    with tqdm(total=len(exps), desc="experiments", unit="nb", file=sys.stderr, disable=not progress) as bar:
+    with _progress_bar(len(exps), progress, _bar) as bar:
         def done(i: int, res: RunResult) -> None:
             results[i] = res
             bar.update(1)
@@ -494,20 +501,36 @@ def run_batch(exps: Iterable[Experiment], *, jobs: int = 2, runs_dir: str | os.P
     return results  # type: ignore[return-value]
 
 
+@contextlib.contextmanager
+def _progress_bar(total: int, progress: bool, bar: Any = None) -> Iterator[Any]:
+    """``bar`` when given (left open: its owner closes it), else a new text bar on stderr."""
+    if bar is not None:
+        yield bar
+        return
+    # plain text: the runner writes to a terminal or a log, never a widget
+    from tqdm.std import tqdm
+
+    with tqdm(total=total, desc="experiments", unit="nb", file=sys.stderr, disable=not progress) as new:
+        yield new
+
+
 def run_staged(exps: Iterable[Experiment], *, jobs: int = 2, **kwargs: Any) -> list[RunResult]:
     """:func:`run_batch` stage by stage (``Experiment.stage``), in parallel within a stage.
 
     A stage starts only when the previous one has finished; when an experiment fails,
     the later stages still run (each reports its own failure, e.g. a missing input), so
     one command shows everything that is wrong. Results come back in input order. Every
-    experiment's paths are checked before the first stage starts.
+    experiment's paths are checked before the first stage starts. One progress bar counts
+    every experiment of every stage (``progress=False`` hides it).
     """
     exps = list(exps)
     for exp in exps:
         check_paths(exp)
     results: list[RunResult | None] = [None] * len(exps)
-    for stage in sorted({e.stage for e in exps}):
-        idx = [i for i, e in enumerate(exps) if e.stage == stage]
-        for i, res in zip(idx, run_batch([exps[i] for i in idx], jobs=jobs, **kwargs), strict=True):
-            results[i] = res
+    with _progress_bar(len(exps), kwargs.get("progress", True)) as bar:
+        for stage in sorted({e.stage for e in exps}):
+            idx = [i for i, e in enumerate(exps) if e.stage == stage]
+            bar.set_postfix_str(f"stage {stage}", refresh=True)
+            for i, res in zip(idx, run_batch([exps[i] for i in idx], jobs=jobs, _bar=bar, **kwargs), strict=True):
+                results[i] = res
     return [r for r in results if r is not None]
