@@ -291,3 +291,55 @@ def test_a_notebook_gone_before_the_run_is_a_clear_failure(workdir, store):
     run = MlflowClient(tracking_uri=uri).get_run(res.run_id)
     assert run.info.experiment_id == eid and run.data.tags["rtopt.status"] == "failed"
     assert list((workdir / "runs").iterdir()) == []
+
+
+# -- values checked before a kernel (issue 18, item 2) ------------------------------------
+
+_REPLAY = Path(__file__).resolve().parents[1] / "experiments" / "replay_linucb_thompson.yaml"
+
+
+@pytest.mark.parametrize(("override", "named", "allowed"), [
+    ({"n_boot": "abc"}, "parameters.n_boot", "a whole number"),
+    ({"ci": "wald"}, "parameters.ci", "percentile"),
+    ({"train_fraction": 1.5}, "parameters.train_fraction", "(0, 1)"),
+    ({"candidates": "linucb,thompsn"}, "parameters.candidates", "did you mean 'thompson'"),
+    ({"register": "yes please"}, "parameters.register", "true or false"),
+])
+def test_a_bad_value_is_refused_naming_the_parameter_and_what_is_allowed(override, named, allowed):
+    from rtopt_lab.workbench.experiments import ExperimentError, load_experiment
+
+    exp = load_experiment(_REPLAY)
+    with pytest.raises(ExperimentError, match=named.replace('.', r'\.')) as info:
+        exp.with_parameters(**override)
+    assert allowed in str(info.value)
+    assert exp.with_parameters(n_boot=50, ci="bca", train_fraction=0.7, candidates="softmax").parameters["n_boot"] == 50
+
+
+def test_the_value_rules_name_what_the_package_accepts():
+    from rtopt_lab.ope import ESTIMATORS
+    from rtopt_lab.ope.bootstrap import CI_METHODS
+    from rtopt_lab.workbench import experiments as E
+    from rtopt_lab.workbench.replay import CANDIDATE_KINDS, ReplayConfig
+
+    assert set(E.CANDIDATES) == set(CANDIDATE_KINDS)
+    assert set(E.ESTIMATOR_NAMES) == set(ESTIMATORS)
+    assert tuple(E.CI_NAMES) == tuple(CI_METHODS)
+    for key, bad in [("train_fraction", 1.5), ("alpha", 0.7), ("engine", "gpu")]:
+        assert E.VALUE_RULES[key](bad) is not None
+        with pytest.raises(ValueError):
+            ReplayConfig(**{key: bad})
+
+
+def test_the_defaults_agree_with_papermills_inspect_notebook():
+    import ast
+
+    import papermill as pm
+
+    from rtopt_lab.workbench.experiments import notebook_defaults
+
+    for nb in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")):
+        mine = notebook_defaults(nb)
+        theirs = pm.inspect_notebook(str(nb))
+        assert set(mine) == set(theirs), nb
+        for name, default in mine.items():
+            assert default == ast.literal_eval(theirs[name]["default"]), (nb, name)

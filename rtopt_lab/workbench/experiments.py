@@ -36,6 +36,7 @@ Everything is checked when the file is loaded, and every error names the file an
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import datetime as dt
 import difflib
@@ -51,9 +52,9 @@ import yaml
 
 from rtopt_lab.workbench.paths import allowed_folders, inside_project, project_path
 
-__all__ = ["CONFIG_FILE_PARAMETERS", "KEYS", "PATH_NAMES", "PATH_SUFFIXES", "RUNNER_PARAMETERS", "Experiment", "ExperimentError",
-           "check_paths", "discover", "display_path", "is_path_parameter", "load_experiment",
-           "notebook_parameters", "parse_override"]
+__all__ = ["CONFIG_FILE_PARAMETERS", "KEYS", "PATH_NAMES", "PATH_SUFFIXES", "RUNNER_PARAMETERS", "VALUE_RULES",
+           "Experiment", "ExperimentError", "check_paths", "discover", "display_path", "is_path_parameter", "load_experiment",
+           "notebook_defaults", "notebook_parameters", "parse_override"]
 
 KEYS = ("name", "notebook", "parameters", "description", "timeout_s", "tags", "stage")
 """The keys an experiment file may hold."""
@@ -136,6 +137,7 @@ class Experiment:
     source: Path | None = None
     defined: tuple[str, ...] = ()
     allowed: tuple[Path, ...] = ()
+    defaults: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def with_parameters(self, **overrides: Any) -> Experiment:
         """A copy with ``overrides`` merged into the parameters, validated like the file.
@@ -151,7 +153,7 @@ class Experiment:
         for key, value in overrides.items():
             params[key] = _check_parameter(key, value, defined=self.defined, notebook=self.notebook,
                                            where=f"experiment {self.name!r}: override", path=self.source,
-                                           allowed=self.allowed)
+                                           allowed=self.allowed, defaults=self.defaults)
         return dataclasses.replace(self, parameters=params)
 
 
@@ -205,6 +207,101 @@ def notebook_parameters(notebook: str | os.PathLike[str]) -> tuple[str, ...] | N
             elts = target.elts if isinstance(target, ast.Tuple | ast.List) else [target]
             names += [e.id for e in elts if isinstance(e, ast.Name) and e.id not in names]
     return tuple(names)
+
+
+def notebook_defaults(notebook: str | os.PathLike[str]) -> dict[str, Any]:
+    """The literal default of each name the ``parameters`` cell assigns (as papermill's
+    ``inspect_notebook`` infers it; names assigned anything but a literal are left out).
+
+    Read with :mod:`json` and :mod:`ast` (importing papermill takes about 2 s; a test checks
+    the two agree on every shipped notebook).
+    """
+    nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
+    cell = next((c for c in nb.get("cells", []) if c.get("cell_type") == "code"
+                 and "parameters" in (c.get("metadata") or {}).get("tags", [])), None)
+    if cell is None:
+        return {}
+    source = cell.get("source", "")
+    out: dict[str, Any] = {}
+    for node in ast.parse("".join(source) if isinstance(source, list) else str(source)).body:
+        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if len(targets) == 1 and isinstance(targets[0], ast.Name):
+                with contextlib.suppress(ValueError, TypeError, SyntaxError):
+                    out[targets[0].id] = ast.literal_eval(node.value)
+    return out
+
+
+def _names(value: Any) -> list[str]:
+    return [x.strip() for x in str(value).split(",") if x.strip()]
+
+
+def _one_of(choices: tuple[str, ...]):
+    def check(value: Any) -> str | None:
+        if value not in choices:
+            return f"one of {', '.join(choices)}; got {value!r}{_suggest(str(value), choices)}"
+        return None
+    return check
+
+
+def _some_of(choices: tuple[str, ...]):
+    def check(value: Any) -> str | None:
+        names = _names(value)
+        bad = [x for x in names if x not in choices]
+        if bad or not names:
+            got = f"unknown {bad[0]!r}{_suggest(bad[0], choices)}" if bad else "none"
+            return f"comma-separated names from {', '.join(choices)}; got {got}"
+        return None
+    return check
+
+
+def _between(lo: float, hi: float, *, closed: bool = False, integer: bool = False):
+    def check(value: Any) -> str | None:
+        kind = "a whole number" if integer else "a number"
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and (
+            not integer or isinstance(value, int)) and (lo <= value <= hi if closed else lo < value < hi)
+        if not ok:
+            bounds = f"[{lo}, {hi}]" if closed else f"({lo}, {hi})"
+            return f"{kind} in {bounds}; got {value!r}"
+        return None
+    return check
+
+
+CANDIDATES = ("linucb", "linucb_disjoint", "thompson", "epsilon_greedy", "softmax")
+"""Keys of :data:`rtopt_lab.workbench.replay.CANDIDATE_KINDS` (a test keeps them equal)."""
+ESTIMATOR_NAMES = ("dm", "ips", "snips", "dr", "sndr", "switch_dr")
+"""Keys of :data:`rtopt_lab.ope.ESTIMATORS` (a test keeps them equal)."""
+CI_NAMES = ("t", "normal", "percentile", "bca")
+""":data:`rtopt_lab.ope.bootstrap.CI_METHODS` (a test keeps them equal)."""
+
+VALUE_RULES = {
+    "candidates": _some_of(CANDIDATES),
+    "estimators": _some_of(ESTIMATOR_NAMES),
+    "ci": _one_of(CI_NAMES),
+    "n_boot": _between(1, float("inf"), closed=True, integer=True),
+    "train_fraction": _between(0, 1),
+    "alpha": _between(0, 0.5),
+    "engine": _one_of(("local", "spark")),
+    "logging_policy": _one_of(("uniform", "epsilon", "softmax")),
+    "epsilon": _between(0, 1, closed=True),
+    "n": _between(1, float("inf"), closed=True, integer=True),
+}
+"""Allowed values of the notebooks' parameters, checked before any kernel (the same rules as
+:class:`~rtopt_lab.workbench.replay.ReplayConfig` and :func:`~rtopt_lab.ope.evaluate`,
+declared here because importing those takes over a second)."""
+
+
+def _type_error(value: Any, default: Any) -> str | None:
+    """What ``value`` should be, judged by the notebook's default; None when it fits."""
+    if default is None or isinstance(default, str):
+        return None  # a str parameter takes what YAML read (`version=3`); the value rules judge
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    if isinstance(default, float):
+        return None if isinstance(value, int | float) and not isinstance(value, bool) else "a number"
+    return None
 
 
 def _as_scalar(value: Any) -> Any:
@@ -286,7 +383,8 @@ def _check_config_file(key: str, value: str, *, where: str, path: Path | None, a
 
 
 def _check_parameter(key: Any, value: Any, *, defined: tuple[str, ...], notebook: Path, where: str,
-                     path: Path | None, allowed: Iterable[Path] = ()) -> Scalar:
+                     path: Path | None, allowed: Iterable[Path] = (),
+                     defaults: Mapping[str, Any] | None = None) -> Scalar:
     if not isinstance(key, str) or not key.isidentifier():
         raise ExperimentError(f"{where}: parameters.{key}: a parameter name must be a Python "
                               f"identifier", path=path, key=f"parameters.{key}")
@@ -303,6 +401,15 @@ def _check_parameter(key: Any, value: Any, *, defined: tuple[str, ...], notebook
         raise ExperimentError(f"{where}: parameters.{key}: not defined in the parameters cell of "
                               f"{display_path(notebook)}{_suggest(key, defined)}; it defines: {have}",
                               path=path, key=f"parameters.{key}")
+    defaults = defaults or {}
+    if key in defaults and (expected := _type_error(value, defaults[key])) is not None:
+        raise ExperimentError(f"{where}: parameters.{key}: expected {expected} (the notebook's default is "
+                              f"{defaults[key]!r}); got {type(value).__name__} {value!r}",
+                              path=path, key=f"parameters.{key}")
+    rule = VALUE_RULES.get(key)
+    if rule is not None and key in defaults and (expected := rule(value)) is not None:
+        raise ExperimentError(f"{where}: parameters.{key}: expected {expected}", path=path,
+                              key=f"parameters.{key}")
     _check_path(key, value, where=where, path=path, allowed=allowed)
     return value
 
@@ -432,11 +539,12 @@ def load_experiment(path: str | os.PathLike[str], *, allowed: Iterable[str | os.
         raise ExperimentError(f"{path}: parameters: {display_path(notebook)} has no cell tagged "
                               f"'parameters' to override", path=path, key="parameters")
     defined = defined or ()
+    defaults = notebook_defaults(notebook) if defined else {}
     params = {k: _check_parameter(k, v, defined=defined, notebook=notebook, where=str(path), path=path,
-                                  allowed=folders)
+                                  allowed=folders, defaults=defaults)
               for k, v in fields.pop("parameters").items()}
     return Experiment(notebook=notebook, parameters=params, source=path.resolve(), defined=defined,
-                      allowed=folders, **fields)
+                      allowed=folders, defaults=defaults, **fields)
 
 
 def discover(path: str | os.PathLike[str], *, allowed: Iterable[str | os.PathLike[str]] = ()) -> list[Experiment]:
