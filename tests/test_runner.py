@@ -343,3 +343,17 @@ def test_the_defaults_agree_with_papermills_inspect_notebook():
         assert set(mine) == set(theirs), nb
         for name, default in mine.items():
             assert default == ast.literal_eval(theirs[name]["default"]), (nb, name)
+
+
+def test_a_staged_batch_shows_one_bar_and_no_kernel_transport_warning(workdir, capfd):
+    from rtopt_lab.workbench.runner import run_staged
+
+    exps = [load_experiment(_yaml(workdir / "exp" / f"{name}.yaml",
+                                  f"name: {name}\nnotebook: ../nb/echo.ipynb\nstage: {stage}\n"
+                                  f"parameters: {{out_file: '{workdir / name}.json'}}\n"))
+            for name, stage in [("s0", 0), ("s1", 1)]]
+    results = run_staged(exps, jobs=1, runs_dir=workdir / "runs", log_to_mlflow=False, progress=True)
+    assert [r.status for r in results] == ["ok", "ok"], [str(r.error) for r in results]
+    err = capfd.readouterr().err
+    assert "without encryption" not in err  # the kernel (a child process) writes to this fd 2
+    assert "2/2" in err and "0/1" not in err and "1/1" not in err  # one bar over both stages
