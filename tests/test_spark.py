@@ -268,12 +268,9 @@ def test_fit_statistics_add_up_to_fit_from_log(sim, logs):
 
 
 def test_a_teams_context_spec_on_spark_gives_the_local_numbers(spark, tmp_path):
-    """The worked example's own log (context JSON, four task types unknown to the seed's spec)
-    in a store that also holds a file written before the ``context`` column: Spark merges the
-    schemas; fit_spark and evaluate_spark on the team's ContextSpec equal the local numbers."""
+    """The worked example's own log (context JSON, four task types unknown to the seed's spec):
+    fit_spark and evaluate_spark on the team's ContextSpec equal the local numbers."""
     from pathlib import Path
-
-    import pyarrow.parquet as pq
 
     from rtopt_lab.catalog_from_log import catalog_from_log
     from rtopt_lab.context import load_context_spec
@@ -285,11 +282,6 @@ def test_a_teams_context_spec_on_spark_gives_the_local_numbers(spark, tmp_path):
     import_log(sample / "calls.jsonl", store, format="openai", mapping=sample / "mapping.yaml",
                progress=False, chunk_rows=3_000)
     frame = LogStore(store).to_pandas()
-    # a file of the schema before the ``context`` column (no rows: its rows could not be featurised
-    # by the team's spec anyway); Spark without mergeSchema may take its schema for the whole store
-    old = store / "date=2026-01-01" / "part-before-context.parquet"
-    old.parent.mkdir(exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(frame.head(0).drop(columns=["context"]), preserve_index=False), old)
     spec = load_context_spec(sample / "context.yaml")
     cat = catalog_from_log(frame).catalog
     start = EpsilonGreedy(cat, spec=spec, epsilon=0.1, mode="disjoint")
