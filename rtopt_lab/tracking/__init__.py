@@ -36,7 +36,6 @@ from rtopt_lab.tracking.runs import (
     add_artifacts,
     log_evaluation,
     log_run,
-    run_name,
     run_table,
 )
 from rtopt_lab.tracking.store import (
@@ -73,7 +72,6 @@ __all__ = [
     "reconcile",
     "register_policy",
     "rollback",
-    "run_name",
     "run_table",
     "status",
     "tag_version",
