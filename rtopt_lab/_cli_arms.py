@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from rtopt_lab._cli_types import positive_int
+
 __all__ = ["add_parsers"]
 
 _FROM_LOG = """\
@@ -21,16 +23,6 @@ command wrote (its header line). Use the file as `arms: <file>` in an experiment
 `rtopt simulate --arms <file>`."""
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
-    return value
-
-
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``rtopt arms`` to the ``rtopt`` parser."""
     from rtopt_lab.catalog_from_log import DEFAULT_MIN_COUNT
@@ -42,7 +34,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         description=_FROM_LOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     f.add_argument("log", type=Path, metavar="LOG", help="decision log: a log directory or a .parquet file")
     f.add_argument("--out", type=Path, required=True, help="the .yaml file to write")
-    f.add_argument("--min-count", type=_count, default=DEFAULT_MIN_COUNT, metavar="N",
+    f.add_argument("--min-count", type=positive_int, default=DEFAULT_MIN_COUNT, metavar="N",
                    help="fewer rows than this and a combination is rare (default: %(default)s)")
     f.add_argument("--drop-rare", action="store_true", help="leave the rare combinations out of the catalog")
     f.add_argument("--force", action="store_true",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
+
+from rtopt_lab._cli_types import positive_float, unit_interval
 
 __all__ = ["add_parsers"]
 
@@ -42,23 +43,6 @@ examples:
   rtopt plan exploration --log prod.parquet --candidate cand.npz --traffic-per-day 50000 --json"""
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def _unit(text: str) -> float:
-    value = _positive(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
-    return value
-
-
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``rtopt plan`` to the ``rtopt`` parser."""
     p = sub.add_parser("plan", help="plan the exploration a candidate needs to be judged off-policy",
@@ -70,13 +54,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--log", type=Path, required=True, metavar="LOG",
                    help="decision log: a log directory or a .parquet file")
     e.add_argument("--candidate", type=Path, required=True, metavar="P.npz", help="the candidate policy file")
-    e.add_argument("--mde", type=_positive, default=0.01,
+    e.add_argument("--mde", type=positive_float, default=0.01,
                    help="improvement of the mean reward to detect (default: %(default)s)")
-    e.add_argument("--alpha", type=_unit, default=0.05, help="one-sided level of the test (default: %(default)s)")
-    e.add_argument("--power", type=_unit, default=0.8, help="power wanted (default: %(default)s)")
-    e.add_argument("--traffic-per-day", type=_positive, default=None, metavar="N",
+    e.add_argument("--alpha", type=unit_interval, default=0.05, help="one-sided level of the test (default: %(default)s)")
+    e.add_argument("--power", type=unit_interval, default=0.8, help="power wanted (default: %(default)s)")
+    e.add_argument("--traffic-per-day", type=positive_float, default=None, metavar="N",
                    help="requests per day (default: the log's rows per day, from its timestamps)")
-    e.add_argument("--days", type=_positive, default=None, metavar="D",
+    e.add_argument("--days", type=positive_float, default=None, metavar="D",
                    help="horizon: the test must conclude within D days (default: 14)")
     e.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     e.set_defaults(func=_cmd_exploration)

@@ -27,37 +27,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from rtopt_lab._cli_types import margin as _margin
+from rtopt_lab._cli_types import positive_int as _positive_int
+from rtopt_lab._cli_types import probability as _probability
+
 __all__ = ["main"]
-
-
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {s!r}")
-    return v
-
-
-def _margin(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
-    if not 0 <= v < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s!r}")
-    return v
-
-
-def _probability(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {s!r}") from None
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {s!r}")
-    return v
 
 
 def _build_parser() -> argparse.ArgumentParser:
