@@ -220,6 +220,82 @@ def evidence_tags(
     return tags
 
 
+VERSION_EVIDENCE_TAGS: tuple[str, ...] = (
+    "gates.status", "gates.reasons", "ope.lower_bound", "ope.margin", "ope.dr.value", "ope.dr.diff", "ope.pscore",
+)
+"""The evidence a version carries as tags (what promotion, the rollout and ``rtopt status``
+read); everything else :func:`evidence_tags` computes (every estimator's row, each gate's
+status and reasons) is the version's evidence JSON artifact (``evidence/v<version>.json``)."""
+
+
+def compact_tags(evidence: Mapping[str, str]) -> dict[str, str]:
+    """The version tags of :func:`evidence_tags`' output: :data:`VERSION_EVIDENCE_TAGS`, with
+    ``gates.reasons`` the gates' reasons in one line (``<gate>: <reasons>; ...``, ``none``
+    when no gate gave one) whenever gate verdicts are in ``evidence``."""
+    out = {k: v for k, v in evidence.items() if k in VERSION_EVIDENCE_TAGS}
+    gates = {k[len("gate."):]: v for k, v in evidence.items() if k.startswith("gate.") and k.count(".") == 1}
+    if gates and "gates.reasons" not in evidence:
+        reasons = [f"{g}: {evidence[f'gate.{g}.reasons']}" for g in sorted(gates) if f"gate.{g}.reasons" in evidence]
+        out["gates.reasons"] = _tag("; ".join(reasons) or "none")
+    return out
+
+
+def _evidence_document(evidence: Mapping[str, str]) -> dict[str, Any]:
+    """:func:`evidence_tags`' output as one JSON document: ``ope`` by estimator, ``gates`` by name."""
+    doc: dict[str, Any] = {"ope": {}, "gates": {}, "summary": {}}
+    for k, v in evidence.items():
+        parts = k.split(".")
+        if parts[0] == "ope" and len(parts) == 3:
+            doc["ope"].setdefault(parts[1], {})[parts[2]] = v
+        elif parts[0] == "gate" and len(parts) == 2:
+            doc["gates"].setdefault(parts[1], {})["status"] = v
+        elif parts[0] == "gate" and len(parts) == 3 and parts[2] == "reasons":
+            doc["gates"].setdefault(parts[1], {})["reasons"] = v.split(" | ")
+        else:
+            doc["summary"][k] = v
+    return doc
+
+
+def _log_evidence(client: MlflowClient, run_id: str | None, version: str, evidence: Mapping[str, str]) -> str | None:
+    """Write (or merge into) ``evidence/v<version>.json`` in the version's run; its path."""
+    if not run_id:
+        return None
+    path = f"evidence/v{version}.json"
+    doc = _evidence_document(evidence)
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            old = json.loads(Path(client.download_artifacts(run_id, path, d)).read_text())
+        for key in ("ope", "gates", "summary"):
+            doc[key] = {**old.get(key, {}), **doc[key]}
+    except (MlflowException, OSError, ValueError):
+        pass
+    client.log_dict(run_id, doc, path)
+    return path
+
+
+def _fmt(v: str | None) -> str:
+    try:
+        return f"{float(v):+.4g}"
+    except (TypeError, ValueError):
+        return "n/a"
+
+
+def version_description(tags: Mapping[str, str], *, model: str, version: str, run_id: str | None,
+                        experiment_id: str | None, candidate: str | None = None) -> str:
+    """The version's description: what it is, its evidence in one line, a link to its run."""
+    what = f"{tags.get('policy.kind', 'policy')} policy `{tags.get('policy.version', '?')}`"
+    if candidate:
+        what += f" (candidate {candidate})"
+    evidence = (f"DR diff vs production {_fmt(tags.get('ope.dr.diff'))}, decision bound "
+                f"{_fmt(tags.get('ope.lower_bound'))}, gates {tags.get('gates.status', 'n/a')}")
+    lines = [f"{model} v{version}: {what}, reward `{tags.get('reward.version', '?')}`.", "",
+             f"Evidence: {evidence}."]
+    if run_id:
+        link = f"#/experiments/{experiment_id}/runs/{run_id}" if experiment_id else run_id
+        lines += ["", f"Run: [{run_id}]({link}); gate and estimator details: `evidence/v{version}.json`."]
+    return "\n".join(lines)
+
+
 def _version(client: MlflowClient, model: str, version: str | int):
     try:
         return client.get_model_version(model, str(version))
@@ -285,8 +361,9 @@ def register_policy(
     client, uri = _client(uri)
     log = _provenance(provenance, uri)
     require_clean(client, model, log, "registration")  # fail fast, before the slow model logging
+    evidence = evidence_tags(evaluation=evaluation, candidate=candidate, gate_verdicts=gate_verdicts)
     tags = {
-        **evidence_tags(evaluation=evaluation, candidate=candidate, gate_verdicts=gate_verdicts),
+        **compact_tags(evidence),
         "policy.kind": policy.config()["kind"],
         "policy.version": policy.version,
         "approval_required": str(bool(approval_required)).lower(),
@@ -326,7 +403,11 @@ def register_policy(
             )
             mlflow.log_dict(reward.to_dict(), "reward.json")
             run_id = run.info.run_id
+            experiment_of_run = run.info.experiment_id
     version = str(info.registered_model_version)
+    _log_evidence(client, run_id, version, evidence)
+    client.update_model_version(model, version, description=version_description(
+        tags, model=model, version=version, run_id=run_id, experiment_id=experiment_of_run, candidate=candidate))
     with registry_lock(log):  # the new version is in no phase: nothing checked depends on it yet
         require_clean(client, model, log, "registration")
         for k, v in tags.items():
@@ -389,9 +470,10 @@ def tag_version(
     with registry_lock(log):
         require_clean(client, model, log, "tagging", versions=[version])
         mv = _version(client, model, version)
-        new = evidence_tags(evaluation=evaluation, candidate=candidate, gate_verdicts=gate_verdicts)
+        evidence = evidence_tags(evaluation=evaluation, candidate=candidate, gate_verdicts=gate_verdicts)
         if gate_verdicts is None:
-            new = {k: v for k, v in new.items() if not k.startswith("gate")}
+            evidence = {k: v for k, v in evidence.items() if not k.startswith("gate")}
+        new = compact_tags(evidence)
         new.update({str(k): _tag(v) for k, v in (tags or {}).items()})
         after = {**mv.tags, **new}
         record = log.append(
@@ -411,6 +493,7 @@ def tag_version(
         for k, v in new.items():
             client.set_model_version_tag(model, version, k, v)
         _anchor(client, model, version, record.hash)
+        _log_evidence(client, mv.run_id, version, {**evidence, **new})
         return new
 
 
@@ -539,7 +622,7 @@ def promotion_refusals(
         return reasons
     if target is Phase.SHADOW or current is None:
         if gates == "fail":
-            reasons.append("a gate failed: " + tags.get("gates.reasons", _gate_reasons(tags)))
+            reasons.append("a gate failed: " + _gate_reasons(tags))
         return reasons
     if reasons:
         return reasons
@@ -578,6 +661,10 @@ def _evidence_record(evidence: PhaseEvidence) -> dict[str, Any]:
 
 
 def _gate_reasons(tags: Mapping[str, str]) -> str:
+    """The gates' reasons: the ``gates.reasons`` tag, or (versions tagged before it) every
+    ``gate.<name>.reasons`` tag."""
+    if "gates.reasons" in tags:
+        return "" if tags["gates.reasons"] == "none" else tags["gates.reasons"]
     return "; ".join(
         v for k, v in sorted(tags.items()) if k.startswith("gate.") and k.endswith(".reasons")
     )

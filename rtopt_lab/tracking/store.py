@@ -23,6 +23,11 @@ __all__ = ["default_tracking_uri", "ensure_experiment", "provenance_path", "set_
 
 PROVENANCE_ENV = "RTOPT_PROVENANCE"
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+"""The experiment tag MLflow 3's UI reads to choose its layout (``genai_development`` opens on
+the GenAI overview and traces; ``custom_model_development`` on the runs table)."""
+EXPERIMENT_KIND = "custom_model_development"
+
 
 def default_tracking_uri(root: str | os.PathLike[str] = ".") -> str:
     """``sqlite:///<root>/mlflow/mlflow.db`` (the folder is created)."""
@@ -83,7 +88,9 @@ def provenance_path(uri: str) -> Path:
 def ensure_experiment(name: str, *, uri: str | None = None, root: str | os.PathLike[str] = ".") -> str:
     """Create the store and the experiment if needed; return the experiment id.
 
-    Artifacts of a new experiment on the embedded store go to ``<root>/mlflow/artifacts``.
+    The experiment is a classic ML experiment (tag ``mlflow.experimentKind`` =
+    ``custom_model_development``, also set on an existing experiment that lacks it), so the
+    MLflow UI opens on its runs, not on the GenAI overview. Artifacts of a new experiment on the embedded store go to ``<root>/mlflow/artifacts``.
     Call this once before starting parallel runs and pass the id to each.
     """
     if not isinstance(name, str) or not name.strip():
@@ -92,10 +99,13 @@ def ensure_experiment(name: str, *, uri: str | None = None, root: str | os.PathL
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if EXPERIMENT_KIND_TAG not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     folder = _sqlite_folder(uri)
     artifacts = None if folder is None else (folder / "artifacts").as_uri()
     try:
-        return client.create_experiment(name, artifact_location=artifacts)
+        return client.create_experiment(name, artifact_location=artifacts,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except mlflow.exceptions.MlflowException:  # created concurrently by another process
         return client.get_experiment_by_name(name).experiment_id
