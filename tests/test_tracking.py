@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import matplotlib
@@ -24,6 +25,7 @@ from rtopt_lab.tracking import (
     ensure_experiment,
     log_evaluation,
     log_run,
+    run_name,
     run_table,
 )
 
@@ -56,20 +58,35 @@ def test_log_evaluation_records_params_metrics_and_artifacts(sim, tmp_path):
     plt.plot([0, 1], [0, 1])
     report = tmp_path / "report.html"
     report.write_text("<html><body>report</body></html>")
+    half = len(log) // 2
+    started = time.time() - 120
     run_id = log_evaluation(table, experiment_id=eid, params={"estimators": "ips,dr", "n_boot": 0},
-                            data=DataFingerprint.of_frame(log, "sim"), uri=uri,
+                            data=DataFingerprint.of_frame(log, "sim"), uri=uri, run_name=run_name("replay", "uniform"),
                             gate_verdicts={"trust_region": {"status": "pass"}, "quality_floor": {"status": "fail"}},
-                            figures={"forest": fig}, artifacts=[report])
-    run = MlflowClient(tracking_uri=uri).get_run(run_id)
+                            figures={"forest": fig}, artifacts=[report], started=started,
+                            datasets={"training": log.iloc[:half], "evaluation": log.iloc[half:]})
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
     assert run.info.experiment_id == eid
+    assert client.get_experiment(eid).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.info.run_name.startswith("replay · uniform · 20")
+    assert run.info.end_time - run.info.start_time >= 120_000          # the duration covers the notebook
+    assert "**uniform**: dr value" in run.data.tags["mlflow.note.content"]
     assert run.data.params["data.rows"] == "3000" and run.data.params["estimators"] == "ips,dr"
     m = run.data.metrics
     row = table[(table["candidate"] == "uniform") & (table["estimator"] == "dr")].iloc[0]
     assert m["uniform.dr.value"] == row["value"] and m["uniform.dr.diff"] == row["diff"]
-    assert m["gate.trust_region.passed"] == 1.0 and m["gate.quality_floor.passed"] == 0.0
-    files = {f.path for f in MlflowClient(tracking_uri=uri).list_artifacts(run_id)}
-    assert files == {"results.csv", "gate_verdicts.json", "plots", "report.html"}
-    assert [f.path for f in MlflowClient(tracking_uri=uri).list_artifacts(run_id, "plots")] == ["plots/forest.png"]
+    assert m["uniform.dr.lower_bound"] == row["lower_bound"]
+    assert set(m) <= {f"{c}.dr.{k}" for c in ("production", "uniform") for k in ("value", "diff", "lower_bound")}
+    inputs = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "evaluation"}
+    assert json.loads(inputs["evaluation"].dataset.profile)["num_rows"] == len(log) - half
+    assert json.loads(inputs["training"].dataset.source)["uri"] == "sim"
+    files = {f.path for f in client.list_artifacts(run_id)}
+    assert files == {"results.json", "gate_verdicts.json", "plots", "report.html"}
+    assert [f.path for f in client.list_artifacts(run_id, "plots")] == ["plots/forest.png"]
+    back = run_table(run_id, "results", uri=uri)
+    assert len(back) == len(table) and back["value"].tolist() == pytest.approx(table["value"].tolist(), nan_ok=True)
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="gate_verdicts.json",
                                                 tracking_uri=uri)
     assert json.loads(Path(local).read_text())["quality_floor"]["status"] == "fail"

@@ -36,6 +36,7 @@ from rtopt_lab.tracking.runs import (
     add_artifacts,
     log_evaluation,
     log_run,
+    run_name,
     run_table,
 )
 from rtopt_lab.tracking.store import (
@@ -72,6 +73,7 @@ __all__ = [
     "reconcile",
     "register_policy",
     "rollback",
+    "run_name",
     "run_table",
     "status",
     "tag_version",
