@@ -135,3 +135,22 @@ def test_tracking_calls_leave_the_environment_alone(tmp_path, monkeypatch):
     register_policy(FixedPolicy(ArmCatalog.from_grid()), experiment_id=eid, uri=uri,
                     provenance=tmp_path / "provenance.jsonl")
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+
+
+def test_a_notebook_run_lasts_as_long_as_the_notebook(store_uri):
+    from rtopt_lab.tracking.notebooks import log_notebook_run
+
+    uri = store_uri
+    eid = ensure_experiment("rtopt/durations", uri=uri)
+    client = MlflowClient(tracking_uri=uri)
+    rid = log_notebook_run(None, experiment_id=eid, uri=uri, name="nb", status="ok", metrics={"duration_s": 300.0})
+    info = client.get_run(rid).info
+    assert 299_000 <= info.end_time - info.start_time <= 302_000 and info.status == "FINISHED"
+    own = log_run(experiment_id=eid, uri=uri, run_name="own", started=time.time() - 60, description="a step")
+    assert client.get_run(own).data.tags["mlflow.note.content"] == "a step"
+    ended = client.get_run(own).info.end_time
+    time.sleep(0.05)
+    log_notebook_run(None, experiment_id=eid, uri=uri, name="nb", status="ok", run_id=own,
+                     metrics={"duration_s": 61.0})
+    info = client.get_run(own).info
+    assert info.end_time > ended and info.end_time - info.start_time >= 60_000   # ends with the notebook

@@ -2,8 +2,10 @@
 
 A notebook may open its own MLflow run and expose its id (the runner's ``run_id_file``
 convention); the executed notebook is then logged into that run. Otherwise the runner
-gets a new run named after the experiment. Either way the run is tagged
-``rtopt.experiment=<name>`` and ``rtopt.status=ok|failed``.
+gets a new run named after the experiment.
+Either way the run is tagged ``rtopt.experiment=<name>`` and ``rtopt.status=ok|failed``,
+and its duration is the notebook's: it ends when the notebook ended, and a new run starts
+when the notebook started (``metrics["duration_s"]`` before the end).
 
 Everything goes through an explicit :class:`~mlflow.MlflowClient` with an explicit
 experiment id: nothing here touches MLflow's global tracking URI or active run, so
@@ -90,15 +92,17 @@ def log_notebook_run(path: str | os.PathLike[str] | None, *, experiment_id: str,
     if status not in _STATUSES:
         raise ValueError(f"`status` must be 'ok' or 'failed'; got {status!r}")
     client = MlflowClient(tracking_uri=uri)
+    now = int(time.time() * 1000)
+    duration = (metrics or {}).get("duration_s")
+    started = None if duration is None else now - int(float(duration) * 1000)
     all_tags = {**dict(tags or {}), "rtopt.experiment": name, "rtopt.status": status}
     if error:
         all_tags["rtopt.error"] = error[:_MAX_TAG]
     run = _existing_run(client, run_id)
     new = run is None
     if new:
-        run = _retry(client.create_run, experiment_id, run_name=name, tags=all_tags)
+        run = _retry(client.create_run, experiment_id, start_time=started, tags=all_tags, run_name=name)
     rid = run.info.run_id
-    now = int(time.time() * 1000)
     _retry(client.log_batch, rid,
            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
            params=[Param(k, str(v)[:_MAX_PARAM]) for k, v in (params or {}).items()] if new else [],
@@ -109,8 +113,8 @@ def log_notebook_run(path: str | os.PathLike[str] | None, *, experiment_id: str,
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "error.txt").write_text(error + "\n", encoding="utf-8")
             _retry(client.log_artifact, rid, str(Path(d) / "error.txt"))
-    if new:
-        _retry(client.set_terminated, rid, _STATUSES[status])
-    elif run.info.status == "RUNNING":  # the kernel is gone: its run will not end itself
-        _retry(client.set_terminated, rid, _STATUSES[status])
+    # the run ends with the notebook (a notebook's own run ended at its logging cell, or is
+    # still RUNNING when the kernel died); a finished run keeps its own status
+    end_status = _STATUSES[status] if new or run.info.status == "RUNNING" else run.info.status
+    _retry(client.set_terminated, rid, end_status, end_time=int(time.time() * 1000))
     return rid
