@@ -50,7 +50,9 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (*FEATURE_COLUMNS[1:], "request_id")
 OUTPUT_COLUMNS: tuple[str, ...] = ("request_id", "arm_id", "temperature", "top_p", "max_tokens",
                                    "frequency_penalty", "presence_penalty", "seed", "model_name",
                                    "propensity", "policy_version", "reason", "blocked")
-_NULLABLE_TEXT = ("model_name", "reason")
+#: Output columns that may be None: kept as object columns so None stays JSON null (a
+#: float column would turn it into NaN, and an int seed into a float).
+_NULLABLE = ("seed", "model_name", "reason")
 
 
 def input_example(spec: Any = None) -> pd.DataFrame:
@@ -173,6 +175,7 @@ def select_frame(policy: BasePolicy, frame: pd.DataFrame, *, guard: Any = None) 
                 and task not in declared:
             row["reason"] = undeclared_reason(task)
     out = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
-    for name in _NULLABLE_TEXT:  # None stays None (JSON null), not the NaN of a str column
-        out[name] = pd.Series([r[name] for r in rows], index=out.index, dtype=object)
+    for name in _NULLABLE:  # None stays None (JSON null), never NaN; an int seed stays an int
+        out[name] = pd.Series([None if _missing(r[name]) else r[name] for r in rows],
+                              index=out.index, dtype=object)
     return out

@@ -465,3 +465,90 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# --------------------------------------------------------------------------- row by row over HTTP
+def _strict_json(payload: bytes):
+    """JSON as RFC 8259 has it: a bare NaN or Infinity raises."""
+    def no_constant(name):
+        raise ValueError(f"not JSON: bare {name}")
+
+    return json.loads(payload, parse_constant=no_constant)
+
+
+@pytest.mark.slow
+def test_served_model_answers_every_record_on_its_own(store):
+    """Mixed-type batches: each bad record gets its fallback and reason, the others their
+    decisions (as select_frame answers them in process), and the body is strict JSON."""
+    import pandas as pd
+
+    from rtopt_lab.serving import input_example, select_frame
+
+    uri, root, policy = store
+    port = _free_port()
+    proc = _rtopt("serve", "--phase", "general", "--tracking-uri", uri, "--port", str(port), cwd=root)
+    try:
+        _announced(proc, "serving on")
+        _drain(proc.stderr, [])
+        _drain(proc.stdout, [])
+        good = json.loads(input_example().to_json(orient="records"))[0]
+        no_tier = {k: v for k, v in good.items() if k != "risk_tier"} | {"request_id": "no-tier"}
+        batches = {
+            "a record lacking risk_tier": [good, no_tier],
+            "lacking it first": [no_tier, good],
+            "mixed types": [
+                good,
+                good | {"risk_tier": "high", "request_id": "tier-str"},
+                good | {"prompt_tokens": "lots", "max_loc": None, "request_id": "counts"},
+                good | {"risk_tier": 2.5, "request_id": "tier-float"},
+                good | {"risk_tier": None, "request_id": "tier-null"},
+                {"task_type": 17, "request_id": "task-int"},
+                {"task_type": None},
+                good | {"complexity_indicators": {"a": 1}, "request_id": "ci-dict"},
+                good | {"has_external_deps": "maybe", "request_id": "deps-str"},
+            ],
+        }
+        for what, records in batches.items():
+            status, payload = _get(port, "/invocations", host=f"127.0.0.1:{port}",
+                                   body=json.dumps({"dataframe_records": records}).encode())
+            assert status == 200, (what, payload[:400])
+            got = _strict_json(payload)["predictions"]
+            assert len(got) == len(records), what
+            want = select_frame(policy, pd.DataFrame(records))
+            for g, w, rec in zip(got, want.to_dict("records"), records, strict=True):
+                assert g["arm_id"] == w["arm_id"] and g["propensity"] == pytest.approx(w["propensity"]), (what, rec)
+                assert (g["reason"] is None) == (w["reason"] is None), (what, rec, g["reason"])
+                for name in ("seed", "model_name", "reason"):
+                    assert g[name] is None or isinstance(g[name], (str, int)), (what, name, g[name])
+            reasons = {g["request_id"]: g["reason"] for g in got}
+            assert reasons.get("req-0001", None) is None, what  # the valid record: its decision
+            for rid in ("tier-str", "counts", "tier-float"):
+                if rid in reasons:
+                    assert reasons[rid] and "baseline" in reasons[rid], (what, rid, reasons[rid])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_answers_serialise_as_strict_json_with_mixed_seeds():
+    """Arms with and without a seed or model in one answer: null, never NaN or 42.0."""
+    import io
+
+    import pandas as pd
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    from rtopt_lab.arms import ArmCatalog, ParameterSet
+    from rtopt_lab.policies import UniformRandom
+    from rtopt_lab.serving import input_example, select_frame
+
+    cat = ArmCatalog([ParameterSet(temperature=0.6, top_p=1.0, max_tokens=600),
+                      ParameterSet(temperature=0.2, top_p=0.9, max_tokens=400, seed=42, model_name="gpt-4o")])
+    good = json.loads(input_example().to_json(orient="records"))[0]
+    records = [good | {"request_id": f"r{i}"} for i in range(12)] + [good | {"risk_tier": "x"}]
+    out = select_frame(UniformRandom(cat, seed=1), pd.DataFrame(records))
+    buf = io.StringIO()
+    predictions_to_json(out, buf)
+    got = _strict_json(buf.getvalue())["predictions"]
+    assert {g["seed"] for g in got} == {None, 42} and {g["model_name"] for g in got} == {None, "gpt-4o"}
+    assert all(type(g["seed"]) in (int, type(None)) for g in got)
+    assert got[-1]["reason"].startswith("invalid request") and all(g["reason"] is None for g in got[:-1])
