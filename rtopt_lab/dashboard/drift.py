@@ -313,6 +313,18 @@ def feature_drift(reference: Any, current: Any, *, name: str = "feature",
                         test_flag=bool(p < test_level))
 
 
+def _is_binary(reference: pd.Series, current: pd.Series) -> bool:
+    """Whether a column holds only 0 / 1 (a boolean or one-hot indicator) in both windows,
+    missing values aside: such a column is compared as categorical (PSI over its two
+    values and the chi-square test), never with KS, which is meant for continuous data."""
+    values = pd.concat([reference, current], ignore_index=True).dropna()
+    if pd.api.types.is_bool_dtype(values):
+        return True
+    if not pd.api.types.is_numeric_dtype(values):
+        return False
+    return bool(values.isin((0, 1)).all())
+
+
 def _frame(x: Any, name: str) -> pd.DataFrame:
     if isinstance(x, pa.Table):
         return x.to_pandas()
@@ -336,7 +348,9 @@ def drift_table(reference: Any, current: Any, *, numeric: Sequence[str] | None =
         Columns to compare. Default: when both windows have ``task_type`` (logs and
         context frames), the columns of :data:`DEFAULT_NUMERIC` and
         :data:`DEFAULT_CATEGORICAL` present in both; otherwise (e.g. context vectors from
-        :func:`context_columns`) every numeric column present in both.
+        :func:`context_columns`) every numeric column present in both. A numeric column
+        holding only 0 and 1 in both windows (a one-hot or boolean indicator) is compared
+        as categorical (PSI and chi-square): KS is run on continuous features only.
     n_bins, epsilon, test_level, psi_moderate, psi_major : as in :func:`feature_drift`
 
     Returns
@@ -365,6 +379,9 @@ def drift_table(reference: Any, current: Any, *, numeric: Sequence[str] | None =
         else:                                       # e.g. context vectors: every numeric column
             numeric = [c for c in both if pd.api.types.is_numeric_dtype(ref[c])]
     numeric, categorical = list(numeric or ()), list(categorical or ())
+    binary = [c for c in numeric if c in both and _is_binary(ref[c], cur[c])]
+    numeric = [c for c in numeric if c not in binary]      # KS only for continuous features
+    categorical = categorical + [c for c in binary if c not in categorical]
     for which, cols in (("numeric", numeric), ("categorical", categorical)):
         missing = [c for c in cols if c not in both]
         if missing:

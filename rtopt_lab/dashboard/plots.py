@@ -17,6 +17,7 @@ the functions are safe in a headless batch job or a server (rendering is Agg via
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -149,28 +150,47 @@ def pareto_plot(points: pd.DataFrame, *, quality: str = "quality", cost: str = "
     style = {"arm": ("o", "#969696", "arms"), "policy": ("D", "#2166ac", "policies")}
     for k in dict.fromkeys(kind):
         sub = p.loc[kind == k]
-        marker, color, label = style.get(k, ("s", "#7570b3", str(k)))
+        marker, color, _ = style.get(k, ("s", "#7570b3", str(k)))
         xerr = sub[f"{cost}_se"] if f"{cost}_se" in sub.columns else None
         yerr = sub[f"{quality}_se"] if f"{quality}_se" in sub.columns else None
         ax.errorbar(sub[cost], sub[quality], xerr=xerr, yerr=yerr, fmt=marker, color=color, ecolor="#d9d9d9",
-                    markersize=5 if k == "arm" else 8, alpha=0.85, label=label, zorder=2 if k == "arm" else 5)
+                    markersize=5 if k == "arm" else 8, alpha=0.85, zorder=2 if k == "arm" else 5)
     f = p.loc[front].sort_values([cost, quality], ascending=[True, False])
     ax.plot(f[cost], f[quality], "-", color="#d95f02", linewidth=1.5, zorder=3)
-    ax.scatter(f[cost], f[quality], s=60, color="#d95f02", zorder=4, label="Pareto front")
+    f_kind = kind[front]
+    for k in dict.fromkeys(f_kind):      # a front point keeps its kind's marker, ringed in orange
+        sub = p.loc[front].loc[f_kind == k]
+        marker = style.get(k, ("s", "#7570b3", ""))[0]
+        ax.scatter(sub[cost], sub[quality], s=150 if k == "policy" else 110, marker=marker, facecolors="none",
+                   edgecolors="#d95f02", linewidths=2, zorder=6)
     for _, row in p.loc[front | (kind == "policy")].iterrows():
         ax.annotate(str(row[name]), (row[cost], row[quality]), textcoords="offset points", xytext=(4, 4),
                     fontsize=7)
     ax.set_xlabel(cost_label)
     ax.set_ylabel(quality_label)
     ax.set_title(title or f"Quality vs cost: {int(front.sum())} of {len(p)} points on the Pareto front")
-    ax.legend(loc="lower right", fontsize="small")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], linestyle="none", marker=style.get(k, ("s", "#7570b3", str(k)))[0],
+                      color=style.get(k, ("s", "#7570b3", str(k)))[1], markersize=5 if k == "arm" else 8,
+                      label=style.get(k, ("s", "#7570b3", str(k)))[2]) for k in dict.fromkeys(kind)]
+    handles.append(Line2D([], [], color="#d95f02", linewidth=1.5, marker="o", markersize=9,
+                          markerfacecolor="none", markeredgecolor="#d95f02", markeredgewidth=2,
+                          label="Pareto front (ringed, joined)"))
+    ax.legend(handles=handles, loc="lower right", fontsize="small")
     ax.grid(alpha=0.3)
     return fig
 
 
 def drift_plot(drift: pd.DataFrame, *, top: int | None = 20, psi_moderate: float = 0.1, psi_major: float = 0.2,
-               title: str | None = None) -> Figure:
-    """Horizontal bars of PSI per feature, coloured by severity; ``*`` marks a test flag.
+               test_level: float = 0.01, title: str | None = None) -> Figure:
+    """Drift per feature: PSI (the effect size) beside the two-sample test's p-value.
+
+    Left panel: horizontal bars of PSI coloured by severity, with the 0.1 / 0.2 threshold
+    lines, each bar labelled with its value (a stable window has bars near 0: the label says
+    how near). Right panel (when the table has ``p_value``): :math:`-\\log_{10} p` of the
+    test that fits the feature's type (KS for continuous features, chi-square for
+    categorical and 0/1 ones, named on each row), with the ``test_level`` line.
 
     Parameters
     ----------
@@ -180,28 +200,61 @@ def drift_plot(drift: pd.DataFrame, *, top: int | None = 20, psi_moderate: float
         Show the first ``top`` rows (the table is sorted by severity).
     psi_moderate, psi_major : float
         Threshold lines.
+    test_level : float, default 0.01
+        The p-value line of the right panel.
     title : str, optional
     """
     _need(drift, "drift", ("feature", "psi", "severity"))
     d = drift.head(top) if top else drift
-    fig = _figure(8.0, 1.4 + 0.3 * len(d))
-    ax = fig.add_subplot()
+    has_p = "p_value" in d.columns
+    fig = _figure(10.0 if has_p else 8.0, 1.6 + 0.3 * len(d))
+    axes = fig.subplots(1, 2, sharey=True, width_ratios=(3, 2)) if has_p else [fig.add_subplot()]
+    ax = axes[0]
     y = np.arange(len(d))[::-1]
     colors = [_SEVERITY_COLORS.get(s, "#91bfdb") for s in d["severity"]]
-    ax.barh(y, d["psi"], color=colors)
+    values = d["psi"].to_numpy(dtype=float)
+    ax.barh(y, values, color=colors)
+    tests = d["test"].astype(str).map({"ks": "KS", "chi2": "χ²"}) if "test" in d.columns else None
     flags = d["test_flag"] if "test_flag" in d.columns else pd.Series(False, index=d.index)
-    labels = [f"{f} *" if fl else str(f) for f, fl in zip(d["feature"], flags, strict=True)]
+    labels = [f"{f}{' *' if fl else ''}" + (f" [{t}]" if tests is not None else "")
+              for f, fl, t in zip(d["feature"], flags, tests if tests is not None else [""] * len(d), strict=True)]
     ax.set_yticks(y, labels)
+    for yi, v in zip(y, values, strict=True):
+        ax.annotate(f"{v:.4f}", (v, yi), textcoords="offset points", xytext=(3, 0), va="center", fontsize=7)
     ax.axvline(psi_moderate, color=_SEVERITY_COLORS["moderate"], linestyle="--", linewidth=1,
                label=f"moderate (PSI ≥ {psi_moderate:g})")
     ax.axvline(psi_major, color=_SEVERITY_COLORS["major"], linestyle="--", linewidth=1,
                label=f"major (PSI ≥ {psi_major:g})")
+    ax.set_xlim(0, max(psi_major * 1.25, float(np.nanmax(values)) * 1.15 if len(values) else 0.0))
     ax.set_xlabel("population stability index (dimensionless)")
-    ax.set_ylabel("feature (* = two-sample test significant)")
-    n_flag = int(d.get("flagged", pd.Series(False, index=d.index)).sum())
-    ax.set_title(title or f"Drift, reference vs current window ({n_flag} flagged)")
+    ax.set_ylabel("feature [test] (* = test significant)")
     ax.legend(loc="lower right", fontsize="small")
     ax.grid(axis="x", alpha=0.3)
+    if has_p:
+        bx = axes[1]
+        p = d["p_value"].to_numpy(dtype=float)
+        score = -np.log10(np.clip(p, 1e-300, 1.0))
+        is_ks = (d["test"].astype(str) == "ks").to_numpy() if "test" in d.columns else np.ones(len(d), bool)
+        bx.barh(y, np.nan_to_num(score), color=np.where(is_ks, "#7570b3", "#1b9e77"))
+        line = -math.log10(test_level)
+        from matplotlib.patches import Patch
+
+        level_line = bx.axvline(line, color="#d73027", linestyle="--", linewidth=1, label=f"p = {test_level:g}")
+        bx.set_xlim(0, max(line * 1.5, float(np.nanmax(score)) * 1.1 if len(score) else 0.0))
+        bx.set_xlabel("test: −log10 p (higher: stronger shift)")
+        bx.legend(handles=[level_line, Patch(color="#7570b3", label="KS (continuous)"),
+                           Patch(color="#1b9e77", label="χ² (categorical, 0/1)")], loc="lower right",
+                  fontsize="small")
+        bx.grid(axis="x", alpha=0.3)
+    n_flag = int(d.get("flagged", pd.Series(False, index=d.index)).sum())
+    top_psi = float(np.nanmax(values)) if len(values) else math.nan
+    verdict = (f"{n_flag} flagged" if n_flag else
+               f"nothing flagged: largest PSI {top_psi:.4f} < {psi_moderate:g}, no test below p = {test_level:g}")
+    text = title or f"Drift, reference vs current window ({verdict})"
+    if has_p:
+        fig.suptitle(text)
+    else:
+        ax.set_title(text)
     return fig
 
 

@@ -60,7 +60,7 @@ th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .gate{border:1px solid #ddd;border-left:6px solid #999;padding:.4rem .8rem;margin:.6rem 0;border-radius:4px}
 .gate-pass{border-left-color:#1a7f37}.gate-fail{border-left-color:#c62828}
 .gate-insufficient-evidence{border-left-color:#e0a800}.gate-error{border-left-color:#6a1b9a}
-.table-wrap{overflow-x:auto;max-width:100%}
+.table-wrap{overflow-x:auto;max-width:100%}td.num{white-space:nowrap}
 .gate h3{margin:.2rem 0;font-size:1.05rem}.gate .reasons{margin:.3rem 0}
 figure{margin:1rem 0}img.plot{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#555;font-size:.9rem}pre{background:#f7f7f7;padding:.5rem;overflow:auto;font-size:.8rem}
@@ -84,14 +84,38 @@ def _class(v: Any) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(v).lower()).strip("-")
 
 
+SIGNIFICANT = 4
+_MAX_DECIMALS = 8
+
+
+def _fmt_number(x: float, digits: int = SIGNIFICANT) -> str:
+    """A float in fixed notation: ``digits`` significant digits, thousands separators, never
+    scientific notation (80,480 beside 491.8, not 8.048e+04); values of 1,000 or more show
+    no decimals, magnitudes below 1e-8 show as ``< 0.00000001``."""
+    if math.isinf(x):
+        return "∞" if x > 0 else "−∞"
+    if x == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(x)))
+    decimals = min(max(digits - 1 - mag, 0), _MAX_DECIMALS)
+    text = f"{x:,.{decimals}f}"
+    if float(text.replace(",", "")) == 0:
+        tiny = f"0.{'0' * (_MAX_DECIMALS - 1)}1"
+        return f"> −{tiny}" if x < 0 else f"< {tiny}"
+    return text
+
+
 def _fmt(v: Any) -> str:
-    """A cell value as text: 4 significant digits for floats, '—' for missing."""
+    """A cell value as text: floats with :data:`SIGNIFICANT` significant digits in fixed
+    notation, integers with thousands separators, '—' for missing."""
     if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)) or v is pd.NA or v is pd.NaT:
         return "—"
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
     if isinstance(v, (float, np.floating)):
-        return f"{float(v):.4g}"
+        return _fmt_number(float(v))
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
     if isinstance(v, pd.Timestamp):
         return v.isoformat()
     return str(v)
@@ -102,7 +126,7 @@ def _is_num(v: Any) -> bool:
 
 
 def _table(frame: pd.DataFrame, *, table_id: str, cls: str) -> str:
-    head = "".join(f"<th scope=\"col\">{_e(c)}</th>" for c in frame.columns)
+    head = "".join(f"<th scope=\"col\">{_e(c).replace('_', '_<wbr>')}</th>" for c in frame.columns)
     body = []
     for row in frame.itertuples(index=False):
         cells = "".join(f"<td class=\"num\">{_e(_fmt(v))}</td>" if _is_num(v) else f"<td>{_e(_fmt(v))}</td>"
@@ -144,41 +168,72 @@ def _phase_text(v: Any) -> str:
     return f"{phase} ({100 * share:g} %)" if isinstance(share, float) and math.isfinite(share) else str(phase)
 
 
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, (float, np.floating)) and math.isnan(v)) \
+        or (isinstance(v, str) and not v)
+
+
 def _summary(results: pd.DataFrame, estimator: str, phases: Mapping[str, Any]) -> str:
+    """The summary table; a column that is empty for every candidate is left out (named in a note)."""
     t = results.loc[results["estimator"] == estimator]
     level = t["confidence_level"].iloc[0] if "confidence_level" in t.columns and len(t) else None
     pct = f"{100 * level:.0f} %" if level is not None and np.isfinite(level) else ""
-    head = ["candidate", "estimator", "estimate", f"{pct} interval".strip(), "difference vs baseline",
-            "difference interval", "one-sided lower bound", "verdict", "phase", "ESS", "flags"]
-    rows = []
-    for _, r in t.iterrows():
-        cand = str(r["candidate"])
-        verdict = r.get("verdict")
-        verdict = verdict if isinstance(verdict, str) and verdict else ""
-        diff = r.get("diff", math.nan)
-        cells = [
-            f"<td class=\"name\">{_e(cand)}</td>", f"<td>{_e(estimator)}</td>",
-            f"<td class=\"num estimate\">{_e(_fmt(r['value']))}</td>",
-            f"<td class=\"num interval\">[{_e(_fmt(r['ci_low']))}, {_e(_fmt(r['ci_high']))}]</td>",
-            f"<td class=\"num diff\">{_e(_fmt(diff))}</td>",
-            f"<td class=\"num\">[{_e(_fmt(r.get('diff_ci_low')))}, {_e(_fmt(r.get('diff_ci_high')))}]</td>"
-            if pd.notna(diff) else "<td>—</td>",
-            f"<td class=\"num lower-bound\">{_e(_fmt(r.get('lower_bound')))}</td>",
-            f"<td class=\"verdict verdict-{_e(_class(verdict) or 'none')}\">{_e(verdict or '—')}</td>",
-            f"<td class=\"phase\">{_e(_phase_text(phases.get(cand)))}</td>",
-            f"<td class=\"num\">{_e(_fmt(r.get('ess')))}</td>",
-            f"<td>{_e(_fmt(r.get('flags')) if r.get('flags') else '—')}</td>",
-        ]
-        rows.append(f"<tr class=\"candidate\" data-candidate=\"{_e(cand)}\" "
-                    f"data-verdict=\"{_e(verdict)}\">{''.join(cells)}</tr>")
-    ths = "".join(f"<th scope=\"col\">{_e(h)}</th>" for h in head)
-    n = results.attrs.get("n", int(t["n"].iloc[0]) if "n" in t.columns and len(t) else None)
     baseline = t["baseline"].dropna().iloc[0] if "baseline" in t.columns and t["baseline"].notna().any() else None
-    note = (f"<p class=\"meta\">Estimator {_e(estimator)} on {_e(_fmt(n))} logged decisions; baseline: "
-            f"{_e(baseline if baseline is not None else 'none')}. The verdict is one-sided with Bonferroni bounds "
-            "(improved when the lower bound of the difference is above 0).</p>")
+    columns: list[tuple[str, list[str | None]]] = []   # header, then per row the cell html (None: empty)
+
+    def column(header: str, cells: list[str | None]) -> None:
+        columns.append((header, cells))
+
+    rows = list(t.to_dict("records"))
+    cands = [str(r["candidate"]) for r in rows]
+    verdicts = [r.get("verdict") if isinstance(r.get("verdict"), str) and r.get("verdict") else "" for r in rows]
+
+    def num(key: str, cls: str = "num") -> list[str | None]:
+        return [None if _missing(r.get(key)) else f"<td class=\"{cls}\">{_e(_fmt(r.get(key)))}</td>" for r in rows]
+
+    def interval(lo: str, hi: str, cls: str = "num") -> list[str | None]:
+        return [None if _missing(r.get(lo)) and _missing(r.get(hi)) else
+                f"<td class=\"{cls}\">[{_e(_fmt(r.get(lo)))}, {_e(_fmt(r.get(hi)))}]</td>" for r in rows]
+
+    def phase(r: Mapping[str, Any]) -> Any:
+        v = phases.get(str(r["candidate"]))
+        return v if v is not None else (None if _missing(r.get("phase")) else r.get("phase"))
+
+    column("candidate", [f"<td class=\"name\">{_e(c)}</td>" for c in cands])
+    column("estimator", [f"<td>{_e(estimator)}</td>" for _ in rows])
+    column("estimate", num("value", "num estimate"))
+    column(f"{pct} interval".strip(), interval("ci_low", "ci_high", "num interval"))
+    column("difference vs baseline", num("diff", "num diff"))
+    column("difference interval", interval("diff_ci_low", "diff_ci_high"))
+    column("one-sided lower bound", num("lower_bound", "num lower-bound"))
+    column("verdict", [f"<td class=\"verdict verdict-{_e(_class(v))}\">{_e(v)}</td>" if v else None
+                       for v in verdicts])
+    column("phase", [None if phase(r) is None else f"<td class=\"phase\">{_e(_phase_text(phase(r)))}</td>"
+                     for r in rows])
+    column("ESS", num("ess"))
+    column("flags", [f"<td>{_e(_fmt(r.get('flags')))}</td>" if not _missing(r.get("flags")) and r.get("flags")
+                     else None for r in rows])
+    kept = [(h, cells) for h, cells in columns if any(c is not None for c in cells)]
+    dropped = [h for h, cells in columns if all(c is None for c in cells)]
+    body = []
+    for i, cand in enumerate(cands):
+        cells = "".join(cells[i] or "<td>—</td>" for _, cells in kept)
+        body.append(f"<tr class=\"candidate\" data-candidate=\"{_e(cand)}\" "
+                    f"data-verdict=\"{_e(verdicts[i])}\">{cells}</tr>")
+    ths = "".join(f"<th scope=\"col\">{_e(h)}</th>" for h, _ in kept)
+    n = results.attrs.get("n", int(t["n"].iloc[0]) if "n" in t.columns and len(t) else None)
+    if baseline is not None:
+        base = f"baseline: {_e(baseline)}."
+        if any(verdicts):
+            base += (" The verdict is one-sided with Bonferroni bounds (improved when the lower bound of "
+                     "the difference is above 0).")
+    else:
+        base = "no baseline compared: policy values only."
+    gone = f" Not shown (empty for every candidate): {_e(', '.join(dropped))}." if dropped else ""
+    note = (f"<p class=\"meta\" id=\"summary-note\">Estimator {_e(estimator)} on {_e(_fmt(n))} logged "
+            f"decisions; {base}{gone}</p>")
     return (f"<section id=\"summary\"><h2>Summary</h2>{note}<div class=\"table-wrap\"><table id=\"summary-table\" "
-            f"class=\"summary\"><thead><tr>{ths}</tr></thead><tbody>{''.join(rows)}</tbody></table></div></section>")
+            f"class=\"summary\"><thead><tr>{ths}</tr></thead><tbody>{''.join(body)}</tbody></table></div></section>")
 
 
 def _gates(gates: Any) -> str:

@@ -38,13 +38,18 @@ def _rows(log: pd.DataFrame, max_rows: int) -> pd.DataFrame:
 
 
 def pareto_points(log: pd.DataFrame, policies: Mapping[str, object] | None = None, *,
-                  min_rows: int = 30, max_rows: int = 50_000) -> pd.DataFrame:
+                  min_rows: int = 30, max_rows: int = 50_000, baseline: str | None = None) -> pd.DataFrame:
     """Quality against tokens per call for every logged arm and every policy, with the front.
 
     Arms: self-normalised importance-weighted means over the whole log (each arm as if
     played on the whole context mix). Policies: DR estimates of quality and of total
     tokens on at most ``max_rows`` evenly spaced rows (a dashboard needs the picture,
     not the last digit; the replay notebooks give the full intervals).
+
+    Policy rows also carry ``phase`` (the leading word of a name such as ``"general (v3)"``,
+    as the dashboard names the registered versions), ``baseline`` (``baseline``, default the
+    policy in general) and ``diff``, the policy's quality minus the baseline's, so a report
+    of these rows names its baseline.
     """
     points = arm_points(log, min_rows=min_rows)
     log = _rows(log, max_rows)
@@ -53,8 +58,28 @@ def pareto_points(log: pd.DataFrame, policies: Mapping[str, object] | None = Non
                      progress=False)
         t = evaluate(outcome_log(log, "total_tokens"), dict(policies), estimators=("dr",), baseline=None,
                      progress=False)
-        points = pd.concat([points, policy_points(q, t)], ignore_index=True)
+        pol = _with_baseline(policy_points(q, t), baseline)
+        points = pd.concat([points, pol], ignore_index=True)
     return pareto_frame(points)
+
+
+_PHASES = ("general", "guarded", "canary", "shadow")
+
+
+def _with_baseline(pol: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
+    """Policy points with ``phase`` (the leading word of a name like ``"general (v3)"``),
+    ``baseline`` (``baseline``, else the policy in general) and ``diff`` (quality − baseline's)."""
+    first = pol["name"].astype(str).str.split(" ", n=1).str[0]
+    pol = pol.assign(phase=first.where(first.isin(_PHASES)))
+    if baseline is None:
+        general = pol.loc[pol["phase"] == "general", "name"]
+        baseline = str(general.iloc[0]) if len(general) else None
+    if baseline is None:
+        return pol
+    if baseline not in set(pol["name"]):
+        raise ValueError(f"`baseline` {baseline!r} is not one of the policies {list(pol['name'])}")
+    base_q = float(pol.loc[pol["name"] == baseline, "quality"].iloc[0])
+    return pol.assign(baseline=baseline, diff=pol["quality"] - base_q)
 
 
 @dataclass(frozen=True, slots=True)
