@@ -194,7 +194,7 @@ def tag_lower_bound(s: Store) -> None:
 
 
 def tag_gate_verdict(s: Store) -> None:
-    s.client.set_model_version_tag(MODEL, "2", "gate.trust_region", "fail")
+    s.client.set_model_version_tag(MODEL, "2", "gates.status", "fail")
 
 
 def tag_deleted(s: Store) -> None:
@@ -256,7 +256,7 @@ CASES = {
     ),
     "gate verdict edited": (
         tag_gate_verdict,
-        "tag gate.trust_region of version 2 edited: recorded 'pass', now 'fail'",
+        "tag gates.status of version 2 edited: recorded 'pass', now 'fail'",
         False,
     ),
     "evidence tag deleted": (tag_deleted, "tag approval_required of version 2 removed", False),

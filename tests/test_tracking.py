@@ -146,7 +146,13 @@ def test_a_notebook_run_lasts_as_long_as_the_notebook(store_uri):
     rid = log_notebook_run(None, experiment_id=eid, uri=uri, name="nb", status="ok", metrics={"duration_s": 300.0})
     info = client.get_run(rid).info
     assert 299_000 <= info.end_time - info.start_time <= 302_000 and info.status == "FINISHED"
+    other = ensure_experiment("rtopt/elsewhere", uri=uri)
+    from rtopt_lab.tracking.store import set_store
+
+    set_store(uri)
+    mlflow.set_experiment(experiment_id=other)   # another experiment active in the process (as in CI)
     own = log_run(experiment_id=eid, uri=uri, run_name="own", started=time.time() - 60, description="a step")
+    assert client.get_run(own).info.experiment_id == eid
     assert client.get_run(own).data.tags["mlflow.note.content"] == "a step"
     ended = client.get_run(own).info.end_time
     time.sleep(0.05)

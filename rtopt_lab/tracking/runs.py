@@ -171,6 +171,9 @@ def _start_run(experiment_id: str, run_name: str | None, tags: Mapping[str, str]
 
     run = MlflowClient().create_run(experiment_id, start_time=_start_ms(started), tags=dict(tags),
                                     run_name=run_name)
+    # resuming a run checks it against the process's active experiment (set_experiment
+    # elsewhere in the process would refuse it): make that the run's own experiment
+    mlflow.set_experiment(experiment_id=experiment_id)
     return mlflow.start_run(run_id=run.info.run_id)
 
 
