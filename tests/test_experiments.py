@@ -114,6 +114,19 @@ def test_replay_linucb_thompson(world):
     assert list(table["candidate"]) == ["production", "linucb", "thompson"]
     html = report.read_text()
     assert 'id="summary"' in html and "linucb" in html and "<script" not in html
+    # MLflow's conventions: a unique descriptive name, a description, the log's two windows as
+    # datasets, a duration that covers the notebook, few metrics (the full table as a table)
+    from mlflow import MlflowClient
+
+    run = MlflowClient(tracking_uri=world["uri"]).get_run(res.run_id)
+    assert run.info.run_name.startswith("replay · linucb,thompson · 20"), run.info.run_name
+    assert "Thompson" in run.data.tags["mlflow.note.content"]   # the experiment file's description
+    inputs = {t.value: d.dataset for d in run.inputs.dataset_inputs for t in d.tags
+              if t.key == "mlflow.data.context"}
+    assert set(inputs) == {"training", "evaluation"}
+    assert sum(json.loads(d.profile)["num_rows"] for d in inputs.values()) == 10_000
+    assert run.info.end_time - run.info.start_time >= 1000 * res.duration_s * 0.8
+    assert len(run.data.metrics) <= 12
 
 
 def test_replay_baselines(world):

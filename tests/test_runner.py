@@ -199,7 +199,7 @@ def test_run_injects_parameters_and_logs_the_notebook_in_the_experiment(workdir,
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(res.run_id)
     assert run.info.experiment_id == eid and run.info.status == "FINISHED"
-    assert run.info.run_name == "echo" and run.data.params["n"] == "7"
+    assert run.info.run_name.startswith("echo · ") and run.data.params["n"] == "7"
     assert run.data.tags["rtopt.experiment"] == "echo" and run.data.tags["rtopt.status"] == "ok"
     assert run.data.tags["rtopt.tags"] == "t1"
     assert [a.path for a in client.list_artifacts(res.run_id, "notebook")] == [f"notebook/{res.output.name}"]

@@ -25,6 +25,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from rtopt_lab.tracking.runs import run_name
+
 __all__ = ["NOTEBOOK_ARTIFACT_DIR", "log_notebook_run"]
 
 NOTEBOOK_ARTIFACT_DIR = "notebook"
@@ -72,7 +74,8 @@ def log_notebook_run(path: str | os.PathLike[str] | None, *, experiment_id: str,
     uri : str
         Tracking URI.
     name : str
-        The experiment's name: run name of a new run and the ``rtopt.experiment`` tag.
+        The experiment's name: the ``rtopt.experiment`` tag, and with the start time the name of
+        a new run (``<name> · <UTC start>``, see :func:`~rtopt_lab.tracking.run_name`).
     status : {"ok", "failed"}
         Tagged as ``rtopt.status``; a new run ends FINISHED or FAILED.
     run_id : str, optional
@@ -101,7 +104,8 @@ def log_notebook_run(path: str | os.PathLike[str] | None, *, experiment_id: str,
     run = _existing_run(client, run_id)
     new = run is None
     if new:
-        run = _retry(client.create_run, experiment_id, start_time=started, tags=all_tags, run_name=name)
+        label = run_name(name, started=(started or now) / 1000)   # unique: the experiment and its start
+        run = _retry(client.create_run, experiment_id, start_time=started, tags=all_tags, run_name=label)
     rid = run.info.run_id
     _retry(client.log_batch, rid,
            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],

@@ -43,18 +43,18 @@ _RUN_METRICS = ("value", "diff", "lower_bound")
 
 
 def utc_stamp(t: float | None = None) -> str:
-    """``2026-12-03 09:12Z``: the UTC time (now, or ``t`` in epoch seconds) in run names."""
+    """``2026-12-03 09:12:05Z``: the UTC time (now, or ``t`` in epoch seconds) in run names."""
     import datetime as dt
 
     moment = dt.datetime.now(dt.UTC) if t is None else dt.datetime.fromtimestamp(t, dt.UTC)
-    return moment.strftime("%Y-%m-%d %H:%MZ")
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def run_name(*parts: Any, started: float | None = None) -> str:
     """A unique, descriptive run name: the non-empty ``parts`` and the UTC start time.
 
     >>> run_name("replay", "linucb,thompson", started=0.0)
-    'replay · linucb,thompson · 1970-01-01 00:00Z'
+    'replay · linucb,thompson · 1970-01-01 00:00:00Z'
     """
     return " · ".join([*(str(p) for p in parts if p not in (None, "")), utc_stamp(started)])
 
