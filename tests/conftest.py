@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # One BLAS thread per process, before numpy is loaded here or in any subprocess (CLI runs,
 # kernels, workers, Spark's Python workers inherit the environment). The policies' kernels
@@ -27,3 +28,18 @@ if os.environ["OPENBLAS_NUM_THREADS"] == "1":
 @pytest.fixture(scope="session")
 def sim() -> LLMTaskSimulator:
     return LLMTaskSimulator()
+
+
+_REPO = Path(__file__).resolve().parents[1]
+_STRAYS = ("mlflow.db", "mlruns")   # MLflow's defaults when a client is made without our store
+_BEFORE = {name for name in _STRAYS if (_REPO / name).exists()}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when a test left MLflow's default store in the project (a client made
+    without the test's tracking URI writes ``./mlflow.db``): nothing outside a test's own
+    temp folder may be touched."""
+    stray = [name for name in _STRAYS if name not in _BEFORE and (_REPO / name).exists()]
+    if stray:
+        session.exitstatus = 1
+        print(f"\nFAILED: tests left {', '.join(stray)} in {_REPO}: a test used MLflow's default store")
