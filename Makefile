@@ -38,9 +38,9 @@ setup: $(STAMP)  ## create .venv and install the project (skipped when up to dat
 demo: $(STAMP)  ## the main job: the whole workbench once (logs, replays, gates, promotion, dashboard)
 	$(PY) -m rtopt_lab.cli demo
 
-lab: $(STAMP)  ## JupyterLab on notebooks/ with the project's kernel, on 127.0.0.1
+lab: $(STAMP)  ## JupyterLab at the project root (notebooks/, runs/, data/) with the project's kernel, on 127.0.0.1
 	$(PY) -m rtopt_lab.workbench.kernel
-	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,) $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --ServerApp.root_dir=. $(if $(filter 0,$(shell id -u)),--allow-root,) $(LAB_ARGS)
 
 test: $(STAMP)  ## the whole test suite, slow tests included
 	$(PY) -m pytest -q $(PYTEST_ARGS)

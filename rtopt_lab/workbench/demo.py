@@ -100,7 +100,7 @@ def run_demo(*, experiments: str | os.PathLike[str] = "experiments", jobs: int =
               .to_string(index=False))
     reports = sorted((runs / "reports").glob("*.html")) if (runs / "reports").exists() else []
     print(f"\n4/4 done in {time.perf_counter() - t0:.0f} s. Next:")
-    print("    make lab                     JupyterLab on notebooks/ with the project's kernel")
+    print("    make lab                     JupyterLab at the project root (notebooks/, runs/), project kernel")
     print("    .venv/bin/rtopt ui           the MLflow UI on http://127.0.0.1:5000 (runs, models, aliases)")
     print("    .venv/bin/rtopt status       which version is in which phase")
     for r in reports:
