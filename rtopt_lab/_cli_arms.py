@@ -23,10 +23,13 @@ command wrote (its header line). Use the file as `arms: <file>` in an experiment
 `rtopt simulate --arms <file>`."""
 
 
+#: :data:`rtopt_lab.catalog_from_log.DEFAULT_MIN_COUNT`, spelled out: importing it loads
+#: pandas and pyarrow, and ``rtopt --help`` must not (tests/test_cli.py checks they agree)
+DEFAULT_MIN_COUNT = 30
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``rtopt arms`` to the ``rtopt`` parser."""
-    from rtopt_lab.catalog_from_log import DEFAULT_MIN_COUNT
-
     a = sub.add_parser("arms", help="arm catalogs: build one from a decision log",
                        description="Arm catalogs (the parameter sets a policy chooses among).")
     asub = a.add_subparsers(dest="arms_command", metavar="ACTION", required=True)

@@ -43,10 +43,13 @@ Exit status 0 when every row is imported or already present, 1 when some row was
 quarantined, 2 on bad arguments or a source that cannot be imported."""
 
 
+#: :data:`rtopt_lab.logimport.FORMATS`, spelled out: importing it loads pandas and pyarrow,
+#: and ``rtopt --help`` must not (tests/test_cli.py checks the two agree)
+FORMATS = ("csv", "jsonl", "parquet", "openai", "vw", "obp", "mlflow")
+
+
 def add_parsers(lsub: argparse._SubParsersAction) -> None:
     """Add ``schema``, ``import`` and ``export`` to ``rtopt log``."""
-    from rtopt_lab.logimport import FORMATS
-
     s = lsub.add_parser("schema", help="print the log contract a team's own log must meet",
                         description=_SCHEMA_DESCRIPTION,
                         formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -15,6 +15,10 @@ import json
 import sys
 from pathlib import Path
 
+from rtopt_lab._cli_types import policy_file as _policy_file
+from rtopt_lab._cli_types import port as _port
+from rtopt_lab._cli_types import positive_float as _positive_float
+
 __all__ = ["EXIT_INTEGRITY", "add_parsers", "add_reconcile_parser"]
 
 _PHASES = ("shadow", "canary", "guarded", "general")
@@ -45,7 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "bounds its ope.lower_bound; --shadow then moves it into shadow.",
     )
     r.add_argument(
-        "--policy", type=Path, required=True, help="policy file (.npz) saved by policy.save"
+        "--policy", type=_policy_file, required=True, help="policy file (.npz) saved by policy.save"
     )
     r.add_argument(
         "--report", type=Path, default=None, help="offline check report (JSON) as gate evidence"
@@ -57,7 +61,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument(
         "--incumbent",
-        type=Path,
+        type=_policy_file,
         default=None,
         help="production policy (.npz): the model then serves under the trust region around it "
         "and the default tier rules, as a replay judges candidates",
@@ -69,6 +73,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--shadow", action="store_true", help="enter shadow right after registering")
     r.add_argument("--by", default=None, help="who registers (default: the OS user)")
+    r.add_argument("--no-progress", action="store_true", help="hide the stage lines on stderr")
     r.set_defaults(func=_cmd_register)
 
     pr = sub.add_parser(
@@ -138,7 +143,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "127.0.0.1:PORT or localhost:PORT get 403. Ctrl-C, SIGTERM or SIGHUP "
         "stop every process of it. Exit status 1 when it cannot start.",
     )
-    ui.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
+    ui.add_argument("--port", type=_port, default=5000, help="port (default: %(default)s)")
     ui.set_defaults(func=_cmd_ui)
 
     sv = sub.add_parser(
@@ -161,8 +166,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         choices=_PHASES,
         help="phase alias to serve (default: %(default)s)",
     )
-    sv.add_argument("--port", type=int, default=5001, help="port (default: %(default)s)")
-    sv.add_argument("--refresh-s", type=float, default=30.0,
+    sv.add_argument("--port", type=_port, default=5001, help="port (default: %(default)s)")
+    sv.add_argument("--refresh-s", type=_positive_float, default=30.0,
                     help="seconds between checks of the alias: when it moves (a promotion, a rollback) "
                     "the new version is loaded and served without a restart (default: %(default)s)")
     sv.set_defaults(func=_cmd_serve)
@@ -226,28 +231,18 @@ def _uri(args: argparse.Namespace) -> str:
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
-    from rtopt_lab.policies import load_policy
-    from rtopt_lab.tracking import ensure_experiment, register_policy
+    from rtopt_lab._cli_progress import Stages
 
-    policy = load_policy(args.policy)
-    serving = None
-    if args.incumbent is not None:
-        import numpy as np
-
-        from rtopt_lab.gates import Compliance
-        from rtopt_lab.policies import Constrained
-
-        serving = Constrained(
-            policy,
-            load_policy(args.incumbent),
-            tier_masks=Compliance().allowed_mask(policy.catalog, np.arange(4)),
-        )
+    stage = Stages(3 + (args.report is not None) + bool(args.shadow), enabled=not args.no_progress)
+    report = None if args.report is None else _read_report(args.report)  # a bad file fails at once
+    stage(f"loading the policy {args.policy}")
+    policy, serving = _load_for_register(args.policy, args.incumbent)
     verdicts, tags = {}, {}
-    if args.report is not None:
+    if report is not None:
+        stage(f"checking the evidence of {args.report}")
         from rtopt_lab.checks import gate_evidence
         from rtopt_lab.ope.holdout import evidence_problems
 
-        report = json.loads(args.report.read_text())
         problems = evidence_problems(report, policy)  # evidence only from rows it never saw
         if problems:
             return _refused(
@@ -264,10 +259,15 @@ def _cmd_register(args: argparse.Namespace) -> int:
             )
         verdicts, tags = gate_evidence(report)
     uri = _uri(args)
+    stage(f"opening the MLflow store {uri}")
+    from rtopt_lab.tracking import ensure_experiment, register_policy
+
+    experiment_id = ensure_experiment(args.experiment, uri=uri)
+    stage(f"logging {policy.version} as a model and registering it as {args.model}")
     try:
         rv = register_policy(
             policy,
-            experiment_id=ensure_experiment(args.experiment, uri=uri),
+            experiment_id=experiment_id,
             model=args.model,
             uri=uri,
             gate_verdicts=verdicts,
@@ -280,12 +280,53 @@ def _cmd_register(args: argparse.Namespace) -> int:
         )
     except PermissionError as exc:
         return _refused(exc)
-    print(f"registered {args.model} version {rv.version} ({policy.version}, run {rv.run_id})")
+    print(f"registered {args.model} version {rv.version} ({policy.version}, run {rv.run_id})", flush=True)
     if args.shadow:
-        return _promote(
+        stage(f"moving version {rv.version} into shadow")
+        code = _promote(
             args.model, rv.version, "shadow", uri, None, args.by, "entered shadow at registration"
         )
-    return 0
+    else:
+        code = 0
+    stage.done("register done")
+    return code
+
+
+def _load_for_register(path: Path, incumbent: Path | None):
+    """The policy in ``path`` and, with an ``incumbent`` file, the Constrained model that
+    serves it (trust region around the incumbent, default tier rules); else None."""
+    from rtopt_lab.policies import load_policy
+
+    policy = load_policy(path)
+    if incumbent is None:
+        return policy, None
+    import numpy as np
+
+    from rtopt_lab.gates import Compliance
+    from rtopt_lab.policies import Constrained
+
+    serving = Constrained(
+        policy, load_policy(incumbent), tier_masks=Compliance().allowed_mask(policy.catalog, np.arange(4))
+    )
+    return policy, serving
+
+
+def _read_report(path: Path) -> dict:
+    """The offline check report (JSON object) in ``path``; ValueError naming --report."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--report: no such file: {path}")
+    try:
+        report = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(
+            f"--report {path} is not a JSON report (written by `rtopt check offline --report`): {exc}"
+        ) from None
+    if not isinstance(report, dict) or not isinstance(report.get("checks"), list):
+        raise ValueError(
+            f"--report {path} is not an offline check report (written by "
+            "`rtopt check offline --report`): expected a JSON object with a `checks` list"
+        )
+    return report
 
 
 def _promote(
@@ -388,10 +429,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
             )
         )
         return 0 if chk.ok else EXIT_INTEGRITY
+    shown = table.drop(columns=["gate_reasons", "run_id"], errors="ignore")
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
-        print(
-            table.drop(columns=["gate_reasons", "run_id"], errors="ignore").to_string(index=False)
-        )
+        print(_dashes(shown).to_string(index=False))
     for _, row in table.dropna(subset=["version"]).iterrows():
         if row.get("gate_reasons"):
             print(f"  {row['phase']} v{row['version']} gate reasons: {row['gate_reasons']}")
@@ -418,6 +458,31 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for note in chk.notes:
         print(f"  note: {note}")
     return 0 if chk.ok else EXIT_INTEGRITY
+
+
+def _dashes(table):
+    """``table`` with ``-`` in every empty cell (a phase no version holds, a missing
+    estimate), never ``NaN`` or ``None``; numbers keep their own formatting."""
+    out = table.astype(object)
+    for col in out.columns:
+        vals = table[col]
+        if vals.dtype.kind == "f":
+            out[col] = [f"{v:.6g}" if v == v else "-" for v in vals]
+        else:
+            out[col] = ["-" if _empty(v) else v for v in vals]
+    return out
+
+
+def _empty(value) -> bool:
+    """None, NaN (float or pandas' NA) or a blank string."""
+    import pandas as pd
+
+    if isinstance(value, str):
+        return not value.strip()
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or an array: not one missing value
+        return False
 
 
 def _run_foreground(
@@ -457,12 +522,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from rtopt_lab.tracking.server import HOST, phase_version, serve_command
 
     uri = _uri(args)
-    if not 0 < args.refresh_s < float("inf"):
-        print(f"rtopt serve: error: --refresh-s must be > 0; got {args.refresh_s}", file=sys.stderr)
-        return 2
-    cmd_env = serve_command(model=args.model, phase=args.phase, uri=uri, port=args.port,
-                            refresh_s=args.refresh_s)
-    version = phase_version(args.model, args.phase, uri=uri)
+    version = phase_version(args.model, args.phase, uri=uri)  # before anything says "serving"
     if version is None:
         print(
             f"rtopt: nothing in {args.phase}: no version of {args.model!r} holds the alias; promote one "
@@ -470,6 +530,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    cmd_env = serve_command(model=args.model, phase=args.phase, uri=uri, port=args.port,
+                            refresh_s=args.refresh_s)
     return _run_foreground(
         cmd_env,
         port=args.port,

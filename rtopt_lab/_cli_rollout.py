@@ -21,6 +21,8 @@ import re
 import sys
 from pathlib import Path
 
+from rtopt_lab._cli_types import positive_int
+
 __all__ = ["add_parsers", "parse_duration"]
 
 _MODEL = "rtopt-policy"
@@ -65,7 +67,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="`rtopt rollout step` every --every (default 10m) until Ctrl-C, or --looks "
         "times. Safe to run twice: a look takes an exclusive lock and a second watcher skips it.")
     wa.add_argument("--every", type=parse_duration, default=600.0, help="period (600, 10m, 1h; default 10m)")
-    wa.add_argument("--looks", type=int, default=None, help="stop after this many looks")
+    wa.add_argument("--looks", type=positive_int, default=None, help="stop after this many looks")
     wa.add_argument("--by", default="rollout-controller", help="actor recorded (default: %(default)s)")
     wa.set_defaults(func=_cmd_watch)
     ss = rsub.add_parser(

@@ -70,10 +70,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: :data:`rtopt_lab.workbench.runner.DEFAULT_EXPERIMENT`, spelled out: importing the runner
+#: loads pandas and pyarrow, and ``rtopt --help`` must not (tests/test_cli.py checks they agree)
+DEFAULT_EXPERIMENT = "rtopt/workbench"
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``rtopt run`` to the ``rtopt`` parser."""
-    from rtopt_lab.workbench.runner import DEFAULT_EXPERIMENT
-
     r = sub.add_parser("run", help="run experiment notebooks (YAML) with papermill, tracked in MLflow",
                        description=_DESCRIPTION, epilog=_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -159,7 +159,7 @@ def _policy(candidate: BasePolicy | str | Path) -> tuple[BasePolicy, Path | None
 def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: BasePolicy | None = None,
                   compliance: Compliance | None = None, trust_region: TrustRegion | None = None,
                   n_contexts: int = 20_000, alpha: float = 0.05, margin: float = 0.0,
-                  on_overlap: str = "raise") -> CheckReport:
+                  on_overlap: str = "raise", progress: bool = False) -> CheckReport:
     """Run the offline suite (see the module docstring) for ``candidate`` on ``log``.
 
     Parameters
@@ -183,17 +183,23 @@ def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: Ba
         (naming the rows and the window), or those rows are dropped. A candidate whose
         window is unknown is checked on every row, with a warning; the report's
         ``evidence`` says so (``training`` is None).
+    progress : bool, default False
+        Print each stage as it starts (``[3/6] replay ...``) on stderr.
     """
+    from rtopt_lab._cli_progress import Stages
     from rtopt_lab.ope import evaluate
     from rtopt_lab.ope.holdout import held_out, overlap
 
     margin = check_margin(margin)
+    stage = Stages(6, enabled=progress)
 
+    stage("loading the candidate")
     policy, path = _policy(candidate)
     cat = policy.catalog
     incumbent = incumbent or FixedPolicy(cat, spec=policy.spec)
     compliance = compliance or Compliance()
     trust_region = trust_region or TrustRegion()
+    stage("reading the decision log")
     frame = log if isinstance(log, pd.DataFrame) else (
         read_log(log).table.to_pandas() if isinstance(log, (str, Path)) else log.to_pandas())
     if len(frame) == 0:
@@ -209,8 +215,11 @@ def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: Ba
     # around the incumbent and to each tier's compliance rules, as the registered model is
     served = Constrained(policy, incumbent, max_dtemp=trust_region.max_dtemp, max_dtokens=trust_region.max_dtokens,
                          tier_masks=compliance.allowed_mask(cat, np.arange(4)))
+    stage(f"(a) replaying the candidate against the baseline on {len(frame):,} rows (DR, IPS)")
     replay, ident = _replay(served, incumbent, frame, alpha, evaluate, margin)
+    stage("(a) cost efficiency: quality and tokens by DR")
     checks = [replay, _cost(served, incumbent, frame, alpha, ident)]
+    stage(f"(b) hard constraints over {min(n_contexts, len(frame)):,} contexts")
     sample = frame.iloc[np.linspace(0, len(frame) - 1, min(n_contexts, len(frame))).astype(int)]
     X = featurize_frame(sample, policy.spec)
     inc_arms = incumbent.action_dist(X).argmax(axis=1)
@@ -218,8 +227,10 @@ def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: Ba
     allowed = cat.trust_region_mask(inc_arms, trust_region.max_dtemp, trust_region.max_dtokens) \
         & compliance.allowed_mask(cat, tiers)
     checks.append(_constraints(policy, sample, X, allowed, inc_arms, tiers, compliance, trust_region))
+    stage("(c) reproducibility and (d) adversarial inputs")
     checks.append(_reproducibility(policy, path, sample, X, allowed))
     checks.append(_adversarial(policy, compliance))
+    stage.done("offline suite done")
     lines = tuple(ident.lines(("candidate", "baseline"))) if ident is not None else ()
     return CheckReport(candidate=str(path) if path else policy.version, checks=tuple(checks),
                        evidence=evidence, identifiability=lines)
@@ -418,7 +429,7 @@ def write_report(report: CheckReport, path: str | Path) -> Path:
 
 def canary_check(candidate: BasePolicy | str | Path, *, seed: int = 0, window_outcomes: int = 10_000,
                  daily_limit: int = 200_000, n_requests: int = 2_000,
-                 compliance: Compliance | None = None) -> CheckReport:
+                 compliance: Compliance | None = None, progress: bool = False) -> CheckReport:
     """The seed's canary suite on the simulator (``rtopt check canary``).
 
     (a) **slo**: the candidate's arms (its most played arm per task type under the serving
@@ -432,14 +443,19 @@ def canary_check(candidate: BasePolicy | str | Path, *, seed: int = 0, window_ou
         above the remaining budget is served;
     (d) **compliance**: 100 % of the candidate's possible recommendations under the serving
         masks satisfy every tier's rules.
+
+    ``progress``: print each stage as it starts (``[2/5] (a) ...``) on stderr.
     """
     import tempfile as _tf
 
+    from rtopt_lab._cli_progress import Stages
     from rtopt_lab.compliance import BudgetTracker
     from rtopt_lab.optimizer import LLMParameterOptimizer
     from rtopt_lab.rollout.canary import Effect, simulate_canary
     from rtopt_lab.simulate import LLMTaskSimulator
 
+    stage = Stages(5, enabled=progress)
+    stage("loading the candidate")
     policy, path = _policy(candidate)
     compliance = compliance or Compliance()
     sim = LLMTaskSimulator(catalog=policy.catalog)
@@ -455,12 +471,14 @@ def canary_check(candidate: BasePolicy | str | Path, *, seed: int = 0, window_ou
     arms = {t: int(dist[tasks == t].sum(axis=0).argmax()) for t in sim.task_types if (tasks == t).any()}
     checks = []
 
+    stage("(a) SLO over a simulated rollout of the candidate's arms")
     run = simulate_canary(sim, Effect(), seed=seed, candidate_arms=arms, window_outcomes=window_outcomes,
                           max_windows=6)
     checks.append(CheckResult("slo", run.slo_breaches == 0 and not run.rolled_back,
                               {"windows": len(run.windows), "breaches": run.slo_breaches,
                                "final_phase": run.final_phase},
                               "p99 latency <= baseline x 1.10 and mean quality >= baseline x 0.95 in every window"))
+    stage("(b) an injected breach: does it roll back?")
     bad = simulate_canary(sim, Effect(latency_factor=1.5, reward_shift=0.05), seed=seed, candidate_arms=arms,
                           window_outcomes=window_outcomes, max_windows=6, stop_on_rollback=True)
     first = bad.windows_to_rollback
@@ -468,6 +486,7 @@ def canary_check(candidate: BasePolicy | str | Path, *, seed: int = 0, window_ou
                               {"rolled_back": bad.rolled_back, "windows_to_rollback": first},
                               "an injected breach (latency x 1.5) rolls back in the first canary window"))
 
+    stage(f"(c) daily token budget over {n_requests:,} requests per task type")
     with _tf.TemporaryDirectory() as d:
         budget = BudgetTracker(Path(d) / "budget.db", limits=dict.fromkeys(sim.task_types, daily_limit))
         opt = LLMParameterOptimizer(incumbent=policy, budget=budget, compliance=compliance)
@@ -500,9 +519,11 @@ def canary_check(candidate: BasePolicy | str | Path, *, seed: int = 0, window_ou
                                "arms_above_remaining": over_budget_arm, "calls_refused": refused},
                               "spend stays under the daily limit (up to one call's prompt); arms fit the budget"))
 
+    stage("(d) compliance of every recommendation")
     cp = compliance(cat, policy.action_dist(X[ok_rows], allowed[ok_rows]), tiers[ok_rows], approved=True)
     checks.append(CheckResult("compliance", cp.status == "pass" and bool(ok_rows.all()),
                               {"contexts": int(ok_rows.sum()), "contexts_without_compliant_arm": int((~ok_rows).sum()),
                                "status": cp.status}, "; ".join(cp.reasons) or "100 % of parameter sets compliant"))
+    stage.done("canary suite done")
     return CheckReport(candidate=str(path) if path else policy.version, checks=tuple(checks))
 

@@ -16,8 +16,11 @@
     rtopt demo
 
 Every subcommand has ``--help``. Exit status: 0 on success, 1 when a check finds a problem
-(for example quarantined rows), 2 on bad arguments or unusable input, 3 when the registry
-does not match its provenance (``status``, ``promote``, ``rollback``, ``register``).
+(for example quarantined rows), 2 on bad arguments or unusable input (one line naming the
+argument or the file, never a traceback), 3 when the registry does not match its provenance
+(``status``, ``promote``, ``rollback``, ``register``), 141 when the reader of stdout went
+away early (``rtopt status | head -1``), 130 on Ctrl-C. Long commands (``check``,
+``register``) print their stages on stderr; stdout carries only the result.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rtopt_lab._cli_types import margin as _margin
+from rtopt_lab._cli_types import policy_file as _policy_file
 from rtopt_lab._cli_types import positive_int as _positive_int
 from rtopt_lab._cli_types import probability as _probability
 
@@ -123,7 +127,8 @@ def _build_parser() -> argparse.ArgumentParser:
                     "sample satisfies every hard constraint (compliance tiers, trust region); (c) same "
                     "seed and context give identical parameters; (d) malformed, huge and empty inputs "
                     "never break the guardrails. Prints a pass/fail table; exit status 1 on any failure.")
-    co.add_argument("--candidate", type=Path, required=True, help="policy file (.npz) saved by policy.save")
+    co.add_argument("--candidate", type=_policy_file, required=True,
+                    help="policy file (.npz) saved by policy.save")
     co.add_argument("--log", type=Path, required=True, help="decision log directory or .parquet file")
     co.add_argument("--gates", type=Path, default=None,
                     help="YAML gate config whose trust_region and compliance sections apply")
@@ -138,14 +143,17 @@ def _build_parser() -> argparse.ArgumentParser:
                          "e.g. just after the candidate's training window")
     co.add_argument("--drop-overlap", action="store_true",
                     help="drop the rows the candidate was fitted on instead of refusing the log")
+    co.add_argument("--no-progress", action="store_true", help="hide the stage lines on stderr")
     co.set_defaults(func=_cmd_check_offline)
     cc = cksub.add_parser(
         "canary", help="SLO monitoring, auto-rollback, budget and compliance on a simulated canary",
+        # a description is %-formatted only when it holds "%(prog)": a single % here
         description="Run the canary suite on the simulator: (a) no SLO breach (p99 latency <= baseline "
-                    "+ 10 %%, quality >= baseline - 5 %%) while the candidate's arms roll out; (b) an "
+                    "+ 10 %, quality >= baseline - 5 %) while the candidate's arms roll out; (b) an "
                     "injected breach triggers an immediate rollback; (c) token use stays under the daily "
-                    "limits; (d) 100 %% of parameter sets comply. Exit status 1 on any failure.")
-    cc.add_argument("--candidate", type=Path, required=True, help="policy file (.npz) saved by policy.save")
+                    "limits; (d) 100 % of parameter sets comply. Exit status 1 on any failure.")
+    cc.add_argument("--candidate", type=_policy_file, required=True,
+                    help="policy file (.npz) saved by policy.save")
     cc.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     cc.add_argument("--window-outcomes", type=_positive_int, default=10_000,
                     help="candidate outcomes per monitoring window (default: %(default)s)")
@@ -154,6 +162,7 @@ def _build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--requests", type=_positive_int, default=500,
                     help="requests per task type for check (c) (default: %(default)s)")
     cc.add_argument("--report", type=Path, default=None, help="also write the report as JSON here")
+    cc.add_argument("--no-progress", action="store_true", help="hide the stage lines on stderr")
     cc.set_defaults(func=_cmd_check_canary)
 
     d = sub.add_parser("demo", help="the main job: the whole workbench once, end to end",
@@ -259,6 +268,8 @@ def _utc_time(text: str):
 
 
 def _cmd_check_offline(args: argparse.Namespace) -> int:
+    if not args.log.exists():  # before the candidate loads (seconds of imports)
+        raise FileNotFoundError(f"--log: no decision log at {args.log}")
     from rtopt_lab.checks import offline_check, write_report
 
     kw = {}
@@ -273,7 +284,8 @@ def _cmd_check_offline(args: argparse.Namespace) -> int:
 
         log = read_log(args.log, start=args.start).table
     report = offline_check(args.candidate, log, n_contexts=args.contexts, alpha=args.alpha,
-                           margin=args.margin, on_overlap="drop" if args.drop_overlap else "raise", **kw)
+                           margin=args.margin, on_overlap="drop" if args.drop_overlap else "raise",
+                           progress=not args.no_progress, **kw)
     print(report.table())
     if args.report is not None:
         print(f"report written to {write_report(report, args.report)}")
@@ -284,7 +296,8 @@ def _cmd_check_canary(args: argparse.Namespace) -> int:
     from rtopt_lab.checks import canary_check, write_report
 
     report = canary_check(args.candidate, seed=args.seed, window_outcomes=args.window_outcomes,
-                          daily_limit=args.daily_limit, n_requests=args.requests)
+                          daily_limit=args.daily_limit, n_requests=args.requests,
+                          progress=not args.no_progress)
     print(report.table())
     if args.report is not None:
         print(f"report written to {write_report(report, args.report)}")
@@ -297,18 +310,79 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(experiments=args.experiments, jobs=args.jobs, n=args.n)
 
 
+#: Exit status when stdout's reader went away (``rtopt status | head -1``): 128 + SIGPIPE,
+#: what a shell reports for a process the signal ended.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rtopt`` console script."""
+    """Entry point of the ``rtopt`` console script.
+
+    Returns the exit status: the command's own; 2 for unusable input (a ``ValueError``,
+    ``LookupError`` or ``OSError``: its message is printed, never a traceback); 130 on
+    Ctrl-C; :data:`EXIT_BROKEN_PIPE` when stdout's reader went away early.
+    """
     import os
 
-    # MLflow's per-file download bars drown the command's own output
+    # MLflow's per-file download bars and INFO lines drown the command's own output
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     args = _build_parser().parse_args(argv)
+    import warnings
+
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
-        return args.func(args)
-    except (FileNotFoundError, ValueError, LookupError) as exc:
-        print(f"rtopt: error: {exc}", file=sys.stderr)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _stdout_gone()
+    except KeyboardInterrupt:
+        print("rtopt: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, LookupError, OSError) as exc:
+        print(f"rtopt: error: {_message(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not _is_mlflow_error(exc):
+            raise
+        print(f"rtopt: error: MLflow store: {_message(exc).strip()}", file=sys.stderr)
+        return 2
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as ``rtopt: warning: ...``: no source file and line for a command's user."""
+    return f"rtopt: warning: {message}\n"
+
+
+def _is_mlflow_error(exc: BaseException) -> bool:
+    """An MlflowException (an unusable store, e.g. a bad --tracking-uri), told apart
+    without importing mlflow."""
+    return any(c.__name__ == "MlflowException" and c.__module__.startswith("mlflow")
+               for c in type(exc).__mro__)
+
+
+def _message(exc: BaseException) -> str:
+    """``exc``'s message (a KeyError's without the quotes ``str`` adds), else its type."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return text or type(exc).__name__
+
+
+def _stdout_gone() -> int:
+    """Point stdout at devnull so Python's final flush cannot fail again (the recipe of the
+    Python docs' "Note on SIGPIPE"); the exit status a SIGPIPE would have given."""
+    import os
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (captured in a test)
+        return EXIT_BROKEN_PIPE
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

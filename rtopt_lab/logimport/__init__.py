@@ -141,7 +141,18 @@ Examples
 
 from rtopt_lab.logimport.contract import CONTRACT, ContractField, LogContractError
 from rtopt_lab.logimport.mapping import Feedback, LogMapping, MappingError, load_mapping
-from rtopt_lab.logimport.run import FORMATS, ImportReport, import_log, infer_format
+
+# the importer (pandas, pyarrow) loads on first use: `rtopt log schema` needs only the contract
+_RUN = ("FORMATS", "ImportReport", "import_log", "infer_format")
+
+
+def __getattr__(name: str):
+    if name in _RUN:
+        from rtopt_lab.logimport import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CONTRACT",

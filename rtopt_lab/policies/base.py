@@ -49,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -738,13 +739,40 @@ def load_policy(path: str | Path) -> Any:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"policy file not found: {path}")
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    if json.loads(str(arrays["config"])).get("kind") == "constrained":
-        from rtopt_lab.policies.constrained import Constrained
+    arrays = _read_npz(path)
+    try:
+        config = json.loads(str(arrays["config"]))
+        if not isinstance(config, dict):
+            raise TypeError(f"its config is a {type(config).__name__}, not an object")
+        if config.get("kind") == "constrained":
+            from rtopt_lab.policies.constrained import Constrained
 
-        return Constrained._from_arrays(arrays, path)
-    return policy_from_arrays(arrays, path)
+            return Constrained._from_arrays(arrays, path)
+        return policy_from_arrays(arrays, path)
+    except KeyError as exc:
+        raise ValueError(_not_a_policy(path, f"no {exc.args[0]!r} entry")) from None
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(_not_a_policy(path, str(exc))) from None
+
+
+def _not_a_policy(path: Path, why: str) -> str:
+    return f"{path} is not a policy file (expected an .npz written by Policy.save): {why}"
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``path``; ValueError naming the file when it is none."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # CSV, random bytes, a folder
+        why = "a folder" if path.is_dir() else "not an .npz archive"
+        raise ValueError(_not_a_policy(path, why)) from exc
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(_not_a_policy(path, "a single .npy array, not an .npz archive"))
+    try:
+        with z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # corrupt, or Python objects
+        raise ValueError(_not_a_policy(path, "an entry that is not a plain array")) from exc
 
 
 def policy_from_arrays(arrays: Mapping[str, np.ndarray], path: Path, prefix: str = "") -> BasePolicy:
