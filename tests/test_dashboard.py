@@ -426,7 +426,13 @@ def test_performance_trends_are_exact_window_statistics(log):
 
 # ----------------------------------------------------------------------------- plots
 @pytest.fixture(scope="module")
-def figures(sim, log, results, dists, tmp_path_factory):
+def curve(sim):
+    """LinUCB and Thompson, 40 evaluations per task type, 3 seeds (about 1 s)."""
+    return d.learning_curve(sim, evaluations=40, seeds=3, n_points=6, n_eval=800)
+
+
+@pytest.fixture(scope="module")
+def figures(sim, log, results, dists, curve, tmp_path_factory):
     X, pc, pb = dists
     ref, cur = d.split_by_time(log)
     pts = d.pareto_frame(d.arm_points(log))
@@ -443,6 +449,7 @@ def figures(sim, log, results, dists, tmp_path_factory):
                     evidence={"from": frm, "to": to, "at": clock.t})
     return {
         "OPE forest plot": d.forest_plot(results),
+        "Learning curve": d.plot_learning_curve(curve),
         "Pareto front of arms": d.pareto_plot(pts),
         "Drift between windows": d.drift_plot(d.drift_table(ref, cur)),
         "Arm attribution": d.attribution_plot(d.arm_attribution(pc, pb, q_hat, arm_ids=sim.catalog.arm_ids)),
@@ -622,3 +629,90 @@ def test_live_evidence_plot_marks_bounds_above_the_margin():
     assert d.figure_png(fig, dpi=40).startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="no task type with an estimate"):
         d.live_evidence_plot(metrics.assign(improvement=float("nan")))
+
+
+# ----------------------------------------------------------------------------- learning curve
+def test_learning_curve_rises_and_stays_between_the_exact_references(curve):
+    t = curve.table
+    assert tuple(t.columns) == d.CURVE_COLUMNS and curve.policies == ("linucb", "thompson")
+    assert curve.seeds == (0, 1, 2) and (t["n_seeds"] == 3).all() and curve.n_task_types == 4
+    for _, p in t.groupby("policy"):
+        assert p["evaluations"].iloc[0] == 1 and p["evaluations"].iloc[-1] == 40
+        assert (p["rounds"] == 4 * p["evaluations"]).all() and p["evaluations"].is_monotonic_increasing
+    assert curve.uniform_value < curve.optimal_value
+    # per seed the greedy value is a mean of q(x, a) <= max_a q(x, a): never above optimal, exactly
+    assert (t["value_mean"] <= curve.optimal_value + 1e-12).all()
+    gap = curve.optimal_value - curve.uniform_value
+    np.testing.assert_allclose(t["gap_closed"], (t["value_mean"] - curve.uniform_value) / gap, atol=0.05)
+    start = t.groupby("policy").head(1).set_index("policy")["value_mean"]
+    end = curve.final()["value_mean"]
+    tol = 0.02
+    assert (end > start).all(), (start, end)                      # it learns
+    assert (end <= curve.optimal_value + tol).all()
+    assert (end >= curve.uniform_value - tol).all(), end            # at the end no worse than random
+    assert (t["value_se"] >= 0).all() and curve.optimal_se >= 0
+
+
+def test_learning_curve_copies_a_given_policy_and_names_bad_arguments(sim):
+    pol = LinUCB(sim.catalog)
+    before = pol.model.state()["A"].copy()
+    c = d.learning_curve(sim, {"mine": pol}, evaluations=3, seeds=[7], n_points=2, n_eval=200)
+    assert c.policies == ("mine",) and c.seeds == (7,) and (c.table["value_se"] == 0).all()
+    np.testing.assert_array_equal(pol.model.state()["A"], before)       # learned on a copy
+    with pytest.raises(ValueError, match="`evaluations` must be an int >= 1; got 0"):
+        d.learning_curve(sim, evaluations=0)
+    with pytest.raises(ValueError, match="`seeds` must be an int >= 1 or distinct ints"):
+        d.learning_curve(sim, seeds=[1, 1])
+    with pytest.raises(TypeError, match=r"`policies\['fixed'\]` \(FixedPolicy\) learns no reward model"):
+        d.learning_curve(sim, {"fixed": FixedPolicy(sim.catalog)}, evaluations=1, seeds=1)
+    with pytest.raises(TypeError, match=r"`policies\['x'\]` must be a policy or a callable"):
+        d.learning_curve(sim, {"x": 3}, evaluations=1, seeds=1)
+
+
+def test_learning_curve_plot_has_both_references_and_one_line_per_policy(curve):
+    from matplotlib.figure import Figure
+
+    fig = d.plot_learning_curve(curve)
+    ax = fig.axes[0]
+    lines = {ln.get_gid(): ln for ln in ax.get_lines()}
+    for gid, value in (("reference-optimal", curve.optimal_value), ("reference-uniform", curve.uniform_value)):
+        ref = lines[gid]
+        assert ref.get_linestyle() == "--" and np.allclose(ref.get_ydata(), value), gid
+    policy_lines = [ln for ln in ax.get_lines() if str(ln.get_gid()).startswith("policy-")]
+    assert [ln.get_label() for ln in policy_lines] == list(curve.policies)
+    for ln, (_, p) in zip(policy_lines, curve.table.groupby("policy", sort=False), strict=True):
+        np.testing.assert_allclose(ln.get_ydata(), p["value_mean"])
+    assert len(ax.collections) == len(curve.policies)                  # one ±1 se band each
+    legend = " ".join(t.get_text() for t in ax.get_legend().get_texts())
+    assert "linucb" in legend and "thompson" in legend and "optimal" in legend and "uniform" in legend
+    assert "evaluations per task type" in ax.get_xlabel() and "reward" in ax.get_ylabel() and ax.get_title()
+    outer = Figure()
+    mine = outer.add_subplot()
+    assert d.plot_learning_curve(curve, ax=mine) is outer and mine.get_lines()
+    with pytest.raises(TypeError, match="`curve` must be a LearningCurve"):
+        d.plot_learning_curve(curve.table)
+
+
+# ----------------------------------------------------------------------------- forest notes, numbers
+def test_forest_plot_notes_an_estimate_without_an_interval(results):
+    bare = results.copy()
+    dm = bare["estimator"] == "dm"
+    bare.loc[dm, ["ci_low", "ci_high", "diff_ci_low", "diff_ci_high"]] = np.nan
+    for difference in (True, False):
+        ax = d.forest_plot(bare, difference=difference).axes[0]
+        hollow = [ln for ln in ax.get_lines() if ln.get_gid() == "no-interval-dm"]
+        assert hollow and all(ln.get_markerfacecolor() == "white" for ln in hollow)
+        notes = [t.get_text() for t in ax.texts]
+        assert notes.count("no interval") == len(hollow)                # each bare point says so
+        legend = " ".join(t.get_text() for t in ax.get_legend().get_texts()).replace("\n", " ")
+        assert "DM: no interval (model-based, no sampling variance estimate)" in legend
+    ax = d.forest_plot(results).axes[0]                                  # every interval present: no note
+    assert "no interval" not in " ".join(t.get_text() for t in ax.get_legend().get_texts())
+    assert not [t for t in ax.texts if t.get_text() == "no interval"]
+
+
+def test_report_numbers_keep_their_significant_digits():
+    from rtopt_lab.dashboard.report import _fmt_number
+
+    assert [_fmt_number(x) for x in (0.99996, 0.999949, 9.99996, 0.0099999, 0.5, 80_480.2, -0.99999)] == \
+        ["1.000", "0.9999", "10.00", "0.01000", "0.5000", "80,480", "-1.000"]

@@ -177,3 +177,58 @@ def test_browser_dom_has_summary_gates_and_decodable_plots(chromium, reports):
         pixels = mpimg.imread(io.BytesIO(png), format="png")
         assert min(pixels.shape[:2]) > 100 and pixels[..., :3].std() > 0.01
     assert dom.find("table", id="table-drift")
+
+
+_MEASURE = """<script>
+(() => {
+  const page = document.documentElement;
+  const out = {viewport: page.clientWidth, page_scroll_width: page.scrollWidth, tables: {}};
+  for (const t of document.querySelectorAll("table[id]")) {
+    const wrap = t.parentElement;
+    out.tables[t.id] = {right: t.getBoundingClientRect().right, width: t.scrollWidth,
+                        wrap_class: wrap.className, wrap_overflow_x: getComputedStyle(wrap).overflowX,
+                        wrap_right: wrap.getBoundingClientRect().right, wrap_client_width: wrap.clientWidth,
+                        wrap_scroll_width: wrap.scrollWidth};
+  }
+  document.body.setAttribute("data-layout", JSON.stringify(out));
+})();
+</script>"""
+
+
+def _layout(binary: str, tmp: Path, report: Path, width: int) -> dict:
+    """Where the browser laid out every table at a window ``width`` px wide.
+
+    The report itself has no script and forbids any (CSP); a copy without the CSP meta tag
+    and with a measuring script at the end of the body is rendered instead, and the script
+    writes the boxes into the DOM that ``--dump-dom`` prints.
+    """
+    import json
+    import re
+
+    text = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", report.read_text(encoding="utf-8"))
+    page = tmp / f"measure-{width}.html"
+    page.write_text(text.replace("</body>", f"{_MEASURE}</body>"), encoding="utf-8")
+    out = _run(binary, tmp, "--dump-dom", f"--window-size={width},1200", page.as_uri())
+    dom = _Dom()
+    dom.feed(out.stdout)
+    body = dom.find("body")
+    assert body and body[0].get("data-layout"), "the measuring script did not run"
+    return json.loads(body[0]["data-layout"])
+
+
+@pytest.mark.parametrize("width", [1400, 700])
+def test_wide_tables_stay_inside_the_page_or_scroll_in_their_wrapper(chromium, reports, width):
+    full, _, _, _, tmp = reports
+    layout = _layout(chromium, tmp, full, width)
+    vw = layout["viewport"]
+    assert layout["page_scroll_width"] <= vw, f"the page scrolls sideways at {width} px: {layout}"
+    drift = layout["tables"]["table-drift"]
+    for name, box in layout["tables"].items():
+        inside = box["right"] <= vw + 0.5
+        scrolls = (box["wrap_class"] == "table-wrap" and box["wrap_overflow_x"] in ("auto", "scroll")
+                   and box["wrap_right"] <= vw + 0.5)
+        assert inside or scrolls, f"{name} is cut off at {width} px: {box} (viewport {vw})"
+    if width == 1400:   # the drift table fits a desktop window whole
+        assert drift["right"] <= vw and drift["wrap_scroll_width"] <= drift["wrap_client_width"]
+    else:               # and scrolls inside its wrapper on a narrow one, the page itself does not
+        assert drift["wrap_scroll_width"] > drift["wrap_client_width"] and drift["wrap_overflow_x"] == "auto"

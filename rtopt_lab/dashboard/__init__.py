@@ -5,6 +5,7 @@
 :mod:`.pareto`         Pareto front of quality against cost over arms and policies
 :mod:`.attribution`    which arms and which context features drive an improvement
 :mod:`.timeline`       rollout timeline and status; windowed performance trends
+:mod:`.learning`       learning curves: exact greedy value per policy on the simulator
 :mod:`.plots`          matplotlib figures of all of the above (imported on first use)
 :mod:`.report`         a self-contained HTML report (inline CSS, base64 PNG, no script)
 =====================  ===================================================================
@@ -39,6 +40,12 @@ from rtopt_lab.dashboard.drift import (
     psi_categorical,
     split_by_time,
 )
+from rtopt_lab.dashboard.learning import (
+    CURVE_COLUMNS,
+    LearningCurve,
+    default_learners,
+    learning_curve,
+)
 from rtopt_lab.dashboard.pareto import (
     POINT_COLUMNS,
     arm_points,
@@ -56,11 +63,12 @@ from rtopt_lab.dashboard.timeline import (
     rollout_status,
 )
 
-_PLOTS = ("attribution_plot", "drift_plot", "forest_plot", "live_evidence_plot", "pareto_plot", "timeline_plot",
-          "trend_plot")
+_PLOTS = ("attribution_plot", "drift_plot", "forest_plot", "live_evidence_plot", "pareto_plot",
+          "plot_learning_curve", "timeline_plot", "trend_plot")
 
 __all__ = [
     "AVERAGE_CONTEXT",
+    "CURVE_COLUMNS",
     "DEFAULT_CATEGORICAL",
     "DEFAULT_NUMERIC",
     "POINT_COLUMNS",
@@ -68,11 +76,13 @@ __all__ = [
     "TIMELINE_COLUMNS",
     "Attribution",
     "FeatureDrift",
+    "LearningCurve",
     "RolloutStatus",
     "arm_attribution",
     "arm_points",
     "attribution_plot",
     "context_columns",
+    "default_learners",
     "drift_plot",
     "drift_table",
     "feature_attribution",
@@ -81,6 +91,7 @@ __all__ = [
     "figure_png",
     "fit_linear_q",
     "forest_plot",
+    "learning_curve",
     "linear_q_hat",
     "live_evidence_plot",
     "outcome_log",
@@ -88,6 +99,7 @@ __all__ = [
     "pareto_front",
     "pareto_plot",
     "performance_trends",
+    "plot_learning_curve",
     "policy_points",
     "provenance_timeline",
     "psi",

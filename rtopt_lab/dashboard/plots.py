@@ -5,19 +5,21 @@ Figures are built with :class:`matplotlib.figure.Figure` directly, never through
 the functions are safe in a headless batch job or a server (rendering is Agg via
 ``fig.savefig``), and a notebook displays the returned figure as usual.
 
-=========================  ===================================================================
-:func:`forest_plot`        OPE estimates with intervals against the baseline (evaluate table)
-:func:`pareto_plot`        quality against cost, the Pareto front highlighted
-:func:`drift_plot`         PSI per feature with the 0.1 / 0.2 thresholds and test flags
-:func:`attribution_plot`   contributions of arms or feature groups to the improvement
-:func:`timeline_plot`      rollout phase over time, rollbacks marked
-:func:`trend_plot`         windowed reward, quality and latency p99 per policy version
-=========================  ===================================================================
+===========================  ====================================================================
+:func:`forest_plot`          OPE estimates with intervals against the baseline (evaluate table)
+:func:`pareto_plot`          quality against cost, the Pareto front highlighted
+:func:`drift_plot`           PSI per feature with the 0.1 / 0.2 thresholds and test flags
+:func:`attribution_plot`     contributions of arms or feature groups to the improvement
+:func:`timeline_plot`        rollout phase over time, rollbacks marked
+:func:`trend_plot`           windowed reward, quality and latency p99 per policy version
+:func:`plot_learning_curve`  greedy value per policy vs evaluations, optimal and uniform lines
+===========================  ====================================================================
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,8 +27,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-__all__ = ["attribution_plot", "drift_plot", "forest_plot", "live_evidence_plot", "pareto_plot", "timeline_plot",
-           "trend_plot"]
+__all__ = ["attribution_plot", "drift_plot", "forest_plot", "live_evidence_plot", "pareto_plot",
+           "plot_learning_curve", "timeline_plot", "trend_plot"]
 
 _VERDICT_COLORS = {"improved": "#1a9850", "worse": "#d73027", "not significant": "#4d4d4d", "insufficient_evidence": "#b8860b",
                    "baseline": "#2166ac"}
@@ -43,6 +45,23 @@ def _need(frame: Any, name: str, columns: Sequence[str]) -> pd.DataFrame:
     if len(frame) == 0:
         raise ValueError(f"`{name}` has no rows to plot")
     return frame
+
+
+_NO_INTERVAL_REASONS = {"dm": "model-based, no sampling variance estimate"}
+_NO_INTERVAL_DEFAULT = "none was computed for this estimate"
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _no_interval_note(estimator: str) -> str:
+    """The legend note of an estimator shown without an interval, wrapped to a legend's width."""
+    why = _NO_INTERVAL_REASONS.get(estimator.lower(), _NO_INTERVAL_DEFAULT)
+    return textwrap.fill(f"{estimator.upper()}: no interval ({why})", 28, break_on_hyphens=False)
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -69,7 +88,9 @@ def forest_plot(results: pd.DataFrame, *, estimators: Sequence[str] | None = Non
     Returns
     -------
     Figure
-        One row per (candidate, estimator), coloured by verdict.
+        One row per (candidate, estimator), coloured by verdict. An estimate without an
+        interval (missing bounds, e.g. DM when its variance was not estimated) is a hollow
+        point labelled "no interval", with a legend entry saying why.
     """
     from rtopt_lab.ope.result import pooled_frame
 
@@ -91,9 +112,18 @@ def forest_plot(results: pd.DataFrame, *, estimators: Sequence[str] | None = Non
     fig = _figure(8.0, 1.8 + 0.4 * len(t))
     ax = fig.add_subplot()
     y = np.arange(len(t))[::-1]
-    for yi, xi, low, high, v in zip(y, x, lo, hi, verdicts, strict=True):
+    no_interval: dict[str, None] = {}
+    for yi, xi, low, high, v, est in zip(y, x, lo, hi, verdicts, t["estimator"], strict=True):
         color = _VERDICT_COLORS.get(v, "#4d4d4d")
-        ax.errorbar(xi, yi, xerr=[[xi - low], [high - xi]], fmt="o", color=color, capsize=3, markersize=5)
+        if _finite(low) and _finite(high):
+            ax.errorbar(xi, yi, xerr=[[xi - low], [high - xi]], fmt="o", color=color, capsize=3, markersize=5)
+            continue
+        # no interval: a hollow point with a note, never a bare dot that reads as a tight interval
+        no_interval[str(est)] = None
+        ax.plot([xi], [yi], "o", markerfacecolor="white", markeredgecolor=color, markeredgewidth=1.5,
+                markersize=6, gid=f"no-interval-{est}")
+        ax.annotate("no interval", (xi, yi), textcoords="offset points", xytext=(6, 0), va="center",
+                    fontsize=7, color="#4d4d4d", fontstyle="italic")
     ax.set_yticks(y, labels)
     ax.set_ylim(-0.6, len(t) - 0.4)
     baseline = t["baseline"].dropna().iloc[0] if "baseline" in t.columns and t["baseline"].notna().any() else None
@@ -110,6 +140,9 @@ def forest_plot(results: pd.DataFrame, *, estimators: Sequence[str] | None = Non
     for v in dict.fromkeys(verdicts):
         if v:
             ax.plot([], [], "o", color=_VERDICT_COLORS.get(v, "#4d4d4d"), label=v)
+    for est in no_interval:
+        ax.plot([], [], "o", markerfacecolor="white", markeredgecolor="#4d4d4d", markeredgewidth=1.5,
+                label=_no_interval_note(est))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", borderaxespad=0)
     ax.set_ylabel("candidate · estimator")
@@ -428,4 +461,64 @@ def trend_plot(trends: pd.DataFrame, *, metrics: Sequence[str] | None = None, ti
     axes[-1].set_xlabel("window midpoint (UTC)")
     fig.suptitle(title or "Performance trends per policy version (bands: 95 % normal intervals)")
     fig.autofmt_xdate()
+    return fig
+
+
+_REFERENCE_COLORS = {"optimal": "#1a9850", "uniform": "#d73027"}
+
+
+def plot_learning_curve(curve: Any, ax: Any = None, *, title: str | None = None) -> Figure:
+    """Exact value of each policy's greedy choice against evaluations, with the references.
+
+    One line per policy (mean over seeds, a ±1 se band), and horizontal dashed lines at the
+    optimal policy's and the uniform-random policy's exact values: how far from random the
+    learner starts and how much of the gap it has closed.
+
+    Parameters
+    ----------
+    curve : LearningCurve
+        :func:`~rtopt_lab.dashboard.learning_curve`.
+    ax : matplotlib Axes, optional
+        Draw into this Axes (of a figure the caller owns); default a new Figure.
+    title : str, optional
+
+    Returns
+    -------
+    Figure
+        The new figure, or the one holding ``ax``. The reference lines carry the gids
+        ``reference-optimal`` and ``reference-uniform``; each policy line the gid
+        ``policy-<name>``.
+    """
+    from rtopt_lab.dashboard.learning import CURVE_COLUMNS
+
+    table = getattr(curve, "table", None)
+    if table is None or not hasattr(curve, "optimal_value"):
+        raise TypeError(f"`curve` must be a LearningCurve (learning_curve()); got {type(curve).__name__}")
+    t = _need(table, "curve.table", CURVE_COLUMNS)
+    if ax is None:
+        fig = _figure(8.0, 5.0)
+        ax = fig.add_subplot()
+    elif not hasattr(ax, "fill_between"):
+        raise TypeError(f"`ax` must be a matplotlib Axes; got {type(ax).__name__}")
+    else:
+        fig = ax.figure
+    for name, p in t.groupby("policy", sort=False):
+        x, m, se = p["evaluations"], p["value_mean"], p["value_se"]
+        line = ax.plot(x, m, marker="o", markersize=3, linewidth=1.8, label=str(name), gid=f"policy-{name}")[0]
+        ax.fill_between(x, m - se, m + se, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.axhline(curve.optimal_value, color=_REFERENCE_COLORS["optimal"], linestyle="--", linewidth=1.2,
+               label=f"optimal policy (exact): {curve.optimal_value:.4f}", gid="reference-optimal")
+    ax.axhline(curve.uniform_value, color=_REFERENCE_COLORS["uniform"], linestyle="--", linewidth=1.2,
+               label=f"uniform random (exact): {curve.uniform_value:.4f}", gid="reference-uniform")
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel(f"evaluations per task type (log scale; {curve.n_task_types} task types)")
+    ax.set_ylabel("exact value of the greedy policy (reward units per decision)")
+    n_seeds = len(curve.seeds)
+    ax.set_title(title or f"Learning curve: greedy value on the simulator (mean of {n_seeds} seed"
+                          f"{'s' if n_seeds != 1 else ''}, band ±1 se)")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(alpha=0.3)
     return fig

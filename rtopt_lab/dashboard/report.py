@@ -98,6 +98,8 @@ def _fmt_number(x: float, digits: int = SIGNIFICANT) -> str:
         return "0"
     mag = math.floor(math.log10(abs(x)))
     decimals = min(max(digits - 1 - mag, 0), _MAX_DECIMALS)
+    if decimals and abs(round(x, decimals)) >= 10.0 ** (mag + 1):   # 0.99996 rounds to 1.000, not 1.0000
+        decimals -= 1
     text = f"{x:,.{decimals}f}"
     if float(text.replace(",", "")) == 0:
         tiny = f"0.{'0' * (_MAX_DECIMALS - 1)}1"

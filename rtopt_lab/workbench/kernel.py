@@ -10,6 +10,12 @@ The runner talks to the kernel over IPC (Unix sockets in the run's private tempo
 folder, :func:`ipc_config`), not TCP on localhost: nothing else on the machine can connect
 to it, and ipykernel has no reason to warn, once per notebook, that it "is running over TCP
 without encryption".
+
+The kernelspec also sets :data:`KERNEL_ENV` in the kernel's environment:
+``MLFLOW_LOGGING_LEVEL=WARNING``, so MLflow's INFO lines ("Creating initial MLflow database
+tables...") do not fill an executed notebook with a pink stderr block; its warnings and
+errors still show. A notebook that wants them back calls
+``logging.getLogger("mlflow").setLevel("INFO")`` after importing MLflow.
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["DISPLAY_NAME", "KERNEL_NAME", "ensure_kernel", "ipc_config", "kernel_spec_path"]
+__all__ = ["DISPLAY_NAME", "KERNEL_ENV", "KERNEL_NAME", "ensure_kernel", "ipc_config", "kernel_spec_path"]
 
 KERNEL_NAME = "rtopt-lab"
 DISPLAY_NAME = "rtopt-lab (.venv)"
+KERNEL_ENV: dict[str, str] = {"MLFLOW_LOGGING_LEVEL": "WARNING"}
+"""Environment of every notebook kernel: MLflow logs warnings and errors, not INFO lines."""
 
 
 def kernel_spec_path(prefix: str | os.PathLike[str] | None = None) -> Path:
@@ -33,15 +41,22 @@ def kernel_spec_path(prefix: str | os.PathLike[str] | None = None) -> Path:
     return Path(prefix or sys.prefix) / "share" / "jupyter" / "kernels" / KERNEL_NAME / "kernel.json"
 
 
-def _argv(spec_file: Path) -> list[str] | None:
+def _spec(spec_file: Path) -> dict:
     try:
-        return json.loads(spec_file.read_text(encoding="utf-8")).get("argv")
+        spec = json.loads(spec_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        return {}
+    return spec if isinstance(spec, dict) else {}
 
 
 def _points_here(argv: list[str] | None) -> bool:
     return bool(argv) and argv[0] == sys.executable
+
+
+def _current(spec: dict) -> bool:
+    """The spec runs this interpreter with :data:`KERNEL_ENV` in its environment."""
+    env = spec.get("env") or {}
+    return _points_here(spec.get("argv")) and all(env.get(k) == v for k, v in KERNEL_ENV.items())
 
 
 def _check_not_shadowed() -> None:
@@ -60,7 +75,8 @@ def _check_not_shadowed() -> None:
 
 
 def ensure_kernel(*, prefix: str | os.PathLike[str] | None = None) -> str:
-    """Install the project kernelspec when missing or pointing at another interpreter.
+    """Install the project kernelspec when missing, pointing at another interpreter or
+    lacking :data:`KERNEL_ENV`.
 
     Parameters
     ----------
@@ -83,11 +99,12 @@ def ensure_kernel(*, prefix: str | os.PathLike[str] | None = None) -> str:
     from ipykernel.kernelspec import install
 
     spec_file = kernel_spec_path(prefix)
-    if not _points_here(_argv(spec_file)):
-        install(kernel_name=KERNEL_NAME, display_name=DISPLAY_NAME, prefix=str(prefix or sys.prefix))
-        if not _points_here(_argv(spec_file)):
+    if not _current(_spec(spec_file)):
+        install(kernel_name=KERNEL_NAME, display_name=DISPLAY_NAME, prefix=str(prefix or sys.prefix),
+                env=dict(KERNEL_ENV))
+        if not _current(_spec(spec_file)):
             raise RuntimeError(f"installed the kernelspec {spec_file} but its argv does not start with "
-                               f"{sys.executable!r}")
+                               f"{sys.executable!r} or its env lacks {KERNEL_ENV}")
     if prefix is None or Path(prefix).resolve() == Path(sys.prefix).resolve():
         _check_not_shadowed()
     return KERNEL_NAME
