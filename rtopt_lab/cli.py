@@ -235,7 +235,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
     res = read_log(args.path)
     table = summarize_log(res.table)
-    print(table.to_string())
+    print(table.to_string(na_rep="-"))
     if table.attrs.get("deterministic"):
         print(DETERMINISTIC_NOTE)
     if res.rows_quarantined:

@@ -96,7 +96,7 @@ class RolloutReport:
         if len(ev.metrics) > 1:
             cols = ["task_type", "candidate_n", "incumbent_n", "improvement", "lower_bound", "token_ratio", "regret"]
             lines += ["  per task type:", *("    " + ln for ln in
-                                            ev.metrics[cols].to_string(index=False, float_format="{:.4g}".format)
+                                            ev.metrics[cols].to_string(index=False, na_rep="-", float_format="{:.4g}".format)
                                             .splitlines())]
         lines += [f"  note: {n}" for n in ev.notes]
         if self.decisions:

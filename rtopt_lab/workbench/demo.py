@@ -93,7 +93,7 @@ def run_demo(*, experiments: str | os.PathLike[str] = "experiments", jobs: int =
     print("3/4 candidates against production (held-out window, as served)\n")
     table = candidate_summary(results, uri=uri)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
-        print(table.to_string(index=False) if not table.empty else "    (no replay finished)")
+        print(table.to_string(index=False, na_rep="-") if not table.empty else "    (no replay finished)")
     print("\nRegistry:")
     with pd.option_context("display.width", 200, "display.float_format", "{:.4f}".format):
         print(T.status(uri=uri).drop(columns=["gate_reasons", "run_id"], errors="ignore").fillna("-")
