@@ -216,6 +216,7 @@ def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: Ba
     served = Constrained(policy, incumbent, max_dtemp=trust_region.max_dtemp, max_dtokens=trust_region.max_dtokens,
                          tier_masks=compliance.allowed_mask(cat, np.arange(4)))
     stage(f"(a) replaying the candidate against the baseline on {len(frame):,} rows (DR, IPS)")
+    served = _Memoised(served)   # the replay and both cost evaluations read the same rows
     replay, ident = _replay(served, incumbent, frame, alpha, evaluate, margin)
     stage("(a) cost efficiency: quality and tokens by DR")
     checks = [replay, _cost(served, incumbent, frame, alpha, ident)]
@@ -234,6 +235,36 @@ def offline_check(candidate: BasePolicy | str | Path, log: Any, *, incumbent: Ba
     lines = tuple(ident.lines(("candidate", "baseline"))) if ident is not None else ()
     return CheckReport(candidate=str(path) if path else policy.version, checks=tuple(checks),
                        evidence=evidence, identifiability=lines)
+
+
+class _Memoised:
+    """A policy whose ``action_dist`` is computed once per distinct (contexts, keys): the
+    offline suite evaluates the candidate three times on the same rows (replay, quality and
+    tokens), and a Thompson policy's distribution is a Monte-Carlo integral per context.
+    The numbers are the policy's own (the cache returns what it returned); every other
+    attribute is the policy's."""
+
+    def __init__(self, policy: Any) -> None:
+        self._policy = policy
+        self._cache: dict[bytes, np.ndarray] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._policy, name)
+
+    def action_dist(self, X: np.ndarray, *args: Any, keys: np.ndarray | None = None, **kwargs: Any) -> np.ndarray:
+        if args or kwargs:
+            return self._policy.action_dist(X, *args, keys=keys, **kwargs)
+        import hashlib
+
+        X = np.ascontiguousarray(X)
+        h = hashlib.blake2b(repr((X.shape, X.dtype.str)).encode(), digest_size=16)
+        h.update(X.tobytes())
+        if keys is not None:
+            h.update(np.ascontiguousarray(keys).tobytes())
+        digest = h.digest() + (b"k" if keys is not None else b"-")
+        if digest not in self._cache:
+            self._cache[digest] = np.asarray(self._policy.action_dist(X, keys=keys))
+        return self._cache[digest].copy()
 
 
 def _unidentified(ident: Any, name: str) -> CheckResult | None:

@@ -149,3 +149,35 @@ def test_canary_suite(sim, tmp_path):
     assert by["budget"].passed and by["budget"].figures["max_overshoot"] <= by["budget"].figures["largest_prompt"]
     assert by["budget"].figures["calls_refused"] > 0
     assert by["compliance"].passed
+
+
+def test_the_suite_computes_a_thompson_candidates_distribution_once_per_rows(sim, logs):
+    """The replay and both cost evaluations read the same rows: the candidate's (Monte-Carlo)
+    distribution is computed once for each and returned unchanged."""
+    from rtopt_lab.checks import _Memoised
+    from rtopt_lab.features import featurize_frame
+    from rtopt_lab.policies import ThompsonGaussian
+
+    train, test = logs
+    ts = fit_from_log(ThompsonGaussian(sim.catalog, seed=3), train.iloc[:2_000])
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(ts, name)
+
+        def action_dist(self, X, keys=None):
+            calls.append(len(X))
+            return ts.action_dist(X, keys=keys)
+
+    memo = _Memoised(Counting())
+    X = featurize_frame(test.iloc[:300], ts.spec)
+    keys = np.arange(300, dtype=np.uint64)
+    first = memo.action_dist(X, keys=keys)
+    first[:] = -1.0                                  # a caller's edit does not reach the cache
+    again = memo.action_dist(X.copy(), keys=keys.copy())
+    np.testing.assert_array_equal(again, ts.action_dist(X, keys=keys))
+    assert calls == [300]
+    memo.action_dist(X, keys=keys + np.uint64(1))     # other keys: other draws, computed anew
+    memo.action_dist(X[:10], keys=keys[:10])
+    assert calls == [300, 300, 10] and memo.spec is ts.spec
