@@ -82,6 +82,8 @@ def test_log_evaluation_records_params_metrics_and_artifacts(sim, tmp_path):
     assert set(inputs) == {"training", "evaluation"}
     assert json.loads(inputs["evaluation"].dataset.profile)["num_rows"] == len(log) - half
     assert json.loads(inputs["training"].dataset.source)["uri"] == "sim"
+    schema = {c["name"]: c["type"] for c in json.loads(inputs["training"].dataset.schema)["mlflow_colspec"]}
+    assert schema["reward"] == "double" and schema["arm_id"] == "string" and len(schema) >= 20
     files = {f.path for f in client.list_artifacts(run_id)}
     assert files == {"results.json", "gate_verdicts.json", "plots", "report.html"}
     assert [f.path for f in client.list_artifacts(run_id, "plots")] == ["plots/forest.png"]
