@@ -228,7 +228,8 @@ def test_contract_every_estimator_shares_the_signature_and_documents_it():
     ({"confidence_level": 95}, ValueError, r"`confidence_level` must be a number in \(0, 1\); got 95"),
     ({"ci": "student"}, ValueError, r"`ci` must be one of \('t', 'normal', 'percentile', 'bca'\); got 'student'"),
     ({"n_boot": 0}, ValueError, r"`n_boot` must be an int >= 1; got 0"),
-    ({"resampling": "jackknife"}, ValueError, r"`resampling` must be one of \('multinomial', 'poisson'\); got 'jackknife'"),
+    ({"resampling": "jackknife"}, ValueError, r"`resampling` must be one of \('auto', 'multinomial', 'poisson'\); got 'jackknife'"),
+    ({"n_buckets": 1}, ValueError, r"`n_buckets` must be an int >= 2 or None; got 1"),
     ({"keys": np.arange(3)}, ValueError, r"`keys` must be an integer array of shape \(4,\); got int64 \(3,\)"),
 ])
 def test_estimators_iv(kwargs, exc, message):

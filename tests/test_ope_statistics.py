@@ -87,3 +87,33 @@ def test_percentile_bootstrap_intervals_cover_at_n_2000(sim, world):
 
 def test_normal_intervals_cover_at_n_20000(sim, world):
     _assert_coverage(_run(sim, world, 20_000, REPS), world["value"])
+
+
+def test_bucketed_percentile_intervals_match_the_exact_bootstrap(sim, world):
+    """Random-groups resampling with few rows per bucket (256 buckets of ~8 rows) covers as
+    the exact multinomial bootstrap does on the same replications: an exact McNemar test on
+    the discordant replications, and each covers at 95 % (binomial test)."""
+    value = world["value"]
+    exact = _run(sim, world, 2_000, REPS, ci="percentile", n_boot=400, resampling="multinomial")
+    bucketed = _run(sim, world, 2_000, REPS, ci="percentile", n_boot=400, n_buckets=256)
+    for name in exact:
+        hit_e = (exact[name][:, 1] <= value) & (value <= exact[name][:, 2])
+        hit_b = (bucketed[name][:, 1] <= value) & (value <= bucketed[name][:, 2])
+        only_e, only_b = int((hit_e & ~hit_b).sum()), int((hit_b & ~hit_e).sum())
+        if only_e + only_b:
+            assert stats.binomtest(only_b, only_e + only_b, 0.5).pvalue > 0.01, (name, only_e, only_b)
+        assert stats.binomtest(int(hit_b.sum()), REPS, 0.95).pvalue > 0.01, (name, hit_b.mean())
+        np.testing.assert_allclose(bucketed[name][:, 0], exact[name][:, 0])   # same point estimates
+
+
+def test_auto_percentile_intervals_cover_above_the_row_limit(sim, world):
+    """Above AUTO_MAX_ROWS the default resampling is 4,096 hash buckets: coverage as with rows."""
+    from rtopt_lab.ope.bootstrap import AUTO_MAX_ROWS, resampling_plan
+
+    n = AUTO_MAX_ROWS + 10_000
+    assert resampling_plan("auto", n) == ("poisson", 4_096)
+    reps = REPS // 2                                   # 60k rows per replication: half as many
+    for name, arr in _run(sim, world, n, reps, ci="percentile", n_boot=400).items():
+        covered = int(((arr[:, 1] <= world["value"]) & (world["value"] <= arr[:, 2])).sum())
+        assert 0.92 <= covered / reps <= 0.98, (name, covered / reps)
+        assert stats.binomtest(covered, reps, 0.95).pvalue > 0.01, (name, covered / reps)

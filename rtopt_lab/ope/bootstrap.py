@@ -18,10 +18,22 @@ Resampling
     replicate index) (:func:`~rtopt_lab.ope._hash.poisson_weights`): no generator state, so
     the replicate totals are sums that merge across chunks and partitions exactly.
 
+``"auto"`` (the estimators' default)
+    ``"multinomial"`` over rows up to :data:`AUTO_MAX_ROWS` rows; above, ``"poisson"``
+    over :data:`AUTO_BUCKETS` hash buckets of rows (below), so a 1,000-replicate
+    interval costs about as much at 10 million rows as at 100,000.
+
 With ``n_buckets`` = G the resampling unit is a bucket of rows (bucket = hash of the
 request id mod G) instead of a row: the bootstrap becomes a random-groups (cluster)
 bootstrap over G i.i.d. bucket totals, whose cost no longer grows with n (the approach of
 large-scale experimentation platforms; Chamandy et al. 2012). Use G in the thousands.
+Rows fall into buckets at random (a hash), so for a statistic linear in the column
+totals the bucket bootstrap's variance equals the row bootstrap's in expectation over
+the assignment, and its relative error adds about :math:`1/\\sqrt{2G}` (1.1 % of the
+standard error for G = 4,096) to the Monte-Carlo error of B replicates; a row with a large
+importance weight keeps its own Poisson(1) weight, so sharp candidates are resampled as
+with rows. Measured on the simulator (``tests/test_ope_statistics.py``): the coverage of
+the bucketed percentile intervals is that of the row bootstraps.
 
 Intervals
 ---------
@@ -67,14 +79,18 @@ from scipy.stats import t as student_t
 from rtopt_lab.ope._hash import bucket_of, poisson_weights
 from rtopt_lab.ope._terms import StatSet
 
-__all__ = ["BOOTSTRAP_METHODS", "CI_METHODS", "RESAMPLINGS", "UNIT_METHODS", "Accumulator", "Summary", "bounds", "p_values", "standard_errors", "summarize"]
+__all__ = ["AUTO_BUCKETS", "AUTO_MAX_ROWS", "BOOTSTRAP_METHODS", "CI_METHODS", "RESAMPLINGS", "UNIT_METHODS", "Accumulator", "Summary", "bounds", "p_values", "resampling_plan", "standard_errors", "summarize"]
 
 CI_METHODS: tuple[str, ...] = ("t", "normal", "percentile", "bca")
 #: interval methods that need bootstrap replicates
 BOOTSTRAP_METHODS: tuple[str, ...] = ("percentile", "bca")
 #: interval methods that need the per-unit terms (the jackknife, the degrees of freedom)
 UNIT_METHODS: tuple[str, ...] = ("t", "bca")
-RESAMPLINGS: tuple[str, ...] = ("multinomial", "poisson")
+RESAMPLINGS: tuple[str, ...] = ("auto", "multinomial", "poisson")
+#: ``resampling="auto"`` resamples rows (multinomial, exact) up to this many rows ...
+AUTO_MAX_ROWS = 50_000
+#: ... and above, Poisson weights over this many hash buckets of rows
+AUTO_BUCKETS = 4_096
 _ELEMS = 1 << 22  # elements per replicate-weight block (32 MB of float64)
 
 
@@ -202,11 +218,36 @@ def _multinomial_boot(units: np.ndarray, n_boot: int, rng: np.random.Generator,
     return out
 
 
+def resampling_plan(resampling: str, n: int, n_buckets: int | None = None) -> tuple[str, int | None]:
+    """The resampling and bucket count actually used for n rows.
+
+    ``"auto"``: the given ``n_buckets`` with Poisson weights; else rows (multinomial) up to
+    :data:`AUTO_MAX_ROWS` rows and :data:`AUTO_BUCKETS` buckets (Poisson) above. Other
+    methods are used as given.
+    """
+    if resampling != "auto":
+        return resampling, n_buckets
+    if n_buckets is not None:
+        return "poisson", n_buckets
+    return ("multinomial", None) if n <= AUTO_MAX_ROWS else ("poisson", AUTO_BUCKETS)
+
+
 def summarize(T: np.ndarray, *, keys: np.ndarray | None, ci: str, n_boot: int, resampling: str,
               n_buckets: int | None = None, rng: np.random.Generator | None = None,
               batch: int | None = None) -> Summary:
-    """In-memory summary of a term matrix T (n, m) for the interval method ``ci``."""
+    """In-memory summary of a term matrix T (n, m) for the interval method ``ci``.
+
+    ``resampling`` may be ``"auto"`` (:func:`resampling_plan`); without ``keys``, a
+    bootstrap that needs unit keys (Poisson weights, buckets) draws them from ``rng``.
+    """
     boot_needed = ci in BOOTSTRAP_METHODS
+    if boot_needed:
+        resampling, n_buckets = resampling_plan(resampling, len(T), n_buckets)
+        if keys is None and (resampling == "poisson" or n_buckets is not None):
+            keys = np.random.default_rng(rng).integers(0, np.iinfo(np.int64).max, len(T),
+                                                       dtype=np.int64).astype(np.uint64)
+    else:
+        n_buckets = None      # the delta method and the t interval read rows
     if resampling == "poisson" or not boot_needed:
         acc = Accumulator(T.shape[1], n_boot=n_boot if boot_needed else 0, n_buckets=n_buckets,
                           keep_units=ci in UNIT_METHODS)

@@ -254,7 +254,8 @@ def compare(reward, action, pscore, action_dist: Mapping[str, np.ndarray], q_hat
             baseline: str = LOGGING, estimator: str | Sequence[str] = "dr", alpha: float = 0.05,
             margin: float = DEFAULT_MARGIN, max_weight: float | None = None, tau: float = 100.0, pscore_dist=None,
             confidence_level: float = 0.95, ci: str = "t", n_boot: int = 1000,
-            resampling: str = "multinomial", keys=None, rng=None, guard: bool = True) -> tuple[Comparison, ...]:
+            resampling: str = "auto", n_buckets: int | None = None, keys=None, rng=None,
+            guard: bool = True) -> tuple[Comparison, ...]:
     """Compare candidates with a baseline on one log, paired, with simultaneous bounds.
 
     Parameters
@@ -274,7 +275,7 @@ def compare(reward, action, pscore, action_dist: Mapping[str, np.ndarray], q_hat
         The improvement δ >= 0 a candidate must exceed: ``"improved"`` needs a lower
         bound strictly greater than ``margin``.
     max_weight, tau : as in :func:`~rtopt_lab.ope.ips` and :func:`~rtopt_lab.ope.switch_dr`
-    confidence_level, ci, n_boot, resampling, keys, rng
+    confidence_level, ci, n_boot, resampling, n_buckets, keys, rng
         Interval options (see :mod:`rtopt_lab.ope.estimators`).
     guard : bool, default True
         Guard the one-sided bounds of SNIPS, DR, SNDR and Switch-DR by IPS's on the same
@@ -389,7 +390,8 @@ def compare(reward, action, pscore, action_dist: Mapping[str, np.ndarray], q_hat
     >>> [(c.candidate, c.verdict) for c in res]
     [('better', 'improved'), ('worse', 'worse')]
     """
-    options = dict(confidence_level=confidence_level, ci=ci, n_boot=n_boot, resampling=resampling, rng=rng)
+    options = dict(confidence_level=confidence_level, ci=ci, n_boot=n_boot, resampling=resampling, rng=rng,
+                   n_buckets=n_buckets)
     if max_weight is not None and (isinstance(max_weight, bool) or not isinstance(max_weight, (int, float))
                                    or not max_weight > 0):
         raise ValueError(f"`max_weight` must be a number > 0 or None; got {max_weight!r}")
@@ -405,10 +407,8 @@ def compare(reward, action, pscore, action_dist: Mapping[str, np.ndarray], q_hat
     T, W = layout.terms_block(c.reward, c.action, c.pscore, [dists.get(k) for k in names], c.q_hat)
     wstats = WeightStats(len(names), max_weight=max_weight, tau=float(tau))
     wstats.add(W)
-    keys_ = c.keys
-    if keys_ is None and c.resampling == "poisson" and c.ci in _boot.BOOTSTRAP_METHODS:
-        keys_ = c.rng.integers(0, np.iinfo(np.int64).max, len(T), dtype=np.int64).astype(np.uint64)
-    summary = _boot.summarize(T, keys=keys_, ci=c.ci, n_boot=c.n_boot, resampling=c.resampling, rng=c.rng)
+    summary = _boot.summarize(T, keys=c.keys, ci=c.ci, n_boot=c.n_boot, resampling=c.resampling,
+                              n_buckets=c.n_buckets, rng=c.rng)
     _, comps = results(layout, summary, wstats, ci=c.ci, confidence_level=c.confidence_level,
                        baseline=baseline, alpha=float(alpha), margin=margin)
     return tuple(comps)

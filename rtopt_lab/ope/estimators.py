@@ -8,8 +8,12 @@ bootstrap mean), a confidence interval and importance-weight :class:`Diagnostics
 Interval options, shared by all (keyword-only):
 
 ``confidence_level`` (0.95), ``ci`` ("normal" | "t" | "percentile" | "bca"; decisions use "t", see :func:`~rtopt_lab.ope.compare`), ``n_boot`` (1000),
-``resampling`` ("multinomial" | "poisson"), ``keys`` (uint64 per row: the Poisson
-bootstrap's unit keys, e.g. hashed request ids), ``rng`` (seed or Generator).
+``resampling`` ("auto" | "multinomial" | "poisson"; "auto" is the exact multinomial
+bootstrap of rows up to :data:`~rtopt_lab.ope.bootstrap.AUTO_MAX_ROWS` = 50,000 rows and
+the Poisson bootstrap of :data:`~rtopt_lab.ope.bootstrap.AUTO_BUCKETS` = 4,096 hash buckets
+of rows above, whose cost does not grow with n), ``n_buckets`` (None, or G >= 2: resample G
+hash buckets of rows), ``keys`` (uint64 per row: the Poisson bootstrap's unit keys, e.g.
+hashed request ids; drawn from ``rng`` when None), ``rng`` (seed or Generator).
 See :mod:`rtopt_lab.ope.bootstrap`.
 """
 
@@ -72,6 +76,7 @@ class _Checked(NamedTuple):
     ci: str
     n_boot: int
     resampling: str
+    n_buckets: int | None
 
 
 def _array(name: str, value: Any, ndim: int) -> np.ndarray:
@@ -106,7 +111,8 @@ def _probabilities(name: str, value: Any, n: int) -> np.ndarray:
     return arr
 
 
-def _check_ci(confidence_level: Any, ci: Any, n_boot: Any, resampling: Any, rng: Any) -> tuple:
+def _check_ci(confidence_level: Any, ci: Any, n_boot: Any, resampling: Any, rng: Any,
+              n_buckets: Any = None) -> tuple:
     if isinstance(confidence_level, bool) or not isinstance(confidence_level, (int, float)) \
             or not 0 < confidence_level < 1:
         raise ValueError(f"`confidence_level` must be a number in (0, 1); got {confidence_level!r}")
@@ -116,7 +122,11 @@ def _check_ci(confidence_level: Any, ci: Any, n_boot: Any, resampling: Any, rng:
         raise ValueError(f"`n_boot` must be an int >= 1; got {n_boot!r}")
     if resampling not in _boot.RESAMPLINGS:
         raise ValueError(f"`resampling` must be one of {_boot.RESAMPLINGS}; got {resampling!r}")
-    return float(confidence_level), ci, int(n_boot), resampling, np.random.default_rng(rng)
+    if n_buckets is not None and (isinstance(n_buckets, bool) or not isinstance(n_buckets, (int, np.integer))
+                                  or n_buckets < 2):
+        raise ValueError(f"`n_buckets` must be an int >= 2 or None; got {n_buckets!r}")
+    return (float(confidence_level), ci, int(n_boot), resampling, np.random.default_rng(rng),
+            None if n_buckets is None else int(n_buckets))
 
 
 def _check_logged(estimator: str, reward: Any, action: Any, pscore: Any, action_dist: Any,
@@ -163,14 +173,14 @@ def _check_logged(estimator: str, reward: Any, action: Any, pscore: Any, action_
             raise ValueError(f"`pscore_dist` disagrees with `pscore` in {int(off.sum())} row(s), e.g. "
                              f"row {i}: pscore_dist[{i}, {int(a[i])}] = {float(logged[i])!r}, pscore = {float(p[i])!r}")
         check_support(pi, pb)
-    level, ci, n_boot, resampling, rng = _check_ci(**options)
+    level, ci, n_boot, resampling, rng, n_buckets = _check_ci(**options)
     kk = None
     if keys is not None:
         kk = np.asarray(keys)
         if kk.shape != (n,) or kk.dtype.kind not in "iu":
             raise ValueError(f"`keys` must be an integer array of shape ({n},); got {kk.dtype} {kk.shape}")
         kk = kk.astype(np.uint64)
-    return _Checked(r, a.astype(np.int64), p, pi, q, kk, rng, level, ci, n_boot, resampling)
+    return _Checked(r, a.astype(np.int64), p, pi, q, kk, rng, level, ci, n_boot, resampling, n_buckets)
 
 
 def _estimate(estimator: str, reward, action, pscore, action_dist, q_hat, *, pscore_dist, keys,
@@ -186,10 +196,8 @@ def _estimate(estimator: str, reward, action, pscore, action_dist, q_hat, *, psc
     wstats = WeightStats(1, max_weight=max_weight, tau=float(tau))
     wstats.add(W)
     stats = layout.statset()
-    keys_ = c.keys
-    if keys_ is None and c.resampling == "poisson" and c.ci in _boot.BOOTSTRAP_METHODS:
-        keys_ = c.rng.integers(0, np.iinfo(np.int64).max, len(T), dtype=np.int64).astype(np.uint64)
-    summary = _boot.summarize(T, keys=keys_, ci=c.ci, n_boot=c.n_boot, resampling=c.resampling, rng=c.rng)
+    summary = _boot.summarize(T, keys=c.keys, ci=c.ci, n_boot=c.n_boot, resampling=c.resampling,
+                              n_buckets=c.n_buckets, rng=c.rng)
     alpha = 1.0 - c.confidence_level
     lo, hi = _boot.bounds(summary, stats, c.ci, np.array([alpha / 2, 1 - alpha / 2]))[:, 0]
     se = _boot.standard_errors(summary, stats, c.ci)[0]
@@ -214,7 +222,7 @@ _SHARED_DOC = """
     pscore_dist : array of shape (n, K), optional
         The logging policy's full distribution; when given, a candidate that puts mass
         where it is 0 raises ValueError (support violation).
-    confidence_level, ci, n_boot, resampling, keys, rng
+    confidence_level, ci, n_boot, resampling, n_buckets, keys, rng
         Interval options (see the module docstring).
 """
 
@@ -229,7 +237,7 @@ def _doc(q_required: bool):
 
 @_doc(q_required=True)
 def dm(reward, action, pscore, action_dist, q_hat=None, *, pscore_dist=None, confidence_level=0.95,
-       ci="normal", n_boot=1000, resampling="multinomial", keys=None, rng=None) -> Estimate:
+       ci="normal", n_boot=1000, resampling="auto", n_buckets=None, keys=None, rng=None) -> Estimate:
     """Direct method: the reward model's value of the candidate.
     {params}
     Returns
@@ -256,12 +264,12 @@ def dm(reward, action, pscore, action_dist, q_hat=None, *, pscore_dist=None, con
     0.35
     """
     return _estimate("dm", reward, action, pscore, action_dist, q_hat, pscore_dist=pscore_dist, keys=keys,
-                     confidence_level=confidence_level, ci=ci, n_boot=n_boot, resampling=resampling, rng=rng)
+                     confidence_level=confidence_level, ci=ci, n_boot=n_boot, resampling=resampling, n_buckets=n_buckets, rng=rng)
 
 
 @_doc(q_required=False)
 def ips(reward, action, pscore, action_dist, q_hat=None, *, max_weight=None, pscore_dist=None,
-        confidence_level=0.95, ci="normal", n_boot=1000, resampling="multinomial", keys=None,
+        confidence_level=0.95, ci="normal", n_boot=1000, resampling="auto", n_buckets=None, keys=None,
         rng=None) -> Estimate:
     """Inverse propensity scoring, with optional weight clipping.
     {params}
@@ -291,12 +299,12 @@ def ips(reward, action, pscore, action_dist, q_hat=None, *, max_weight=None, psc
     """
     return _estimate("ips", reward, action, pscore, action_dist, q_hat, pscore_dist=pscore_dist, keys=keys,
                      max_weight=max_weight, confidence_level=confidence_level, ci=ci, n_boot=n_boot,
-                     resampling=resampling, rng=rng)
+                     resampling=resampling, n_buckets=n_buckets, rng=rng)
 
 
 @_doc(q_required=False)
 def snips(reward, action, pscore, action_dist, q_hat=None, *, pscore_dist=None, confidence_level=0.95,
-          ci="normal", n_boot=1000, resampling="multinomial", keys=None, rng=None) -> Estimate:
+          ci="normal", n_boot=1000, resampling="auto", n_buckets=None, keys=None, rng=None) -> Estimate:
     """Self-normalised IPS.
     {params}
     Returns
@@ -321,12 +329,12 @@ def snips(reward, action, pscore, action_dist, q_hat=None, *, pscore_dist=None, 
     1.0
     """
     return _estimate("snips", reward, action, pscore, action_dist, q_hat, pscore_dist=pscore_dist, keys=keys,
-                     confidence_level=confidence_level, ci=ci, n_boot=n_boot, resampling=resampling, rng=rng)
+                     confidence_level=confidence_level, ci=ci, n_boot=n_boot, resampling=resampling, n_buckets=n_buckets, rng=rng)
 
 
 @_doc(q_required=True)
 def dr(reward, action, pscore, action_dist, q_hat=None, *, pscore_dist=None, confidence_level=0.95,
-       ci="normal", n_boot=1000, resampling="multinomial", keys=None, rng=None) -> Estimate:
+       ci="normal", n_boot=1000, resampling="auto", n_buckets=None, keys=None, rng=None) -> Estimate:
     """Doubly robust estimator.
     {params}
     Returns
@@ -353,12 +361,12 @@ def dr(reward, action, pscore, action_dist, q_hat=None, *, pscore_dist=None, con
     1.0
     """
     return _estimate("dr", reward, action, pscore, action_dist, q_hat, pscore_dist=pscore_dist, keys=keys,
-                     confidence_level=confidence_level, ci=ci, n_boot=n_boot, resampling=resampling, rng=rng)
+                     confidence_level=confidence_level, ci=ci, n_boot=n_boot, resampling=resampling, n_buckets=n_buckets, rng=rng)
 
 
 @_doc(q_required=True)
 def sndr(reward, action, pscore, action_dist, q_hat=None, *, pscore_dist=None, confidence_level=0.95,
-         ci="normal", n_boot=1000, resampling="multinomial", keys=None, rng=None) -> Estimate:
+         ci="normal", n_boot=1000, resampling="auto", n_buckets=None, keys=None, rng=None) -> Estimate:
     """Self-normalised doubly robust estimator.
     {params}
     Returns
@@ -385,12 +393,12 @@ def sndr(reward, action, pscore, action_dist, q_hat=None, *, pscore_dist=None, c
     0.333333333333
     """
     return _estimate("sndr", reward, action, pscore, action_dist, q_hat, pscore_dist=pscore_dist, keys=keys,
-                     confidence_level=confidence_level, ci=ci, n_boot=n_boot, resampling=resampling, rng=rng)
+                     confidence_level=confidence_level, ci=ci, n_boot=n_boot, resampling=resampling, n_buckets=n_buckets, rng=rng)
 
 
 @_doc(q_required=True)
 def switch_dr(reward, action, pscore, action_dist, q_hat=None, *, tau=100.0, pscore_dist=None,
-              confidence_level=0.95, ci="normal", n_boot=1000, resampling="multinomial", keys=None,
+              confidence_level=0.95, ci="normal", n_boot=1000, resampling="auto", n_buckets=None, keys=None,
               rng=None) -> Estimate:
     """Switch doubly robust estimator: the DR correction only where the weight is at most tau.
     {params}
@@ -423,7 +431,7 @@ def switch_dr(reward, action, pscore, action_dist, q_hat=None, *, tau=100.0, psc
     """
     return _estimate("switch_dr", reward, action, pscore, action_dist, q_hat, pscore_dist=pscore_dist,
                      keys=keys, tau=tau, confidence_level=confidence_level, ci=ci, n_boot=n_boot,
-                     resampling=resampling, rng=rng)
+                     resampling=resampling, n_buckets=n_buckets, rng=rng)
 
 
 #: every estimator, by name (a config or :func:`~rtopt_lab.ope.evaluate` chooses among them)
