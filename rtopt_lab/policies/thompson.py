@@ -145,6 +145,7 @@ class ThompsonGaussian(_ModelPolicy):
         n, k, m = len(X), len(self.catalog), self.n_samples
         out = np.empty((n, k))
         sigma = self._sigma()
+        full = bool(allowed.all())
         step = max(1, 65_536 // (m * 8))
         for lo in range(0, n, step):
             hi = min(n, lo + step)
@@ -156,9 +157,12 @@ class ThompsonGaussian(_ModelPolicy):
             )
             if F.ndim == 2:
                 draws = mu[:, None, :] + sigma * F[:, None, :] * eps  # (b, M, K)
-            else:
-                draws = mu[:, None, :] + sigma * np.matmul(eps, F.transpose(0, 2, 1))
-            draws = np.where(allowed[lo:hi, None, :], draws, -np.inf)
+            else:  # in place: the same operations and rounding as mu + sigma * (eps F^T)
+                draws = np.matmul(eps, F.transpose(0, 2, 1))
+                draws *= sigma
+                draws += mu[:, None, :]
+            if not full:
+                draws = np.where(allowed[lo:hi, None, :], draws, -np.inf)
             win = draws.argmax(axis=2)  # (b, M)
             flat = (np.arange(hi - lo)[:, None] * k + win).ravel()
             counts = np.bincount(flat, minlength=(hi - lo) * k).reshape(hi - lo, k).astype(float)
