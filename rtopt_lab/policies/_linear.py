@@ -42,9 +42,25 @@ Mode = Literal["disjoint", "shared"]
 _REFRESH = 512  # single-row updates between exact re-inversions of A
 
 
+_DIRECT_MAX = 4  # up to this many contexts, widths without the Gram map P when P is stale
+_dger = None
+
+
 def _rank1(M: np.ndarray, v: np.ndarray, alpha: float) -> None:
-    """In place :math:`M \\mathrel{+}= \\alpha v v^\\top`."""
-    M += np.outer(v * alpha, v)
+    """In place :math:`M \\mathrel{+}= \\alpha v v^\\top` for a symmetric C-ordered M.
+
+    BLAS ``dger`` on the Fortran-ordered view :math:`M^\\top` (the same memory; the update
+    is symmetric): one pass, no temporary (about 5x faster than ``M += np.outer(...)``
+    at 252 x 252).
+    """
+    global _dger
+    if _dger is None:
+        from scipy.linalg.blas import dger
+
+        _dger = dger
+    out = _dger(alpha, v, v, a=M.T, overwrite_a=1)
+    if not np.shares_memory(out, M):  # pragma: no cover - BLAS copied: fall back
+        M += np.outer(v * alpha, v)
 
 
 @functools.lru_cache(maxsize=16)
@@ -298,6 +314,12 @@ class LinearRewardModel:
         the matching recursive-least-squares step, touching only what changed; a batch adds
         to A and re-inverts. Either way the statistics A, b are the same sums.
         """
+        if len(X) == 1 and weights is None and self._since_refresh < _REFRESH:
+            r = float(rewards[0])  # the online path in Python floats: the same sums
+            self.n += 1.0
+            self.sum_wr2 += r * r
+            self._update_one(X[0], int(actions[0]), r, 1.0)
+            return
         w = np.ones(len(X)) if weights is None else weights
         self.n += float(w.sum())
         self.sum_wr2 += float((w * rewards * rewards).sum())
@@ -326,20 +348,26 @@ class LinearRewardModel:
             self.b += (w * r) * phi
             Ainv = self._A_inv
             theta = c.get("theta")
+            H = c.get("H")
+            if H is not None and self._h_key == x.tobytes():
+                # A^-1 phi = sum_k z_k H[:, k] with H = A^-1 (I_q (x) x): O(q^2 d), no O(q^2 d^2)
+                v = H @ self.Zt[k]
+            else:
+                v = Ainv @ phi
         else:
             phi = x
             self._A[k] += w * np.outer(x, x)
             self.b[k] += (w * r) * x
             Ainv = self._A_inv[k]
             theta = c["theta"][k] if "theta" in c else None
-        v = Ainv @ phi
+            v = Ainv @ phi
         denom = 1.0 + w * (phi @ v)
         if theta is not None:  # recursive least squares: theta += A_new^-1 phi w (r - phi'theta)
             theta += v * (w * (r - phi @ theta) / denom)
         _rank1(Ainv, v, -w / denom)
         c.pop("sigma2", None)
         if self.mode == "shared":
-            for key in ("M", "P", "PT"):
+            for key in ("M", "P", "PT", "H"):
                 c.pop(key, None)
         else:
             if "M" in c:
@@ -408,6 +436,8 @@ class LinearRewardModel:
         matrix products run along rows (about twice as fast as the (n, K) orientation).
         """
         XT = np.ascontiguousarray(X.T)
+        if self.mode == "shared" and len(X) <= _DIRECT_MAX and "P" not in self._cache:
+            return self._mean_width2_direct_t(XT)
         QT = quadratic_features_t(XT)
         if self.mode == "shared":
             w2 = self._zz_t @ (self._gram_matrix_t() @ QT)
@@ -415,6 +445,27 @@ class LinearRewardModel:
             w2 = self.width_matrix.T @ QT
         np.maximum(w2, 0.0, out=w2)
         return self.mean_matrix.T @ XT, w2
+
+    def _mean_width2_direct_t(self, XT: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`mean_width2_t` of a few contexts straight from :math:`A^{-1}` (shared mode).
+
+        With T the 4-index view of :math:`A^{-1}` (shape (q, d, q, d)),
+        :math:`G(x)_{ik} = \\sum_{j,l} x_j T_{ijkl} x_l`: one matrix-vector product with
+        :math:`A^{-1}` per context, :math:`O(q^2 d^2)`, instead of rebuilding the Gram map P
+        (two gathers of :math:`q^2 d^2 / 2` entries) after every single-row update. The
+        online loop (choose, update, choose, ...) takes this path; a fitted model serving
+        many contexts keeps P cached and takes the matrix-product path.
+        """
+        q, d = self.Zt.shape[1], self.n_features
+        H = (self._A_inv.reshape(q * d * q, d) @ XT).reshape(q, d, q, -1)
+        if XT.shape[1] == 1:  # kept for the update that usually follows (same x)
+            self._cache["H"] = H[..., 0].reshape(q * d, q)
+            self._h_key = XT.tobytes()
+        G = np.einsum("ijkn,jn->nik", H, XT)  # (n, q, q)
+        w2 = self._zz_t @ G[:, self._iu, self._ku].T  # (K, n)
+        np.maximum(w2, 0.0, out=w2)
+        mu = self.Zt @ (self.theta.reshape(q, d) @ XT)
+        return mu, w2
 
     def _gram_matrix_t(self) -> np.ndarray:
         if "PT" not in self._cache:

@@ -184,6 +184,14 @@ def readable_task_type(features: Any) -> str | None:
 
 
 # ----------------------------------------------------------------------------- base class
+
+def _in_range(a: np.ndarray, k: int) -> bool:
+    """Every integer of ``a`` in [0, k) (a single one checked in Python: the online path)."""
+    if a.size == 1:
+        return 0 <= int(a[0]) < k
+    return a.size == 0 or (0 <= int(a.min()) and int(a.max()) < k)
+
+
 class BasePolicy:
     """Shared machinery; subclasses implement ``_dist`` (and ``_update`` / state if they learn).
 
@@ -601,12 +609,7 @@ class BasePolicy:
         a = np.atleast_1d(np.asarray(actions))
         if a.dtype.kind in "OUS":
             a = self.catalog.indices(a)
-        if (
-            a.shape != (n,)
-            or a.dtype.kind not in "iu"
-            or (a < 0).any()
-            or (a >= len(self.catalog)).any()
-        ):
+        if a.shape != (n,) or a.dtype.kind not in "iu" or not _in_range(a, len(self.catalog)):
             raise ValueError(
                 f"`actions` must be {n} arm indices in [0, {len(self.catalog)}) or known arm ids"
             )
