@@ -457,11 +457,15 @@ class LinearRewardModel:
         many contexts keeps P cached and takes the matrix-product path.
         """
         q, d = self.Zt.shape[1], self.n_features
-        H = (self._A_inv.reshape(q * d * q, d) @ XT).reshape(q, d, q, -1)
-        if XT.shape[1] == 1:  # kept for the update that usually follows (same x)
-            self._cache["H"] = H[..., 0].reshape(q * d, q)
-            self._h_key = XT.tobytes()
-        G = np.einsum("ijkn,jn->nik", H, XT)  # (n, q, q)
+        if XT.shape[1] == 1:  # one context: matrix-vector products
+            x = XT[:, 0]
+            H = (self._A_inv.reshape(q * d * q, d) @ x).reshape(q, d, q)
+            self._cache["H"] = H.reshape(q * d, q)  # for the update that usually follows
+            self._h_key = x.tobytes()
+            G = (x @ H)[None]  # (1, q, q): G_ik = sum_j x_j H_ijk
+        else:
+            H = (self._A_inv.reshape(q * d * q, d) @ XT).reshape(q, d, q, -1)
+            G = np.einsum("ijkn,jn->nik", H, XT)  # (n, q, q)
         w2 = self._zz_t @ G[:, self._iu, self._ku].T  # (K, n)
         np.maximum(w2, 0.0, out=w2)
         mu = self.Zt @ (self.theta.reshape(q, d) @ XT)
