@@ -283,3 +283,24 @@ def test_the_online_loop_matches_a_batch_fit_of_the_same_rows(sim, mode):
         m._gram_matrix()
         for u, v in zip(direct, m.mean_width2_t(X_new[:3]), strict=True):
             np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-15)
+
+
+def test_thompson_online_loop_matches_a_batch_fit_and_its_score_factor(sim):
+    """Thompson's one-context score factor comes from A^-1 directly while the Gram map is
+    stale; the loop's statistics equal a batch fit's and the factor equals the Gram map's."""
+    ctx = sim.sample_contexts(300, seed=21)
+    X, R = featurize_frame(ctx), sim.sample_reward_matrix(ctx, seed=22)
+    keys = np.arange(300, dtype=np.uint64)
+    online, acts = ThompsonGaussian(sim.catalog, n_samples=32, seed=4), np.empty(300, np.int64)
+    for i in range(300):
+        a, _ = online.choose(X[i:i + 1], keys=keys[i:i + 1])
+        online.update(X[i:i + 1], a, R[i:i + 1, a[0]])
+        acts[i] = a[0]
+    batch = ThompsonGaussian(sim.catalog, n_samples=32, seed=4)
+    batch.update(X, acts, R[np.arange(300), acts])
+    np.testing.assert_allclose(online.model._A_inv, batch.model._A_inv, rtol=1e-7, atol=1e-12)
+    m = online.model
+    m._cache.pop("P", None)
+    direct = m.score_factor(X[:2])
+    m._gram_matrix()
+    np.testing.assert_allclose(direct, m.score_factor(X[:2]), rtol=1e-10, atol=1e-12)

@@ -456,20 +456,29 @@ class LinearRewardModel:
         online loop (choose, update, choose, ...) takes this path; a fitted model serving
         many contexts keeps P cached and takes the matrix-product path.
         """
+        w2 = self._zz_t @ self._gram_direct(XT).T  # (K, n)
+        np.maximum(w2, 0.0, out=w2)
+        mu = self.Zt @ (self.theta.reshape(self.Zt.shape[1], self.n_features) @ XT)
+        return mu, w2
+
+    def _gram_direct(self, XT: np.ndarray) -> np.ndarray:
+        """vech G(x) of a few contexts, (n, q(q+1)/2), straight from :math:`A^{-1}`.
+
+        :math:`G(x)_{ik} = \\sum_j x_j H_{ijk}` with :math:`H = T x` (T the (q, d, q, d)
+        view of :math:`A^{-1}`); equals ``quadratic_features(X) @ P``. For one context H is
+        kept: :math:`A^{-1} \\phi(x, a) = H \\tilde z_a` for the update that usually follows.
+        """
         q, d = self.Zt.shape[1], self.n_features
         if XT.shape[1] == 1:  # one context: matrix-vector products
             x = XT[:, 0]
             H = (self._A_inv.reshape(q * d * q, d) @ x).reshape(q, d, q)
-            self._cache["H"] = H.reshape(q * d, q)  # for the update that usually follows
+            self._cache["H"] = H.reshape(q * d, q)
             self._h_key = x.tobytes()
-            G = (x @ H)[None]  # (1, q, q): G_ik = sum_j x_j H_ijk
+            G = (x @ H)[None]  # (1, q, q)
         else:
             H = (self._A_inv.reshape(q * d * q, d) @ XT).reshape(q, d, q, -1)
             G = np.einsum("ijkn,jn->nik", H, XT)  # (n, q, q)
-        w2 = self._zz_t @ G[:, self._iu, self._ku].T  # (K, n)
-        np.maximum(w2, 0.0, out=w2)
-        mu = self.Zt @ (self.theta.reshape(q, d) @ XT)
-        return mu, w2
+        return G[:, self._iu, self._ku]
 
     def _gram_matrix_t(self) -> np.ndarray:
         if "PT" not in self._cache:
@@ -496,7 +505,10 @@ class LinearRewardModel:
         if self.mode == "disjoint":
             return np.sqrt(self.width2(X))
         q = self.Zt.shape[1]
-        g = quadratic_features(X) @ self._gram_matrix()  # (n, q(q+1)/2)
+        if len(X) <= _DIRECT_MAX and "P" not in self._cache:
+            g = self._gram_direct(np.ascontiguousarray(X.T))  # (n, q(q+1)/2)
+        else:
+            g = quadratic_features(X) @ self._gram_matrix()
         G = np.zeros((len(X), q, q))
         G[:, self._iu, self._ku] = g
         G[:, self._ku, self._iu] = g
