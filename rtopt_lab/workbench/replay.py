@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from rtopt_lab.arms import ArmCatalog
+from rtopt_lab.checks import _Memoised
 from rtopt_lab.dashboard.pareto import outcome_log
 from rtopt_lab.evidence import task_evidence
 from rtopt_lab.features import context_fingerprint_frame, featurize_frame
@@ -338,7 +339,11 @@ def replay_compare(log: pd.DataFrame, config: ReplayConfig | None = None, *, cat
         held_out(held, p, on_overlap="raise")
     served: dict[str, Any] = {k: (_constrained(p, incumbent, compliance, trust_region) if cfg.constrained else p)
                               for k, p in policies.items()}
-    cands = {INCUMBENT: incumbent, **served}
+    # the three local evaluations (reward, quality, tokens) read the same held-out rows: each
+    # served candidate's distribution is computed once per chunk, not three times (same numbers;
+    # Spark pickles the policies to its workers, which compute their own)
+    memo = _Memoised if cfg.engine == "local" else (lambda p: p)
+    cands = {INCUMBENT: incumbent, **{k: memo(p) for k, p in served.items()}}
     common = {"baseline": INCUMBENT, "catalog": catalog, "alpha": cfg.alpha, "ci": cfg.ci, "n_boot": cfg.n_boot,
               "margin": cfg.margin, "progress": progress}
     run = _spark_evaluate if cfg.engine == "spark" else _local_evaluate
