@@ -430,7 +430,8 @@ def run_batch(exps: Iterable[Experiment], *, jobs: int = 2, runs_dir: str | os.P
               experiment: str = DEFAULT_EXPERIMENT, experiment_id: str | None = None,
               tracking_uri: str | None = None, kernel: str | None = None,
               execution_timeout_s: float | None = None, start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
-              log_to_mlflow: bool = True, progress: bool = True, _bar: Any = None) -> list[RunResult]:
+              log_to_mlflow: bool = True, progress: bool = True, _bar: Any = None,
+              _pool: Any = None) -> list[RunResult]:
     """Run experiments in parallel processes; one failure never stops the others.
 
     The kernel and the MLflow experiment are made ready once here, before the fan-out, and
@@ -449,7 +450,8 @@ def run_batch(exps: Iterable[Experiment], *, jobs: int = 2, runs_dir: str | os.P
         An existing MLflow experiment id.
     progress : bool, default True
         A progress bar over experiments and one status line per experiment, on stderr.
-        (:func:`run_staged` passes its own bar, one across every stage, as ``_bar``.)
+        (:func:`run_staged` passes its own bar, one across every stage, as ``_bar``, and its
+        own warm worker processes, one pool across every stage, as ``_pool``.)
 
     Returns
     -------
@@ -484,13 +486,18 @@ def run_batch(exps: Iterable[Experiment], *, jobs: int = 2, runs_dir: str | os.P
             if progress:
                 bar.write(_status_line(res), file=sys.stderr)
 
-        if jobs == 1 or len(exps) == 1:
+        if _pool is None and (jobs == 1 or len(exps) == 1):
             for i, exp in enumerate(exps):
                 done(i, _run_safely(exp, kwargs))
         else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(jobs, len(exps)), mp_context=ctx) as pool:
-                futures = {pool.submit(_run_safely, exp, kwargs): i for i, exp in enumerate(exps)}
+            with contextlib.ExitStack() as stack:
+                pool = _pool or stack.enter_context(_worker_pool(min(jobs, len(exps))))
+                futures = {}
+                for i, exp in enumerate(exps):
+                    try:
+                        futures[pool.submit(_run_safely, exp, kwargs)] = i
+                    except Exception as exc:  # the shared pool broke (a worker died in a stage before)
+                        done(i, _crashed(exp, exc))
                 for fut in as_completed(futures):
                     i = futures[fut]
                     try:
@@ -499,6 +506,30 @@ def run_batch(exps: Iterable[Experiment], *, jobs: int = 2, runs_dir: str | os.P
                         res = _crashed(exps[i], exc)
                     done(i, res)
     return results  # type: ignore[return-value]
+
+
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` fresh processes ("spawn": nothing of this process's state leaks in)."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _warm_up() -> None:
+    """Worker start-up, done once per process: import what every run needs (papermill,
+    nbclient, MLflow's tracking), several seconds a process would otherwise spend at the
+    start of each stage's first run."""
+    import nbclient  # noqa: F401
+    import papermill  # noqa: F401
+
+    import rtopt_lab.tracking.notebooks  # noqa: F401
+
+
+def _warm_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes, every one started and warmed up (:func:`_warm_up`) now,
+    in the background: the first stage's first run does not wait for the others' imports."""
+    pool = _worker_pool(workers)
+    for _ in range(workers):  # one task per worker: each submit starts a process while none is idle
+        pool.submit(_warm_up)
+    return pool
 
 
 @contextlib.contextmanager
@@ -526,11 +557,28 @@ def run_staged(exps: Iterable[Experiment], *, jobs: int = 2, **kwargs: Any) -> l
     exps = list(exps)
     for exp in exps:
         check_paths(exp)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"`jobs` must be a whole number >= 1; got {jobs!r}")
     results: list[RunResult | None] = [None] * len(exps)
-    with _progress_bar(len(exps), kwargs.get("progress", True)) as bar:
-        for stage in sorted({e.stage for e in exps}):
-            idx = [i for i, e in enumerate(exps) if e.stage == stage]
-            bar.set_postfix_str(f"stage {stage}", refresh=True)
-            for i, res in zip(idx, run_batch([exps[i] for i in idx], jobs=jobs, _bar=bar, **kwargs), strict=True):
-                results[i] = res
+    stages = sorted({e.stage for e in exps})
+    width = max((sum(e.stage == s for e in exps) for s in stages), default=0)
+    # one pool of warm processes for every stage (each stage's runs skip the process start
+    # and the imports); a batch that never runs two at once runs in this process
+    workers = min(jobs, width)
+    pool = _warm_pool(workers) if workers > 1 else None
+    try:
+        with _progress_bar(len(exps), kwargs.get("progress", True)) as bar:
+            for stage in stages:
+                idx = [i for i, e in enumerate(exps) if e.stage == stage]
+                bar.set_postfix_str(f"stage {stage}", refresh=True)
+                batch = run_batch([exps[i] for i in idx], jobs=jobs, _bar=bar, _pool=pool, **kwargs)
+                for i, res in zip(idx, batch, strict=True):
+                    results[i] = res
+                if pool is not None and any(r.error is not None and r.error.ename == "BrokenProcessPool"
+                                            for r in batch):  # a worker died: fresh ones for the next stage
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = _warm_pool(workers)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return [r for r in results if r is not None]

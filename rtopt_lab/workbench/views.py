@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from rtopt_lab.checks import _Memoised
 from rtopt_lab.dashboard import (
     Attribution,
     arm_attribution,
@@ -54,10 +55,10 @@ def pareto_points(log: pd.DataFrame, policies: Mapping[str, object] | None = Non
     points = arm_points(log, min_rows=min_rows)
     log = _rows(log, max_rows)
     if policies:
-        q = evaluate(outcome_log(log, "quality"), dict(policies), estimators=("dr",), baseline=None,
-                     progress=False)
-        t = evaluate(outcome_log(log, "total_tokens"), dict(policies), estimators=("dr",), baseline=None,
-                     progress=False)
+        # both evaluations read the same rows: each policy's distribution is computed once
+        memo = {k: _Memoised(p) for k, p in policies.items()}
+        q = evaluate(outcome_log(log, "quality"), memo, estimators=("dr",), baseline=None, progress=False)
+        t = evaluate(outcome_log(log, "total_tokens"), memo, estimators=("dr",), baseline=None, progress=False)
         pol = _with_baseline(policy_points(q, t), baseline)
         points = pd.concat([points, pol], ignore_index=True)
     return pareto_frame(points)
