@@ -304,3 +304,42 @@ def test_thompson_online_loop_matches_a_batch_fit_and_its_score_factor(sim):
     direct = m.score_factor(X[:2])
     m._gram_matrix()
     np.testing.assert_allclose(direct, m.score_factor(X[:2]), rtol=1e-10, atol=1e-12)
+
+
+def test_a_concurrent_writer_leaves_the_statistics_of_the_rows_it_wrote(sim):
+    """select in one thread while another thread updates the same policy (the optimizer's
+    learn_online with a threaded server): every update lands exactly once and the one-context
+    caches never feed a stale A^-1 into an update, so the state equals a batch fit."""
+    import threading
+
+    ctx = sim.sample_contexts(800, seed=31)
+    X, R = featurize_frame(ctx), sim.sample_reward_matrix(ctx, seed=32)
+    acts = np.random.default_rng(33).integers(0, len(sim.catalog), 800)
+    pol = LinUCB(sim.catalog, seed=5)
+    stop = threading.Event()
+    feats = ctx.to_dict("records")[:50]
+
+    nxt = [0]
+
+    def reader():
+        i = 0
+        while not stop.is_set():  # the writer's next row, so the reader's caches match its x
+            j = nxt[0]
+            pol.choose(X[j:j + 1])
+            if i % 8 == 0:
+                pol.select(feats[i % 50])
+            i += 1
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(800):
+            nxt[0] = i
+            pol.update(X[i:i + 1], acts[i:i + 1], R[i:i + 1, acts[i]])
+    finally:
+        stop.set()
+        t.join()
+    batch = LinUCB(sim.catalog, seed=5)
+    batch.update(X, acts, R[np.arange(800), acts])
+    np.testing.assert_allclose(pol.model._A_inv, batch.model._A_inv, rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(pol.model.theta, batch.model.theta, rtol=1e-7, atol=1e-10)

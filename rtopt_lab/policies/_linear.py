@@ -30,7 +30,9 @@ Q(x); G also gives the covariance of the arms' scores that Thompson sampling dra
 
 from __future__ import annotations
 
+import collections
 import functools
+import threading
 import warnings
 from typing import Literal
 
@@ -42,6 +44,7 @@ Mode = Literal["disjoint", "shared"]
 _REFRESH = 512  # single-row updates between exact re-inversions of A
 
 
+_STATS_LOCK = threading.Lock()  # folds of pending rows into A (rare: one per version hash)
 _DIRECT_MAX = 4  # up to this many contexts, widths without the Gram map P when P is stale
 _dger = None
 
@@ -61,6 +64,45 @@ def _rank1(M: np.ndarray, v: np.ndarray, alpha: float) -> None:
     out = _dger(alpha, v, v, a=M.T, overwrite_a=1)
     if not np.shares_memory(out, M):  # pragma: no cover - BLAS copied: fall back
         M += np.outer(v * alpha, v)
+
+
+class _Cache:
+    """Derived quantities (theta, M, P, ...) tagged with the generation of :math:`A^{-1}`
+    they came from; an entry of another generation reads as missing.
+
+    One writer and any number of readers may share a model (``select`` in server threads
+    while outcomes update it): the writer makes ``gen`` odd while it changes
+    :math:`A^{-1}`, b and theta in place and even again after, so a value a reader computed
+    from a state the writer was changing is never served from the cache and never fed
+    into an update.
+    """
+
+    __slots__ = ("entries", "gen")
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[int, np.ndarray]] = {}
+        self.gen = 0
+
+    def get(self, key: str) -> np.ndarray | None:
+        e = self.entries.get(key)
+        return e[1] if e is not None and e[0] == self.gen else None
+
+    def put(self, key: str, value: np.ndarray, gen: int) -> np.ndarray:
+        if gen % 2 == 0:
+            self.entries[key] = (gen, value)
+        return value
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def pop(self, key: str, default: None = None) -> np.ndarray | None:
+        e = self.entries.pop(key, None)
+        return e[1] if e is not None and e[0] == self.gen else default
+
+    def clear(self) -> None:
+        """Invalidate everything (:math:`A^{-1}` replaced)."""
+        self.gen += 2
+        self.entries = {}
 
 
 @functools.lru_cache(maxsize=16)
@@ -162,10 +204,11 @@ class LinearRewardModel:
         self._c = np.where(self._ju == self._lu, 1.0, 2.0)
         self.n = 0.0  # sum of weights
         self.sum_wr2 = 0.0  # sum of w r^2, for the noise estimate
-        self._pending: list[tuple[np.ndarray, float]] = []
+        self._pending: collections.deque[tuple[np.ndarray, float]] = collections.deque()
         self._A_inv = np.linalg.inv(self._A)
         self._since_refresh = 0
-        self._cache: dict[str, np.ndarray] = {}
+        self._h: tuple[int, bytes, np.ndarray] | None = None  # (gen, x, A^-1 (I_q (x) x))
+        self._cache = _Cache()
 
     # ------------------------------------------------------------------ state
     @property
@@ -175,11 +218,25 @@ class LinearRewardModel:
         return self._A
 
     def _flush(self) -> None:
-        if self._pending:
-            phi = np.array([p for p, _ in self._pending])
-            w = np.array([w for _, w in self._pending])
-            self._A += (phi * w[:, None]).T @ phi
-            self._pending.clear()
+        """Fold the single rows' pending :math:`w \\phi \\phi^\\top` into A.
+
+        Rows are taken one by one off the deque (atomic) under a lock, so a row the writer
+        appends meanwhile is folded now or by the next flush, never lost, and two flushes
+        (readers hashing the version) never add to A at the same time.
+        """
+        if not self._pending:
+            return
+        with _STATS_LOCK:
+            rows = []
+            while True:
+                try:
+                    rows.append(self._pending.popleft())
+                except IndexError:
+                    break
+            if rows:
+                phi = np.array([p for p, _ in rows])
+                w = np.array([w for _, w in rows])
+                self._A += (phi * w[:, None]).T @ phi
 
     def state(self) -> dict[str, np.ndarray]:
         """The sufficient statistics (A, b, n, sum_wr2): everything needed to restore."""
@@ -294,6 +351,7 @@ class LinearRewardModel:
         self._flush()
         self._A_inv = np.linalg.inv(self._A)
         self._since_refresh = 0
+        self._h = None
         self._cache.clear()
 
     # ------------------------------------------------------------------ updates
@@ -329,7 +387,8 @@ class LinearRewardModel:
         if self.mode == "shared":
             self._flush()
             phi = self.joint(X, actions)
-            self._A += (phi * w[:, None]).T @ phi
+            with _STATS_LOCK:
+                self._A += (phi * w[:, None]).T @ phi
             self.b += phi.T @ (w * rewards)
         else:
             for k in np.unique(actions):
@@ -342,16 +401,18 @@ class LinearRewardModel:
     def _update_one(self, x: np.ndarray, k: int, r: float, w: float) -> None:
         self._since_refresh += 1
         c = self._cache
+        gen = c.gen
+        theta, M, W = c.get("theta"), c.get("M"), c.get("W")  # kept current below, in place
+        h = self._h
+        c.gen = gen + 1  # odd: b, theta and A^-1 are changing
         if self.mode == "shared":
             phi = (self.Zt[k][:, None] * x[None, :]).ravel()
             self._pending.append((phi, w))
             self.b += (w * r) * phi
             Ainv = self._A_inv
-            theta = c.get("theta")
-            H = c.get("H")
-            if H is not None and self._h_key == x.tobytes():
+            if h is not None and h[0] == gen and h[1] == x.tobytes():
                 # A^-1 phi = sum_k z_k H[:, k] with H = A^-1 (I_q (x) x): O(q^2 d), no O(q^2 d^2)
-                v = H @ self.Zt[k]
+                v = h[2] @ self.Zt[k]
             else:
                 v = Ainv @ phi
         else:
@@ -359,44 +420,54 @@ class LinearRewardModel:
             self._A[k] += w * np.outer(x, x)
             self.b[k] += (w * r) * x
             Ainv = self._A_inv[k]
-            theta = c["theta"][k] if "theta" in c else None
             v = Ainv @ phi
         denom = 1.0 + w * (phi @ v)
         if theta is not None:  # recursive least squares: theta += A_new^-1 phi w (r - phi'theta)
-            theta += v * (w * (r - phi @ theta) / denom)
+            th = theta if self.mode == "shared" else theta[k]
+            th += v * (w * (r - phi @ th) / denom)
         _rank1(Ainv, v, -w / denom)
-        c.pop("sigma2", None)
-        if self.mode == "shared":
-            for key in ("M", "P", "PT", "H"):
-                c.pop(key, None)
-        else:
-            if "M" in c:
-                c["M"][:, k] = c["theta"][k]
-            if "W" in c:
-                c["W"][:, k] = Ainv[self._ju, self._lu] * self._c
+        self._h = None
+        gen += 2
+        c.entries = {}
+        if theta is not None:
+            c.put("theta", theta, gen)
+        if self.mode == "disjoint":
+            if M is not None and theta is not None:
+                M[:, k] = theta[k]
+                c.put("M", M, gen)
+            if W is not None:
+                W[:, k] = Ainv[self._ju, self._lu] * self._c
+                c.put("W", W, gen)
+        c.gen = gen
 
     # ------------------------------------------------------------------ posterior
     @property
     def theta(self) -> np.ndarray:
         """Posterior mean coefficients: (K, d) disjoint, (q*d,) shared."""
-        if "theta" not in self._cache:
+        c = self._cache
+        th = c.get("theta")
+        if th is None:
+            gen = c.gen
             if self.mode == "shared":
-                self._cache["theta"] = self._A_inv @ self.b
+                th = self._A_inv @ self.b
             else:
-                self._cache["theta"] = np.einsum("kij,kj->ki", self._A_inv, self.b)
-        return self._cache["theta"]
+                th = np.einsum("kij,kj->ki", self._A_inv, self.b)
+            c.put("theta", th, gen)
+        return th
 
     @property
     def mean_matrix(self) -> np.ndarray:
         """M of shape (d, K) with :math:`E[r \\mid x, a] = (x M)_a`."""
-        if "M" not in self._cache:
-            th = self.theta
+        c = self._cache
+        M = c.get("M")
+        if M is None:
+            gen, th = c.gen, self.theta
             if self.mode == "shared":
                 M = th.reshape(-1, self.n_features).T @ self.Zt.T
             else:
                 M = th.T
-            self._cache["M"] = np.ascontiguousarray(M)
-        return self._cache["M"]
+            M = c.put("M", np.ascontiguousarray(M), gen)
+        return M
 
     def _gram_matrix(self) -> np.ndarray:
         """P of shape (d(d+1)/2, q(q+1)/2) with vech(G(x)) = Q(x) P (shared mode).
@@ -404,7 +475,10 @@ class LinearRewardModel:
         :math:`P_{(j,l),(i,k)} = T_{ijkl} + [j < l]\\, T_{ilkj}` with T the 4-index view of
         :math:`A^{-1}`; two ``take``\\ s of precomputed flat indices.
         """
-        if "P" not in self._cache:
+        c = self._cache
+        P = c.get("P")
+        if P is None:
+            gen = c.gen
             if not hasattr(self, "_p_idx"):
                 q, d = self.Zt.shape[1], self.n_features
                 i, k = self._iu[None, :], self._ku[None, :]
@@ -418,16 +492,19 @@ class LinearRewardModel:
             a = self._A_inv.ravel()
             P = np.take(a, self._p_idx)
             P += np.take(a, self._p_idx2) * self._p_off
-            self._cache["P"] = P
-        return self._cache["P"]
+            c.put("P", P, gen)
+        return P
 
     @property
     def width_matrix(self) -> np.ndarray:
         """W of shape (d(d+1)/2, K) with :math:`s^2(x) = Q(x) W` (disjoint mode)."""
-        if "W" not in self._cache:
+        c = self._cache
+        W = c.get("W")
+        if W is None:
+            gen = c.gen
             W = (self._A_inv[:, self._ju, self._lu] * self._c).T
-            self._cache["W"] = np.ascontiguousarray(W)
-        return self._cache["W"]
+            W = c.put("W", np.ascontiguousarray(W), gen)
+        return W
 
     def mean_width2_t(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior means and squared widths, transposed: two arrays of shape (K, n).
@@ -470,10 +547,10 @@ class LinearRewardModel:
         """
         q, d = self.Zt.shape[1], self.n_features
         if XT.shape[1] == 1:  # one context: matrix-vector products
-            x = XT[:, 0]
+            x, gen = XT[:, 0], self._cache.gen
             H = (self._A_inv.reshape(q * d * q, d) @ x).reshape(q, d, q)
-            self._cache["H"] = H.reshape(q * d, q)
-            self._h_key = x.tobytes()
+            if gen % 2 == 0:  # tagged with the A^-1 it came from: one assignment, thread-safe
+                self._h = (gen, x.tobytes(), H.reshape(q * d, q))
             G = (x @ H)[None]  # (1, q, q)
         else:
             H = (self._A_inv.reshape(q * d * q, d) @ XT).reshape(q, d, q, -1)
@@ -481,9 +558,12 @@ class LinearRewardModel:
         return G[:, self._iu, self._ku]
 
     def _gram_matrix_t(self) -> np.ndarray:
-        if "PT" not in self._cache:
-            self._cache["PT"] = np.ascontiguousarray(self._gram_matrix().T)
-        return self._cache["PT"]
+        c = self._cache
+        PT = c.get("PT")
+        if PT is None:
+            gen = c.gen
+            PT = c.put("PT", np.ascontiguousarray(self._gram_matrix().T), gen)
+        return PT
 
     def mean(self, X: np.ndarray) -> np.ndarray:
         """Posterior mean reward, shape (n, K)."""
@@ -566,10 +646,12 @@ class LinearRewardModel:
         """
         if self.n <= 0:
             return 1.0
-        cached = self._cache.get("sigma2")
+        c = self._cache
+        cached = c.get("sigma2")
         if cached is not None:
             return float(cached)
+        gen = c.gen
         fit, dof = self._fit_dof()
         sigma2 = max((self.sum_wr2 - fit) / dof, 1e-6)
-        self._cache["sigma2"] = np.array(sigma2)
+        c.put("sigma2", np.array(sigma2), gen)
         return sigma2
