@@ -343,3 +343,6 @@ def test_a_concurrent_writer_leaves_the_statistics_of_the_rows_it_wrote(sim):
     batch.update(X, acts, R[np.arange(800), acts])
     np.testing.assert_allclose(pol.model._A_inv, batch.model._A_inv, rtol=1e-7, atol=1e-12)
     np.testing.assert_allclose(pol.model.theta, batch.model.theta, rtol=1e-7, atol=1e-10)
+    served = pol.version  # the label a reader hashed meanwhile is not the final state's
+    pol._version = None
+    assert served == pol.version

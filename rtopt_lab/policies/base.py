@@ -240,7 +240,9 @@ class BasePolicy:
         spec, nf = resolve_spec(spec, n_features)
         self.catalog, self.spec, self.seed, self.n_features = catalog, spec, int(seed), nf
         self._seed_key = _mix(_str64(f"rtopt-policy-seed:{self.seed}"))
-        self._version: str | None = None
+        #: (update count it was hashed at, version): one that raced an update is never kept
+        self._version: tuple[int, str] | None = None
+        self._n_updates = 0  # odd while an update runs
         self._all_allowed = np.ones(len(catalog), dtype=bool)
         #: the rows :func:`~rtopt_lab.policies.fit_from_log` fitted on; None: unknown
         #: (never fitted from a log, or loaded from a file written before windows existed).
@@ -621,7 +623,9 @@ class BasePolicy:
             w = np.atleast_1d(np.asarray(weights, dtype=np.float64))
             if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any():
                 raise ValueError(f"`weights` must be {n} finite numbers >= 0")
+        self._n_updates += 1
         self._update(X, a.astype(np.int64), r, w)
+        self._n_updates += 1
         self._version = None
 
     # ------------------------------------------------------------------ identity
@@ -675,13 +679,17 @@ class BasePolicy:
     @property
     def version(self) -> str:
         """Content hash (12 hex digits) of configuration and learned state."""
-        if self._version is None:
-            h = hashlib.sha256(json.dumps(self._serving_config(), sort_keys=True).encode())
-            for name, arr in sorted(self._state().items()):
-                h.update(name.encode())
-                h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
-            self._version = f"{self.kind}-{h.hexdigest()[:12]}"
-        return self._version
+        n0, cached = self._n_updates, self._version
+        if cached is not None and cached[0] == n0:
+            return cached[1]
+        h = hashlib.sha256(json.dumps(self._serving_config(), sort_keys=True).encode())
+        for name, arr in sorted(self._state().items()):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
+        v = f"{self.kind}-{h.hexdigest()[:12]}"
+        if n0 % 2 == 0:  # not hashed mid-update; a later update makes it stale by its count
+            self._version = (n0, v)
+        return v
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(K={len(self.catalog)}, version={self.version!r})"
