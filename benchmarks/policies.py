@@ -5,13 +5,18 @@ state size, and convergence against the simulator's exact values.
 
 Single context, K = 48 arms, 28 features. ``select`` includes validation, featurisation,
 the context fingerprint, masking, sampling and the exact propensity. Latencies are
-per-call ``perf_counter_ns`` over distinct contexts after a warm-up; the learning curve is
+per-call ``perf_counter_ns`` over distinct contexts after a warm-up; ``*_select_writer_*``
+repeat them while a thread of the same process feeds the same policy ``WRITER_RATE``
+one-row updates per second (the optimizer's ``learn_online`` in a threaded server), so
+they include waiting for the interpreter lock and the first select after each update; the
+learning curve is
 the mean over seeds of the greedy policy's share of the uniform-to-optimal gap closed.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -21,6 +26,8 @@ from rtopt_lab.features import featurize_frame
 from rtopt_lab.policies import LinUCB, ThompsonGaussian, fit_from_log, run_online
 from rtopt_lab.simulate import LLMTaskSimulator
 from rtopt_lab.types import TaskFeatures
+
+WRITER_RATE = 500.0  # outcomes per second the concurrent writer feeds the policy
 
 
 def _rss_mb() -> float:
@@ -46,6 +53,31 @@ def _latency_us(policy, feats, warmup: int = 200) -> tuple[float, float]:
     return float(np.median(ts) / 1e3), float(np.quantile(ts, 0.99) / 1e3)
 
 
+def _latency_with_writer_us(policy, feats, X, R, rate: float) -> tuple[float, float, float]:
+    """:func:`_latency_us` while a thread of the same process updates the policy online
+    (``rate`` outcomes per second, one row each): (p50, p99, outcomes per second done)."""
+    stop, done = threading.Event(), [0]
+    arms = np.random.default_rng(8).integers(0, len(policy.catalog), len(X))
+
+    def writer():
+        i, t0 = 0, time.perf_counter()
+        while not stop.is_set():
+            j = i % len(X)
+            policy.update(X[j:j + 1], arms[j:j + 1], R[j:j + 1, arms[j]])
+            i += 1
+            time.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+        done[0] = i / (time.perf_counter() - t0)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        p50, p99 = _latency_us(policy, feats)
+    finally:
+        stop.set()
+        t.join()
+    return p50, p99, done[0]
+
+
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     q = args.quick
@@ -58,6 +90,12 @@ def main() -> None:
     ts = fit_from_log(ThompsonGaussian(sim.catalog), log)
     fig["linucb_select_p50_us"], fig["linucb_select_p99_us"] = _latency_us(lin, feats)
     fig["thompson_select_p50_us"], fig["thompson_select_p99_us"] = _latency_us(ts, feats)
+    wctx = sim.sample_contexts(2_000, seed=9)
+    Xw, Rw = featurize_frame(wctx), sim.sample_reward_matrix(wctx, seed=10)
+    for name, pol in (("linucb", lin), ("thompson", ts)):
+        p50, p99, rate = _latency_with_writer_us(pol, feats, Xw, Rw, WRITER_RATE)
+        fig[f"{name}_select_writer_p50_us"], fig[f"{name}_select_writer_p99_us"] = p50, p99
+        fig[f"{name}_writer_updates_per_s"] = rate
 
     n_batch = 100_000 if q else 1_000_000
     X = featurize_frame(sim.sample_contexts(n_batch, seed=3))
