@@ -285,6 +285,7 @@ VALUE_RULES = {
     "logging_policy": _one_of(("uniform", "epsilon", "softmax")),
     "epsilon": _between(0, 1, closed=True),
     "n": _between(1, float("inf"), closed=True, integer=True),
+    "truth_contexts": _between(0, float("inf"), closed=True, integer=True),
 }
 """Allowed values of the notebooks' parameters, checked before any kernel (the same rules as
 :class:`~rtopt_lab.workbench.replay.ReplayConfig` and :func:`~rtopt_lab.ope.evaluate`,
