@@ -257,10 +257,14 @@ def test_a_policy_file_without_the_sum_of_squared_rewards_loads_with_the_default
 
 
 @pytest.mark.parametrize("mode", ["shared", "disjoint"])
-def test_the_online_loop_matches_a_batch_fit_of_the_same_rows(sim, mode):
-    """choose, update, choose, ...: the incremental path (Sherman-Morrison in place, widths
-    straight from A^-1 while the Gram map is stale, A^-1 phi from the choose step's cache,
-    one exact refresh at row 512) ends where one batch fit of the rows it saw ends."""
+def test_the_online_loop_matches_a_batch_fit_of_the_same_rows(sim, mode, monkeypatch):
+    """choose, update, choose, ...: the incremental path (Sherman-Morrison corrections kept
+    apart and folded every 32 rows, widths straight from A^-1 while the Gram map is stale,
+    A^-1 phi from the choose step's cache, exact refreshes at rows 250 and 500) ends where
+    one batch fit of the rows it saw ends."""
+    from rtopt_lab.policies import _linear
+
+    monkeypatch.setattr(_linear, "_REFRESH", 250)
     ctx = sim.sample_contexts(600, seed=11)
     X, R = featurize_frame(ctx), sim.sample_reward_matrix(ctx, seed=12)
     keys = np.arange(600, dtype=np.uint64)
@@ -273,16 +277,14 @@ def test_the_online_loop_matches_a_batch_fit_of_the_same_rows(sim, mode):
     batch = LinUCB(sim.catalog, mode=mode, seed=3)
     batch.update(X, acts, R[np.arange(600), acts])
     X_new = featurize_frame(sim.sample_contexts(200, seed=13))
+    if mode == "shared":  # one context at a time, with corrections pending: the direct path
+        assert online.model._m > 0
+        one = np.hstack([online._ucb_t(X_new[i:i + 1]) for i in range(20)]).T
+        assert online.model._m > 0
+        np.testing.assert_allclose(one, batch.ucb(X_new[:20]), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(online.ucb(X_new), batch.ucb(X_new), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(online.model._A_inv, batch.model._A_inv, rtol=1e-7, atol=1e-12)
     assert len(np.unique(acts)) > 5  # the loop explored: the comparison covers many arms
-    if mode == "shared":  # the direct widths equal the Gram-map widths
-        m = online.model
-        m._cache.pop("P", None)
-        direct = m.mean_width2_t(X_new[:3])
-        m._gram_matrix()
-        for u, v in zip(direct, m.mean_width2_t(X_new[:3]), strict=True):
-            np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-15)
 
 
 def test_thompson_online_loop_matches_a_batch_fit_and_its_score_factor(sim):
@@ -298,12 +300,12 @@ def test_thompson_online_loop_matches_a_batch_fit_and_its_score_factor(sim):
         acts[i] = a[0]
     batch = ThompsonGaussian(sim.catalog, n_samples=32, seed=4)
     batch.update(X, acts, R[np.arange(300), acts])
-    np.testing.assert_allclose(online.model._A_inv, batch.model._A_inv, rtol=1e-7, atol=1e-12)
     m = online.model
-    m._cache.pop("P", None)
-    direct = m.score_factor(X[:2])
-    m._gram_matrix()
-    np.testing.assert_allclose(direct, m.score_factor(X[:2]), rtol=1e-10, atol=1e-12)
+    assert m._m > 0  # corrections pending: the one-context factor includes them
+    direct = np.concatenate([m.score_factor(X[i:i + 1]) for i in range(3)])
+    assert m.noise_var() == pytest.approx(batch.model.noise_var(), rel=1e-9)
+    np.testing.assert_allclose(direct, batch.model.score_factor(X[:3]), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(m._A_inv, batch.model._A_inv, rtol=1e-7, atol=1e-12)
 
 
 def test_a_concurrent_writer_leaves_the_statistics_of_the_rows_it_wrote(sim):
