@@ -17,6 +17,7 @@ from rtopt_lab.policies import (
     load_policy,
     run_online,
 )
+from rtopt_lab.policies._linear import LinearRewardModel
 from rtopt_lab.policies.learning import add_statistics, greedy_value, linear_model, merge_statistics
 
 
@@ -348,3 +349,16 @@ def test_a_concurrent_writer_leaves_the_statistics_of_the_rows_it_wrote(sim):
     served = pol.version  # the label a reader hashed meanwhile is not the final state's
     pol._version = None
     assert served == pol.version
+
+
+def test_score_factor_survives_a_gram_matrix_rounding_made_indefinite():
+    """A G(x) with an eigenvalue a little below zero (rounding in a near-singular posterior)
+    gets the factor of its nearest positive semi-definite matrix, not a LinAlgError."""
+    m = LinearRewardModel(3, 2, arm_features=np.array([[0.0], [1.0], [2.0]]), mode="shared")
+    bad = np.eye(4)
+    bad[0, 0] = -1e-6  # A^-1 blocks (q=2, d=2): G(x) for x = e_1 is [[-1e-6, 0], [0, 1]]
+    m._A_inv = bad
+    m._cache.clear()
+    F = m.score_factor(np.array([[1.0, 0.0]]))
+    Zt = np.column_stack([np.ones(3), [0.0, 1.0, 2.0]])
+    np.testing.assert_allclose(F[0] @ F[0].T, Zt @ np.diag([0.0, 1.0]) @ Zt.T, atol=1e-9)

@@ -648,7 +648,11 @@ class LinearRewardModel:
         G[:, self._iu, self._ku] = g
         G[:, self._ku, self._iu] = g
         G[:, np.arange(q), np.arange(q)] += 1e-12
-        L = np.linalg.cholesky(G)
+        try:
+            L = np.linalg.cholesky(G)
+        except np.linalg.LinAlgError:  # rounding left an eigenvalue <= 0: V sqrt(max(l, 0))
+            lam, V = np.linalg.eigh(G)
+            L = V * np.sqrt(np.maximum(lam, 0.0))[:, None, :]
         return np.einsum("ai,nij->naj", self.Zt, L)
 
     def noise_var(self) -> float:
