@@ -566,6 +566,27 @@ def test_validate_path_missing():
 
 
 # --------------------------------------------------------------------------- concurrent writers
+def test_a_root_another_process_claims_between_two_looks_is_accepted(tmp_path, monkeypatch):
+    """Two services start on one log folder that already holds the optimizer's _journal:
+    the second sees no marker, then lists the folder after the first wrote it. That is a
+    log, not a foreign folder (a service of the rollout test exited on it)."""
+    from rtopt_lab.logstore._files import MARKER, _claim_root, is_log_store
+
+    root = tmp_path / "log"
+    (root / "_journal").mkdir(parents=True)
+    real_iterdir, other = Path.iterdir, []
+
+    def other_process_claims_first(self):
+        if self == root and not other:
+            other.append(True)
+            _claim_root(root, SCHEMA_VERSION)  # the other service, between our two looks
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", other_process_claims_first)
+    _claim_root(root, SCHEMA_VERSION)
+    assert other and (root / MARKER).is_file() and is_log_store(root)
+
+
 def test_concurrent_appends_from_several_processes(tmp_path):
     root = tmp_path / "log"
     procs = [

@@ -140,6 +140,8 @@ def _claim_root(root: Path, schema_version: int) -> None:
         entries = [e.name for e in root.iterdir()]
         older = (root / "_quarantine").is_dir() or _legacy_data(root)  # a store before markers
         if entries and not set(entries) <= _PRE_MARKER and not older:
+            if (root / MARKER).is_file():  # another process claimed it since the first look
+                return
             shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
             raise ValueError(
                 f"`root` {str(root)!r} is not empty and is not a decision log (it holds "
