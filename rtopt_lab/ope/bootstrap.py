@@ -79,7 +79,7 @@ from scipy.stats import t as student_t
 from rtopt_lab.ope._hash import bucket_of, poisson_weights
 from rtopt_lab.ope._terms import StatSet
 
-__all__ = ["AUTO_BUCKETS", "AUTO_MAX_ROWS", "BOOTSTRAP_METHODS", "CI_METHODS", "RESAMPLINGS", "UNIT_METHODS", "Accumulator", "Summary", "bounds", "p_values", "resampling_plan", "standard_errors", "summarize"]
+__all__ = ["AUTO_BUCKETS", "AUTO_MAX_ROWS", "BOOTSTRAP_METHODS", "CI_METHODS", "RESAMPLINGS", "UNIT_METHODS", "Accumulator", "Summary", "bounds", "check_n_buckets", "p_values", "resampling_plan", "standard_errors", "summarize"]
 
 CI_METHODS: tuple[str, ...] = ("t", "normal", "percentile", "bca")
 #: interval methods that need bootstrap replicates
@@ -216,6 +216,14 @@ def _multinomial_boot(units: np.ndarray, n_boot: int, rng: np.random.Generator,
         counts = np.bincount((idx + (np.arange(b) * n)[:, None]).ravel(), minlength=b * n).reshape(b, n)
         out[lo:lo + b] = counts @ units
     return out
+
+
+def check_n_buckets(n_buckets) -> int | None:
+    """``n_buckets`` as an int >= 2, or None; ValueError naming it otherwise."""
+    if n_buckets is not None and (isinstance(n_buckets, bool) or not isinstance(n_buckets, (int, np.integer))
+                                  or n_buckets < 2):
+        raise ValueError(f"`n_buckets` must be an int >= 2 or None; got {n_buckets!r}")
+    return None if n_buckets is None else int(n_buckets)
 
 
 def resampling_plan(resampling: str, n: int, n_buckets: int | None = None) -> tuple[str, int | None]:

@@ -216,9 +216,7 @@ def _check_evaluate(policies, estimators, baseline, catalog, reward_model, ci, n
         raise ValueError(f"`ci` must be one of {_boot.CI_METHODS}; got {ci!r}")
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"`n_boot` must be an int >= 1; got {n_boot!r}")
-    if n_buckets is not None and (isinstance(n_buckets, bool) or not isinstance(n_buckets, (int, np.integer))
-                                  or n_buckets < 2):
-        raise ValueError(f"`n_buckets` must be an int >= 2 or None; got {n_buckets!r}")
+    _boot.check_n_buckets(n_buckets)
     for name, v in (("confidence_level", confidence_level), ("alpha", alpha)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
             raise ValueError(f"`{name}` must be a number in (0, 1); got {v!r}")

@@ -122,11 +122,8 @@ def _check_ci(confidence_level: Any, ci: Any, n_boot: Any, resampling: Any, rng:
         raise ValueError(f"`n_boot` must be an int >= 1; got {n_boot!r}")
     if resampling not in _boot.RESAMPLINGS:
         raise ValueError(f"`resampling` must be one of {_boot.RESAMPLINGS}; got {resampling!r}")
-    if n_buckets is not None and (isinstance(n_buckets, bool) or not isinstance(n_buckets, (int, np.integer))
-                                  or n_buckets < 2):
-        raise ValueError(f"`n_buckets` must be an int >= 2 or None; got {n_buckets!r}")
     return (float(confidence_level), ci, int(n_boot), resampling, np.random.default_rng(rng),
-            None if n_buckets is None else int(n_buckets))
+            _boot.check_n_buckets(n_buckets))
 
 
 def _check_logged(estimator: str, reward: Any, action: Any, pscore: Any, action_dist: Any,
