@@ -58,7 +58,11 @@ class ThompsonGaussian(_ModelPolicy):
         fine context columns pays (chosen with the earlier plug-in noise estimate, 10 seeds:
         0.89 of the uniform-to-optimal gap closed after 200 evaluations per task type,
         against 0.87 with 10). With the current estimate: 0.87 on seeds 0-9 and 0.88 on
-        seeds 10-29, as the plug-in gave on seeds 10-29; 10 and 60 are no better.
+        seeds 10-29, as the plug-in gave on seeds 10-29; 10 and 60 are no better. Also
+        no better once confirmed on seeds 10-29 (seeds 0-9 / 10-29, defaults 0.866 /
+        0.883): epsilon 0.05 (0.876 on seeds 0-9) and 0.1 (0.885 / 0.881), a fixed
+        noise_sd 0.27-0.6 (0.6: 0.889 / 0.875), ridge 0.3 and 3, a harder task-type
+        shrinkage, centred arm features; the limit is the reward noise (LinUCB's Notes).
     mode, ridge, spec, n_features, seed : as in :class:`~rtopt_lab.policies.linucb.LinUCB`
 
     Notes
