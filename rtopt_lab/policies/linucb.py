@@ -10,6 +10,7 @@ import numpy as np
 from rtopt_lab.arms import ArmCatalog
 from rtopt_lab.policies._floor import exploration_floor
 from rtopt_lab.policies._linear import LinearRewardModel, Mode
+from rtopt_lab.policies._parallel import run_chunks
 from rtopt_lab.policies._spec import ArraySpec, ContextLayout
 from rtopt_lab.policies.base import BasePolicy, check_probability
 
@@ -210,10 +211,9 @@ class LinUCB(_ModelPolicy):
         out_t = np.empty((k, n))
         full = bool(allowed.all())
         eps = self.epsilon
-        last = None
-        step = 2048
-        for lo in range(0, n, step):
-            hi = min(n, lo + step)
+        last = []
+
+        def chunk(lo: int, hi: int) -> None:
             u = self._ucb_t(X[lo:hi])                                   # (K, b)
             if not full:
                 ok = allowed[lo:hi].T
@@ -222,8 +222,11 @@ class LinUCB(_ModelPolicy):
             best = u >= m - 1e-9 * (1.0 + np.abs(m))
             exploration_floor(best, best.sum(axis=0), allowed[lo:hi].T, eps, axis=0,
                               out=out_t[:, lo:hi])
-            last = u
-        return out_t.T, (last.T if n == 1 else None)
+            if n == 1:
+                last.append(u)
+
+        run_chunks(chunk, n, 2048)
+        return out_t.T, (last[0].T if n == 1 else None)
 
     def _scores(self, X: np.ndarray) -> np.ndarray:
         return self._ucb(X)

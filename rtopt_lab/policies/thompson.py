@@ -11,6 +11,7 @@ from scipy import special
 from rtopt_lab.arms import ArmCatalog
 from rtopt_lab.policies._floor import exploration_floor
 from rtopt_lab.policies._linear import Mode
+from rtopt_lab.policies._parallel import run_chunks
 from rtopt_lab.policies._spec import ContextLayout
 from rtopt_lab.policies.base import check_probability, uniforms
 from rtopt_lab.policies.linucb import _ModelPolicy
@@ -151,8 +152,8 @@ class ThompsonGaussian(_ModelPolicy):
         sigma = self._sigma()
         full = bool(allowed.all())
         step = max(1, 65_536 // (m * 8))
-        for lo in range(0, n, step):
-            hi = min(n, lo + step)
+
+        def chunk(lo: int, hi: int) -> None:
             mu = self.model.mean(X[lo:hi])  # (b, K)
             F = self.model.score_factor(X[lo:hi])  # (b, K) or (b, K, q)
             dims = k if F.ndim == 2 else F.shape[2]
@@ -171,6 +172,8 @@ class ThompsonGaussian(_ModelPolicy):
             flat = (np.arange(hi - lo)[:, None] * k + win).ravel()
             counts = np.bincount(flat, minlength=(hi - lo) * k).reshape(hi - lo, k).astype(float)
             exploration_floor(counts, m, allowed[lo:hi], self.epsilon, out=out[lo:hi])
+
+        run_chunks(chunk, n, step)
         return out
 
     def _scores(self, X: np.ndarray) -> np.ndarray:

@@ -1,0 +1,83 @@
+"""Batch decisions over chunks of contexts on a few threads, with single-threaded BLAS.
+
+A batch ``action_dist`` is a loop over independent chunks (each writes its own rows of
+the result), so the chunks can run on threads: numpy releases the interpreter lock in its
+loops and matrix products. While they run, BLAS is limited to one thread per call
+(``threadpoolctl``), so the two levels of parallelism do not fight: on a shared 2-core
+machine OpenBLAS's own second thread made one 300k-context LinUCB batch 6x slower
+(33k contexts/s) than two chunk threads with one BLAS thread each (212k/s), same run,
+identical output.
+
+The number of threads is ``RTOPT_THREADS`` if set (1 turns this off), else
+``min(2, CPUs available)``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+__all__ = ["n_threads", "run_chunks"]
+
+MIN_PARALLEL_CHUNKS = 4  # fewer chunks run in the calling thread (no pool, no BLAS limit)
+
+_LOCK = threading.Lock()
+_depth = 0
+_limiter: Any = None
+
+
+def n_threads() -> int:
+    """Threads for a batch: ``RTOPT_THREADS`` (an int >= 1) or ``min(2, CPUs available)``."""
+    env = os.environ.get("RTOPT_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"RTOPT_THREADS must be an integer >= 1; got {env!r}")
+        return int(env)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(2, cpus))
+
+
+class _OneBlasThread:
+    """BLAS limited to one thread while any batch runs (nested and concurrent batches share
+    one limit; the last to finish restores the original)."""
+
+    def __enter__(self) -> None:
+        global _depth, _limiter
+        with _LOCK:
+            if _depth == 0:
+                from threadpoolctl import threadpool_limits
+
+                _limiter = threadpool_limits(1, user_api="blas")
+            _depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        global _depth, _limiter
+        with _LOCK:
+            _depth -= 1
+            if _depth == 0:
+                _limiter.restore_original_limits()
+                _limiter = None
+
+
+def run_chunks(fn: Callable[[int, int], None], n: int, step: int) -> None:
+    """Call ``fn(lo, hi)`` for the chunks ``[lo, hi)`` of ``range(n)`` of ``step`` rows.
+
+    On :func:`n_threads` threads when there are at least ``MIN_PARALLEL_CHUNKS`` chunks,
+    else in order in the calling thread. ``fn`` must write only its own rows; the first
+    exception raised by a chunk is raised here.
+    """
+    bounds = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+    workers = n_threads()
+    if workers == 1 or len(bounds) < MIN_PARALLEL_CHUNKS:
+        for lo, hi in bounds:
+            fn(lo, hi)
+        return
+    with _OneBlasThread(), ThreadPoolExecutor(workers, thread_name_prefix="rtopt-batch") as ex:
+        for f in [ex.submit(fn, lo, hi) for lo, hi in bounds]:
+            f.result()
