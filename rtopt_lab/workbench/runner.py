@@ -155,8 +155,9 @@ def check_runs_dir(runs_dir: str | os.PathLike[str], *,
     return p if p.is_absolute() else project_path(p, name="runs_dir", allowed=allowed)
 
 
-THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-"""The BLAS / OpenMP thread counts a run's kernel gets from ``threads`` (unless already set)."""
+THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "RTOPT_THREADS")
+"""The thread counts a run's kernel gets from ``threads`` (unless already set): BLAS, OpenMP,
+and the policies' batch chunk threads (:mod:`rtopt_lab.policies._parallel`)."""
 
 
 def parallel_threads(jobs: int, cpus: int | None = None) -> int:
@@ -368,8 +369,8 @@ def run_experiment(exp: Experiment, *, runs_dir: str | os.PathLike[str] = "runs"
     progress : bool, default True
         Show papermill's per-cell progress bar.
     threads : int, optional
-        BLAS / OpenMP threads of the kernel (:data:`THREAD_ENV`, those the environment
-        does not set already); default the libraries' own (one per core). :func:`run_batch`
+        BLAS, OpenMP and batch-policy threads of the kernel (:data:`THREAD_ENV`, those the
+        environment does not set already); default the libraries' own (one per core). :func:`run_batch`
         passes :func:`parallel_threads` when runs share the machine.
 
     Returns
