@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from rtopt_lab._blas import one_blas_thread
 from rtopt_lab.arms import ArmCatalog
 from rtopt_lab.features import featurize_frame
 from rtopt_lab.ope.chunks import (
@@ -136,7 +137,7 @@ def _ordered(fn: Callable, items: Iterator[tuple], n_jobs: int) -> Iterator[Any]
         for item in items:
             yield fn(*item)
         return
-    with ThreadPoolExecutor(n_jobs) as ex:
+    with one_blas_thread(), ThreadPoolExecutor(n_jobs) as ex:  # threads, not BLAS's, share
         pending: deque = deque()
         for item in items:
             pending.append(ex.submit(fn, *item))

@@ -3,10 +3,7 @@
 A batch ``action_dist`` is a loop over independent chunks (each writes its own rows of
 the result), so the chunks can run on threads: numpy releases the interpreter lock in its
 loops and matrix products. While they run, BLAS is limited to one thread per call
-(``threadpoolctl``), so the two levels of parallelism do not fight: on a shared 2-core
-machine OpenBLAS's own second thread made one 300k-context LinUCB batch 6x slower
-(33k contexts/s) than two chunk threads with one BLAS thread each (212k/s), same run,
-identical output.
+(:class:`rtopt_lab._blas.one_blas_thread`).
 
 The number of threads is ``RTOPT_THREADS`` if set (1 turns this off), else
 ``min(2, CPUs available)``.
@@ -15,18 +12,14 @@ The number of threads is ``RTOPT_THREADS`` if set (1 turns this off), else
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+
+from rtopt_lab._blas import one_blas_thread
 
 __all__ = ["n_threads", "run_chunks"]
 
 MIN_PARALLEL_CHUNKS = 4  # fewer chunks run in the calling thread (no pool, no BLAS limit)
-
-_LOCK = threading.Lock()
-_depth = 0
-_limiter: Any = None
 
 
 def n_threads() -> int:
@@ -43,28 +36,6 @@ def n_threads() -> int:
     return max(1, min(2, cpus))
 
 
-class _OneBlasThread:
-    """BLAS limited to one thread while any batch runs (nested and concurrent batches share
-    one limit; the last to finish restores the original)."""
-
-    def __enter__(self) -> None:
-        global _depth, _limiter
-        with _LOCK:
-            if _depth == 0:
-                from threadpoolctl import threadpool_limits
-
-                _limiter = threadpool_limits(1, user_api="blas")
-            _depth += 1
-
-    def __exit__(self, *exc: object) -> None:
-        global _depth, _limiter
-        with _LOCK:
-            _depth -= 1
-            if _depth == 0:
-                _limiter.restore_original_limits()
-                _limiter = None
-
-
 def run_chunks(fn: Callable[[int, int], None], n: int, step: int) -> None:
     """Call ``fn(lo, hi)`` for the chunks ``[lo, hi)`` of ``range(n)`` of ``step`` rows.
 
@@ -78,6 +49,6 @@ def run_chunks(fn: Callable[[int, int], None], n: int, step: int) -> None:
         for lo, hi in bounds:
             fn(lo, hi)
         return
-    with _OneBlasThread(), ThreadPoolExecutor(workers, thread_name_prefix="rtopt-batch") as ex:
+    with one_blas_thread(), ThreadPoolExecutor(workers, thread_name_prefix="rtopt-batch") as ex:
         for f in [ex.submit(fn, lo, hi) for lo, hi in bounds]:
             f.result()
