@@ -43,9 +43,13 @@ def run_chunks(fn: Callable[[int, int], None], n: int, step: int) -> None:
     else in order in the calling thread. ``fn`` must write only its own rows; the first
     exception raised by a chunk is raised here.
     """
+    if n <= step * (MIN_PARALLEL_CHUNKS - 1):  # the one-context path too: no more than this
+        for lo in range(0, n, step):
+            fn(lo, min(n, lo + step))
+        return
     bounds = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
     workers = n_threads()
-    if workers == 1 or len(bounds) < MIN_PARALLEL_CHUNKS:
+    if workers == 1:
         for lo, hi in bounds:
             fn(lo, hi)
         return
