@@ -603,7 +603,8 @@ class LinearRewardModel:
         q, d = self.Zt.shape[1], self.n_features
         if XT.shape[1] == 1:  # one context: matrix-vector products
             x, gen, m = XT[:, 0], self._cache.gen, self._m
-            H = (self._A_inv0.reshape(q * d * q, d) @ x).reshape(q, d, q)
+            # q stacked products of d*q x d: under OpenBLAS's threading threshold
+            H = (self._A_inv0.reshape(q, d * q, d) @ x).reshape(q, d, q)
             G = x @ H  # (q, q), from A0^-1
             Y = None
             if m:  # minus Y^T C Y with Y = U^T (I_q (x) x), (m, q)
