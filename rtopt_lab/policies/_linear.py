@@ -46,6 +46,7 @@ _REFRESH = 4096  # single-row updates between exact re-inversions of A (drift af
 _STATS_LOCK = threading.RLock()  # single-row updates, and folds of what they left pending
 _LAZY = 32  # Sherman-Morrison corrections kept apart from A^-1 before one matrix product folds them
 _DIRECT_MAX = 4  # up to this many contexts, widths without the Gram map P when P is stale
+_DIRECT_CALLS = 2  # ... for this many calls per state of A^-1; then P is built and kept
 
 
 def _rank1(M: np.ndarray, v: np.ndarray, alpha: float, buf: np.ndarray | None = None) -> None:
@@ -204,6 +205,7 @@ class LinearRewardModel:
         #: (gen, x, A0^-1 (I_q (x) x), U^T (I_q (x) x)) of the last one-context score
         self._h: tuple[int, bytes, np.ndarray, np.ndarray | None] | None = None
         self._cache = _Cache()
+        self._direct_seen = (-1, 0)  # (generation, one-context calls scored directly in it)
         self._buf: dict[tuple[int, ...], np.ndarray] = {}  # scratch for the rank-1 updates
 
     # ------------------------------------------------------------------ state
@@ -223,6 +225,13 @@ class LinearRewardModel:
     @_A_inv.setter
     def _A_inv(self, value: np.ndarray) -> None:
         self._A_inv0, self._m = value, 0
+
+    def _settled_gen(self) -> int:
+        """The cache generation after folding pending corrections (what is computed from
+        :math:`A^{-1}` next is tagged with it, so it stays cached)."""
+        if self._m:
+            self._fold()
+        return self._cache.gen
 
     def _fold(self, invalidate: bool = True) -> None:
         with _STATS_LOCK:  # never while the writer is inside an update (it holds the lock)
@@ -502,7 +511,7 @@ class LinearRewardModel:
         c = self._cache
         th = c.get("theta")
         if th is None:
-            gen = c.gen
+            gen = self._settled_gen()
             if self.mode == "shared":
                 th = self._A_inv @ self.b
             else:
@@ -533,7 +542,7 @@ class LinearRewardModel:
         c = self._cache
         P = c.get("P")
         if P is None:
-            gen = c.gen
+            gen = self._settled_gen()
             if not hasattr(self, "_p_idx"):
                 q, d = self.Zt.shape[1], self.n_features
                 i, k = self._iu[None, :], self._ku[None, :]
@@ -556,7 +565,7 @@ class LinearRewardModel:
         c = self._cache
         W = c.get("W")
         if W is None:
-            gen = c.gen
+            gen = self._settled_gen()
             W = (self._A_inv[:, self._ju, self._lu] * self._c).T
             W = c.put("W", np.ascontiguousarray(W), gen)
         return W
@@ -568,7 +577,7 @@ class LinearRewardModel:
         matrix products run along rows (about twice as fast as the (n, K) orientation).
         """
         XT = np.ascontiguousarray(X.T)
-        if self.mode == "shared" and len(X) <= _DIRECT_MAX and "P" not in self._cache:
+        if self.mode == "shared" and len(X) <= _DIRECT_MAX and self._use_direct():
             return self._mean_width2_direct_t(XT)
         QT = quadratic_features_t(XT)
         if self.mode == "shared":
@@ -577,6 +586,18 @@ class LinearRewardModel:
             w2 = self.width_matrix.T @ QT
         np.maximum(w2, 0.0, out=w2)
         return self.mean_matrix.T @ XT, w2
+
+    def _use_direct(self) -> bool:
+        """Whether a few contexts are scored straight from :math:`A^{-1}`: while the Gram map
+        P is stale, for the first ``_DIRECT_CALLS`` calls since the last change of
+        :math:`A^{-1}` (the online loop: one choose per update); after that P is built and
+        reused (a model serving many requests between updates)."""
+        if "P" in self._cache:
+            return False
+        gen, (seen, calls) = self._cache.gen, self._direct_seen
+        calls = calls + 1 if seen == gen else 1
+        self._direct_seen = (gen, calls)
+        return calls <= _DIRECT_CALLS
 
     def _mean_width2_direct_t(self, XT: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`mean_width2_t` of a few contexts straight from :math:`A^{-1}` (shared mode).
@@ -622,7 +643,7 @@ class LinearRewardModel:
         c = self._cache
         PT = c.get("PT")
         if PT is None:
-            gen = c.gen
+            gen = self._settled_gen()
             PT = c.put("PT", np.ascontiguousarray(self._gram_matrix().T), gen)
         return PT
 
@@ -646,7 +667,7 @@ class LinearRewardModel:
         if self.mode == "disjoint":
             return np.sqrt(self.width2(X))
         q = self.Zt.shape[1]
-        if len(X) <= _DIRECT_MAX and "P" not in self._cache:
+        if len(X) <= _DIRECT_MAX and self._use_direct():
             g = self._gram_direct(np.ascontiguousarray(X.T))  # (n, q(q+1)/2)
         else:
             g = quadratic_features(X) @ self._gram_matrix()
