@@ -88,3 +88,23 @@ def test_batch_distributions_are_identical_with_and_without_threads(sim, cls, mo
     for d in both:
         np.testing.assert_array_equal(d, one)
     assert (one[~allowed] == 0).all()
+
+
+def test_a_fresh_models_first_batch_on_threads_builds_its_caches_once(sim, monkeypatch):
+    """The chunk threads of a never-scored model build the Gram map's index and the
+    posterior caches together: the same distributions as one thread, every time."""
+    log = sim.simulate_log(1_000, logging_policy="uniform", seed=44)
+    X = featurize_frame(sim.sample_contexts(400, seed=45))
+    keys = np.arange(400, dtype=np.uint64)
+
+    def fresh():
+        pol = ThompsonGaussian(sim.catalog, n_samples=16, seed=3)
+        pol.update(featurize_frame(log), sim.catalog.indices(log["arm_id"].to_numpy()),
+                   log["reward"].to_numpy())
+        return pol
+
+    monkeypatch.setenv("RTOPT_THREADS", "1")
+    want = fresh().action_dist(X, keys=keys)
+    monkeypatch.setenv("RTOPT_THREADS", "2")
+    for _ in range(8):
+        np.testing.assert_array_equal(fresh().action_dist(X, keys=keys), want)
