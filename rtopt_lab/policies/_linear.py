@@ -209,8 +209,7 @@ class LinearRewardModel:
         :math:`c_i = w_i / (1 + w_i \\phi_i^\\top u_i)`) and folds them every ``_LAZY``
         rows with one matrix product, or when anything needs the matrix itself.
         """
-        if self._m:
-            self._fold()
+        self._settled_gen()
         return self._A_inv0
 
     @_A_inv.setter

@@ -43,12 +43,9 @@ def run_chunks(fn: Callable[[int, int], None], n: int, step: int) -> None:
     else in order in the calling thread. ``fn`` must write only its own rows; the first
     exception raised by a chunk is raised here.
     """
-    if n <= step * (MIN_PARALLEL_CHUNKS - 1):  # the one-context path too: no more than this
-        for lo in range(0, n, step):
-            fn(lo, min(n, lo + step))
-        return
+    # few chunks (the one-context path too) skip the thread setup and the environment lookup
+    workers = 1 if n <= step * (MIN_PARALLEL_CHUNKS - 1) else n_threads()
     bounds = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
-    workers = n_threads()
     if workers == 1:
         for lo, hi in bounds:
             fn(lo, hi)
